@@ -1,0 +1,39 @@
+"""triton_softmax: softmax cross-entropy over huge output spaces, exact where it must be.
+
+Public API:
+  SampledSoftmaxLoss              nn.Module: output layer + loss, owns the candidate index
+  sampled_softmax_cross_entropy   functional form (you keep weight and index)
+  sampled_softmax_from_candidates the estimator for candidate sets you retrieved yourself
+  LSHIndex, FaissIndex            the candidate indexes
+  exact_topk, rerank_topk, recall_at_k   inference helpers
+  choose_method                   the dispatcher behind method="auto"
+"""
+
+from .dispatch import Choice, choose_method
+from .faiss_index import FaissIndex, faiss_available
+from .loss import (
+    SampledSoftmaxLoss,
+    exact_topk,
+    make_index,
+    recall_at_k,
+    rerank_topk,
+    sampled_softmax_cross_entropy,
+    sampled_softmax_from_candidates,
+)
+from .lsh import LSHIndex
+
+__all__ = [
+    "Choice",
+    "FaissIndex",
+    "LSHIndex",
+    "SampledSoftmaxLoss",
+    "choose_method",
+    "exact_topk",
+    "faiss_available",
+    "make_index",
+    "recall_at_k",
+    "rerank_topk",
+    "sampled_softmax_cross_entropy",
+    "sampled_softmax_from_candidates",
+]
+__version__ = "0.1.0"

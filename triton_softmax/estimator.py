@@ -1,0 +1,135 @@
+"""The sampled-softmax estimator in plain PyTorch: the oracle for the kernels and the CPU path.
+
+For example i with candidates j (ids c_ij, log-weights log w_ij, -inf for padding):
+
+    z_ij   = h_i . W_{c_ij} + b_{c_ij}
+    lse_i  = log sum_j w_ij exp(z_ij)          (= log Z-hat, the estimated partition function)
+    loss_i = lse_i - z_{i,y_i}
+
+Gradient of loss_i: d/dz_ij = w_ij exp(z_ij - lse_i) = p_ij, and -1 on the target logit. The
+backward is written as "coefficients on rows": coef (N, M+1) over ids (N, M+1) = candidates
+plus the target, so that
+
+    dh_i          = sum_j coef_ij W_{ids_ij}
+    dW[ids_ij]   += coef_ij h_i        (scatter-add: only candidate rows are touched)
+    db[ids_ij]   += coef_ij
+
+All arithmetic is fp32 (fp64 for fp64 inputs) whatever the input dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def sampled_logits_fwd_ref(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    cand_ids: torch.Tensor,
+    cand_logw: torch.Tensor,
+    target: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-example estimator loss and log Z-hat.
+
+    hidden: (N, d); weight: (n, d); bias: (n,) or None; cand_ids: (N, M) int64;
+    cand_logw: (N, M) float32; target: (N,) int64 in [0, n).
+    Returns loss (N,) and lse (N,), both in the accumulation dtype (fp32, or fp64 for fp64).
+    """
+    acc = acc_dtype(hidden.dtype)
+    h = hidden.to(acc)
+    z = torch.bmm(weight[cand_ids].to(acc), h.unsqueeze(2)).squeeze(2)  # (N, M)
+    z_t = (weight[target].to(acc) * h).sum(dim=1)
+    if bias is not None:
+        z = z + bias[cand_ids].to(acc)
+        z_t = z_t + bias[target].to(acc)
+    lse = torch.logsumexp(z + cand_logw.to(acc), dim=1)
+    return lse - z_t, lse
+
+
+def sampled_logits_coef_ref(
+    grad_loss: torch.Tensor,
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    cand_ids: torch.Tensor,
+    cand_logw: torch.Tensor,
+    target: torch.Tensor,
+    lse: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Backward coefficients: (coef (N, M+1) acc dtype, ids (N, M+1) int64); see module doc."""
+    acc = lse.dtype
+    h = hidden.to(acc)
+    z = torch.bmm(weight[cand_ids].to(acc), h.unsqueeze(2)).squeeze(2)
+    if bias is not None:
+        z = z + bias[cand_ids].to(acc)
+    p = torch.exp(z + cand_logw.to(acc) - lse.unsqueeze(1))
+    g = grad_loss.to(acc).unsqueeze(1)
+    coef = torch.cat([g * p, -g], dim=1)
+    ids = torch.cat([cand_ids, target.unsqueeze(1)], dim=1)
+    return coef, ids
+
+
+def grad_hidden_ref(coef: torch.Tensor, ids: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """dh (N, d) acc dtype = sum_j coef_ij W_{ids_ij}."""
+    return torch.bmm(coef.unsqueeze(1), weight[ids].to(coef.dtype)).squeeze(1)
+
+
+def scatter_grad_weight_ref(
+    coef: torch.Tensor, ids: torch.Tensor, hidden: torch.Tensor, n: int
+) -> torch.Tensor:
+    """Dense dW (n, d) acc dtype by scatter-add of coef_ij * h_i into rows ids_ij."""
+    acc = coef.dtype
+    d = hidden.shape[1]
+    rows = (coef.unsqueeze(2) * hidden.to(acc).unsqueeze(1)).reshape(-1, d)
+    dW = torch.zeros(n, d, dtype=acc, device=hidden.device)
+    dW.index_add_(0, ids.reshape(-1), rows)
+    return dW
+
+
+def sparse_grad_weight_ref(
+    coef: torch.Tensor, ids: torch.Tensor, hidden: torch.Tensor, n: int, dtype: torch.dtype
+) -> torch.Tensor:
+    """Sparse COO dW (n, d): one row per candidate (zero-coefficient slots dropped), coalesced.
+
+    Dropping the zero slots makes nnz data-dependent (a host sync); sparse gradients imply one
+    anyway, since the optimizer coalesces them.
+    """
+    d = hidden.shape[1]
+    keep = coef != 0
+    rows = coef.unsqueeze(2) * hidden.to(coef.dtype).unsqueeze(1)  # (N, M+1, d)
+    out = torch.sparse_coo_tensor(ids[keep].unsqueeze(0), rows[keep].to(dtype), (n, d))
+    return out.coalesce()
+
+
+def scatter_grad_bias_ref(
+    coef: torch.Tensor, ids: torch.Tensor, n: int, sparse: bool = False
+) -> torch.Tensor:
+    """db (n,) acc dtype: dense by index_add, or a coalesced sparse COO of the candidate rows."""
+    if sparse:
+        keep = coef != 0
+        return torch.sparse_coo_tensor(ids[keep].unsqueeze(0), coef[keep], (n,)).coalesce()
+    db = torch.zeros(n, dtype=coef.dtype, device=coef.device)
+    db.index_add_(0, ids.reshape(-1), coef.reshape(-1))
+    return db
+
+
+def sampled_softmax_loss_ref(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    cand_ids: torch.Tensor,
+    cand_logw: torch.Tensor,
+    target: torch.Tensor,
+) -> torch.Tensor:
+    """The estimator written with plain autograd ops (for gradcheck against the Function)."""
+    z = torch.einsum("nd,nmd->nm", hidden, weight[cand_ids])
+    z_t = (hidden * weight[target]).sum(1)
+    if bias is not None:
+        z = z + bias[cand_ids]
+        z_t = z_t + bias[target]
+    return torch.logsumexp(z + cand_logw.to(z.dtype), dim=1) - z_t

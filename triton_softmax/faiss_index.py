@@ -1,0 +1,135 @@
+"""FAISS index lifecycle: build over the class weights, search top-k by inner product.
+
+Uses a GPU index when faiss-gpu imports and the weights are on CUDA (tensors passed to faiss
+directly through faiss.contrib.torch_utils, no host copy); otherwise faiss-cpu, with a copy of
+the weights to host memory at build time and of the queries at search time (a host sync on
+CUDA: the FAISS poster's "CPU<->GPU conversion" open problem, and the reason the lsh path
+exists). With a bias, rows are [w_j, b_j] and queries [h, 1], so the inner product is the logit.
+
+Index kinds: "flat" (exact inner product) and "ivf" (IVF-Flat with inner-product metric,
+nlist coarse centroids trained by k-means on the rows, nprobe lists read per query).
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+
+import numpy as np
+import torch
+
+from .checks import check_int_option
+
+try:  # faiss is optional: the faiss path is unavailable without it
+    import faiss
+
+    FAISS_IMPORT_ERROR: str | None = None
+except Exception as exc:  # pragma: no cover - depends on the environment
+    faiss = None
+    FAISS_IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
+
+INDEX_KINDS = ("flat", "ivf")
+
+
+def faiss_available() -> bool:
+    return faiss is not None
+
+
+def faiss_gpu_available() -> bool:
+    return faiss is not None and hasattr(faiss, "StandardGpuResources")
+
+
+def default_nlist(n: int) -> int:
+    return int(max(1, min(n // 39, round(4 * math.sqrt(n)))))
+
+
+def _augment(x: torch.Tensor, col: torch.Tensor | float | None) -> torch.Tensor:
+    x = x.detach().float()
+    if col is None:
+        return x.contiguous()
+    if not isinstance(col, torch.Tensor):
+        col = torch.full((x.shape[0],), float(col), device=x.device)
+    return torch.cat([x, col.detach().float().unsqueeze(1)], dim=1).contiguous()
+
+
+class FaissIndex:
+    """Top-k inner-product search over class rows with FAISS.
+
+    kind: "flat" or "ivf"; nlist (ivf, default ~4 sqrt(n)); nprobe (ivf, default 16);
+    use_gpu: None = GPU index when faiss-gpu imports and weights are on CUDA.
+    """
+
+    def __init__(
+        self,
+        kind: str = "flat",
+        nlist: int | None = None,
+        nprobe: int = 16,
+        use_gpu: bool | None = None,
+        seed: int = 0,
+    ) -> None:
+        if faiss is None:
+            raise ImportError(
+                "the faiss path needs faiss (pip install faiss-cpu, or faiss-gpu): "
+                f"{FAISS_IMPORT_ERROR}"
+            )
+        if kind not in INDEX_KINDS:
+            raise ValueError(f"faiss index kind must be one of {INDEX_KINDS}, got {kind!r}")
+        if nlist is not None:
+            check_int_option("faiss_nlist", nlist, 1)
+        check_int_option("faiss_nprobe", nprobe, 1)
+        self.kind, self.nlist, self.nprobe, self.use_gpu, self.seed = kind, nlist, nprobe, use_gpu, seed
+        self.index = None
+        self.has_bias = False
+        self.n = 0
+        self.on_gpu = False
+
+    @property
+    def built(self) -> bool:
+        return self.index is not None
+
+    def build(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> FaissIndex:
+        rows = _augment(weight, bias)
+        n, dim = rows.shape
+        self.on_gpu = bool(
+            (self.use_gpu or self.use_gpu is None) and weight.is_cuda and faiss_gpu_available()
+        )
+        if self.kind == "flat":
+            index = faiss.IndexFlatIP(dim)
+        else:
+            nlist = min(self.nlist or default_nlist(n), n)
+            index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+            index.cp.seed = self.seed
+            index.nprobe = min(self.nprobe, nlist)
+        if self.on_gpu:  # pragma: no cover - needs faiss-gpu
+            importlib.import_module("faiss.contrib.torch_utils")  # faiss takes torch tensors
+
+            self._res = faiss.StandardGpuResources()
+            index = faiss.index_cpu_to_gpu(self._res, rows.device.index or 0, index)
+            if self.kind == "ivf":
+                index.train(rows)
+            index.add(rows)
+        else:
+            host = rows.cpu().numpy()
+            if self.kind == "ivf":
+                index.train(host)
+            index.add(host)
+        self.index, self.has_bias, self.n = index, bias is not None, n
+        return self
+
+    def search(self, hidden: torch.Tensor, k: int) -> torch.Tensor:
+        """(N, k) int64 class ids by descending inner product, -1 where fewer than k found."""
+        if self.index is None:
+            raise RuntimeError("FaissIndex.search before build(): call build(weight, bias) first")
+        queries = _augment(hidden, 1.0 if self.has_bias else None)
+        k_eff = min(k, self.n)
+        if queries.shape[0] == 0:
+            return torch.full((0, k), -1, dtype=torch.int64, device=hidden.device)
+        if self.on_gpu:  # pragma: no cover - needs faiss-gpu
+            _, ids = self.index.search(queries, k_eff)
+            ids = ids.long()
+        else:
+            _, ids = self.index.search(np.ascontiguousarray(queries.cpu().numpy()), k_eff)
+            ids = torch.from_numpy(ids).to(hidden.device)
+        if k_eff < k:
+            ids = torch.cat([ids, ids.new_full((ids.shape[0], k - k_eff), -1)], dim=1)
+        return ids

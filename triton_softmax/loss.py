@@ -1,0 +1,442 @@
+"""Public API: the functional loss and the nn.Module output layer + loss.
+
+Both validate their inputs in Python (shapes, dtypes, devices, options, label range) before
+any kernel runs, then run one of three paths on one estimator:
+
+  full   exact cross-entropy over all n classes, in chunks (no (N, n) logits tensor)
+  faiss  S = top-|S| classes by inner product from a FAISS index, + |T| uniform samples
+  lsh    S = union of the query's SimHash buckets over L tables, ranked and capped, + T
+
+Semantics follow torch.nn.functional.cross_entropy: reduction none/mean/sum; rows whose target
+equals ignore_index get zero loss and zero gradient; "mean" divides by the number of
+non-ignored rows, so a batch with every row ignored gives NaN for "mean" (as torch does) and 0
+for "sum". Non-finite inputs propagate as in torch unless validate=True, which raises instead.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+from torch import nn
+
+from . import candidates as _cand
+from . import checks
+from .autograd import ChunkedCrossEntropyFunction, SampledSoftmaxFunction
+from .dispatch import Choice, choose_method
+from .faiss_index import FaissIndex, default_nlist
+from .lsh import LSHIndex, default_num_bits
+
+Index = LSHIndex | FaissIndex
+
+
+def _reduce(loss_rows: torch.Tensor, row_valid: torch.Tensor, reduction: str) -> torch.Tensor:
+    loss_rows = torch.where(row_valid, loss_rows, torch.zeros_like(loss_rows))
+    if reduction == "none":
+        return loss_rows
+    total = loss_rows.sum()
+    if reduction == "sum":
+        return total
+    return total / row_valid.sum()
+
+
+def _check_common(hidden, weight, target, bias, reduction, ignore_index, label_smoothing,
+                  num_candidates, num_uniform, validate):
+    N, n, d = checks.check_loss_inputs(hidden, weight, target, bias)
+    checks.check_reduction(reduction)
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+        raise ValueError(f"ignore_index must be an int, got {ignore_index!r}")
+    if not (isinstance(label_smoothing, (int, float)) and 0.0 <= label_smoothing < 1.0):
+        raise ValueError(f"label_smoothing must be a float in [0, 1), got {label_smoothing!r}")
+    checks.check_int_option("num_candidates (|S|)", num_candidates, 1)
+    checks.check_int_option("num_uniform (|T|)", num_uniform, 0)
+    checks.check_target_values(target, n, ignore_index)
+    if validate:
+        checks.check_finite("hidden", hidden)
+        checks.check_finite("weight", weight)
+        if bias is not None:
+            checks.check_finite("bias", bias)
+    return N, n, d
+
+
+def sampled_softmax_from_candidates(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    target: torch.Tensor,
+    retrieved: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    num_uniform: int = 512,
+    reduction: str = "mean",
+    ignore_index: int = -100,
+    sparse_grad: bool = False,
+    deterministic: bool = False,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """The estimator loss for given retrieved classes S (the target is added, T is drawn).
+
+    hidden: (N, d) float; weight: (n, d); target: (N,) int; retrieved: (N, R) int64 class ids,
+    -1 for empty slots (duplicates and the target are dropped). Inputs are assumed validated.
+    """
+    n = weight.shape[0]
+    row_valid = target != ignore_index
+    safe_target = torch.where(row_valid, target, torch.zeros_like(target)).long()
+    cand_ids, cand_logw = _cand.build_candidates(retrieved, safe_target, n, num_uniform, generator)
+    loss_rows = SampledSoftmaxFunction.apply(
+        hidden, weight, bias, cand_ids, cand_logw, safe_target, sparse_grad, deterministic
+    )
+    return _reduce(loss_rows, row_valid, reduction)
+
+
+def _full_loss(hidden, weight, bias, target, reduction, ignore_index, label_smoothing):
+    row_valid = target != ignore_index
+    safe_target = torch.where(row_valid, target, torch.zeros_like(target)).long()
+    loss_rows = ChunkedCrossEntropyFunction.apply(hidden, weight, bias, safe_target,
+                                                  float(label_smoothing))
+    return _reduce(loss_rows, row_valid, reduction)
+
+
+def make_index(
+    method: str,
+    n: int,
+    d: int,
+    num_candidates: int,
+    *,
+    lsh_bits: int | None = None,
+    lsh_tables: int = 8,
+    faiss_index: str = "auto",
+    faiss_nlist: int | None = None,
+    faiss_nprobe: int = 16,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+) -> Index:
+    """An unbuilt index for `method` ("lsh" or "faiss") with the library's defaults."""
+    if method == "lsh":
+        K = lsh_bits if lsh_bits is not None else default_num_bits(n, lsh_tables, num_candidates)
+        return LSHIndex(d, K, lsh_tables, seed=seed, device=device)
+    if method == "faiss":
+        kind = faiss_index
+        if kind == "auto":
+            kind = "ivf" if n >= 100_000 else "flat"
+        return FaissIndex(kind, nlist=faiss_nlist, nprobe=faiss_nprobe, seed=seed)
+    raise ValueError(f"no index for method {method!r}")
+
+
+def sampled_softmax_cross_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    target: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    method: str = "auto",
+    index: Index | None = None,
+    num_candidates: int = 512,
+    num_uniform: int = 512,
+    reduction: str = "mean",
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    sparse_grad: bool = False,
+    deterministic: bool = False,
+    generator: torch.Generator | None = None,
+    validate: bool = False,
+) -> torch.Tensor:
+    """Softmax cross-entropy of logits hidden @ weight.T (+ bias), exact or sampled.
+
+    hidden: (N, d) float32/float16/bfloat16; weight: (n, d); target: (N,) int64;
+    bias: (n,) or None. method: "auto" | "full" | "faiss" | "lsh". For the sampled paths
+    pass the `index` you keep (LSHIndex / FaissIndex, built on `weight`); without one an
+    index is built for this call alone, which costs a full hashing pass or index build.
+    num_candidates: |S| including the target; num_uniform: |T|. Returns a 0-d float32
+    tensor (or (N,) for reduction="none").
+    """
+    N, n, d = _check_common(hidden, weight, target, bias, reduction, ignore_index,
+                            label_smoothing, num_candidates, num_uniform, validate)
+    choice = choose_method(method, n, d, N, hidden.dtype, hidden.device, num_candidates,
+                           num_uniform, label_smoothing)
+    if choice.method == "full":
+        return _full_loss(hidden, weight, bias, target, reduction, ignore_index, label_smoothing)
+    if index is None:
+        index = make_index(choice.method, n, d, num_candidates, device=weight.device)
+    if not index.built:
+        index.build(weight, bias)
+    if index.n != n:
+        raise ValueError(f"index was built over {index.n} classes but weight has n={n}")
+    retrieved = index.search(hidden, num_candidates - 1)
+    return sampled_softmax_from_candidates(
+        hidden, weight, target, retrieved, bias, num_uniform=num_uniform, reduction=reduction,
+        ignore_index=ignore_index, sparse_grad=sparse_grad, deterministic=deterministic,
+        generator=generator,
+    )
+
+
+def exact_topk(
+    hidden: torch.Tensor, weight: torch.Tensor, k: int, bias: torch.Tensor | None = None,
+    chunk: int = 1 << 16,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact top-k logits over all classes, in chunks: (scores (N, k) float32, ids (N, k) int64)."""
+    N, n = hidden.shape[0], weight.shape[0]
+    k = min(k, n)
+    best_s = torch.full((N, 0), float("-inf"), device=hidden.device)
+    best_i = torch.zeros((N, 0), dtype=torch.int64, device=hidden.device)
+    h = hidden.float()
+    for lo in range(0, n, chunk):
+        hi = min(n, lo + chunk)
+        z = h @ weight[lo:hi].float().T
+        if bias is not None:
+            z = z + bias[lo:hi].float()
+        s = torch.cat([best_s, z], dim=1)
+        i = torch.cat([best_i, torch.arange(lo, hi, device=hidden.device).expand(N, -1)], dim=1)
+        best_s, pos = torch.topk(s, min(k, s.shape[1]), dim=1)
+        best_i = torch.gather(i, 1, pos)
+    return best_s, best_i
+
+
+def rerank_topk(
+    hidden: torch.Tensor, weight: torch.Tensor, candidates: torch.Tensor, k: int,
+    bias: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact scores of the candidate ids (N, R) (-1 = empty), top-k of them: (scores, ids)."""
+    valid = candidates >= 0
+    safe = candidates.clamp_min(0)
+    z = torch.bmm(weight[safe].float(), hidden.float().unsqueeze(2)).squeeze(2)
+    if bias is not None:
+        z = z + bias[safe].float()
+    z = torch.where(valid, z, torch.full_like(z, float("-inf")))
+    s, pos = torch.topk(z, min(k, z.shape[1]), dim=1)
+    ids = torch.gather(candidates, 1, pos)
+    return s, torch.where(torch.isfinite(s), ids, torch.full_like(ids, -1))
+
+
+def recall_at_k(approx_ids: torch.Tensor, exact_ids: torch.Tensor) -> float:
+    """Mean fraction of each row's exact ids found among its approximate ids."""
+    if exact_ids.numel() == 0:
+        return float("nan")
+    hit = (exact_ids.unsqueeze(2) == approx_ids.unsqueeze(1)).any(dim=2)
+    return float(hit.float().mean())
+
+
+class SampledSoftmaxLoss(nn.Module):
+    """Output layer (n classes of dimension d) plus its softmax cross-entropy loss.
+
+    Owns weight (n, d) (or ties to a given Parameter) and an optional bias (n,); holds the
+    candidate index (LSH tables or a FAISS index), rebuilt every `refresh_every` training
+    steps and on `refresh()`. `forward(hidden (N, d), target (N,))` returns the loss.
+
+    method: "auto" | "full" | "faiss" | "lsh"; num_candidates |S| (with the target);
+    num_uniform |T|; lsh_bits K (None: from n, L, |S|), lsh_tables L; faiss_index "auto" |
+    "flat" | "ivf" with faiss_nlist / faiss_nprobe; sparse_grad: the weight gradient is a
+    sparse tensor of candidate rows (use torch.optim.SGD or SparseAdam); seed fixes the
+    hyperplanes and the uniform draws of every step (so runs and resumed runs repeat).
+    """
+
+    def __init__(
+        self,
+        num_classes: int | None = None,
+        dim: int | None = None,
+        *,
+        method: str = "auto",
+        num_candidates: int = 512,
+        num_uniform: int = 512,
+        lsh_bits: int | None = None,
+        lsh_tables: int = 8,
+        faiss_index: str = "auto",
+        faiss_nlist: int | None = None,
+        faiss_nprobe: int = 16,
+        refresh_every: int = 100,
+        reduction: str = "mean",
+        ignore_index: int = -100,
+        label_smoothing: float = 0.0,
+        bias: bool = False,
+        sparse_grad: bool = False,
+        deterministic: bool = False,
+        seed: int = 0,
+        validate: bool = False,
+        weight: nn.Parameter | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if weight is not None:
+            if not isinstance(weight, nn.Parameter) or weight.dim() != 2:
+                raise ValueError("weight must be a 2-D nn.Parameter (n, d) to tie to")
+            if num_classes is not None and num_classes != weight.shape[0]:
+                raise ValueError(f"num_classes={num_classes} but weight has n={weight.shape[0]}")
+            if dim is not None and dim != weight.shape[1]:
+                raise ValueError(f"dim={dim} but weight has d={weight.shape[1]}")
+            num_classes, dim = weight.shape
+            self.weight = weight
+        else:
+            if num_classes is None or dim is None:
+                raise ValueError("give num_classes and dim, or a weight Parameter to tie to")
+            checks.check_int_option("num_classes", num_classes, 1)
+            checks.check_int_option("dim", dim, 1)
+            bound = 1.0 / math.sqrt(dim)
+            w = torch.empty(num_classes, dim, device=device, dtype=dtype).uniform_(-bound, bound)
+            self.weight = nn.Parameter(w)
+        self.bias = (nn.Parameter(torch.zeros(num_classes, device=self.weight.device,
+                                              dtype=self.weight.dtype)) if bias else None)
+        if method not in ("auto", "full", "faiss", "lsh"):
+            raise ValueError(f"method must be auto/full/faiss/lsh, got {method!r}")
+        checks.check_int_option("num_candidates (|S|)", num_candidates, 1)
+        checks.check_int_option("num_uniform (|T|)", num_uniform, 0)
+        checks.check_int_option("lsh_tables (L)", lsh_tables, 1, 256)
+        if lsh_bits is not None:
+            checks.check_int_option("lsh_bits (K)", lsh_bits, 1, 20)
+        checks.check_int_option("refresh_every", refresh_every, 1)
+        checks.check_reduction(reduction)
+        if faiss_index not in ("auto", "flat", "ivf"):
+            raise ValueError(f"faiss_index must be auto/flat/ivf, got {faiss_index!r}")
+        self.num_classes, self.dim = int(num_classes), int(dim)
+        self.method, self.num_candidates, self.num_uniform = method, num_candidates, num_uniform
+        self.lsh_bits, self.lsh_tables = lsh_bits, lsh_tables
+        self.faiss_index, self.faiss_nlist, self.faiss_nprobe = faiss_index, faiss_nlist, faiss_nprobe
+        self.refresh_every, self.reduction, self.ignore_index = refresh_every, reduction, ignore_index
+        self.label_smoothing, self.sparse_grad, self.deterministic = label_smoothing, sparse_grad, deterministic
+        self.seed, self.validate = seed, validate
+        self.index: Index | None = None
+        self.index_method: str | None = None
+        self.steps = 0  # training steps taken (forward calls with grad, in training mode)
+        self.steps_at_refresh = -1
+        self.refresh_count = 0
+        self.last_refresh_seconds = float("nan")
+        self.total_refresh_seconds = 0.0
+        self._choices: dict[tuple, Choice] = {}
+
+    # ---- method choice -------------------------------------------------------------------
+    def choice(self, batch: int = 1, dtype: torch.dtype | None = None,
+               device: torch.device | None = None) -> Choice:
+        """The path this module takes for a batch of `batch` rows (cached per shape)."""
+        dtype = dtype or self.weight.dtype
+        device = torch.device(device) if device is not None else self.weight.device
+        key = (batch, dtype, device.type)
+        if key not in self._choices:
+            self._choices[key] = choose_method(
+                self.method, self.num_classes, self.dim, batch, dtype, device,
+                self.num_candidates, self.num_uniform, self.label_smoothing)
+        return self._choices[key]
+
+    def explain(self, batch: int = 1, dtype: torch.dtype | None = None) -> str:
+        """A short account of which path runs for this batch size, and why."""
+        c = self.choice(batch, dtype)
+        text = c.explain()
+        if c.method == "lsh":
+            K = self.lsh_bits or default_num_bits(self.num_classes, self.lsh_tables,
+                                                  self.num_candidates)
+            text += f"; lsh K={K} bits x L={self.lsh_tables} tables"
+        if c.method == "faiss":
+            kind = self.faiss_index if self.faiss_index != "auto" else (
+                "ivf" if self.num_classes >= 100_000 else "flat")
+            text += f"; faiss index {kind}"
+            if kind == "ivf":
+                text += f" nlist={self.faiss_nlist or default_nlist(self.num_classes)}"
+        return text
+
+    # ---- index lifecycle -----------------------------------------------------------------
+    @torch.no_grad()
+    def refresh(self, method: str | None = None) -> None:
+        """Rebuild the candidate index from the current weights (one hashing pass / index build)."""
+        method = method or self.index_method or self.choice().method
+        if method not in ("lsh", "faiss"):
+            return
+        t0 = time.perf_counter()
+        if self.index is None or self.index_method != method:
+            self.index = make_index(
+                method, self.num_classes, self.dim, self.num_candidates, lsh_bits=self.lsh_bits,
+                lsh_tables=self.lsh_tables, faiss_index=self.faiss_index,
+                faiss_nlist=self.faiss_nlist, faiss_nprobe=self.faiss_nprobe, seed=self.seed,
+                device=self.weight.device)
+            self.index_method = method
+        self.index.build(self.weight, self.bias)
+        self.last_refresh_seconds = time.perf_counter() - t0
+        self.total_refresh_seconds += self.last_refresh_seconds
+        self.refresh_count += 1
+        # After a checkpoint load the refresh schedule continues where the saved run was.
+        pending = getattr(self, "_pending_steps_at_refresh", None)
+        self.steps_at_refresh = self.steps if pending is None else pending
+        self._pending_steps_at_refresh = None
+        self._index_device = self.weight.device
+
+    def _index_stale(self, method: str) -> bool:
+        return (self.index is None or self.index_method != method
+                or self.steps_at_refresh < 0
+                or self.steps - self.steps_at_refresh >= self.refresh_every
+                or getattr(self, "_index_device", None) != self.weight.device)
+
+    def stats(self) -> dict:
+        return dict(steps=self.steps, refresh_count=self.refresh_count,
+                    last_refresh_seconds=self.last_refresh_seconds,
+                    total_refresh_seconds=self.total_refresh_seconds,
+                    index=self.index_method)
+
+    def _generator(self, device: torch.device) -> torch.Generator:
+        gen = torch.Generator(device=device)
+        gen.manual_seed((self.seed * 1_000_003 + self.steps) % (1 << 63))
+        return gen
+
+    # ---- forward / inference -------------------------------------------------------------
+    def forward(self, hidden: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """hidden: (N, d) float; target: (N,) int64 -> loss (0-d, or (N,) for reduction none)."""
+        N, n, d = _check_common(hidden, self.weight, target, self.bias, self.reduction,
+                                self.ignore_index, self.label_smoothing, self.num_candidates,
+                                self.num_uniform, self.validate)
+        method = self.choice(N, hidden.dtype, hidden.device).method
+        training = self.training and torch.is_grad_enabled()
+        if method == "full":
+            loss = _full_loss(hidden, self.weight, self.bias, target, self.reduction,
+                              self.ignore_index, self.label_smoothing)
+        else:
+            if self._index_stale(method):
+                self.refresh(method)
+            retrieved = self.index.search(hidden, self.num_candidates - 1)
+            loss = sampled_softmax_from_candidates(
+                hidden, self.weight, target, retrieved, self.bias, num_uniform=self.num_uniform,
+                reduction=self.reduction, ignore_index=self.ignore_index,
+                sparse_grad=self.sparse_grad, deterministic=self.deterministic,
+                generator=self._generator(hidden.device))
+        if training:
+            self.steps += 1
+        return loss
+
+    @torch.no_grad()
+    def topk(self, hidden: torch.Tensor, k: int, exact: bool = False
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-k classes per row: (scores (N, k) float32, ids (N, k) int64).
+
+        Approximate paths retrieve max(|S|, k) candidates from the index and rerank them by
+        exact logits (ids -1 where fewer than k were found); exact=True or the full path
+        scores every class (chunked).
+        """
+        if hidden.dim() != 2 or hidden.shape[1] != self.dim:
+            raise ValueError(f"hidden must be (N, {self.dim}), got {tuple(hidden.shape)}")
+        checks.check_int_option("k", k, 1, self.num_classes)
+        method = self.choice(hidden.shape[0], hidden.dtype, hidden.device).method
+        if exact or method == "full":
+            return exact_topk(hidden, self.weight, k, self.bias)
+        if (self.index is None or self.index_method != method
+                or getattr(self, "_index_device", None) != self.weight.device):
+            self.refresh(method)
+        cand = self.index.search(hidden, max(self.num_candidates, k))
+        return rerank_topk(hidden, self.weight, cand, k, self.bias)
+
+    # ---- state ---------------------------------------------------------------------------
+    def get_extra_state(self) -> dict:
+        return dict(steps=self.steps, steps_at_refresh=self.steps_at_refresh,
+                    refresh_count=self.refresh_count, seed=self.seed,
+                    lsh_bits=self.lsh_bits, lsh_tables=self.lsh_tables)
+
+    def set_extra_state(self, state: dict) -> None:
+        self.steps = int(state["steps"])
+        self.refresh_count = int(state["refresh_count"])
+        self.seed = int(state["seed"])
+        self.lsh_bits, self.lsh_tables = state["lsh_bits"], state["lsh_tables"]
+        # The index is rebuilt from the loaded weights (same seed -> same hyperplanes) at
+        # the next use, never reused stale; the refresh schedule continues where it was.
+        self.index, self.index_method = None, None
+        self._pending_steps_at_refresh = int(state["steps_at_refresh"])
+        self.steps_at_refresh = -1
+
+    def extra_repr(self) -> str:
+        return (f"num_classes={self.num_classes}, dim={self.dim}, method={self.method!r}, "
+                f"num_candidates={self.num_candidates}, num_uniform={self.num_uniform}, "
+                f"bias={self.bias is not None}, sparse_grad={self.sparse_grad}")

@@ -1,0 +1,234 @@
+"""SimHash (random-hyperplane) LSH tables over the class weights, in PyTorch (the kernels' twin).
+
+Maximum inner product -> angular search (Neyshabur & Srebro's "simple LSH"): a class row
+x = [w, b] becomes P(x) = [x / M, sqrt(1 - |x|^2 / M^2)] with M = max_j |x_j|, a query
+q = [h, 1] becomes Q(q) = [q / |q|, 0]; then cos(P(x), Q(q)) = q . x / (M |q|), so the angle
+ranks classes by their logit. Positive scaling does not change a sign bit, so the hash of a
+key only needs r . x + r_mips * sqrt(M^2 - |x|^2), and of a query r . q: hyperplanes are
+(L, K, d + 2) over [x | bias coordinate | MIPS coordinate], and nothing else is materialised.
+
+Tables: per table, class ids sorted by code (within a bucket in a fixed random order, so a
+capped read of a large bucket is a uniform subsample), with CSR offsets over all 2^K codes.
+A query reads at most `max_per_bucket` ids from each of its L buckets, counts how many
+tables each id collided in, and keeps the `num_candidates` ids with most collisions.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .checks import check_int_option
+
+MAX_BITS = 20  # dense CSR offsets hold 2^K + 1 int64 per table
+
+
+def default_num_bits(n: int, num_tables: int, num_candidates: int) -> int:
+    """K so that the L buckets of a query hold about 2x num_candidates ids in all."""
+    target = n * num_tables / max(2 * num_candidates, 1)
+    return int(min(MAX_BITS, max(1, round(math.log2(max(target, 2.0))))))
+
+
+def default_max_per_bucket(num_candidates: int, num_tables: int) -> int:
+    return max(16, math.ceil(4 * num_candidates / num_tables))
+
+
+def make_hyperplanes(
+    dim: int, num_bits: int, num_tables: int, seed: int, device=None
+) -> torch.Tensor:
+    """(L, K, dim + 2) float32 Gaussian hyperplanes, identical on every device for one seed."""
+    gen = torch.Generator().manual_seed(seed)
+    planes = torch.randn(num_tables, num_bits, dim + 2, generator=gen, dtype=torch.float32)
+    return planes.to(device)
+
+
+def max_row_norm(weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """M = max_j |[w_j, b_j]| as a 0-d float32 tensor (stays on the device: no sync)."""
+    sq = weight.float().pow(2).sum(1)
+    if bias is not None:
+        sq = sq + bias.float().pow(2)
+    return sq.max().sqrt()
+
+
+def simhash_codes_ref(
+    x: torch.Tensor,
+    hyperplanes: torch.Tensor,
+    bias: torch.Tensor | float | None = None,
+    max_norm: torch.Tensor | float | None = None,
+    chunk_rows: int = 1 << 14,
+) -> torch.Tensor:
+    """Packed SimHash codes, one int32 per row and table.
+
+    x: (M, d) float; hyperplanes: (L, K, d + 2) float32; bias: (M,) per-row bias (keys), a
+    float for every row (queries: 1.0 when the classes have a bias), or None (0);
+    max_norm: M of the MIPS transform for keys, None for queries (MIPS coordinate 0).
+    Returns (M, L) int32 with bit k of table l = [projection on hyperplane (l, k) > 0].
+    """
+    L, K, D2 = hyperplanes.shape
+    M, d = x.shape
+    assert D2 == d + 2
+    planes = hyperplanes.reshape(L * K, D2).float()
+    weights = (1 << torch.arange(K, device=x.device, dtype=torch.int32)).view(1, 1, K)
+    out = torch.empty(M, L, dtype=torch.int32, device=x.device)
+    for lo in range(0, M, chunk_rows):
+        hi = min(M, lo + chunk_rows)
+        xc = x[lo:hi].float()
+        proj = xc @ planes[:, :d].T
+        if isinstance(bias, torch.Tensor):
+            b = bias[lo:hi].float()
+            proj += b.unsqueeze(1) * planes[:, d]
+        elif bias:
+            proj += float(bias) * planes[:, d]
+        else:
+            b = None
+        if max_norm is not None:
+            sq = xc.pow(2).sum(1)
+            if isinstance(bias, torch.Tensor):
+                sq = sq + b.pow(2)
+            extra = (torch.as_tensor(max_norm, dtype=torch.float32).pow(2) - sq).clamp_min(0).sqrt()
+            proj += extra.unsqueeze(1) * planes[:, d + 1]
+        bits = (proj > 0).view(hi - lo, L, K).to(torch.int32)
+        out[lo:hi] = (bits * weights).sum(2, dtype=torch.int32)
+    return out
+
+
+def bucket_table_ref(
+    codes: torch.Tensor, num_bits: int, order_seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sort class ids by code per table: (sorted_ids (L, n) int32, offsets (L, 2^K + 1) int64).
+
+    codes: (n, L) int32 in [0, 2^K). Bucket c of table l holds sorted_ids[l, offsets[l, c]:
+    offsets[l, c + 1]], in a random order fixed by order_seed.
+    """
+    n, L = codes.shape
+    gen = torch.Generator().manual_seed(order_seed)
+    perm = torch.randperm(n, generator=gen).to(codes.device)
+    codes_t = codes.T[:, perm]  # (L, n), class order shuffled
+    sorted_codes, order = torch.sort(codes_t, dim=1, stable=True)
+    sorted_ids = perm[order].to(torch.int32)
+    bounds = torch.arange(1 << num_bits, device=codes.device, dtype=torch.int32)
+    bounds = bounds.unsqueeze(0).expand(L, -1).contiguous()
+    starts = torch.searchsorted(sorted_codes.contiguous(), bounds, right=False)
+    end = torch.full((L, 1), n, dtype=torch.int64, device=codes.device)
+    offsets = torch.cat([starts, end], dim=1)
+    return sorted_ids.contiguous(), offsets.contiguous()
+
+
+def lsh_candidates_ref(
+    query_codes: torch.Tensor,
+    sorted_ids: torch.Tensor,
+    offsets: torch.Tensor,
+    num_candidates: int,
+    max_per_bucket: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Union of each query's L buckets, ranked by collision count and capped.
+
+    query_codes: (N, L) int32. Returns (ids (N, C) int64 with -1 for empty slots,
+    collisions (N, C) int32, 0 for empty slots), best first.
+    """
+    N, L = query_codes.shape
+    device = query_codes.device
+    C, B = num_candidates, max_per_bucket
+    codes = query_codes.long()
+    table = torch.arange(L, device=device).unsqueeze(0).expand(N, L)
+    start = offsets[table, codes]  # (N, L)
+    end = offsets[table, codes + 1]
+    pos = start.unsqueeze(2) + torch.arange(B, device=device).view(1, 1, B)  # (N, L, B)
+    ok = pos < end.unsqueeze(2)
+    pos = torch.where(ok, pos, torch.zeros_like(pos))
+    ids = sorted_ids[table.unsqueeze(2).expand(N, L, B), pos].long()
+    sentinel = torch.iinfo(torch.int64).max
+    ids = torch.where(ok, ids, torch.full_like(ids, sentinel)).view(N, L * B)
+    ids, _ = torch.sort(ids, dim=1)
+    # collisions of an id = length of its run in the sorted row; score only the run starts
+    first = torch.ones_like(ids, dtype=torch.bool)
+    first[:, 1:] = ids[:, 1:] != ids[:, :-1]
+    right = torch.searchsorted(ids, ids, right=True)
+    left = torch.searchsorted(ids, ids, right=False)
+    count = (right - left).to(torch.int32)
+    score = torch.where(first & (ids != sentinel), count, torch.zeros_like(count))
+    k = min(C, L * B)
+    top_score, top_pos = torch.topk(score, k, dim=1)
+    top_ids = torch.gather(ids, 1, top_pos)
+    top_ids = torch.where(top_score > 0, top_ids, torch.full_like(top_ids, -1))
+    if k < C:
+        pad = C - k
+        top_ids = torch.cat([top_ids, top_ids.new_full((N, pad), -1)], dim=1)
+        top_score = torch.cat([top_score, top_score.new_zeros((N, pad))], dim=1)
+    return top_ids, top_score
+
+
+class LSHIndex:
+    """SimHash LSH tables over a weight matrix; rebuilt by `build` (the refresh).
+
+    num_bits K (<= 20), num_tables L, hyperplanes from `seed` (identical on every device and
+    every rank). `build(weight, bias)` hashes all n rows and sorts them into tables;
+    `search(hidden, num_candidates)` returns ranked candidate ids.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_bits: int,
+        num_tables: int,
+        seed: int = 0,
+        max_per_bucket: int | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        check_int_option("lsh_bits (K)", num_bits, 1, MAX_BITS)
+        check_int_option("lsh_tables (L)", num_tables, 1, 256)
+        self.dim, self.num_bits, self.num_tables, self.seed = dim, num_bits, num_tables, seed
+        self.max_per_bucket = max_per_bucket
+        self.hyperplanes = make_hyperplanes(dim, num_bits, num_tables, seed, device)
+        self.sorted_ids: torch.Tensor | None = None
+        self.offsets: torch.Tensor | None = None
+        self.has_bias = False
+        self.n = 0
+
+    @property
+    def built(self) -> bool:
+        return self.sorted_ids is not None
+
+    @property
+    def device(self) -> torch.device:
+        return self.hyperplanes.device
+
+    def to(self, device) -> LSHIndex:
+        self.hyperplanes = self.hyperplanes.to(device)
+        if self.built:
+            self.sorted_ids = self.sorted_ids.to(device)
+            self.offsets = self.offsets.to(device)
+        return self
+
+    def build(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> LSHIndex:
+        from . import ops as kd
+
+        weight = weight.detach()
+        bias = bias.detach() if bias is not None else None
+        if weight.shape[1] != self.dim:
+            raise ValueError(f"weight has d={weight.shape[1]}, index was made for d={self.dim}")
+        if self.hyperplanes.device != weight.device:
+            self.hyperplanes = self.hyperplanes.to(weight.device)
+        max_norm = max_row_norm(weight, bias)
+        codes = kd.simhash_codes(weight, self.hyperplanes, bias, max_norm)
+        self.sorted_ids, self.offsets = kd.bucket_table(codes, self.num_bits, self.seed)
+        self.has_bias = bias is not None
+        self.n = weight.shape[0]
+        return self
+
+    def query_codes(self, hidden: torch.Tensor) -> torch.Tensor:
+        from . import ops as kd
+
+        return kd.simhash_codes(hidden, self.hyperplanes, 1.0 if self.has_bias else None, None)
+
+    def search(self, hidden: torch.Tensor, num_candidates: int) -> torch.Tensor:
+        """(N, num_candidates) int64 class ids, most collisions first, -1 for empty slots."""
+        from . import ops as kd
+
+        if not self.built:
+            raise RuntimeError("LSHIndex.search before build(): call build(weight, bias) first")
+        B = self.max_per_bucket or default_max_per_bucket(num_candidates, self.num_tables)
+        codes = self.query_codes(hidden.detach())
+        ids, _ = kd.lsh_candidates(codes, self.sorted_ids, self.offsets, num_candidates, B)
+        return ids
