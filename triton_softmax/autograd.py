@@ -9,7 +9,7 @@ from . import ops
 
 
 class SampledSoftmaxFunction(torch.autograd.Function):
-    """Per-example estimator loss (N,) fp32; backward touches only candidate rows of W.
+    """Per-example estimator loss (N,) fp32 (fp64 for fp64 inputs); backward touches only candidate rows of W.
 
     hidden (N, d), weight (n, d), bias (n,) | None, cand_ids (N, M) int64,
     cand_logw (N, M) float32, target (N,) int64 in [0, n).
@@ -22,18 +22,22 @@ class SampledSoftmaxFunction(torch.autograd.Function):
         loss, lse = ops.sampled_logits_fwd(hidden, weight, bias, cand_ids, cand_logw, target)
         ctx.save_for_backward(hidden, weight, bias, cand_ids, cand_logw, target, lse)
         ctx.sparse_grad, ctx.deterministic = sparse_grad, deterministic
-        return loss.float()
+        return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
         hidden, weight, bias, cand_ids, cand_logw, target, lse = ctx.saved_tensors
         n = weight.shape[0]
-        coef, ids = ops.sampled_logits_coef(
-            grad_loss, hidden, weight, bias, cand_ids, cand_logw, target, lse
-        )
         dh = dW = db = None
-        if ctx.needs_input_grad[0]:
-            dh = ops.grad_hidden(coef, ids, weight).to(hidden.dtype)
+        if ctx.needs_input_grad[0]:  # coefficients and dh in one pass over the candidate rows
+            coef, ids, dh = ops.sampled_logits_bwd(
+                grad_loss, hidden, weight, bias, cand_ids, cand_logw, target, lse
+            )
+            dh = dh.to(hidden.dtype)
+        else:
+            coef, ids = ops.sampled_logits_coef(
+                grad_loss, hidden, weight, bias, cand_ids, cand_logw, target, lse
+            )
         if ctx.needs_input_grad[1]:
             if ctx.sparse_grad:
                 dW = _est.sparse_grad_weight_ref(coef, ids, hidden, n, weight.dtype)
@@ -46,14 +50,14 @@ class SampledSoftmaxFunction(torch.autograd.Function):
 
 
 class ChunkedCrossEntropyFunction(torch.autograd.Function):
-    """Exact per-example cross-entropy (N,) fp32 without an (N, n) logits tensor."""
+    """Exact per-example cross-entropy (N,) fp32 (fp64 for fp64) without an (N, n) logits tensor."""
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, target, label_smoothing):
         loss, lse = ops.chunked_ce_fwd(hidden, weight, bias, target, label_smoothing)
         ctx.save_for_backward(hidden, weight, bias, target, lse)
         ctx.label_smoothing = label_smoothing
-        return loss.float()
+        return loss
 
     @staticmethod
     def backward(ctx, grad_loss):

@@ -89,7 +89,7 @@ def chunked_ce_bwd_ref(
             dz = dz - label_smoothing / n
         in_chunk = (target >= lo) & (target < hi)
         col = (target - lo).clamp(0, hi - lo - 1)
-        dz[rows, col] -= torch.where(in_chunk, 1.0 - label_smoothing, 0.0).to(acc)
+        dz[rows, col] -= in_chunk.to(acc) * (1.0 - label_smoothing)
         dz = dz * g
         dh += dz @ weight[lo:hi].to(acc)
         dW[lo:hi] = dz.T @ h

@@ -25,8 +25,12 @@ MAX_BITS = 20  # dense CSR offsets hold 2^K + 1 int64 per table
 
 
 def default_num_bits(n: int, num_tables: int, num_candidates: int) -> int:
-    """K so that the L buckets of a query hold about 2x num_candidates ids in all."""
-    target = n * num_tables / max(2 * num_candidates, 1)
+    """K so that a bucket holds about as many ids as a query reads from it (4 |S| / L).
+
+    The MIPS transform squeezes the angles between queries and keys towards 90 degrees, so
+    it wants fewer bits than plain SimHash would (measured in tests/test_lsh.py).
+    """
+    target = n * num_tables / max(4 * num_candidates, 1)
     return int(min(MAX_BITS, max(1, round(math.log2(max(target, 2.0))))))
 
 
@@ -144,10 +148,9 @@ def lsh_candidates_ref(
     # collisions of an id = length of its run in the sorted row; score only the run starts
     first = torch.ones_like(ids, dtype=torch.bool)
     first[:, 1:] = ids[:, 1:] != ids[:, :-1]
-    right = torch.searchsorted(ids, ids, right=True)
-    left = torch.searchsorted(ids, ids, right=False)
-    count = (right - left).to(torch.int32)
-    score = torch.where(first & (ids != sentinel), count, torch.zeros_like(count))
+    run = torch.cumsum(first, dim=1) - 1  # run index of every slot
+    count = torch.zeros_like(run).scatter_add_(1, run, torch.ones_like(run)).gather(1, run)
+    score = torch.where(first & (ids != sentinel), count, torch.zeros_like(count)).to(torch.int32)
     k = min(C, L * B)
     top_score, top_pos = torch.topk(score, k, dim=1)
     top_ids = torch.gather(ids, 1, top_pos)
@@ -229,6 +232,7 @@ class LSHIndex:
         if not self.built:
             raise RuntimeError("LSHIndex.search before build(): call build(weight, bias) first")
         B = self.max_per_bucket or default_max_per_bucket(num_candidates, self.num_tables)
-        codes = self.query_codes(hidden.detach())
-        ids, _ = kd.lsh_candidates(codes, self.sorted_ids, self.offsets, num_candidates, B)
+        bias = 1.0 if self.has_bias else None  # the queries' bias coordinate, as query_codes
+        ids, _ = kd.lsh_query(hidden.detach(), self.hyperplanes, bias, self.sorted_ids,
+                              self.offsets, num_candidates, B)
         return ids

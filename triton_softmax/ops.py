@@ -83,6 +83,21 @@ def lsh_candidates(query_codes, sorted_ids, offsets, num_candidates, max_per_buc
     )
 
 
+def _lsh_query_ref(hidden, hyperplanes, bias, sorted_ids, offsets, num_candidates,
+                   max_per_bucket):
+    codes = _lsh.simhash_codes_ref(hidden, hyperplanes, bias, None)
+    return _lsh.lsh_candidates_ref(codes, sorted_ids, offsets, num_candidates, max_per_bucket)
+
+
+def lsh_query(hidden, hyperplanes, bias, sorted_ids, offsets, num_candidates, max_per_bucket):
+    """Hash the queries and look them up (one fused launch on the Triton path):
+    simhash_codes(hidden, hyperplanes, bias, None) then lsh_candidates(...)."""
+    return _route(
+        "lsh_query", _lsh_query_ref, hidden,
+        hidden, hyperplanes, bias, sorted_ids, offsets, num_candidates, max_per_bucket,
+    )
+
+
 def build_candidates(retrieved, target, n, num_uniform, generator=None):
     return _cand.build_candidates(retrieved, target, n, num_uniform, generator)
 
@@ -97,6 +112,21 @@ def sampled_logits_fwd(hidden, weight, bias, cand_ids, cand_logw, target):
 def sampled_logits_coef(grad_loss, hidden, weight, bias, cand_ids, cand_logw, target, lse):
     return _route(
         "sampled_logits_coef", _est.sampled_logits_coef_ref, hidden,
+        grad_loss, hidden, weight, bias, cand_ids, cand_logw, target, lse,
+    )
+
+
+def _sampled_logits_bwd_ref(grad_loss, hidden, weight, bias, cand_ids, cand_logw, target, lse):
+    coef, ids = _est.sampled_logits_coef_ref(
+        grad_loss, hidden, weight, bias, cand_ids, cand_logw, target, lse
+    )
+    return coef, ids, _est.grad_hidden_ref(coef, ids, weight)
+
+
+def sampled_logits_bwd(grad_loss, hidden, weight, bias, cand_ids, cand_logw, target, lse):
+    """(coef, ids, dh): sampled_logits_coef and grad_hidden in one pass on the Triton path."""
+    return _route(
+        "sampled_logits_bwd", _sampled_logits_bwd_ref, hidden,
         grad_loss, hidden, weight, bias, cand_ids, cand_logw, target, lse,
     )
 
