@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from triton_softmax import SampledSoftmaxLoss, sampled_softmax_cross_entropy
+from triton_softmax import SampledSoftmaxLoss
 
 
 @pytest.mark.parametrize(

@@ -3,16 +3,16 @@
 import pytest
 import torch
 
+from triton_softmax.loss import exact_topk, recall_at_k
 from triton_softmax.lsh import (
-    default_max_per_bucket,
     LSHIndex,
     bucket_table_ref,
+    default_max_per_bucket,
     lsh_candidates_ref,
     make_hyperplanes,
     max_row_norm,
     simhash_codes_ref,
 )
-from triton_softmax.loss import exact_topk, recall_at_k
 
 
 def _brute_codes(x_aug, planes):

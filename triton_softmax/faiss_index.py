@@ -40,7 +40,14 @@ def faiss_gpu_available() -> bool:
 
 
 def default_nlist(n: int) -> int:
-    return int(max(1, min(n // 39, round(4 * math.sqrt(n)))))
+    """About sqrt(n) lists, and at least 39 rows per list (FAISS's training minimum)."""
+    return int(max(1, min(n // 39, round(math.sqrt(n)))))
+
+
+# k-means for IVF is the refresh's dominant cost: a few iterations on a subsample of the rows
+# place the coarse centroids well enough for inner-product search over slowly moving weights.
+KMEANS_ITERATIONS = 10
+KMEANS_POINTS_PER_CENTROID = 64
 
 
 def _augment(x: torch.Tensor, col: torch.Tensor | float | None) -> torch.Tensor:
@@ -99,6 +106,9 @@ class FaissIndex:
             nlist = min(self.nlist or default_nlist(n), n)
             index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
             index.cp.seed = self.seed
+            index.cp.niter = KMEANS_ITERATIONS
+            index.cp.max_points_per_centroid = KMEANS_POINTS_PER_CENTROID
+            index.cp.min_points_per_centroid = 1
             index.nprobe = min(self.nprobe, nlist)
         if self.on_gpu:  # pragma: no cover - needs faiss-gpu
             importlib.import_module("faiss.contrib.torch_utils")  # faiss takes torch tensors
