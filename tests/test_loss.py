@@ -279,13 +279,6 @@ def test_topk_reranks_exactly_and_reports_recall(method):
     assert rec >= (0.99 if method == "faiss" else 0.3), rec
 
 
-def test_explain_says_what_and_why():
-    layer = SampledSoftmaxLoss(10**6, 8, num_candidates=64, num_uniform=64)
-    text = layer.explain(batch=256)
-    assert "method=lsh" in text and "crossover" in text and "n=1000000" in text
-    small = SampledSoftmaxLoss(100, 8, num_candidates=64, num_uniform=64)
-    assert "sampling saves nothing" in small.explain()
-
 
 # ---- training ---------------------------------------------------------------------------------
 def _teacher(n=1000, d=32, N=6000, seed=0):

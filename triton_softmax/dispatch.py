@@ -1,26 +1,111 @@
-"""method="auto": choose full, faiss or lsh from the problem's sizes, dtype and device.
+"""method="auto": choose full, faiss or lsh from n, d, N, dtype and device, from measurements.
 
-The crossovers (the class count n above which a sampled path beats the exact one) live in a
-small table per device class. Each entry names where it came from; an entry that no
-benchmark record backs says so. The choice is made once per (n, d, N, dtype, device) and
-cached by the caller; it reads no tensor data.
+A crossover table per device class ("cpu", "cuda:sm90", ...) holds entries measured at some
+(d, N, dtype): the class count n at which lsh and faiss overtake the exact path (null: not
+within the measured range). The table used is, in order: the file written by the tune command
+(`python -m triton_softmax.tune`) in the per-user cache directory ($XDG_CACHE_HOME or
+~/.cache, then triton_softmax/crossovers.json), else the defaults shipped in
+triton_softmax/crossovers/default.json, whose entries name the benchmark record files they
+come from. A corrupt or foreign cache file is ignored with a warning.
+
+The choice also respects: method forced by the caller; exact=True; |S| + |T| >= n (sampling
+saves nothing); label smoothing (needs every class); faiss not importable; the full path's
+working set against free device memory (CUDA). It reads no tensor data (no host sync) and is
+made once per shape: callers cache it (the module does; `choose_method` is lru-cached).
 """
 
 from __future__ import annotations
 
+import functools
+import json
+import math
+import os
+import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from .faiss_index import FAISS_IMPORT_ERROR, faiss_available
 
 METHODS = ("auto", "full", "faiss", "lsh")
+TABLE_FORMAT = "triton_softmax.crossovers/1"
+DEFAULT_TABLE_PATH = Path(__file__).parent / "crossovers" / "default.json"
 
-# n at which the lsh path overtakes the exact path, per device class.
-DEFAULT_CROSSOVERS: dict[str, dict[str, object]] = {
-    "cpu": {"lsh": 50_000, "faiss": 200_000, "source": "provisional default (not yet measured)"},
-    "cuda": {"lsh": 500_000, "faiss": 2_000_000, "source": "provisional default (not yet measured)"},
-}
+
+def cache_path() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(root) / "triton_softmax" / "crossovers.json"
+
+
+def device_class(device: torch.device) -> str:
+    """"cpu", or "cuda:sm<major><minor>" by compute capability."""
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        return f"cuda:sm{major}{minor}"
+    return device.type
+
+
+def validate_table(table: object) -> dict:
+    """Raise ValueError unless `table` is a crossover table of this format."""
+    if not isinstance(table, dict) or table.get("format") != TABLE_FORMAT:
+        raise ValueError(f"not a {TABLE_FORMAT} table")
+    devices = table.get("devices")
+    if not isinstance(devices, dict):
+        raise ValueError("table has no 'devices' mapping")
+    for dev, spec in devices.items():
+        if not isinstance(spec, dict) or not isinstance(spec.get("entries"), list):
+            raise ValueError(f"device {dev!r} has no entry list")
+        for e in spec["entries"]:
+            for key in ("d", "N"):
+                if not isinstance(e.get(key), int) or e[key] < 1:
+                    raise ValueError(f"device {dev!r}: entry {e} lacks a positive int {key!r}")
+            for key in ("lsh", "faiss"):
+                if e.get(key) is not None and not isinstance(e.get(key), (int, float)):
+                    raise ValueError(f"device {dev!r}: entry {e} has a bad {key!r}")
+            if not isinstance(e.get("dtype"), str):
+                raise ValueError(f"device {dev!r}: entry {e} lacks a dtype")
+    return table
+
+
+@functools.lru_cache(maxsize=8)
+def _load(path: str, mtime: float) -> dict | None:
+    try:
+        with open(path) as f:
+            table = validate_table(json.load(f))
+    except (OSError, ValueError, json.JSONDecodeError) as exc:
+        warnings.warn(f"triton_softmax: ignoring crossover table {path}: {exc}", stacklevel=3)
+        return None
+    table["_path"] = path
+    return table
+
+
+def load_table(path: str | os.PathLike | None = None) -> dict:
+    """The tuned table (cache) if present and valid, else the shipped defaults."""
+    candidates = [Path(path)] if path is not None else [cache_path(), DEFAULT_TABLE_PATH]
+    for p in candidates:
+        if p.is_file():
+            table = _load(str(p), p.stat().st_mtime)
+            if table is not None:
+                return table
+    return _load(str(DEFAULT_TABLE_PATH), DEFAULT_TABLE_PATH.stat().st_mtime)
+
+
+def lookup(table: dict, device: str, d: int, N: int, dtype: str) -> tuple[dict | None, str]:
+    """The measured entry nearest to (d, N) (log distance), same dtype preferred."""
+    spec = table["devices"].get(device)
+    if spec is None and device.startswith("cuda"):
+        cuda = [k for k in table["devices"] if k.startswith("cuda")]
+        spec = table["devices"][cuda[0]] if cuda else None
+    if spec is None or not spec["entries"]:
+        return None, f"no crossover measured for device {device}"
+
+    def dist(e):
+        return (abs(math.log(e["d"] / d)) + abs(math.log(e["N"] / max(N, 1)))
+                + (0.0 if e["dtype"] == dtype else 10.0))
+
+    entry = min(spec["entries"], key=dist)
+    return entry, spec.get("source", "unknown source")
 
 
 @dataclass(frozen=True)
@@ -31,7 +116,13 @@ class Choice:
 
     def explain(self) -> str:
         seen = ", ".join(f"{k}={v}" for k, v in self.inputs.items())
-        return f"method={self.method}: {self.reason} [{seen}]"
+        return f"method={self.method}: {self.reason} [looked at: {seen}]"
+
+
+def _full_working_set(n: int, d: int, N: int, elt: int) -> int:
+    from .full import class_chunk
+
+    return n * d * elt + 3 * N * class_chunk(N, n) * 4  # dense dW + logits chunk temporaries
 
 
 def choose_method(
@@ -44,24 +135,26 @@ def choose_method(
     num_candidates: int,
     num_uniform: int,
     label_smoothing: float = 0.0,
+    exact: bool = False,
     table: dict | None = None,
 ) -> Choice:
-    """Resolve `requested` (auto/full/faiss/lsh) into the path that will run, with the reason."""
+    """Resolve `requested` (auto/full/faiss/lsh) into the path that runs, with the reason."""
     if requested not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {requested!r}")
-    inputs = dict(n=n, d=d, N=batch, dtype=str(dtype).replace("torch.", ""), device=device.type,
+    dev = torch.device(device)
+    dtype_name = str(dtype).replace("torch.", "")
+    inputs = dict(n=n, d=d, N=batch, dtype=dtype_name, device=dev.type,
                   S=num_candidates, T=num_uniform)
-    if requested == "full":
-        return Choice("full", "asked for the exact path", inputs)
+    if exact or requested == "full":
+        return Choice("full", "exact loss asked for", inputs)
     if num_candidates + num_uniform >= n:
-        return Choice("full", f"|S|+|T| = {num_candidates + num_uniform} >= n = {n}: "
-                      "sampling saves nothing, so the exact loss is computed", inputs)
+        return Choice("full", f"|S|+|T| = {num_candidates + num_uniform} >= n = {n}: sampling "
+                      "saves nothing, so the exact loss is computed", inputs)
     if label_smoothing:
         if requested != "auto":
             raise ValueError(
                 f"label_smoothing={label_smoothing} needs the full path (its gradient touches "
-                f"every class), but method={requested!r}"
-            )
+                f"every class), but method={requested!r}")
         return Choice("full", "label smoothing needs every class: exact path", inputs)
     if requested == "faiss":
         if not faiss_available():
@@ -69,11 +162,46 @@ def choose_method(
         return Choice("faiss", "asked for the faiss path", inputs)
     if requested == "lsh":
         return Choice("lsh", "asked for the lsh path", inputs)
-    table = table or DEFAULT_CROSSOVERS
-    entry = table.get(device.type, table["cpu"])
-    cross = int(entry["lsh"])
-    if n < cross:
-        return Choice("full", f"n = {n} < lsh crossover {cross} on {device.type} "
-                      f"({entry['source']})", inputs)
-    return Choice("lsh", f"n = {n} >= lsh crossover {cross} on {device.type} "
-                  f"({entry['source']})", inputs)
+
+    table = table if table is not None else load_table()
+    dclass = device_class(dev)
+    entry, source = lookup(table, dclass, d, batch, dtype_name)
+    where = table.get("_path", "given table")
+    notes = []
+    if dev.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(dev)
+        need = _full_working_set(n, d, batch, torch.empty((), dtype=dtype).element_size())
+        if need > free:
+            return Choice("lsh", f"the full path needs ~{need / 2**30:.1f} GiB, more than the "
+                          f"{free / 2**30:.1f} GiB free on {dclass}", inputs)
+    if entry is None:
+        return Choice("full", f"{source}; exact path by default", inputs)
+    at = f"(d={entry['d']}, N={entry['N']}, {entry['dtype']}) from {source} [{where}]"
+    options = []
+    if entry.get("lsh") is not None:
+        options.append(("lsh", int(entry["lsh"])))
+    if entry.get("faiss") is not None:
+        if faiss_available():
+            options.append(("faiss", int(entry["faiss"])))
+        else:
+            notes.append(f"faiss unavailable ({FAISS_IMPORT_ERROR})")
+    over = sorted((x, m) for m, x in options if n >= x)
+    note = ("; " + "; ".join(notes)) if notes else ""
+    if over:
+        x, m = over[0]
+        return Choice(m, f"n = {n} >= {m} crossover {x} measured at {at}{note}", inputs)
+    if options:
+        first = min(x for _, x in options)
+        return Choice("full", f"n = {n} < the lowest crossover {first} measured at {at}{note}",
+                      inputs)
+    return Choice("full", f"no sampled path overtook the exact one where measured at {at}{note}",
+                  inputs)
+
+
+def explain(
+    n: int, d: int, batch: int, dtype: torch.dtype = torch.float32, device="cpu",
+    method: str = "auto", num_candidates: int = 512, num_uniform: int = 512, **kw,
+) -> str:
+    """A human-readable account of what `method` resolves to for these sizes, and why."""
+    return choose_method(method, n, d, batch, dtype, torch.device(device), num_candidates,
+                         num_uniform, **kw).explain()

@@ -89,6 +89,17 @@ def sampled_softmax_from_candidates(
     return _reduce(loss_rows, row_valid, reduction)
 
 
+_CHOICES: dict[tuple, Choice] = {}
+
+
+def _cached_choice(*key) -> Choice:
+    """choose_method once per shape and options (the table is read once, not per step)."""
+    choice = _CHOICES.get(key)
+    if choice is None:
+        choice = _CHOICES[key] = choose_method(*key)
+    return choice
+
+
 def _full_loss(hidden, weight, bias, target, reduction, ignore_index, label_smoothing):
     row_valid = target != ignore_index
     safe_target = torch.where(row_valid, target, torch.zeros_like(target)).long()
@@ -152,8 +163,8 @@ def sampled_softmax_cross_entropy(
     """
     N, n, d = _check_common(hidden, weight, target, bias, reduction, ignore_index,
                             label_smoothing, num_candidates, num_uniform, validate)
-    choice = choose_method(method, n, d, N, hidden.dtype, hidden.device, num_candidates,
-                           num_uniform, label_smoothing)
+    choice = _cached_choice(method, n, d, N, hidden.dtype, hidden.device, num_candidates,
+                            num_uniform, float(label_smoothing))
     if choice.method == "full":
         return _full_loss(hidden, weight, bias, target, reduction, ignore_index, label_smoothing)
     if index is None:

@@ -1,0 +1,193 @@
+"""Measure where the sampled paths overtake the exact one on this device; write the table.
+
+    python -m triton_softmax.tune                       # short sweep, writes the user cache
+    python -m triton_softmax.tune --d 128 --N 256 --n 1e3 1e4 1e5 1e6
+    python -m triton_softmax.tune --from-records bench/results/cpu.jsonl --out FILE
+
+Each measurement is one training step (forward + backward + SGD step; sparse gradient for the
+sampled paths), median of repeats after a warm-up, with the index refresh excluded (it is
+amortised over refresh_every steps and reported by the module separately). The crossover of
+a path is the n where its time per step falls below the exact path's, interpolated in
+log-log between the measured n (null when it never does in the measured range).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .dispatch import TABLE_FORMAT, cache_path, device_class, validate_table
+from .faiss_index import faiss_available
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_step(method: str, n: int, d: int, N: int, dtype: torch.dtype, device: torch.device,
+              repeats: int = 5, num_candidates: int = 512, num_uniform: int = 512,
+              seed: int = 0) -> float:
+    """Median seconds of one training step of SampledSoftmaxLoss(method=...)."""
+    from .loss import SampledSoftmaxLoss
+
+    g = torch.Generator().manual_seed(seed)
+    layer = SampledSoftmaxLoss(n, d, method=method, num_candidates=num_candidates,
+                               num_uniform=num_uniform, sparse_grad=method != "full",
+                               refresh_every=10**9, seed=seed, device=device, dtype=dtype)
+    opt = torch.optim.SGD(layer.parameters(), lr=1e-3)
+    h = torch.randn(N, d, generator=g).to(device=device, dtype=dtype)
+    y = torch.randint(0, n, (N,), generator=g).to(device)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        layer(h, y).backward()
+        opt.step()
+
+    step()  # warm-up; builds the index once
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        step()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def crossover(ns: list[int], full: list[float], other: list[float]) -> float | None:
+    """First n where `other` becomes faster than `full`, log-log interpolated; None if never."""
+    ratio = [math.log(o / f) for o, f in zip(other, full)]
+    if ratio[0] <= 0:
+        return float(ns[0])
+    for i in range(1, len(ns)):
+        if ratio[i] <= 0:
+            a, b = math.log(ns[i - 1]), math.log(ns[i])
+            t = ratio[i - 1] / (ratio[i - 1] - ratio[i])
+            return float(math.exp(a + t * (b - a)))
+    return None
+
+
+def crossovers_from_records(records: list[dict]) -> list[dict]:
+    """Table entries from sweep records {method, n, d, N, dtype, median_ms, status}."""
+    groups: dict[tuple, dict[str, dict[int, float]]] = {}
+    for r in records:
+        if r.get("status", "ok") != "ok" or r.get("method") not in ("full", "lsh", "faiss"):
+            continue
+        key = (int(r["d"]), int(r["N"]), str(r["dtype"]))
+        groups.setdefault(key, {}).setdefault(r["method"], {})[int(r["n"])] = float(r["median_ms"])
+    entries = []
+    for (d, N, dtype), by in sorted(groups.items()):
+        if "full" not in by:
+            continue
+        entry = dict(d=d, N=N, dtype=dtype)
+        for m in ("lsh", "faiss"):
+            ns = sorted(set(by["full"]) & set(by.get(m, {})))
+            x = crossover(ns, [by["full"][k] for k in ns], [by[m][k] for k in ns]) if ns else None
+            entry[m] = None if x is None else int(round(x))
+        entry["measured_n"] = sorted(by["full"])
+        entries.append(entry)
+    return entries
+
+
+def write_table(path: Path, device: str, device_name: str, source: str,
+                entries: list[dict], merge: bool = True) -> dict:
+    table = {"format": TABLE_FORMAT, "devices": {}}
+    if merge and path.is_file():
+        try:
+            table = validate_table(json.loads(path.read_text()))
+        except (ValueError, json.JSONDecodeError):
+            pass
+    table["devices"][device] = dict(device_name=device_name, source=source, entries=entries)
+    validate_table(table)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(table, indent=1) + "\n")
+    return table
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m triton_softmax.tune", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--d", type=int, nargs="+", default=None)
+    p.add_argument("--N", type=int, nargs="+", default=None)
+    p.add_argument("--n", type=float, nargs="+", default=None)
+    p.add_argument("--dtype", nargs="+", default=None)
+    p.add_argument("--num-candidates", type=int, default=512)
+    p.add_argument("--num-uniform", type=int, default=512)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--out", type=Path, default=None, help="table file (default: user cache)")
+    p.add_argument("--from-records", type=Path, nargs="+", default=None,
+                   help="build the table from sweep records (JSON lines) instead of measuring")
+    p.add_argument("--device-class", default=None, help="with --from-records: e.g. cpu")
+    args = p.parse_args(argv)
+    out = args.out or cache_path()
+
+    if args.from_records:
+        records = []
+        for f in args.from_records:
+            records += [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+        dclass = args.device_class or "cpu"
+        records = [r for r in records if r.get("device_class", dclass) == dclass]
+        entries = crossovers_from_records(records)
+        names = {r.get("device_name") for r in records if r.get("device_name")}
+        source = "records " + ", ".join(str(f) for f in args.from_records)
+        write_table(out, dclass, ", ".join(sorted(names)) or dclass, source, entries)
+        print(f"wrote {len(entries)} entries for {dclass} to {out}")
+        return 0
+
+    device = torch.device(args.device)
+    gpu = device.type == "cuda"
+    ds = args.d or ([1024] if gpu else [128])
+    Ns = args.N or ([8192] if gpu else [256])
+    dtypes = args.dtype or (["bfloat16"] if gpu else ["float32"])
+    ns = [int(x) for x in (args.n or ([1e4, 1e5, 1e6, 3e6] if gpu else [1e3, 1e4, 1e5, 1e6]))]
+    methods = ["full", "lsh"] + (["faiss"] if faiss_available() else [])
+    records = []
+    total = len(ds) * len(Ns) * len(dtypes) * len(ns) * len(methods)
+    k = 0
+    for d in ds:
+        for N in Ns:
+            for dt in dtypes:
+                for n in ns:
+                    for m in methods:
+                        k += 1
+                        print(f"[{k}/{total}] {m:5s} n={n:<9d} d={d} N={N} {dt}", end=" ",
+                              flush=True)
+                        try:
+                            s = time_step(m, n, d, N, getattr(torch, dt), device, args.repeats,
+                                          args.num_candidates, args.num_uniform)
+                            records.append(dict(method=m, n=n, d=d, N=N, dtype=dt,
+                                                median_ms=s * 1e3, status="ok"))
+                            print(f"{s * 1e3:9.2f} ms")
+                        except (RuntimeError, MemoryError) as exc:  # OOM: record, go on
+                            records.append(dict(method=m, n=n, d=d, N=N, dtype=dt,
+                                                status="failed", reason=str(exc)[:200]))
+                            print(f"failed: {str(exc)[:80]}")
+    entries = crossovers_from_records(records)
+    source = f"tune run {time.strftime('%Y-%m-%d %H:%M')} on {_device_name(device)}"
+    write_table(out, device_class(device), _device_name(device), source, entries)
+    for e in entries:
+        print(f"d={e['d']} N={e['N']} {e['dtype']}: lsh overtakes full at n={e['lsh']}, "
+              f"faiss at n={e.get('faiss')}")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
