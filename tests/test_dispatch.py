@@ -30,8 +30,9 @@ def choose(n, d=128, N=256, **kw):
     return choose_method("auto", n, d, N, torch.float32, CPU, 64, 64, table=TABLE, **kw)
 
 
-@pytest.mark.parametrize("n,expect", [(10_000, "full"), (19_999, "full"), (20_000, "lsh"),
-                                      (10**6, "lsh")])
+@pytest.mark.parametrize(
+    "n,expect", [(10_000, "full"), (19_999, "full"), (20_000, "lsh"), (10**6, "lsh")]
+)
 def test_choice_follows_the_crossover(n, expect):
     c = choose(n)
     assert c.method == expect
@@ -75,8 +76,11 @@ def test_corrupt_or_foreign_cache_file_is_ignored_with_a_warning(tmp_path, monke
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     path = tmp_path / "triton_softmax" / "crossovers.json"
     path.parent.mkdir(parents=True)
-    for content in ("{not json", json.dumps({"format": "someone-else/9", "devices": {}}),
-                    json.dumps({"format": TABLE_FORMAT, "devices": {"cpu": {"entries": [{}]}}})):
+    for content in (
+        "{not json",
+        json.dumps({"format": "someone-else/9", "devices": {}}),
+        json.dumps({"format": TABLE_FORMAT, "devices": {"cpu": {"entries": [{}]}}}),
+    ):
         path.write_text(content)
         with pytest.warns(UserWarning, match="ignoring crossover table"):
             table = load_table()
@@ -95,8 +99,23 @@ def test_crossover_interpolation():
 
 def test_tune_command_end_to_end_at_tiny_sizes(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    rc = tune_main(["--d", "8", "--N", "4", "--n", "300", "3000", "--repeats", "1",
-                    "--num-candidates", "16", "--num-uniform", "8"])
+    rc = tune_main(
+        [
+            "--d",
+            "8",
+            "--N",
+            "4",
+            "--n",
+            "300",
+            "3000",
+            "--repeats",
+            "1",
+            "--num-candidates",
+            "16",
+            "--num-uniform",
+            "8",
+        ]
+    )
     assert rc == 0
     table = load_table()
     assert table["_path"].startswith(str(tmp_path))
@@ -106,9 +125,17 @@ def test_tune_command_end_to_end_at_tiny_sizes(tmp_path, monkeypatch):
 
 
 def test_table_from_records(tmp_path):
-    recs = [dict(method=m, n=n, d=128, N=256, dtype="float32", median_ms=t, status="ok")
-            for m, n, t in [("full", 1000, 1.0), ("full", 10000, 10.0), ("lsh", 1000, 5.0),
-                            ("lsh", 10000, 5.0), ("faiss", 1000, 50.0), ("faiss", 10000, 40.0)]]
+    recs = [
+        dict(method=m, n=n, d=128, N=256, dtype="float32", median_ms=t, status="ok")
+        for m, n, t in [
+            ("full", 1000, 1.0),
+            ("full", 10000, 10.0),
+            ("lsh", 1000, 5.0),
+            ("lsh", 10000, 5.0),
+            ("faiss", 1000, 50.0),
+            ("faiss", 10000, 40.0),
+        ]
+    ]
     (e,) = crossovers_from_records(recs)
     assert 1000 < e["lsh"] < 10000 and e["faiss"] is None
 

@@ -39,7 +39,9 @@ def test_all_classes_gives_exact_loss_and_gradient(bias):
 def test_retrieval_covering_all_classes_is_exact():
     """S from 'retrieval' = every class (in shuffled order, with duplicates): T gets weight 0."""
     h, W, b, y = _problem(N=5, n=23)
-    retrieved = torch.cat([torch.randperm(23).expand(5, 23), torch.zeros(5, 4, dtype=torch.long)], 1)
+    retrieved = torch.cat(
+        [torch.randperm(23).expand(5, 23), torch.zeros(5, 4, dtype=torch.long)], 1
+    )
     loss = sampled_softmax_from_candidates(h, W, y, retrieved, b, num_uniform=7, reduction="sum")
     ref = F.cross_entropy(h @ W.T + b, y, reduction="sum")
     torch.testing.assert_close(loss.double(), ref, rtol=1e-6, atol=1e-6)
@@ -100,8 +102,9 @@ def test_error_shrinks_as_candidates_grow():
         errs = []
         for k in range(draws):
             gen = torch.Generator().manual_seed(100 + k)
-            est = sampled_softmax_from_candidates(h, W, y, order[:, : S - 1], num_uniform=T,
-                                                  reduction="none", generator=gen)
+            est = sampled_softmax_from_candidates(
+                h, W, y, order[:, : S - 1], num_uniform=T, reduction="none", generator=gen
+            )
             errs.append((est.double() - exact).abs().mean())
         return float(torch.stack(errs).mean())
 

@@ -46,8 +46,16 @@ def test_module_rejects_bad_inputs_before_any_work():
 def test_fixed_seed_runs_are_bit_identical(method):
     def run():
         torch.manual_seed(0)
-        layer = SampledSoftmaxLoss(3000, 16, method=method, num_candidates=32, num_uniform=32,
-                                   seed=3, deterministic=True, refresh_every=2)
+        layer = SampledSoftmaxLoss(
+            3000,
+            16,
+            method=method,
+            num_candidates=32,
+            num_uniform=32,
+            seed=3,
+            deterministic=True,
+            refresh_every=2,
+        )
         opt = torch.optim.SGD(layer.parameters(), lr=0.1)
         g = torch.Generator().manual_seed(1)
         losses = []
@@ -72,8 +80,9 @@ def test_sampled_step_allocates_no_n_sized_temporaries(method):
     (the step's own tensors are O(N (|S| + |T|) d) = 0.5 MB).
     """
     n, d, N = 250_000, 16, 64
-    layer = SampledSoftmaxLoss(n, d, method=method, num_candidates=64, num_uniform=64,
-                               sparse_grad=True, refresh_every=1000)
+    layer = SampledSoftmaxLoss(
+        n, d, method=method, num_candidates=64, num_uniform=64, sparse_grad=True, refresh_every=1000
+    )
     h, y = torch.randn(N, d), torch.randint(0, n, (N,))
     layer(h, y).backward()  # builds the index (a refresh: O(n d) by design, reported apart)
     layer.weight.grad = None
@@ -84,14 +93,12 @@ def test_sampled_step_allocates_no_n_sized_temporaries(method):
 
 
 def test_refresh_count_survives_checkpoint_and_schedule_continues():
-    a = SampledSoftmaxLoss(1000, 8, method="lsh", num_candidates=16, num_uniform=8,
-                           refresh_every=4)
+    a = SampledSoftmaxLoss(1000, 8, method="lsh", num_candidates=16, num_uniform=8, refresh_every=4)
     h, y = torch.randn(4, 8), torch.randint(0, 1000, (4,))
     for _ in range(6):  # refreshes at steps 0 and 4
         a(h, y).backward()
     state = a.state_dict()
-    b = SampledSoftmaxLoss(1000, 8, method="lsh", num_candidates=16, num_uniform=8,
-                           refresh_every=4)
+    b = SampledSoftmaxLoss(1000, 8, method="lsh", num_candidates=16, num_uniform=8, refresh_every=4)
     b.load_state_dict(state)
     assert b.refresh_count == 2 and b.steps == 6
     b(h, y).backward()  # rebuilds (never stale) but keeps the schedule: next refresh at 8

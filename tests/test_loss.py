@@ -14,8 +14,11 @@ METHODS = ["full", "lsh", "faiss"]
 
 def _data(N=32, n=300, d=16, seed=0, dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(N, d, generator=g, dtype=dtype), torch.randn(n, d, generator=g, dtype=dtype),
-            torch.randint(0, n, (N,), generator=g))
+    return (
+        torch.randn(N, d, generator=g, dtype=dtype),
+        torch.randn(n, d, generator=g, dtype=dtype),
+        torch.randint(0, n, (N,), generator=g),
+    )
 
 
 # ---- exactness and torch semantics ------------------------------------------------------------
@@ -54,8 +57,9 @@ def test_all_rows_ignored_behaves_like_torch(method):
     h.requires_grad_(True)
     mean = sampled_softmax_cross_entropy(h, W, y, method=method, num_candidates=16, num_uniform=8)
     assert math.isnan(mean.item()) and math.isnan(F.cross_entropy(h @ W.T, y).item())
-    total = sampled_softmax_cross_entropy(h, W, y, method=method, reduction="sum",
-                                          num_candidates=16, num_uniform=8)
+    total = sampled_softmax_cross_entropy(
+        h, W, y, method=method, reduction="sum", num_candidates=16, num_uniform=8
+    )
     total.backward()
     assert total.item() == 0.0 and (h.grad == 0).all()
 
@@ -73,9 +77,15 @@ def test_ignored_rows_get_zero_gradient(method):
 def test_empty_batch():
     W = torch.randn(50, 4)
     for method in METHODS:
-        out = sampled_softmax_cross_entropy(torch.randn(0, 4), W, torch.zeros(0, dtype=torch.long),
-                                            method=method, reduction="sum", num_candidates=8,
-                                            num_uniform=4)
+        out = sampled_softmax_cross_entropy(
+            torch.randn(0, 4),
+            W,
+            torch.zeros(0, dtype=torch.long),
+            method=method,
+            reduction="sum",
+            num_candidates=8,
+            num_uniform=4,
+        )
         assert out.item() == 0.0
 
 
@@ -90,14 +100,27 @@ def test_one_class_and_one_row():
 def test_low_precision_inputs_accumulate_in_fp32(method, dtype):
     h, W, y = _data(n=2000, dtype=torch.float32)
     h16, W16 = h.to(dtype).requires_grad_(True), W.to(dtype).requires_grad_(True)
-    loss = sampled_softmax_cross_entropy(h16, W16, y, method=method, num_candidates=64,
-                                         num_uniform=64, generator=torch.Generator().manual_seed(0))
+    loss = sampled_softmax_cross_entropy(
+        h16,
+        W16,
+        y,
+        method=method,
+        num_candidates=64,
+        num_uniform=64,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
     loss.backward()
     assert h16.grad.dtype == dtype and W16.grad.dtype == dtype
-    ref = sampled_softmax_cross_entropy(h16.float(), W16.float(), y, method=method,
-                                        num_candidates=64, num_uniform=64,
-                                        generator=torch.Generator().manual_seed(0))
+    ref = sampled_softmax_cross_entropy(
+        h16.float(),
+        W16.float(),
+        y,
+        method=method,
+        num_candidates=64,
+        num_uniform=64,
+        generator=torch.Generator().manual_seed(0),
+    )
     # same candidates (same index, same seed), fp32 arithmetic: only input rounding differs
     torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-5)
 
@@ -107,12 +130,14 @@ def test_large_logits_stay_finite():
     W = torch.tensor([[50.0, 50.0], [-50.0, -50.0], [49.0, 50.0]])
     y = torch.tensor([0, 1, 2, 0])
     for method in ("full", "lsh"):
-        out = sampled_softmax_cross_entropy(h, W, y, method=method, reduction="none",
-                                            num_candidates=1, num_uniform=1)
+        out = sampled_softmax_cross_entropy(
+            h, W, y, method=method, reduction="none", num_candidates=1, num_uniform=1
+        )
         assert torch.isfinite(out).all()
     ref = F.cross_entropy(h @ W.T, y, reduction="none")
-    torch.testing.assert_close(sampled_softmax_cross_entropy(h, W, y, method="full",
-                                                             reduction="none"), ref)
+    torch.testing.assert_close(
+        sampled_softmax_cross_entropy(h, W, y, method="full", reduction="none"), ref
+    )
 
 
 def test_non_contiguous_inputs_match_contiguous():
@@ -125,8 +150,9 @@ def test_non_contiguous_inputs_match_contiguous():
     for method in METHODS:
         kw = dict(method=method, num_candidates=32, num_uniform=16)
         a = sampled_softmax_cross_entropy(h, W, y, generator=torch.Generator().manual_seed(1), **kw)
-        b = sampled_softmax_cross_entropy(hT, W_view, y, generator=torch.Generator().manual_seed(1),
-                                          **kw)
+        b = sampled_softmax_cross_entropy(
+            hT, W_view, y, generator=torch.Generator().manual_seed(1), **kw
+        )
         torch.testing.assert_close(a, b)
 
 
@@ -161,8 +187,9 @@ def test_bad_options_raise():
     with pytest.raises(ValueError, match="num_candidates"):
         sampled_softmax_cross_entropy(h, W, y, num_candidates=0)
     with pytest.raises(ValueError, match="label_smoothing"):
-        sampled_softmax_cross_entropy(h, W, y, method="lsh", label_smoothing=0.1, num_candidates=8,
-                                      num_uniform=8)
+        sampled_softmax_cross_entropy(
+            h, W, y, method="lsh", label_smoothing=0.1, num_candidates=8, num_uniform=8
+        )
     with pytest.raises(ValueError, match="lsh_bits"):
         SampledSoftmaxLoss(100, 8, lsh_bits=40)
     with pytest.raises(ValueError, match="refresh_every"):
@@ -195,11 +222,15 @@ def test_devices_must_match():
 def test_sparse_step_changes_only_candidate_rows(method, opt):
     torch.manual_seed(0)
     n, d, N = 5000, 16, 8
-    layer = SampledSoftmaxLoss(n, d, method=method, num_candidates=32, num_uniform=16,
-                               sparse_grad=True, seed=1)
+    layer = SampledSoftmaxLoss(
+        n, d, method=method, num_candidates=32, num_uniform=16, sparse_grad=True, seed=1
+    )
     before = layer.weight.detach().clone()
-    optim = (torch.optim.SGD(layer.parameters(), lr=0.5) if opt == "sgd"
-             else torch.optim.SparseAdam(list(layer.parameters()), lr=0.1))
+    optim = (
+        torch.optim.SGD(layer.parameters(), lr=0.5)
+        if opt == "sgd"
+        else torch.optim.SparseAdam(list(layer.parameters()), lr=0.1)
+    )
     h, y = torch.randn(N, d), torch.randint(0, n, (N,))
     loss = layer(h, y)
     loss.backward()
@@ -214,8 +245,9 @@ def test_sparse_step_changes_only_candidate_rows(method, opt):
 
 
 def test_refresh_schedule_and_stats():
-    layer = SampledSoftmaxLoss(3000, 8, method="lsh", num_candidates=16, num_uniform=8,
-                               refresh_every=3)
+    layer = SampledSoftmaxLoss(
+        3000, 8, method="lsh", num_candidates=16, num_uniform=8, refresh_every=3
+    )
     h, y = torch.randn(4, 8), torch.randint(0, 3000, (4,))
     for _ in range(7):
         layer(h, y).backward()
@@ -229,8 +261,9 @@ def test_refresh_schedule_and_stats():
 
 def test_state_dict_round_trip_rebuilds_identical_index():
     torch.manual_seed(0)
-    a = SampledSoftmaxLoss(2000, 8, method="lsh", num_candidates=32, num_uniform=8, seed=5,
-                           refresh_every=4)
+    a = SampledSoftmaxLoss(
+        2000, 8, method="lsh", num_candidates=32, num_uniform=8, seed=5, refresh_every=4
+    )
     h, y = torch.randn(6, 8), torch.randint(0, 2000, (6,))
     for _ in range(5):
         a(h, y).backward()
@@ -255,7 +288,9 @@ def test_gradient_accumulation_over_calls():
     h, W, y = _data(n=200, dtype=torch.float64)
     W.requires_grad_(True)
     for part in (slice(0, 16), slice(16, 32)):
-        sampled_softmax_cross_entropy(h[part], W, y[part], method="full", reduction="sum").backward()
+        sampled_softmax_cross_entropy(
+            h[part], W, y[part], method="full", reduction="sum"
+        ).backward()
     ref = torch.autograd.grad(F.cross_entropy(h @ W.T, y, reduction="sum"), W)[0]
     torch.testing.assert_close(W.grad, ref)
 
@@ -264,7 +299,9 @@ def test_gradient_accumulation_over_calls():
 def test_topk_reranks_exactly_and_reports_recall(method):
     g = torch.Generator().manual_seed(0)
     n, d = 3000, 16
-    layer = SampledSoftmaxLoss(n, d, method=method, num_candidates=256, num_uniform=0, lsh_tables=16)
+    layer = SampledSoftmaxLoss(
+        n, d, method=method, num_candidates=256, num_uniform=0, lsh_tables=16
+    )
     with torch.no_grad():
         layer.weight.copy_(torch.randn(n, d, generator=g))
     h = layer.weight.detach()[:50] + 0.1 * torch.randn(50, d, generator=g)
@@ -277,7 +314,6 @@ def test_topk_reranks_exactly_and_reports_recall(method):
     assert (s[:, :-1] >= s[:, 1:]).all()
     rec = ts.recall_at_k(ids, eids)
     assert rec >= (0.99 if method == "faiss" else 0.3), rec
-
 
 
 # ---- training ---------------------------------------------------------------------------------
@@ -294,8 +330,16 @@ def test_small_training_run_reaches_accuracy(method):
     """Linear classifier on a 1000-class teacher problem: 3 epochs, exact evaluation."""
     torch.manual_seed(0)
     x, y = _teacher()
-    layer = SampledSoftmaxLoss(1000, 32, method=method, num_candidates=64, num_uniform=64,
-                               sparse_grad=method != "full", refresh_every=20, seed=0)
+    layer = SampledSoftmaxLoss(
+        1000,
+        32,
+        method=method,
+        num_candidates=64,
+        num_uniform=64,
+        sparse_grad=method != "full",
+        refresh_every=20,
+        seed=0,
+    )
     opt = torch.optim.SGD(layer.parameters(), lr=8.0)
     for _ in range(3):
         for i in range(0, len(y), 128):

@@ -81,7 +81,9 @@ def test_lookup_counts_collisions_and_ranks():
 def test_empty_buckets_give_padding():
     codes = torch.zeros(10, 2, dtype=torch.int32)
     sorted_ids, offsets = bucket_table_ref(codes, 4)
-    ids, coll = lsh_candidates_ref(torch.full((3, 2), 5, dtype=torch.int32), sorted_ids, offsets, 4, 8)
+    ids, coll = lsh_candidates_ref(
+        torch.full((3, 2), 5, dtype=torch.int32), sorted_ids, offsets, 4, 8
+    )
     assert (ids == -1).all() and (coll == 0).all()
 
 

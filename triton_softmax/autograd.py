@@ -69,3 +69,53 @@ class ChunkedCrossEntropyFunction(torch.autograd.Function):
         dW = dW.to(weight.dtype) if ctx.needs_input_grad[1] else None
         db = db.to(bias.dtype) if (bias is not None and ctx.needs_input_grad[2]) else None
         return dh, dW, db, None, None
+
+
+class SharedCandidatesFunction(torch.autograd.Function):
+    """Estimator loss (N,) over per-example S (gathered) plus batch-shared ids (one matmul).
+
+    hidden (N, d), weight (n, d), bias | None, s_ids (N, R) int64, s_logw (N, R),
+    shared_ids (M,) int64, shared_logw (N, M) per-example log-weights (-inf = excluded),
+    target (N,). Backward: dh = P_S W_S + P_sh W_sh - W_y; dW rows of S by scatter-add and of
+    the shared ids by one (M, N) x (N, d) product; dense or sparse like SampledSoftmaxFunction.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, s_ids, s_logw, shared_ids, shared_logw, target,
+                sparse_grad):
+        loss, lse = _est.shared_logits_fwd_ref(hidden, weight, bias, s_ids, s_logw, shared_ids,
+                                               shared_logw, target)
+        ctx.save_for_backward(hidden, weight, bias, s_ids, s_logw, shared_ids, shared_logw,
+                              target, lse)
+        ctx.sparse_grad = sparse_grad
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        hidden, weight, bias, s_ids, s_logw, shared_ids, shared_logw, target, lse = (
+            ctx.saved_tensors)
+        n, d = weight.shape
+        coef, ids, coef_sh, dh = _est.shared_logits_bwd_ref(
+            grad_loss, hidden, weight, bias, s_ids, s_logw, shared_ids, shared_logw, target, lse)
+        rows_sh = coef_sh.T @ hidden.to(coef.dtype)  # (M, d)
+        dW = db = None
+        if ctx.needs_input_grad[1]:
+            if ctx.sparse_grad:
+                part = _est.sparse_grad_weight_ref(coef, ids, hidden, n, weight.dtype)
+                sh = torch.sparse_coo_tensor(shared_ids.unsqueeze(0), rows_sh.to(weight.dtype),
+                                             (n, d), check_invariants=False)
+                dW = (part + sh).coalesce()
+            else:
+                dW = _est.scatter_grad_weight_ref(coef, ids, hidden, n)
+                dW.index_add_(0, shared_ids, rows_sh)
+                dW = dW.to(weight.dtype)
+        if bias is not None and ctx.needs_input_grad[2]:
+            db = _est.scatter_grad_bias_ref(coef, ids, n, ctx.sparse_grad)
+            db_sh = coef_sh.sum(0)
+            if ctx.sparse_grad:
+                db = (db + torch.sparse_coo_tensor(shared_ids.unsqueeze(0), db_sh, (n,),
+                                                   check_invariants=False)).coalesce()
+            else:
+                db = db.index_add_(0, shared_ids, db_sh)
+            db = db.to(bias.dtype)
+        return dh.to(hidden.dtype), dW, db, None, None, None, None, None, None

@@ -18,6 +18,8 @@ batched searchsorted.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -108,3 +110,91 @@ def all_classes_candidates(N: int, n: int, target: torch.Tensor) -> tuple[torch.
     """The degenerate candidate set S = all classes (the estimator is then the exact loss)."""
     ids = torch.arange(n, device=target.device).unsqueeze(0).expand(N, n).contiguous()
     return ids, torch.zeros(N, n, dtype=torch.float32, device=target.device)
+
+
+def _prepare_s(retrieved: torch.Tensor, target: torch.Tensor, n: int):
+    """S per example: deduped retrieved ids, target appended; padding points at the target."""
+    N = retrieved.shape[0]
+    retrieved = retrieved.long()
+    target = target.long()
+    valid = (retrieved >= 0) & (retrieved < n) & (retrieved != target.unsqueeze(1))
+    valid = dedupe_rows(retrieved, valid)
+    s_ids = torch.cat([torch.where(valid, retrieved, target.unsqueeze(1)), target.unsqueeze(1)], 1)
+    s_valid = torch.cat([valid, torch.ones(N, 1, dtype=torch.bool, device=retrieved.device)], 1)
+    return s_ids, s_valid
+
+
+def _in_rows(members: torch.Tensor, member_valid: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+    """(N, Q) bool: is queries[i, q] among the valid members[i, :]?  (sort + searchsorted)"""
+    big = torch.iinfo(torch.int64).max
+    s_sorted, _ = torch.sort(torch.where(member_valid, members, torch.full_like(members, big)), 1)
+    pos = torch.searchsorted(s_sorted, queries.contiguous()).clamp_max(s_sorted.shape[1] - 1)
+    return torch.gather(s_sorted, 1, pos) == queries
+
+
+def _hit_logw(t_logw: torch.Tensor, hit: torch.Tensor, remove_accidental_hits: bool):
+    if not remove_accidental_hits:
+        return t_logw
+    return torch.where(hit, torch.full_like(t_logw, float("-inf")), t_logw)
+
+
+def build_candidates_q(
+    retrieved: torch.Tensor,
+    target: torch.Tensor,
+    n: int,
+    num_samples: int,
+    sampler,
+    generator: torch.Generator | None = None,
+    remove_accidental_hits: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-example S + T drawn i.i.d. from a proposal q, log-Q corrected (see samplers.py).
+
+    Same layout as build_candidates: (cand_ids (N, R+1+T), cand_logw (N, R+1+T)).
+    """
+    s_ids, s_valid = _prepare_s(retrieved, target, n)
+    N = s_ids.shape[0]
+    zero = torch.zeros((), dtype=torch.float32, device=s_ids.device)
+    s_logw = torch.where(s_valid, zero, torch.full_like(zero, float("-inf")))
+    t_ids = sampler.sample((N, num_samples), generator=generator, device=s_ids.device)
+    t_logw = sampler.log_q(t_ids).neg() - math.log(max(num_samples, 1))
+    t_logw = _hit_logw(t_logw, _in_rows(s_ids, s_valid, t_ids), remove_accidental_hits)
+    return torch.cat([s_ids, t_ids], 1).contiguous(), torch.cat([s_logw, t_logw], 1).contiguous()
+
+
+def build_shared_candidates(
+    retrieved: torch.Tensor,
+    target: torch.Tensor,
+    n: int,
+    num_samples: int,
+    sampler,
+    generator: torch.Generator | None = None,
+    union: bool = False,
+    remove_accidental_hits: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Candidates shared by the whole batch, scored as one dense (N, M) product.
+
+    union=False ("shared_samples"): per-example S (gathered) + one T of num_samples draws
+      from q shared by every row, log-weight -log|T| - log q(t), hits in S_i removed.
+    union=True ("batch_union"): S_i = U, the union of every row's S and every target (fixed
+      size N (R+1) with duplicates masked, no host sync), + the shared T, hits in U removed.
+    Returns (s_ids (N, R') , s_logw (N, R'), shared_ids (M,), shared_logw (N, M)); R' = 0
+    for the union scheme.
+    """
+    s_ids, s_valid = _prepare_s(retrieved, target, n)
+    N, device = s_ids.shape[0], s_ids.device
+    t_ids = sampler.sample((num_samples,), generator=generator, device=device)
+    t_logw = (sampler.log_q(t_ids).neg() - math.log(max(num_samples, 1))).expand(N, -1)
+    ninf = torch.full((), float("-inf"), device=device)
+    if not union:
+        hit = _in_rows(s_ids, s_valid, t_ids.expand(N, -1))
+        s_logw = torch.where(s_valid, torch.zeros((), device=device), ninf)
+        return s_ids, s_logw, t_ids, _hit_logw(t_logw, hit, remove_accidental_hits)
+    u_ids = s_ids.reshape(1, -1)
+    u_valid = dedupe_rows(u_ids, s_valid.reshape(1, -1))
+    hit = _in_rows(u_ids, u_valid, t_ids.unsqueeze(0)).expand(N, -1)
+    u_logw = torch.where(u_valid, torch.zeros((), device=device), ninf).expand(N, -1)
+    shared_ids = torch.cat([u_ids[0], t_ids])
+    shared_logw = torch.cat([u_logw, _hit_logw(t_logw, hit, remove_accidental_hits)], 1)
+    empty_ids = torch.zeros(N, 0, dtype=torch.int64, device=device)
+    empty_logw = torch.zeros(N, 0, dtype=torch.float32, device=device)
+    return empty_ids, empty_logw, shared_ids.contiguous(), shared_logw.contiguous()

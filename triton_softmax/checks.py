@@ -94,10 +94,11 @@ def check_target_values(target: torch.Tensor, n: int, ignore_index: int) -> None
 
     On CPU this reads the data (cheap, no device). On CUDA it enqueues a device-side assert
     instead of copying to the host, so the training step keeps running asynchronously; a bad
-    label then surfaces as a CUDA assertion at the next synchronisation.
+    label then surfaces as a CUDA assertion at the next synchronisation. Inside torch.compile
+    it is an asynchronous assert on every device (no data-dependent Python branch).
     """
     bad = ((target < 0) | (target >= n)) & (target != ignore_index)
-    if target.device.type == "cuda":
+    if target.device.type == "cuda" or torch.compiler.is_compiling():
         torch._assert_async(~bad.any(), "target outside [0, n) and not ignore_index")
         return
     if target.numel() and bool(bad.any()):

@@ -95,8 +95,12 @@ from .loss import Index, _reduce, exact_topk, make_index, rerank_topk
 
 __all__ = [
     "CommCounter",
+    "ShardedCrossEntropyFunction",
+    "ShardedSampledSoftmaxFunction",
     "ShardedSampledSoftmaxLoss",
     "build_shard_candidates",
+    "check_bounds",
+    "init_shard_rows",
     "shard_bounds",
     "sharded_cross_entropy",
     "sharded_sampled_softmax_from_candidates",

@@ -17,16 +17,24 @@ from __future__ import annotations
 
 import math
 import time
+from collections import deque
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from . import candidates as _cand
-from . import checks
-from .autograd import ChunkedCrossEntropyFunction, SampledSoftmaxFunction
+from . import checks, ops
+from . import custom_ops as _custom
+from .autograd import (
+    ChunkedCrossEntropyFunction,
+    SampledSoftmaxFunction,
+    SharedCandidatesFunction,
+)
 from .dispatch import Choice, choose_method
 from .faiss_index import FaissIndex, default_nlist
 from .lsh import LSHIndex, default_num_bits
+from .samplers import Sampler, make_sampler
 
 Index = LSHIndex | FaissIndex
 
@@ -60,6 +68,9 @@ def _check_common(hidden, weight, target, bias, reduction, ignore_index, label_s
     return N, n, d
 
 
+SCHEMES = ("per_example", "shared_samples", "batch_union")
+
+
 def sampled_softmax_from_candidates(
     hidden: torch.Tensor,
     weight: torch.Tensor,
@@ -73,19 +84,51 @@ def sampled_softmax_from_candidates(
     sparse_grad: bool = False,
     deterministic: bool = False,
     generator: torch.Generator | None = None,
+    scheme: str = "per_example",
+    sampler: str | torch.Tensor | Sampler = "uniform",
+    remove_accidental_hits: bool = True,
 ) -> torch.Tensor:
     """The estimator loss for given retrieved classes S (the target is added, T is drawn).
 
     hidden: (N, d) float; weight: (n, d); target: (N,) int; retrieved: (N, R) int64 class ids,
     -1 for empty slots (duplicates and the target are dropped). Inputs are assumed validated.
+
+    scheme: "per_example" (each row its own S and T, gathered: the seeds' method),
+    "shared_samples" (own S, one T shared by the batch, scored as a dense product),
+    "batch_union" (S = union of all rows' S and targets, + shared T, all dense).
+    sampler: proposal of T: "uniform" (per-example scheme: uniform over the complement of S,
+    exact weights), "log_uniform", or class weights (n,); non-uniform proposals get the log-Q
+    correction, and draws that hit S get weight 0 unless remove_accidental_hits=False.
+    num_uniform is |T| whatever the proposal.
     """
+    if scheme not in SCHEMES:
+        raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
     n = weight.shape[0]
     row_valid = target != ignore_index
     safe_target = torch.where(row_valid, target, torch.zeros_like(target)).long()
-    cand_ids, cand_logw = _cand.build_candidates(retrieved, safe_target, n, num_uniform, generator)
-    loss_rows = SampledSoftmaxFunction.apply(
-        hidden, weight, bias, cand_ids, cand_logw, safe_target, sparse_grad, deterministic
-    )
+    if scheme == "per_example":
+        if isinstance(sampler, str) and sampler == "uniform":
+            cand_ids, cand_logw = _cand.build_candidates(retrieved, safe_target, n, num_uniform,
+                                                         generator)
+        else:
+            cand_ids, cand_logw = _cand.build_candidates_q(
+                retrieved, safe_target, n, num_uniform, make_sampler(sampler, n), generator,
+                remove_accidental_hits)
+        if torch.compiler.is_compiling():  # opaque custom op: no graph break (dense grads)
+            if sparse_grad:
+                raise ValueError("sparse_grad=True is not supported inside torch.compile")
+            loss_rows = _custom.sampled_softmax_fwd(hidden, weight, bias, cand_ids, cand_logw,
+                                                    safe_target)[0]
+        else:
+            loss_rows = SampledSoftmaxFunction.apply(
+                hidden, weight, bias, cand_ids, cand_logw, safe_target, sparse_grad,
+                deterministic)
+    else:
+        s_ids, s_logw, sh_ids, sh_logw = _cand.build_shared_candidates(
+            retrieved, safe_target, n, num_uniform, make_sampler(sampler, n), generator,
+            union=scheme == "batch_union", remove_accidental_hits=remove_accidental_hits)
+        loss_rows = SharedCandidatesFunction.apply(
+            hidden, weight, bias, s_ids, s_logw, sh_ids, sh_logw, safe_target, sparse_grad)
     return _reduce(loss_rows, row_valid, reduction)
 
 
@@ -103,8 +146,12 @@ def _cached_choice(*key) -> Choice:
 def _full_loss(hidden, weight, bias, target, reduction, ignore_index, label_smoothing):
     row_valid = target != ignore_index
     safe_target = torch.where(row_valid, target, torch.zeros_like(target)).long()
-    loss_rows = ChunkedCrossEntropyFunction.apply(hidden, weight, bias, safe_target,
-                                                  float(label_smoothing))
+    if torch.compiler.is_compiling():  # opaque custom op: no graph break
+        loss_rows = _custom.chunked_ce_fwd(hidden, weight, bias, safe_target,
+                                           float(label_smoothing))[0]
+    else:
+        loss_rows = ChunkedCrossEntropyFunction.apply(hidden, weight, bias, safe_target,
+                                                      float(label_smoothing))
     return _reduce(loss_rows, row_valid, reduction)
 
 
@@ -263,6 +310,15 @@ class SampledSoftmaxLoss(nn.Module):
         deterministic: bool = False,
         seed: int = 0,
         validate: bool = False,
+        candidate_scheme: str = "per_example",
+        sampler: str | torch.Tensor | Sampler = "uniform",
+        remove_accidental_hits: bool = True,
+        drift_every: int | None = None,
+        drift_rows: int = 8,
+        drift_hook: Callable[[dict], None] | None = None,
+        refresh_drift: float | None = None,
+        drift_check_every: int = 10,
+        drift_probe_rows: int = 1024,
         weight: nn.Parameter | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
@@ -305,6 +361,27 @@ class SampledSoftmaxLoss(nn.Module):
         self.refresh_every, self.reduction, self.ignore_index = refresh_every, reduction, ignore_index
         self.label_smoothing, self.sparse_grad, self.deterministic = label_smoothing, sparse_grad, deterministic
         self.seed, self.validate = seed, validate
+        if candidate_scheme not in SCHEMES:
+            raise ValueError(f"candidate_scheme must be one of {SCHEMES}, got {candidate_scheme!r}")
+        self.candidate_scheme, self.remove_accidental_hits = candidate_scheme, remove_accidental_hits
+        self.sampler = sampler if isinstance(sampler, str) else make_sampler(sampler, num_classes)
+        if isinstance(sampler, str):
+            make_sampler(sampler, num_classes)  # validates the name
+        if drift_every is not None:
+            checks.check_int_option("drift_every", drift_every, 1)
+        checks.check_int_option("drift_rows", drift_rows, 1)
+        checks.check_int_option("drift_check_every", drift_check_every, 1)
+        checks.check_int_option("drift_probe_rows", drift_probe_rows, 1)
+        if refresh_drift is not None and not refresh_drift > 0:
+            raise ValueError(f"refresh_drift must be a positive float, got {refresh_drift!r}")
+        self.drift_every, self.drift_rows, self.drift_hook = drift_every, drift_rows, drift_hook
+        self.refresh_drift, self.drift_check_every = refresh_drift, drift_check_every
+        self.drift_probe_rows = drift_probe_rows
+        self.drift_log: deque[dict] = deque(maxlen=1000)
+        self.refresh_count_drift = 0
+        self.last_index_drift = float("nan")
+        self._probe_ids: torch.Tensor | None = None
+        self._probe_ref: torch.Tensor | None = None
         self.index: Index | None = None
         self.index_method: str | None = None
         self.steps = 0  # training steps taken (forward calls with grad, in training mode)
@@ -359,6 +436,8 @@ class SampledSoftmaxLoss(nn.Module):
                 device=self.weight.device)
             self.index_method = method
         self.index.build(self.weight, self.bias)
+        if self.refresh_drift is not None:
+            self._record_probe()
         self.last_refresh_seconds = time.perf_counter() - t0
         self.total_refresh_seconds += self.last_refresh_seconds
         self.refresh_count += 1
@@ -367,6 +446,36 @@ class SampledSoftmaxLoss(nn.Module):
         self.steps_at_refresh = self.steps if pending is None else pending
         self._pending_steps_at_refresh = None
         self._index_device = self.weight.device
+
+    def _probe_state(self) -> torch.Tensor:
+        """What drift is measured on: the probe rows' hash codes (lsh) or their weights (faiss)."""
+        rows = self.weight.detach()[self._probe_ids]
+        if self.index_method == "lsh":
+            b = self.bias.detach()[self._probe_ids] if self.bias is not None else None
+            return ops.simhash_codes(rows, self.index.hyperplanes, b, self.index.max_norm)
+        return rows.float().clone()
+
+    def _record_probe(self) -> None:
+        gen = torch.Generator().manual_seed(self.seed + 17)
+        k = min(self.drift_probe_rows, self.num_classes)
+        self._probe_ids = torch.randperm(self.num_classes, generator=gen)[:k].to(self.weight.device)
+        self._probe_ref = self._probe_state()
+
+    @torch.no_grad()
+    def index_drift(self) -> float:
+        """How far the weights moved since the last refresh, on the probe rows: the fraction of
+        (row, table) hash codes that changed (lsh), or the mean relative change of the rows
+        (faiss). Reads the result on the host (a sync): done every drift_check_every steps."""
+        if self._probe_ids is None or self.index is None:
+            return float("nan")
+        now = self._probe_state()
+        if self.index_method == "lsh":
+            drift = (now != self._probe_ref).float().mean()
+        else:
+            drift = ((now - self._probe_ref).norm(dim=1)
+                     / self._probe_ref.norm(dim=1).clamp_min(1e-12)).mean()
+        self.last_index_drift = float(drift)
+        return self.last_index_drift
 
     def _index_stale(self, method: str) -> bool:
         return (self.index is None or self.index_method != method
@@ -378,7 +487,9 @@ class SampledSoftmaxLoss(nn.Module):
         return dict(steps=self.steps, refresh_count=self.refresh_count,
                     last_refresh_seconds=self.last_refresh_seconds,
                     total_refresh_seconds=self.total_refresh_seconds,
-                    index=self.index_method)
+                    refresh_count_drift=self.refresh_count_drift,
+                    last_index_drift=self.last_index_drift,
+                    drift_checks=len(self.drift_log), index=self.index_method)
 
     def _generator(self, device: torch.device) -> torch.Generator:
         gen = torch.Generator(device=device)
@@ -399,15 +510,59 @@ class SampledSoftmaxLoss(nn.Module):
         else:
             if self._index_stale(method):
                 self.refresh(method)
+            elif (training and self.refresh_drift is not None
+                  and (self.steps - self.steps_at_refresh) % self.drift_check_every == 0
+                  and self.index_drift() > self.refresh_drift):
+                self.refresh(method)
+                self.refresh_count_drift += 1
             retrieved = self.index.search(hidden, self.num_candidates - 1)
-            loss = sampled_softmax_from_candidates(
-                hidden, self.weight, target, retrieved, self.bias, num_uniform=self.num_uniform,
-                reduction=self.reduction, ignore_index=self.ignore_index,
-                sparse_grad=self.sparse_grad, deterministic=self.deterministic,
-                generator=self._generator(hidden.device))
+            loss = self._estimator_loss(hidden, target, retrieved, self.reduction,
+                                        self._generator(hidden.device))
+            if training and self.drift_every and self.steps % self.drift_every == 0:
+                self._drift_check(hidden, target, retrieved)
         if training:
             self.steps += 1
         return loss
+
+    def _estimator_loss(self, hidden, target, retrieved, reduction, generator, weight=None,
+                        bias=None):
+        return sampled_softmax_from_candidates(
+            hidden, self.weight if weight is None else weight, target, retrieved,
+            self.bias if weight is None else bias, num_uniform=self.num_uniform,
+            reduction=reduction, ignore_index=self.ignore_index, sparse_grad=self.sparse_grad,
+            deterministic=self.deterministic, generator=generator,
+            scheme=self.candidate_scheme, sampler=self.sampler,
+            remove_accidental_hits=self.remove_accidental_hits)
+
+    def _drift_check(self, hidden, target, retrieved) -> dict:
+        """Exact vs approximate loss, and the cosine of their gradients w.r.t. hidden, on the
+        first drift_rows rows; appended to drift_log and passed to drift_hook. Costs one exact
+        pass over the slice (and a host sync) every drift_every steps; nothing when off."""
+        t0 = time.perf_counter()
+        k = min(self.drift_rows, hidden.shape[0])
+        h = hidden[:k].detach().requires_grad_(True)
+        y = target[:k]
+        W = self.weight.detach()
+        b = self.bias.detach() if self.bias is not None else None
+        with torch.enable_grad():
+            approx = self._estimator_loss(h, y, retrieved[:k], "sum", self._generator(h.device),
+                                          W, b)
+            (g_approx,) = torch.autograd.grad(approx, h)
+            approx = approx.detach()
+            exact = _full_loss(h, W, b, y, "sum", self.ignore_index, 0.0)
+            (g_exact,) = torch.autograd.grad(exact, h)
+            exact = exact.detach()
+        rows = int((y != self.ignore_index).sum())
+        cos = torch.nn.functional.cosine_similarity(g_approx.flatten().double(),
+                                                    g_exact.flatten().double(), dim=0)
+        stats = dict(step=self.steps, rows=rows,
+                     approx_loss=float(approx) / max(rows, 1), exact_loss=float(exact) / max(rows, 1),
+                     rel_error=abs(float(approx) - float(exact)) / max(abs(float(exact)), 1e-12),
+                     grad_cosine=float(cos), seconds=time.perf_counter() - t0)
+        self.drift_log.append(stats)
+        if self.drift_hook is not None:
+            self.drift_hook(stats)
+        return stats
 
     @torch.no_grad()
     def topk(self, hidden: torch.Tensor, k: int, exact: bool = False

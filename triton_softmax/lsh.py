@@ -218,6 +218,7 @@ class LSHIndex:
         self.sorted_ids, self.offsets = kd.bucket_table(codes, self.num_bits, self.seed)
         self.has_bias = bias is not None
         self.n = weight.shape[0]
+        self.max_norm = max_norm  # kept: drift checks re-hash rows with the same transform
         return self
 
     def query_codes(self, hidden: torch.Tensor) -> torch.Tensor:

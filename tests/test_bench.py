@@ -1,0 +1,235 @@
+"""The benchmark sweep and the plot script, end to end at tiny sizes (CPU, a few seconds)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench import peers, roofline, sweep
+from plots import plot
+
+TINY = [
+    "--n",
+    "100",
+    "1000",
+    "--N",
+    "8",
+    "--d",
+    "16",
+    "--repeats",
+    "1",
+    "--warmup",
+    "1",
+    "--num-candidates",
+    "16",
+    "--num-uniform",
+    "16",
+    "--budget-s",
+    "1",
+    "--peak-copy-mb",
+    "4",
+    "--peak-matmul",
+    "64",
+    "--no-plot",
+    "--no-progress",
+]
+STEP_FIELDS = (
+    "run_id",
+    "time",
+    "device",
+    "device_name",
+    "cpu_model",
+    "torch_version",
+    "triton_version",
+    "faiss_version",
+    "git_commit",
+    "kind",
+    "method",
+    "n",
+    "d",
+    "N",
+    "dtype",
+    "status",
+    "reason",
+    "median_ms",
+    "min_ms",
+    "max_ms",
+)
+
+
+def _run(tmp_path: Path, *extra: str) -> list[dict]:
+    assert sweep.main([*TINY, "--out-dir", str(tmp_path), *extra]) == 0
+    files = list(tmp_path.glob("*.jsonl"))
+    assert len(files) == 1
+    return [json.loads(line) for line in files[0].read_text().splitlines()]
+
+
+def test_sweep_end_to_end_writes_valid_records(tmp_path, capsys):
+    methods = ["full", "faiss", "lsh", "torch", "cce", "liger"]
+    recs = _run(tmp_path, "--methods", *methods)
+    steps = [r for r in recs if r["kind"] == "step"]
+    assert {r["kind"] for r in recs} == {"peak", "step", "roofline"}
+    assert sorted((r["n"], r["method"]) for r in steps) == sorted(
+        (n, m) for n in (100, 1000) for m in methods
+    )
+    for r in steps:
+        for f in STEP_FIELDS:
+            assert f in r, f
+        assert r["status"] in sweep.STATUSES
+        if r["status"] == "ok":
+            assert 0 < r["min_ms"] <= r["median_ms"] <= r["max_ms"]
+            assert r["peak_mem_bytes"] > 0 and r["loss_abs_diff"] is not None
+        else:
+            assert r["reason"] and r["median_ms"] is None
+    ok = {(r["n"], r["method"]): r for r in steps if r["status"] == "ok"}
+    for n in (100, 1000):
+        for m in ("full", "faiss", "lsh", "torch"):
+            assert (n, m) in ok, (n, m)
+        assert ok[(n, "full")]["loss_abs_diff"] < 1e-4  # exact paths agree with the exact loss
+        assert ok[(n, "torch")]["loss_abs_diff"] < 1e-4
+        for m in ("faiss", "lsh"):
+            r = ok[(n, m)]
+            assert r["resolved_method"] == m
+            assert 0.0 <= r["target_recall"] <= 1.0 and 0.0 <= r["top10_recall"] <= 1.0
+            assert r["refresh_ms"] > 0 and r["amortised_ms"] >= r["median_ms"]
+    if not torch.cuda.is_available():  # CUDA-only peers are skipped on CPU, never timed
+        assert all(r["status"] == "skipped" for r in steps if r["method"] in ("cce", "liger"))
+    kernels = {r["kernel"] for r in recs if r["kind"] == "roofline"}
+    assert {
+        "full_ce_fwd",
+        "full_ce_bwd",
+        "sampled_fwd",
+        "sampled_bwd",
+        "simhash_queries",
+        "simhash_keys",
+        "lsh_lookup",
+    } <= kernels
+    out = capsys.readouterr().out
+    assert "x torch" in out  # the summary table is printed
+
+
+def test_peer_that_does_not_import_is_skipped_not_zero(tmp_path, monkeypatch, capsys):
+    spec = peers.PeerSpec("triton_softmax_no_such_peer", lambda mod: None, False, "ghost")
+    monkeypatch.setitem(peers.PEERS, "ghost", spec)
+    monkeypatch.setitem(
+        peers.PEERS,
+        "cce",
+        peers.PeerSpec("cut_cross_entropy_not_installed", lambda mod: None, True, "cce"),
+    )
+    recs = _run(tmp_path, "--methods", "ghost", "cce", "torch", "--no-roofline", "--n", "100")
+    by = {r["method"]: r for r in recs if r["kind"] == "step"}
+    for m, module in (
+        ("ghost", "triton_softmax_no_such_peer"),
+        ("cce", "cut_cross_entropy_not_installed"),
+    ):
+        assert by[m]["status"] == "skipped"
+        assert module in by[m]["reason"] and "does not import" in by[m]["reason"]
+        assert by[m]["median_ms"] is None and by[m]["amortised_ms"] is None
+    assert by["torch"]["status"] == "ok"
+    assert "does not import" in capsys.readouterr().out
+
+
+def test_compile_failure_is_recorded(tmp_path, monkeypatch):
+    def broken_compile(*args, **kwargs):
+        raise RuntimeError("no C++ compiler here")
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    recs = _run(tmp_path, "--methods", "torch_compile", "--no-roofline", "--n", "100")
+    (r,) = [r for r in recs if r["kind"] == "step"]
+    assert r["status"] == "failed" and "no C++ compiler here" in r["reason"]
+    assert r["median_ms"] is None
+
+
+def _fixture_records() -> list[dict]:
+    env = dict(
+        run_id="fixture",
+        device="cpu",
+        device_name="Test CPU",
+        cpu_model="Test CPU",
+        time="2026-01-02T03:04:05+00:00",
+    )
+    recs = [
+        dict(env, kind="peak", what="copy_bandwidth", value=1e10),
+        dict(env, kind="peak", what="matmul", dtype="fp32", value=1e11),
+    ]
+    for i, n in enumerate((1000, 10000, 100000)):
+        for j, m in enumerate(("full", "lsh", "faiss", "torch")):
+            t = float((j + 1) * (i + 1))
+            recs.append(
+                dict(
+                    env,
+                    kind="step",
+                    method=m,
+                    n=n,
+                    d=16,
+                    N=8,
+                    dtype="fp32",
+                    status="ok",
+                    median_ms=t,
+                    min_ms=t,
+                    max_ms=t,
+                    amortised_ms=t,
+                    peak_mem_bytes=(i + 1) * 2**20,
+                )
+            )
+        recs.append(
+            dict(
+                env,
+                kind="step",
+                method="cce",
+                n=n,
+                d=16,
+                N=8,
+                dtype="fp32",
+                status="skipped",
+                reason="needs CUDA",
+                median_ms=None,
+            )
+        )
+        for k in ("full_ce_fwd", "lsh_lookup"):
+            w = (
+                roofline.full_ce_fwd(8, n, 16, 4)
+                if k == "full_ce_fwd"
+                else roofline.lsh_lookup(8, 8, 64, 15)
+            )
+            recs.append(
+                dict(
+                    env,
+                    kind="roofline",
+                    kernel=k,
+                    method="full",
+                    n=n,
+                    d=16,
+                    N=8,
+                    dtype="fp32",
+                    median_ms=1.0,
+                    peak_bandwidth=1e10,
+                    peak_flops=1e11,
+                    **roofline.achieved(w, 1e-3, 1e10, 1e11),
+                )
+            )
+    return recs
+
+
+def test_plot_draws_from_fixture(tmp_path):
+    res = tmp_path / "results"
+    res.mkdir()
+    (res / "fixture.jsonl").write_text("\n".join(json.dumps(r) for r in _fixture_records()))
+    files = plot.main(["--results", str(res), "--out-dir", str(tmp_path / "plots")])
+    names = {f.name for f in files}
+    assert names == {"time_per_step.png", "speedup.png", "peak_memory.png", "roofline.png"}
+    for f in files:
+        assert f.stat().st_size > 1000
+
+
+def test_roofline_bound_is_never_beaten_by_the_bound_itself():
+    w = roofline.sampled_fwd(N=256, M=1025, d=128, s=4)
+    bw, fl = 1e10, 1e11
+    t = roofline.bound_seconds(w, bw, fl)
+    a = roofline.achieved(w, t, bw, fl)
+    assert a["pct_of_bound"] == pytest.approx(100.0)
+    assert a["achieved_gbps"] <= bw / 1e9 * (1 + 1e-9)
+    assert a["achieved_gflops"] <= fl / 1e9 * (1 + 1e-9)

@@ -1,0 +1,281 @@
+"""Candidate schemes, proposal samplers (log-Q), accidental hits, drift check, torch.compile."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from triton_softmax import SampledSoftmaxLoss, sampled_softmax_from_candidates
+from triton_softmax.autograd import SharedCandidatesFunction
+from triton_softmax.candidates import build_candidates_q, build_shared_candidates
+from triton_softmax.samplers import CategoricalSampler, LogUniformSampler, UniformSampler
+
+SCHEMES = ["per_example", "shared_samples", "batch_union"]
+
+
+def _problem(N=6, n=40, d=5, seed=0, bias=False):
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(N, d, generator=g, dtype=torch.float64)
+    W = torch.randn(n, d, generator=g, dtype=torch.float64)
+    b = torch.randn(n, generator=g, dtype=torch.float64) if bias else None
+    y = torch.randint(0, n, (N,), generator=g)
+    ret = torch.randint(-1, n, (N, 7), generator=g)
+    return h, W, b, y, ret
+
+
+def test_log_uniform_sampler_matches_its_q():
+    s = LogUniformSampler(50)
+    q = s.log_q(torch.arange(50)).double().exp()
+    assert abs(float(q.sum()) - 1.0) < 1e-6
+    ids = s.sample((200_000,), generator=torch.Generator().manual_seed(0))
+    freq = torch.bincount(ids, minlength=50).double() / 200_000
+    assert (freq - q).abs().max() < 5e-3
+
+
+def test_log_q_estimator_matches_its_formula_in_float64():
+    """loss_i = log(sum_{S_i} e^z + sum_{t in T_i, t not in S_i} e^{z_t} / (|T| q(t))) - z_y."""
+    h, W, b, y, ret = _problem(bias=True)
+    n, T = W.shape[0], 9
+    sampler = LogUniformSampler(n)
+    ids, logw = build_candidates_q(ret, y, n, T, sampler, torch.Generator().manual_seed(3))
+    loss = sampled_softmax_from_candidates(
+        h,
+        W,
+        y,
+        ret,
+        b,
+        num_uniform=T,
+        sampler="log_uniform",
+        reduction="none",
+        generator=torch.Generator().manual_seed(3),
+    )
+    z = h @ W.T + b
+    q = sampler.log_q(torch.arange(n)).double().exp()
+    for i in range(h.shape[0]):
+        S = {int(j) for j in ret[i] if j >= 0} | {int(y[i])}
+        Zs = sum(math.exp(z[i, j]) for j in S)
+        Zt = sum(math.exp(z[i, t]) / (T * q[t]) for t in ids[i, -T:].tolist() if t not in S)
+        expect = math.log(Zs + Zt) - float(z[i, y[i]])
+        # log-weights are stored in fp32 (cand_logw), the rest is fp64
+        assert abs(float(loss[i]) - expect) < 1e-6 * abs(expect)
+
+
+def test_accidental_hits_removed_or_kept():
+    n, T = 5, 400
+    ret = torch.tensor([[0, 1]])
+    y = torch.tensor([2])
+    kw = dict(generator=torch.Generator().manual_seed(0))
+    ids, logw = build_candidates_q(
+        ret, y, n, T, UniformSampler(n), remove_accidental_hits=True, **kw
+    )
+    hits = torch.isin(ids[0, 3:], torch.tensor([0, 1, 2]))
+    assert hits.any() and torch.isinf(logw[0, 3:][hits]).all()
+    assert torch.isfinite(logw[0, 3:][~hits]).all()
+    kw = dict(generator=torch.Generator().manual_seed(0))
+    _, kept = build_candidates_q(
+        ret, y, n, T, UniformSampler(n), remove_accidental_hits=False, **kw
+    )
+    assert torch.isfinite(kept).all()
+    torch.testing.assert_close(kept[0, 3:], torch.full((T,), math.log(n / T)))
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("sampler", ["uniform", "log_uniform", "weights"])
+def test_every_scheme_is_unbiased_for_the_partition_function(scheme, sampler):
+    """E[Z-hat] = Z: the mean of exp(lse) over many draws matches the exact sum (4 std errs)."""
+    h, W, b, y, ret = _problem(N=3, n=30, d=4, seed=1)
+    W = W * 0.5
+    spec = (
+        torch.rand(30, generator=torch.Generator().manual_seed(9)) + 0.1
+        if sampler == "weights"
+        else sampler
+    )
+    draws = []
+    for k in range(3000):
+        loss = sampled_softmax_from_candidates(
+            h,
+            W,
+            y,
+            ret[:, :2],
+            num_uniform=4,
+            scheme=scheme,
+            sampler=spec,
+            reduction="none",
+            generator=torch.Generator().manual_seed(k),
+        )
+        z_y = (h * W[y]).sum(1)
+        draws.append(torch.exp(loss + z_y))  # Z-hat per row
+    zhat = torch.stack(draws)
+    Z = torch.exp(torch.logsumexp(h @ W.T, 1))
+    err = (zhat.mean(0) - Z).abs()
+    se = zhat.std(0) / math.sqrt(len(draws))
+    assert (err < 4 * se + 1e-9).all(), (err, se)
+
+
+@pytest.mark.parametrize("union", [False, True])
+@pytest.mark.parametrize("bias", [False, True])
+def test_shared_function_gradcheck_and_sparse_equals_dense(union, bias):
+    h, W, b, y, ret = _problem(N=4, n=15, d=3, bias=bias)
+    s_ids, s_logw, sh_ids, sh_logw = build_shared_candidates(
+        ret, y, 15, 5, UniformSampler(15), torch.Generator().manual_seed(1), union=union
+    )
+    h.requires_grad_(True)
+    W.requires_grad_(True)
+    params = (h, W) + ((b.requires_grad_(True),) if bias else ())
+
+    def fn(h, W, b=None):
+        return SharedCandidatesFunction.apply(
+            h, W, b, s_ids, s_logw.double(), sh_ids, sh_logw.double(), y, False
+        )
+
+    assert torch.autograd.gradcheck(fn, params)
+    dense = torch.autograd.grad(fn(*params).sum(), params[1:])
+    sparse_out = SharedCandidatesFunction.apply(
+        *params[:2],
+        params[2] if bias else None,
+        s_ids,
+        s_logw.double(),
+        sh_ids,
+        sh_logw.double(),
+        y,
+        True,
+    )
+    sparse = torch.autograd.grad(sparse_out.sum(), params[1:])
+    for a, s in zip(dense, sparse):
+        assert s.is_sparse
+        torch.testing.assert_close(a, s.to_dense())
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_schemes_exact_when_candidates_cover_everything(scheme):
+    h, W, b, y, _ = _problem(n=12)
+    everything = torch.arange(12).expand(h.shape[0], 12)
+    loss = sampled_softmax_from_candidates(
+        h, W, y, everything, num_uniform=5, scheme=scheme, sampler="log_uniform", reduction="sum"
+    )
+    torch.testing.assert_close(loss, F.cross_entropy(h @ W.T, y, reduction="sum"))
+
+
+def test_categorical_sampler_validates():
+    with pytest.raises(ValueError, match="non-negative"):
+        CategoricalSampler(torch.tensor([1.0, -1.0]))
+    with pytest.raises(ValueError, match="shape"):
+        SampledSoftmaxLoss(10, 4, sampler=torch.ones(9))
+    with pytest.raises(ValueError, match="candidate_scheme"):
+        SampledSoftmaxLoss(10, 4, candidate_scheme="tiles")
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_module_trains_with_each_scheme(scheme):
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    n, d = 500, 16
+    centers = torch.randn(n, d, generator=g)
+    y = torch.randint(0, n, (2048,), generator=g)
+    x = centers[y] + 0.2 * torch.randn(2048, d, generator=g)
+    layer = SampledSoftmaxLoss(
+        n,
+        d,
+        method="lsh",
+        num_candidates=16,
+        num_uniform=32,
+        candidate_scheme=scheme,
+        sparse_grad=True,
+        refresh_every=10,
+    )
+    opt = torch.optim.SGD(layer.parameters(), lr=8.0)
+    for _ in range(3):
+        for i in range(0, 2048, 64):
+            opt.zero_grad()
+            layer(x[i : i + 64], y[i : i + 64]).backward()
+            opt.step()
+    acc = (layer.topk(x, 1, exact=True)[1][:, 0] == y).float().mean()
+    assert acc > 0.9, float(acc)
+
+
+def test_drift_check_reports_and_costs_nothing_when_off():
+    seen = []
+    layer = SampledSoftmaxLoss(
+        3000,
+        8,
+        method="lsh",
+        num_candidates=16,
+        num_uniform=16,
+        drift_every=2,
+        drift_rows=4,
+        drift_hook=seen.append,
+    )
+    h, y = torch.randn(8, 8), torch.randint(0, 3000, (8,))
+    for _ in range(5):
+        layer(h, y).backward()
+    assert [s["step"] for s in seen] == [0, 2, 4] and len(layer.drift_log) == 3
+    s = seen[-1]
+    exact = F.cross_entropy(h[:4] @ layer.weight.detach().T, y[:4]).item()
+    assert s["exact_loss"] == pytest.approx(exact, rel=1e-5)
+    assert -1.0 <= s["grad_cosine"] <= 1.0 and s["rows"] == 4 and s["seconds"] > 0
+    off = SampledSoftmaxLoss(3000, 8, method="lsh", num_candidates=16, num_uniform=16)
+    for _ in range(3):
+        off(h, y).backward()
+    assert len(off.drift_log) == 0
+
+
+@pytest.mark.parametrize("method", ["lsh", "faiss"])
+def test_refresh_by_drift(method):
+    layer = SampledSoftmaxLoss(
+        2000,
+        8,
+        method=method,
+        num_candidates=16,
+        num_uniform=8,
+        refresh_every=10**6,
+        refresh_drift=0.05,
+        drift_check_every=1,
+    )
+    h, y = torch.randn(8, 8), torch.randint(0, 2000, (8,))
+    layer(h, y).backward()
+    layer(h, y).backward()
+    assert layer.stats()["refresh_count_drift"] == 0  # weights unchanged: no drift
+    with torch.no_grad():
+        layer.weight.add_(torch.randn_like(layer.weight))  # a large move of every row
+    layer(h, y).backward()
+    st = layer.stats()
+    assert st["refresh_count_drift"] == 1 and st["last_index_drift"] > 0.05
+
+
+def _compiled_vs_eager(backend, num_uniform):
+    torch.manual_seed(0)
+    N, n, d = 16, 300, 8
+    W = torch.randn(n, d, requires_grad=True)
+    h, y = torch.randn(N, d), torch.randint(0, n, (N,))
+    y[3] = -100
+    ret = torch.randint(-1, n, (N, 12))
+
+    def step(h, y, ret):
+        from triton_softmax import sampled_softmax_cross_entropy
+
+        a = sampled_softmax_from_candidates(h, W, y, ret, num_uniform=num_uniform)
+        return a + sampled_softmax_cross_entropy(h, W, y, method="full")
+
+    compiled = torch.compile(step, fullgraph=True, backend=backend)  # fullgraph: no graph break
+    out = []
+    for fn in (compiled, step):
+        torch.manual_seed(1)
+        W.grad = None
+        loss = fn(h, y, ret)
+        loss.backward()
+        out.append((loss.detach(), W.grad.clone()))
+    return out
+
+
+def test_torch_compile_training_step_matches_eager_aot():
+    (lc, gc), (le, ge) = _compiled_vs_eager("aot_eager", num_uniform=8)
+    torch.testing.assert_close(lc, le)
+    torch.testing.assert_close(gc, ge)
+
+
+def test_torch_compile_inductor_cpu_matches_eager():
+    """Inductor draws random numbers with its own generator: compare without uniform draws."""
+    (lc, gc), (le, ge) = _compiled_vs_eager("inductor", num_uniform=0)
+    torch.testing.assert_close(lc, le)
+    torch.testing.assert_close(gc, ge)

@@ -1,0 +1,143 @@
+"""The loss cores as torch.library custom ops, so a compiled training step has no graph break.
+
+torch.compile cannot trace into an autograd.Function that launches Triton kernels or runs the
+twins' data-dependent code, so the two hot ops are registered as opaque custom ops with
+fake (meta) implementations and autograd formulas:
+
+  triton_softmax::sampled_softmax_fwd / _bwd   the estimator over given candidates
+  triton_softmax::chunked_ce_fwd / _bwd        the exact chunked cross-entropy
+
+Both dispatch through ops.py exactly like the eager autograd Functions (Triton on CUDA, the
+twins elsewhere). The compiled path gives dense weight gradients; sparse_grad=True is eager-only.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from . import ops
+from .estimator import acc_dtype
+
+
+def _empty_like_bias(weight: Tensor) -> Tensor:
+    return weight.new_empty((0,))
+
+
+@torch.library.custom_op("triton_softmax::sampled_softmax_fwd", mutates_args=())
+def sampled_softmax_fwd(
+    hidden: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    cand_ids: Tensor,
+    cand_logw: Tensor,
+    target: Tensor,
+) -> tuple[Tensor, Tensor]:
+    loss, lse = ops.sampled_logits_fwd(hidden, weight, bias, cand_ids, cand_logw, target)
+    return loss, lse
+
+
+@sampled_softmax_fwd.register_fake
+def _(hidden, weight, bias, cand_ids, cand_logw, target):
+    acc = acc_dtype(hidden.dtype)
+    N = hidden.shape[0]
+    return hidden.new_empty((N,), dtype=acc), hidden.new_empty((N,), dtype=acc)
+
+
+@torch.library.custom_op("triton_softmax::sampled_softmax_bwd", mutates_args=())
+def sampled_softmax_bwd(
+    grad_loss: Tensor,
+    hidden: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    cand_ids: Tensor,
+    cand_logw: Tensor,
+    target: Tensor,
+    lse: Tensor,
+) -> tuple[Tensor, Tensor, Tensor]:
+    from . import estimator as _est
+
+    n = weight.shape[0]
+    coef, ids, dh = ops.sampled_logits_bwd(
+        grad_loss, hidden, weight, bias, cand_ids, cand_logw, target, lse
+    )
+    dW = ops.scatter_grad_weight(coef, ids, hidden, n, False).to(weight.dtype)
+    db = (
+        _est.scatter_grad_bias_ref(coef, ids, n).to(bias.dtype)
+        if bias is not None
+        else _empty_like_bias(weight)
+    )
+    return dh.to(hidden.dtype), dW, db
+
+
+@sampled_softmax_bwd.register_fake
+def _(grad_loss, hidden, weight, bias, cand_ids, cand_logw, target, lse):
+    db = torch.empty_like(bias) if bias is not None else _empty_like_bias(weight)
+    return torch.empty_like(hidden), torch.empty_like(weight), db
+
+
+def _sampled_setup(ctx, inputs, output):
+    hidden, weight, bias, cand_ids, cand_logw, target = inputs
+    ctx.save_for_backward(hidden, weight, bias, cand_ids, cand_logw, target, output[1])
+
+
+def _sampled_backward(ctx, grad_loss, grad_lse):
+    hidden, weight, bias, cand_ids, cand_logw, target, lse = ctx.saved_tensors
+    dh, dW, db = sampled_softmax_bwd(
+        grad_loss, hidden, weight, bias, cand_ids, cand_logw, target, lse
+    )
+    return dh, dW, (db if bias is not None else None), None, None, None
+
+
+sampled_softmax_fwd.register_autograd(_sampled_backward, setup_context=_sampled_setup)
+
+
+@torch.library.custom_op("triton_softmax::chunked_ce_fwd", mutates_args=())
+def chunked_ce_fwd(
+    hidden: Tensor, weight: Tensor, bias: Tensor | None, target: Tensor, label_smoothing: float
+) -> tuple[Tensor, Tensor]:
+    loss, lse = ops.chunked_ce_fwd(hidden, weight, bias, target, label_smoothing)
+    return loss, lse
+
+
+@chunked_ce_fwd.register_fake
+def _(hidden, weight, bias, target, label_smoothing):
+    acc = acc_dtype(hidden.dtype)
+    N = hidden.shape[0]
+    return hidden.new_empty((N,), dtype=acc), hidden.new_empty((N,), dtype=acc)
+
+
+@torch.library.custom_op("triton_softmax::chunked_ce_bwd", mutates_args=())
+def chunked_ce_bwd(
+    grad_loss: Tensor,
+    hidden: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    target: Tensor,
+    lse: Tensor,
+    label_smoothing: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    dh, dW, db = ops.chunked_ce_bwd(grad_loss, hidden, weight, bias, target, lse, label_smoothing)
+    db = db.to(bias.dtype) if bias is not None else _empty_like_bias(weight)
+    return dh.to(hidden.dtype), dW.to(weight.dtype), db
+
+
+@chunked_ce_bwd.register_fake
+def _(grad_loss, hidden, weight, bias, target, lse, label_smoothing):
+    db = torch.empty_like(bias) if bias is not None else _empty_like_bias(weight)
+    return torch.empty_like(hidden), torch.empty_like(weight), db
+
+
+def _ce_setup(ctx, inputs, output):
+    hidden, weight, bias, target, label_smoothing = inputs
+    ctx.save_for_backward(hidden, weight, bias, target, output[1])
+    ctx.label_smoothing = label_smoothing
+
+
+def _ce_backward(ctx, grad_loss, grad_lse):
+    hidden, weight, bias, target, lse = ctx.saved_tensors
+    dh, dW, db = chunked_ce_bwd(grad_loss, hidden, weight, bias, target, lse, ctx.label_smoothing)
+    return dh, dW, (db if bias is not None else None), None, None
+
+
+chunked_ce_fwd.register_autograd(_ce_backward, setup_context=_ce_setup)

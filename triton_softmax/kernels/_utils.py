@@ -1,0 +1,57 @@
+"""Small helpers shared by the kernel launchers (no kernels here).
+
+INTERPRET is read once, at import, like triton.jit itself does: set TRITON_INTERPRET=1 before
+triton_softmax.kernels is imported (tests/conftest.py does) to run the kernels on CPU.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def next_pow2(x: int) -> int:
+    return triton.next_power_of_2(max(int(x), 1))
+
+
+def configs(full: list[triton.Config]) -> list[triton.Config]:
+    """The autotune list: all of `full` on a GPU, only its first entry under the interpreter
+    (one config means no benchmarking, so tests pay for one run, not one per config)."""
+    return full[:1] if INTERPRET else full
+
+
+def prune_by_tile(limit: int, block_a: str, block_b: str):
+    """early_config_prune dropping configs whose block_a * block_b tile exceeds `limit`
+    elements (register pressure); keeps the smallest one if none fits."""
+
+    def prune(cfgs, named_args, **kwargs):
+        args = {**named_args, **kwargs}
+
+        def size(c):
+            a = c.kwargs.get(block_a, args.get(block_a))
+            b = c.kwargs.get(block_b, args.get(block_b))
+            return a * b
+
+        fit = [c for c in cfgs if size(c) <= limit]
+        return fit or [min(cfgs, key=size)]
+
+    return prune
+
+
+def empty(shape, dtype: torch.dtype, device) -> torch.Tensor:
+    """Output allocation of every launcher (one place, so tests can poison it with NaN)."""
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def check_device(name: str, t: torch.Tensor, device: torch.device) -> None:
+    if t.device != device:
+        raise ValueError(f"{name} is on {t.device}, expected {device}")
+
+
+def check_float(name: str, t: torch.Tensor) -> None:
+    if t.dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+        raise TypeError(f"{name} must be a float tensor, got {t.dtype}")

@@ -1,0 +1,390 @@
+"""Sampled logits: the estimator's forward, and its backward (coefficients and dh), fused.
+
+Twins: estimator.sampled_logits_fwd_ref, sampled_logits_coef_ref and grad_hidden_ref (see
+estimator.py for the math). One program per example i holds h_i (BLOCK_D >= d, fp32) in
+registers and walks its M candidates BLOCK_C at a time, gathering the candidate rows of W
+straight into a (BLOCK_C, BLOCK_D) register tile:
+
+  forward   z = W_c . h (+ b_c), online log-sum-exp of z + log w; loss = lse - z_y.
+            Padding (log w = -inf) is masked out of the gather, so it costs no bytes.
+  backward  recompute z from the same gather, p = g exp(z + log w - lse), store the
+            coefficients and ids (for the dW scatter), and accumulate dh = sum p W_c - g W_y
+            from the tile already in registers: W's candidate rows are read once per pass.
+  grad_hidden  dh from given (coef, ids): the standalone twin of the fused dh.
+
+The gathered (N, M, d) rows are never materialised. Each pass is a gather GEMV (memory
+bound: ~M d bytes per example), so there is no tl.dot here and bf16/fp16 inputs are upcast
+to fp32 on load; all sums are fp32. Duplicate candidates are summed like the twin; all
+indices are int64 (row * stride can pass 2^31). fp64 inputs run the twin (the kernels
+accumulate in fp32 only).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from . import _utils
+
+_TILE = 16384  # max BLOCK_C * BLOCK_D elements of the gathered tile held in registers
+
+_CONFIGS = _utils.configs(
+    [
+        triton.Config({"BLOCK_C": 16}, num_warps=4),
+        triton.Config({"BLOCK_C": 8}, num_warps=4),
+        triton.Config({"BLOCK_C": 32}, num_warps=4),
+        triton.Config({"BLOCK_C": 32}, num_warps=8),
+        triton.Config({"BLOCK_C": 64}, num_warps=8),
+    ]
+)
+_PRUNE = {"early_config_prune": _utils.prune_by_tile(_TILE, "BLOCK_C", "BLOCK_D")}
+
+
+@triton.autotune(configs=_CONFIGS, key=["d", "M"], prune_configs_by=_PRUNE)
+@triton.jit
+def sampled_logits_fwd_kernel(
+    h_ptr,
+    w_ptr,
+    b_ptr,
+    ids_ptr,
+    logw_ptr,
+    tgt_ptr,
+    loss_ptr,
+    lse_ptr,
+    M,
+    d,
+    stride_hn,
+    stride_hd,
+    stride_wn,
+    stride_wd,
+    stride_b,
+    stride_in,
+    stride_ic,
+    stride_ln,
+    stride_lc,
+    stride_t,
+    HAS_BIAS: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    i = tl.program_id(0).to(tl.int64)
+    dd = tl.arange(0, BLOCK_D)
+    d_ok = dd < d
+    h = tl.load(h_ptr + i * stride_hn + dd * stride_hd, mask=d_ok, other=0.0).to(tl.float32)
+    y = tl.load(tgt_ptr + i * stride_t).to(tl.int64)
+    w_y = tl.load(w_ptr + y * stride_wn + dd * stride_wd, mask=d_ok, other=0.0).to(tl.float32)
+    z_y = tl.sum(w_y * h, axis=0)
+    if HAS_BIAS:
+        z_y += tl.load(b_ptr + y * stride_b).to(tl.float32)
+    m = tl.full((), float("-inf"), tl.float32)
+    s = tl.zeros((), tl.float32)
+    for c0 in range(0, M, BLOCK_C):
+        cc = c0 + tl.arange(0, BLOCK_C)
+        c_ok = cc < M
+        logw = tl.load(
+            logw_ptr + i * stride_ln + cc * stride_lc, mask=c_ok, other=float("-inf")
+        ).to(tl.float32)
+        live = c_ok & (logw != float("-inf"))
+        ids = tl.load(ids_ptr + i * stride_in + cc * stride_ic, mask=live, other=0).to(tl.int64)
+        w = tl.load(
+            w_ptr + ids[:, None] * stride_wn + dd[None, :] * stride_wd,
+            mask=live[:, None] & d_ok[None, :],
+            other=0.0,
+        ).to(tl.float32)
+        z = tl.sum(w * h[None, :], axis=1)
+        if HAS_BIAS:
+            z += tl.load(b_ptr + ids * stride_b, mask=live, other=0.0).to(tl.float32)
+        zl = tl.where(live, z + logw, float("-inf"))
+        m_new = tl.maximum(m, tl.max(zl, axis=0))
+        m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # all -inf so far: no rescale
+        s = s * tl.exp(m - m_ref) + tl.sum(tl.exp(zl - m_ref), axis=0)
+        m = m_new
+    lse = m + tl.log(s)  # -inf for a row of padding only, as torch.logsumexp
+    tl.store(lse_ptr + i, lse)
+    tl.store(loss_ptr + i, lse - z_y)
+
+
+def _check(hidden, weight, bias, cand_ids, cand_logw, target):
+    _utils.check_float("hidden", hidden)
+    _utils.check_float("weight", weight)
+    if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
+        raise ValueError(
+            f"hidden (N, d) and weight (n, d) expected, got "
+            f"{tuple(hidden.shape)} and {tuple(weight.shape)}"
+        )
+    N = hidden.shape[0]
+    if cand_ids.dim() != 2 or cand_ids.shape[0] != N or cand_logw.shape != cand_ids.shape:
+        raise ValueError(
+            f"cand_ids and cand_logw must both be ({N}, M), got "
+            f"{tuple(cand_ids.shape)} and {tuple(cand_logw.shape)}"
+        )
+    if target.shape != (N,):
+        raise ValueError(f"target must be ({N},), got {tuple(target.shape)}")
+    if bias is not None and bias.shape != (weight.shape[0],):
+        raise ValueError(f"bias must be ({weight.shape[0]},), got {tuple(bias.shape)}")
+    for name, t in (
+        ("weight", weight),
+        ("cand_ids", cand_ids),
+        ("cand_logw", cand_logw),
+        ("target", target),
+        ("bias", bias),
+    ):
+        if t is not None:
+            _utils.check_device(name, t, hidden.device)
+
+
+def sampled_logits_fwd(hidden, weight, bias, cand_ids, cand_logw, target):
+    """(loss (N,), lse (N,)) fp32; same contract as estimator.sampled_logits_fwd_ref."""
+    _check(hidden, weight, bias, cand_ids, cand_logw, target)
+    if hidden.dtype == torch.float64 or weight.dtype == torch.float64:
+        from ..estimator import sampled_logits_fwd_ref
+
+        return sampled_logits_fwd_ref(hidden, weight, bias, cand_ids, cand_logw, target)
+    (N, d), M = hidden.shape, cand_ids.shape[1]
+    loss = _utils.empty((N,), torch.float32, hidden.device)
+    lse = _utils.empty((N,), torch.float32, hidden.device)
+    if N == 0:
+        return loss, lse
+    b = bias if bias is not None else hidden
+    sampled_logits_fwd_kernel[(N,)](
+        hidden,
+        weight,
+        b,
+        cand_ids,
+        cand_logw,
+        target,
+        loss,
+        lse,
+        M,
+        d,
+        hidden.stride(0),
+        hidden.stride(1),
+        weight.stride(0),
+        weight.stride(1),
+        b.stride(0) if bias is not None else 0,
+        cand_ids.stride(0),
+        cand_ids.stride(1),
+        cand_logw.stride(0),
+        cand_logw.stride(1),
+        target.stride(0),
+        HAS_BIAS=bias is not None,
+        BLOCK_D=_utils.next_pow2(d),
+    )
+    return loss, lse
+
+
+@triton.autotune(configs=_CONFIGS, key=["d", "M", "COMPUTE_DH"], prune_configs_by=_PRUNE)
+@triton.jit
+def sampled_logits_bwd_kernel(
+    g_ptr,
+    h_ptr,
+    w_ptr,
+    b_ptr,
+    ids_ptr,
+    logw_ptr,
+    tgt_ptr,
+    lse_ptr,
+    coef_ptr,
+    ids_out_ptr,
+    dh_ptr,
+    M,
+    d,
+    stride_g,
+    stride_hn,
+    stride_hd,
+    stride_wn,
+    stride_wd,
+    stride_b,
+    stride_in,
+    stride_ic,
+    stride_ln,
+    stride_lc,
+    stride_t,
+    stride_lse,
+    stride_cn,
+    stride_on,
+    stride_dn,
+    HAS_BIAS: tl.constexpr,
+    COMPUTE_DH: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    i = tl.program_id(0).to(tl.int64)
+    dd = tl.arange(0, BLOCK_D)
+    d_ok = dd < d
+    g = tl.load(g_ptr + i * stride_g).to(tl.float32)
+    lse = tl.load(lse_ptr + i * stride_lse).to(tl.float32)
+    h = tl.load(h_ptr + i * stride_hn + dd * stride_hd, mask=d_ok, other=0.0).to(tl.float32)
+    dh = tl.zeros((BLOCK_D,), tl.float32)
+    for c0 in range(0, M, BLOCK_C):
+        cc = c0 + tl.arange(0, BLOCK_C)
+        c_ok = cc < M
+        logw = tl.load(
+            logw_ptr + i * stride_ln + cc * stride_lc, mask=c_ok, other=float("-inf")
+        ).to(tl.float32)
+        live = c_ok & (logw != float("-inf"))
+        ids = tl.load(ids_ptr + i * stride_in + cc * stride_ic, mask=c_ok, other=0).to(tl.int64)
+        w = tl.load(
+            w_ptr + ids[:, None] * stride_wn + dd[None, :] * stride_wd,
+            mask=live[:, None] & d_ok[None, :],
+            other=0.0,
+        ).to(tl.float32)
+        z = tl.sum(w * h[None, :], axis=1)
+        if HAS_BIAS:
+            z += tl.load(b_ptr + ids * stride_b, mask=live, other=0.0).to(tl.float32)
+        # exactly the twin's g * exp(z + log w - lse): 0 for padding, NaN where lse = -inf
+        p = g * tl.exp(z + logw - lse)
+        tl.store(coef_ptr + i * stride_cn + cc, p, mask=c_ok)
+        tl.store(ids_out_ptr + i * stride_on + cc, ids, mask=c_ok)
+        if COMPUTE_DH:
+            dh += tl.sum(tl.where(c_ok[:, None], p[:, None] * w, 0.0), axis=0)
+    y = tl.load(tgt_ptr + i * stride_t).to(tl.int64)
+    tl.store(coef_ptr + i * stride_cn + M, -g)
+    tl.store(ids_out_ptr + i * stride_on + M, y)
+    if COMPUTE_DH:
+        w_y = tl.load(w_ptr + y * stride_wn + dd * stride_wd, mask=d_ok, other=0.0)
+        dh -= g * w_y.to(tl.float32)
+        tl.store(dh_ptr + i * stride_dn + dd, dh, mask=d_ok)
+
+
+def sampled_logits_bwd(
+    grad_loss, hidden, weight, bias, cand_ids, cand_logw, target, lse, compute_dh=True
+):
+    """(coef (N, M+1) fp32, ids (N, M+1) int64, dh (N, d) fp32 or None) in one pass.
+
+    Same coefficients and ids as estimator.sampled_logits_coef_ref, and dh as
+    grad_hidden_ref(coef, ids, weight); grad_loss (N,), lse (N,) from the forward.
+    """
+    _check(hidden, weight, bias, cand_ids, cand_logw, target)
+    (N, d), M = hidden.shape, cand_ids.shape[1]
+    if grad_loss.shape != (N,) or lse.shape != (N,):
+        raise ValueError(f"grad_loss and lse must be ({N},)")
+    if hidden.dtype == torch.float64 or weight.dtype == torch.float64 or lse.dtype == torch.float64:
+        from ..estimator import grad_hidden_ref, sampled_logits_coef_ref
+
+        coef, ids = sampled_logits_coef_ref(
+            grad_loss, hidden, weight, bias, cand_ids, cand_logw, target, lse
+        )
+        return coef, ids, (grad_hidden_ref(coef, ids, weight) if compute_dh else None)
+    dev = hidden.device
+    coef = _utils.empty((N, M + 1), torch.float32, dev)
+    ids_out = _utils.empty((N, M + 1), torch.int64, dev)
+    dh = _utils.empty((N, d), torch.float32, dev) if compute_dh else None
+    if N == 0:
+        return coef, ids_out, dh
+    b = bias if bias is not None else hidden
+    dh_arg = dh if compute_dh else coef
+    sampled_logits_bwd_kernel[(N,)](
+        grad_loss,
+        hidden,
+        weight,
+        b,
+        cand_ids,
+        cand_logw,
+        target,
+        lse,
+        coef,
+        ids_out,
+        dh_arg,
+        M,
+        d,
+        grad_loss.stride(0),
+        hidden.stride(0),
+        hidden.stride(1),
+        weight.stride(0),
+        weight.stride(1),
+        b.stride(0) if bias is not None else 0,
+        cand_ids.stride(0),
+        cand_ids.stride(1),
+        cand_logw.stride(0),
+        cand_logw.stride(1),
+        target.stride(0),
+        lse.stride(0),
+        coef.stride(0),
+        ids_out.stride(0),
+        dh_arg.stride(0),
+        HAS_BIAS=bias is not None,
+        COMPUTE_DH=compute_dh,
+        BLOCK_D=_utils.next_pow2(d),
+    )
+    return coef, ids_out, dh
+
+
+def sampled_logits_coef(grad_loss, hidden, weight, bias, cand_ids, cand_logw, target, lse):
+    """Same contract as estimator.sampled_logits_coef_ref (the backward without dh)."""
+    coef, ids, _ = sampled_logits_bwd(
+        grad_loss, hidden, weight, bias, cand_ids, cand_logw, target, lse, compute_dh=False
+    )
+    return coef, ids
+
+
+@triton.autotune(configs=_CONFIGS, key=["d", "M1"], prune_configs_by=_PRUNE)
+@triton.jit
+def grad_hidden_kernel(
+    coef_ptr,
+    ids_ptr,
+    w_ptr,
+    dh_ptr,
+    M1,
+    d,
+    stride_cn,
+    stride_cc,
+    stride_in,
+    stride_ic,
+    stride_wn,
+    stride_wd,
+    stride_dn,
+    BLOCK_C: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    i = tl.program_id(0).to(tl.int64)
+    dd = tl.arange(0, BLOCK_D)
+    d_ok = dd < d
+    dh = tl.zeros((BLOCK_D,), tl.float32)
+    for c0 in range(0, M1, BLOCK_C):
+        cc = c0 + tl.arange(0, BLOCK_C)
+        c_ok = cc < M1
+        c = tl.load(coef_ptr + i * stride_cn + cc * stride_cc, mask=c_ok, other=0.0)
+        ids = tl.load(ids_ptr + i * stride_in + cc * stride_ic, mask=c_ok, other=0).to(tl.int64)
+        w = tl.load(
+            w_ptr + ids[:, None] * stride_wn + dd[None, :] * stride_wd,
+            mask=c_ok[:, None] & d_ok[None, :],
+            other=0.0,
+        ).to(tl.float32)
+        dh += tl.sum(c.to(tl.float32)[:, None] * w, axis=0)
+    tl.store(dh_ptr + i * stride_dn + dd, dh, mask=d_ok)
+
+
+def grad_hidden(coef, ids, weight):
+    """dh (N, d) fp32 = sum_j coef_ij W_{ids_ij}; same contract as estimator.grad_hidden_ref."""
+    _utils.check_float("weight", weight)
+    if coef.dim() != 2 or ids.shape != coef.shape or weight.dim() != 2:
+        raise ValueError("coef and ids must be (N, M+1) and weight (n, d)")
+    _utils.check_device("ids", ids, coef.device)
+    _utils.check_device("weight", weight, coef.device)
+    if coef.dtype == torch.float64 or weight.dtype == torch.float64:
+        from ..estimator import grad_hidden_ref
+
+        return grad_hidden_ref(coef, ids, weight)
+    (N, M1), d = coef.shape, weight.shape[1]
+    dh = _utils.empty((N, d), torch.float32, coef.device)
+    if N == 0:
+        return dh
+    grad_hidden_kernel[(N,)](
+        coef,
+        ids,
+        weight,
+        dh,
+        M1,
+        d,
+        coef.stride(0),
+        coef.stride(1),
+        ids.stride(0),
+        ids.stride(1),
+        weight.stride(0),
+        weight.stride(1),
+        dh.stride(0),
+        BLOCK_D=_utils.next_pow2(d),
+    )
+    return dh
