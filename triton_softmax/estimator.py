@@ -74,6 +74,30 @@ def sampled_logits_coef_ref(
     return coef, ids
 
 
+def sampled_logits_bwd_ref(
+    grad_loss: torch.Tensor,
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    cand_ids: torch.Tensor,
+    cand_logw: torch.Tensor,
+    target: torch.Tensor,
+    lse: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(coef, ids, dh): sampled_logits_coef_ref and grad_hidden_ref with one gather of the rows."""
+    acc = lse.dtype
+    ids = torch.cat([cand_ids, target.unsqueeze(1)], dim=1)
+    rows = weight[ids].to(acc)  # (N, M+1, d), gathered once for z and for dh
+    h = hidden.to(acc)
+    z = torch.bmm(rows[:, :-1], h.unsqueeze(2)).squeeze(2)
+    if bias is not None:
+        z = z + bias[cand_ids].to(acc)
+    g = grad_loss.to(acc).unsqueeze(1)
+    coef = torch.cat([g * torch.exp(z + cand_logw.to(acc) - lse.unsqueeze(1)), -g], dim=1)
+    dh = torch.bmm(coef.unsqueeze(1), rows).squeeze(1)
+    return coef, ids, dh
+
+
 def grad_hidden_ref(coef: torch.Tensor, ids: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """dh (N, d) acc dtype = sum_j coef_ij W_{ids_ij}."""
     return torch.bmm(coef.unsqueeze(1), weight[ids].to(coef.dtype)).squeeze(1)
@@ -94,18 +118,21 @@ def scatter_grad_weight_ref(
 def sparse_grad_weight_ref(
     coef: torch.Tensor, ids: torch.Tensor, hidden: torch.Tensor, n: int, dtype: torch.dtype
 ) -> torch.Tensor:
-    """Sparse COO dW (n, d): one row per candidate (zero-coefficient slots dropped), coalesced.
+    """Sparse COO dW (n, d): one row per candidate slot (zero coefficients dropped), uncoalesced:
+    torch.optim.SGD adds duplicates as it applies them, SparseAdam/Adagrad coalesce themselves,
+    and skipping the sort here saves an O(N M d) pass per step.
 
     Dropping the zero slots makes nnz data-dependent (a host sync); sparse gradients imply one
     anyway, since the optimizer coalesces them.
     """
     d = hidden.shape[1]
-    keep = coef != 0
-    rows = coef.unsqueeze(2) * hidden.to(coef.dtype).unsqueeze(1)  # (N, M+1, d)
+    keep = (coef != 0).nonzero()  # (K, 2): (example, slot) of every nonzero coefficient
+    ex, slot = keep[:, 0], keep[:, 1]
+    rows = coef[ex, slot].unsqueeze(1) * hidden.to(coef.dtype)[ex]  # (K, d), only kept slots
     out = torch.sparse_coo_tensor(
-        ids[keep].unsqueeze(0), rows[keep].to(dtype), (n, d), check_invariants=False
+        ids[ex, slot].unsqueeze(0), rows.to(dtype), (n, d), check_invariants=False
     )
-    return out.coalesce()
+    return out
 
 
 def scatter_grad_bias_ref(

@@ -49,9 +49,9 @@ def make_hyperplanes(
 
 def max_row_norm(weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """M = max_j |[w_j, b_j]| as a 0-d float32 tensor (stays on the device: no sync)."""
-    sq = weight.float().pow(2).sum(1)
+    sq = torch.linalg.vector_norm(weight, dim=1, dtype=torch.float32).square()
     if bias is not None:
-        sq = sq + bias.float().pow(2)
+        sq = sq + bias.float().square()
     return sq.max().sqrt()
 
 
@@ -73,8 +73,10 @@ def simhash_codes_ref(
     M, d = x.shape
     assert D2 == d + 2
     planes = hyperplanes.reshape(L * K, D2).float()
-    weights = (1 << torch.arange(K, device=x.device, dtype=torch.int32)).view(1, 1, K)
+    # bit k weighs 2^k; packing by a float matmul is exact for K <= 24 (MAX_BITS = 20)
+    pack = (2.0 ** torch.arange(K, device=x.device, dtype=torch.float32)).unsqueeze(1)
     out = torch.empty(M, L, dtype=torch.int32, device=x.device)
+    b = None
     for lo in range(0, M, chunk_rows):
         hi = min(M, lo + chunk_rows)
         xc = x[lo:hi].float()
@@ -84,16 +86,14 @@ def simhash_codes_ref(
             proj += b.unsqueeze(1) * planes[:, d]
         elif bias:
             proj += float(bias) * planes[:, d]
-        else:
-            b = None
         if max_norm is not None:
-            sq = xc.pow(2).sum(1)
-            if isinstance(bias, torch.Tensor):
-                sq = sq + b.pow(2)
-            extra = (torch.as_tensor(max_norm, dtype=torch.float32).pow(2) - sq).clamp_min(0).sqrt()
-            proj += extra.unsqueeze(1) * planes[:, d + 1]
-        bits = (proj > 0).view(hi - lo, L, K).to(torch.int32)
-        out[lo:hi] = (bits * weights).sum(2, dtype=torch.int32)
+            sq = torch.einsum("ij,ij->i", xc, xc)
+            if b is not None:
+                sq = sq + b * b
+            m2 = torch.as_tensor(max_norm, dtype=torch.float32, device=x.device) ** 2
+            proj += (m2 - sq).clamp_min(0).sqrt().unsqueeze(1) * planes[:, d + 1]
+        bits = (proj > 0).to(torch.float32).view(hi - lo, L, K)
+        out[lo:hi] = (bits @ pack).squeeze(2).to(torch.int32)
     return out
 
 
@@ -106,17 +106,19 @@ def bucket_table_ref(
     offsets[l, c + 1]], in a random order fixed by order_seed.
     """
     n, L = codes.shape
+    device = codes.device
     gen = torch.Generator().manual_seed(order_seed)
-    perm = torch.randperm(n, generator=gen).to(codes.device)
-    codes_t = codes.T[:, perm]  # (L, n), class order shuffled
-    sorted_codes, order = torch.sort(codes_t, dim=1, stable=True)
-    sorted_ids = perm[order].to(torch.int32)
-    bounds = torch.arange(1 << num_bits, device=codes.device, dtype=torch.int32)
-    bounds = bounds.unsqueeze(0).expand(L, -1).contiguous()
-    starts = torch.searchsorted(sorted_codes.contiguous(), bounds, right=False)
-    end = torch.full((L, 1), n, dtype=torch.int64, device=codes.device)
-    offsets = torch.cat([starts, end], dim=1)
-    return sorted_ids.contiguous(), offsets.contiguous()
+    rank = torch.randperm(n, generator=gen).to(device)  # a random order inside every bucket
+    # one sort of unique int64 keys (code, random rank): its permutation is the class ids
+    key = (codes.T.to(torch.int64) << 32) | rank
+    _, order = torch.sort(key, dim=1)
+    sorted_ids = order.to(torch.int32)
+    nb = 1 << num_bits
+    flat = (codes.to(torch.int64) + torch.arange(L, device=device) * nb).reshape(-1)
+    counts = torch.bincount(flat, minlength=L * nb).view(L, nb)
+    offsets = torch.zeros(L, nb + 1, dtype=torch.int64, device=device)
+    offsets[:, 1:] = torch.cumsum(counts, dim=1)
+    return sorted_ids.contiguous(), offsets
 
 
 def lsh_candidates_ref(

@@ -116,17 +116,10 @@ def sampled_logits_coef(grad_loss, hidden, weight, bias, cand_ids, cand_logw, ta
     )
 
 
-def _sampled_logits_bwd_ref(grad_loss, hidden, weight, bias, cand_ids, cand_logw, target, lse):
-    coef, ids = _est.sampled_logits_coef_ref(
-        grad_loss, hidden, weight, bias, cand_ids, cand_logw, target, lse
-    )
-    return coef, ids, _est.grad_hidden_ref(coef, ids, weight)
-
-
 def sampled_logits_bwd(grad_loss, hidden, weight, bias, cand_ids, cand_logw, target, lse):
     """(coef, ids, dh): sampled_logits_coef and grad_hidden in one pass on the Triton path."""
     return _route(
-        "sampled_logits_bwd", _sampled_logits_bwd_ref, hidden,
+        "sampled_logits_bwd", _est.sampled_logits_bwd_ref, hidden,
         grad_loss, hidden, weight, bias, cand_ids, cand_logw, target, lse,
     )
 
