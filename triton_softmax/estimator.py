@@ -42,13 +42,25 @@ def sampled_logits_fwd_ref(
     """
     acc = acc_dtype(hidden.dtype)
     h = hidden.to(acc)
-    z = torch.bmm(weight[cand_ids].to(acc), h.unsqueeze(2)).squeeze(2)  # (N, M)
+    z = _candidate_logits(h, weight[cand_ids].to(acc), bias, cand_ids)
     z_t = (weight[target].to(acc) * h).sum(dim=1)
     if bias is not None:
-        z = z + bias[cand_ids].to(acc)
         z_t = z_t + bias[target].to(acc)
     lse = torch.logsumexp(z + cand_logw.to(acc), dim=1)
     return lse - z_t, lse
+
+
+def _candidate_logits(h, rows, bias, cand_ids):
+    """z (N, M) from h (N, d) and gathered rows (N, M, d), both in the accumulation dtype."""
+    z = torch.bmm(rows, h.unsqueeze(2)).squeeze(2)
+    return z + bias[cand_ids].to(z.dtype) if bias is not None else z
+
+
+def _coefficients(grad_loss, h, rows, bias, cand_ids, cand_logw, lse):
+    """[g p_ij | -g] (N, M+1): the softmax over candidates, then the target's -1."""
+    z = _candidate_logits(h, rows, bias, cand_ids)
+    g = grad_loss.to(lse.dtype).unsqueeze(1)
+    return torch.cat([g * torch.exp(z + cand_logw.to(lse.dtype) - lse.unsqueeze(1)), -g], dim=1)
 
 
 def sampled_logits_coef_ref(
@@ -63,15 +75,9 @@ def sampled_logits_coef_ref(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Backward coefficients: (coef (N, M+1) acc dtype, ids (N, M+1) int64); see module doc."""
     acc = lse.dtype
-    h = hidden.to(acc)
-    z = torch.bmm(weight[cand_ids].to(acc), h.unsqueeze(2)).squeeze(2)
-    if bias is not None:
-        z = z + bias[cand_ids].to(acc)
-    p = torch.exp(z + cand_logw.to(acc) - lse.unsqueeze(1))
-    g = grad_loss.to(acc).unsqueeze(1)
-    coef = torch.cat([g * p, -g], dim=1)
-    ids = torch.cat([cand_ids, target.unsqueeze(1)], dim=1)
-    return coef, ids
+    rows = weight[cand_ids].to(acc)
+    coef = _coefficients(grad_loss, hidden.to(acc), rows, bias, cand_ids, cand_logw, lse)
+    return coef, torch.cat([cand_ids, target.unsqueeze(1)], dim=1)
 
 
 def sampled_logits_bwd_ref(
@@ -88,12 +94,7 @@ def sampled_logits_bwd_ref(
     acc = lse.dtype
     ids = torch.cat([cand_ids, target.unsqueeze(1)], dim=1)
     rows = weight[ids].to(acc)  # (N, M+1, d), gathered once for z and for dh
-    h = hidden.to(acc)
-    z = torch.bmm(rows[:, :-1], h.unsqueeze(2)).squeeze(2)
-    if bias is not None:
-        z = z + bias[cand_ids].to(acc)
-    g = grad_loss.to(acc).unsqueeze(1)
-    coef = torch.cat([g * torch.exp(z + cand_logw.to(acc) - lse.unsqueeze(1)), -g], dim=1)
+    coef = _coefficients(grad_loss, hidden.to(acc), rows[:, :-1], bias, cand_ids, cand_logw, lse)
     dh = torch.bmm(coef.unsqueeze(1), rows).squeeze(1)
     return coef, ids, dh
 
