@@ -42,7 +42,7 @@ def test_build_candidates_invariants(n, R, T):
 
 
 def test_uniform_samples_cover_complement_uniformly():
-    n, N, T = 20, 1, 200_000
+    n, T = 20, 200_000
     members = torch.tensor([[0, 3, 4, 5, 19]])
     valid = torch.ones_like(members, dtype=torch.bool)
     samples, comp = sample_complement(members, valid, n, T, torch.Generator().manual_seed(0))

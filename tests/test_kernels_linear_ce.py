@@ -109,8 +109,8 @@ def test_fwd_bwd_matches_float64_and_twin(dtype, bias, eps, bwd_kw):
 
 @pytest.mark.parametrize(
     "N, n, d",
-    [(1, 203, 40), (37, 1, 24), (5, 31, 17), (40, 70, 3)],
-    ids=["N=1", "n=1", "n<block", "d=3"],
+    [(1, 203, 40), (37, 1, 24), (5, 31, 17), (40, 70, 3), (50, 300, 20)],
+    ids=["N=1", "n=1", "n<block", "d=3", "staggered-row-order"],
 )
 def test_edge_shapes(N, n, d):
     h, W, b, y, g = _inputs(N, n, d, torch.float32, seed=1)

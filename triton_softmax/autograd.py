@@ -9,7 +9,7 @@ from . import ops
 
 
 class SampledSoftmaxFunction(torch.autograd.Function):
-    """Per-example estimator loss (N,) fp32 (fp64 for fp64 inputs); backward touches only candidate rows of W.
+    """Per-example estimator loss (N,) fp32 (fp64 for fp64); backward touches only candidate rows.
 
     hidden (N, d), weight (n, d), bias (n,) | None, cand_ids (N, M) int64,
     cand_logw (N, M) float32, target (N,) int64 in [0, n).
@@ -81,29 +81,38 @@ class SharedCandidatesFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, s_ids, s_logw, shared_ids, shared_logw, target,
-                sparse_grad):
-        loss, lse = _est.shared_logits_fwd_ref(hidden, weight, bias, s_ids, s_logw, shared_ids,
-                                               shared_logw, target)
-        ctx.save_for_backward(hidden, weight, bias, s_ids, s_logw, shared_ids, shared_logw,
-                              target, lse)
+    def forward(
+        ctx, hidden, weight, bias, s_ids, s_logw, shared_ids, shared_logw, target, sparse_grad
+    ):
+        loss, lse = _est.shared_logits_fwd_ref(
+            hidden, weight, bias, s_ids, s_logw, shared_ids, shared_logw, target
+        )
+        ctx.save_for_backward(
+            hidden, weight, bias, s_ids, s_logw, shared_ids, shared_logw, target, lse
+        )
         ctx.sparse_grad = sparse_grad
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
         hidden, weight, bias, s_ids, s_logw, shared_ids, shared_logw, target, lse = (
-            ctx.saved_tensors)
+            ctx.saved_tensors
+        )
         n, d = weight.shape
         coef, ids, coef_sh, dh = _est.shared_logits_bwd_ref(
-            grad_loss, hidden, weight, bias, s_ids, s_logw, shared_ids, shared_logw, target, lse)
+            grad_loss, hidden, weight, bias, s_ids, s_logw, shared_ids, shared_logw, target, lse
+        )
         rows_sh = coef_sh.T @ hidden.to(coef.dtype)  # (M, d)
         dW = db = None
         if ctx.needs_input_grad[1]:
             if ctx.sparse_grad:
                 part = _est.sparse_grad_weight_ref(coef, ids, hidden, n, weight.dtype)
-                sh = torch.sparse_coo_tensor(shared_ids.unsqueeze(0), rows_sh.to(weight.dtype),
-                                             (n, d), check_invariants=False)
+                sh = torch.sparse_coo_tensor(
+                    shared_ids.unsqueeze(0),
+                    rows_sh.to(weight.dtype),
+                    (n, d),
+                    check_invariants=False,
+                )
                 dW = (part + sh).coalesce()
             else:
                 dW = _est.scatter_grad_weight_ref(coef, ids, hidden, n)
@@ -113,8 +122,12 @@ class SharedCandidatesFunction(torch.autograd.Function):
             db = _est.scatter_grad_bias_ref(coef, ids, n, ctx.sparse_grad)
             db_sh = coef_sh.sum(0)
             if ctx.sparse_grad:
-                db = (db + torch.sparse_coo_tensor(shared_ids.unsqueeze(0), db_sh, (n,),
-                                                   check_invariants=False)).coalesce()
+                db = (
+                    db
+                    + torch.sparse_coo_tensor(
+                        shared_ids.unsqueeze(0), db_sh, (n,), check_invariants=False
+                    )
+                ).coalesce()
             else:
                 db = db.index_add_(0, shared_ids, db_sh)
             db = db.to(bias.dtype)

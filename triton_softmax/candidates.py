@@ -46,7 +46,7 @@ def sample_complement(
     num_samples: int,
     generator: torch.Generator | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Draw num_samples classes per row uniformly (with replacement) from [0, n) minus the row's members.
+    """Draw num_samples classes per row, uniformly with replacement, from [0, n) minus its members.
 
     members: (N, R) int64 distinct per row where valid; member_valid: (N, R) bool.
     Returns (samples (N, num_samples) int64, complement_size (N,) int64). Rows whose members
@@ -106,7 +106,9 @@ def build_candidates(
     return cand_ids.contiguous(), cand_logw.contiguous()
 
 
-def all_classes_candidates(N: int, n: int, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def all_classes_candidates(
+    N: int, n: int, target: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The degenerate candidate set S = all classes (the estimator is then the exact loss)."""
     ids = torch.arange(n, device=target.device).unsqueeze(0).expand(N, n).contiguous()
     return ids, torch.zeros(N, n, dtype=torch.float32, device=target.device)
@@ -124,7 +126,9 @@ def _prepare_s(retrieved: torch.Tensor, target: torch.Tensor, n: int):
     return s_ids, s_valid
 
 
-def _in_rows(members: torch.Tensor, member_valid: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+def _in_rows(
+    members: torch.Tensor, member_valid: torch.Tensor, queries: torch.Tensor
+) -> torch.Tensor:
     """(N, Q) bool: is queries[i, q] among the valid members[i, :]?  (sort + searchsorted)"""
     big = torch.iinfo(torch.int64).max
     s_sorted, _ = torch.sort(torch.where(member_valid, members, torch.full_like(members, big)), 1)

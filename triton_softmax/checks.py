@@ -113,3 +113,40 @@ def check_finite(name: str, t: torch.Tensor) -> None:
     """Raise ValueError if t holds NaN or inf (reads the data: opt-in via validate=True)."""
     if t.numel() and not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name} contains NaN or inf ({_desc(t)})")
+
+
+def check_loss_options(
+    *,
+    reduction: str = "mean",
+    ignore_index: int = -100,
+    label_smoothing: float = 0.0,
+    num_candidates: int = 1,
+    num_uniform: int = 0,
+) -> None:
+    """Options of every loss call (functional and modules)."""
+    check_reduction(reduction)
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+        raise ValueError(f"ignore_index must be an int, got {ignore_index!r}")
+    if not (isinstance(label_smoothing, (int, float)) and 0.0 <= label_smoothing < 1.0):
+        raise ValueError(f"label_smoothing must be a float in [0, 1), got {label_smoothing!r}")
+    check_int_option("num_candidates (|S|)", num_candidates, 1)
+    check_int_option("num_uniform (|T|)", num_uniform, 0)
+
+
+def check_index_options(
+    *,
+    method: str = "auto",
+    lsh_bits: int | None = None,
+    lsh_tables: int = 8,
+    faiss_index: str = "auto",
+    refresh_every: int = 100,
+) -> None:
+    """Options of the modules that own a candidate index."""
+    if method not in ("auto", "full", "faiss", "lsh"):
+        raise ValueError(f"method must be auto/full/faiss/lsh, got {method!r}")
+    check_int_option("lsh_tables (L)", lsh_tables, 1, 256)
+    if lsh_bits is not None:
+        check_int_option("lsh_bits (K)", lsh_bits, 1, 20)
+    if faiss_index not in ("auto", "flat", "ivf"):
+        raise ValueError(f"faiss_index must be auto/flat/ivf, got {faiss_index!r}")
+    check_int_option("refresh_every", refresh_every, 1)

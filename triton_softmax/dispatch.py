@@ -39,7 +39,7 @@ def cache_path() -> Path:
 
 
 def device_class(device: torch.device) -> str:
-    """"cpu", or "cuda:sm<major><minor>" by compute capability."""
+    """ "cpu", or "cuda:sm<major><minor>" by compute capability."""
     if device.type == "cuda":
         major, minor = torch.cuda.get_device_capability(device)
         return f"cuda:sm{major}{minor}"
@@ -101,8 +101,11 @@ def lookup(table: dict, device: str, d: int, N: int, dtype: str) -> tuple[dict |
         return None, f"no crossover measured for device {device}"
 
     def dist(e):
-        return (abs(math.log(e["d"] / d)) + abs(math.log(e["N"] / max(N, 1)))
-                + (0.0 if e["dtype"] == dtype else 10.0))
+        return (
+            abs(math.log(e["d"] / d))
+            + abs(math.log(e["N"] / max(N, 1)))
+            + (0.0 if e["dtype"] == dtype else 10.0)
+        )
 
     entry = min(spec["entries"], key=dist)
     return entry, spec.get("source", "unknown source")
@@ -143,18 +146,24 @@ def choose_method(
         raise ValueError(f"method must be one of {METHODS}, got {requested!r}")
     dev = torch.device(device)
     dtype_name = str(dtype).replace("torch.", "")
-    inputs = dict(n=n, d=d, N=batch, dtype=dtype_name, device=dev.type,
-                  S=num_candidates, T=num_uniform)
+    inputs = dict(
+        n=n, d=d, N=batch, dtype=dtype_name, device=dev.type, S=num_candidates, T=num_uniform
+    )
     if exact or requested == "full":
         return Choice("full", "exact loss asked for", inputs)
     if num_candidates + num_uniform >= n:
-        return Choice("full", f"|S|+|T| = {num_candidates + num_uniform} >= n = {n}: sampling "
-                      "saves nothing, so the exact loss is computed", inputs)
+        return Choice(
+            "full",
+            f"|S|+|T| = {num_candidates + num_uniform} >= n = {n}: sampling "
+            "saves nothing, so the exact loss is computed",
+            inputs,
+        )
     if label_smoothing:
         if requested != "auto":
             raise ValueError(
                 f"label_smoothing={label_smoothing} needs the full path (its gradient touches "
-                f"every class), but method={requested!r}")
+                f"every class), but method={requested!r}"
+            )
         return Choice("full", "label smoothing needs every class: exact path", inputs)
     if requested == "faiss":
         if not faiss_available():
@@ -172,8 +181,12 @@ def choose_method(
         free, _ = torch.cuda.mem_get_info(dev)
         need = _full_working_set(n, d, batch, torch.empty((), dtype=dtype).element_size())
         if need > free:
-            return Choice("lsh", f"the full path needs ~{need / 2**30:.1f} GiB, more than the "
-                          f"{free / 2**30:.1f} GiB free on {dclass}", inputs)
+            return Choice(
+                "lsh",
+                f"the full path needs ~{need / 2**30:.1f} GiB, more than the "
+                f"{free / 2**30:.1f} GiB free on {dclass}",
+                inputs,
+            )
     if entry is None:
         return Choice("full", f"{source}; exact path by default", inputs)
     at = f"(d={entry['d']}, N={entry['N']}, {entry['dtype']}) from {source} [{where}]"
@@ -192,16 +205,26 @@ def choose_method(
         return Choice(m, f"n = {n} >= {m} crossover {x} measured at {at}{note}", inputs)
     if options:
         first = min(x for _, x in options)
-        return Choice("full", f"n = {n} < the lowest crossover {first} measured at {at}{note}",
-                      inputs)
-    return Choice("full", f"no sampled path overtook the exact one where measured at {at}{note}",
-                  inputs)
+        return Choice(
+            "full", f"n = {n} < the lowest crossover {first} measured at {at}{note}", inputs
+        )
+    return Choice(
+        "full", f"no sampled path overtook the exact one where measured at {at}{note}", inputs
+    )
 
 
 def explain(
-    n: int, d: int, batch: int, dtype: torch.dtype = torch.float32, device="cpu",
-    method: str = "auto", num_candidates: int = 512, num_uniform: int = 512, **kw,
+    n: int,
+    d: int,
+    batch: int,
+    dtype: torch.dtype = torch.float32,
+    device="cpu",
+    method: str = "auto",
+    num_candidates: int = 512,
+    num_uniform: int = 512,
+    **kw,
 ) -> str:
     """A human-readable account of what `method` resolves to for these sizes, and why."""
-    return choose_method(method, n, d, batch, dtype, torch.device(device), num_candidates,
-                         num_uniform, **kw).explain()
+    return choose_method(
+        method, n, d, batch, dtype, torch.device(device), num_candidates, num_uniform, **kw
+    ).explain()

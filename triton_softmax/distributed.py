@@ -577,16 +577,20 @@ class ShardedSampledSoftmaxLoss(nn.Module):
         self.bounds = check_bounds(bounds, num_classes, self.world_size)
         self.shard = self.bounds[self.rank]
         lo, hi = self.shard
-        if method not in ("auto", "full", "faiss", "lsh"):
-            raise ValueError(f"method must be auto/full/faiss/lsh, got {method!r}")
-        checks.check_int_option("num_candidates (|S|)", num_candidates, 1)
-        checks.check_int_option("lsh_tables (L)", lsh_tables, 1, 256)
-        checks.check_int_option("refresh_every", refresh_every, 1)
-        checks.check_reduction(reduction)
-        if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
-            raise ValueError(f"ignore_index must be an int, got {ignore_index!r}")
-        if not (isinstance(label_smoothing, (int, float)) and 0.0 <= label_smoothing < 1.0):
-            raise ValueError(f"label_smoothing must be a float in [0, 1), got {label_smoothing!r}")
+        checks.check_loss_options(
+            reduction=reduction,
+            ignore_index=ignore_index,
+            label_smoothing=label_smoothing,
+            num_candidates=num_candidates,
+            num_uniform=num_uniform,
+        )
+        checks.check_index_options(
+            method=method,
+            lsh_bits=lsh_bits,
+            lsh_tables=lsh_tables,
+            faiss_index=faiss_index,
+            refresh_every=refresh_every,
+        )
         self.uniform_counts = uniform_split(num_uniform, self.bounds)
         if weight is not None:
             if not isinstance(weight, nn.Parameter) or tuple(weight.shape) != (hi - lo, dim):

@@ -190,8 +190,9 @@ def shared_logits_fwd_ref(hidden, weight, bias, s_ids, s_logw, shared_ids, share
     return lse - z_t, lse
 
 
-def shared_logits_bwd_ref(grad_loss, hidden, weight, bias, s_ids, s_logw, shared_ids,
-                          shared_logw, target, lse):
+def shared_logits_bwd_ref(
+    grad_loss, hidden, weight, bias, s_ids, s_logw, shared_ids, shared_logw, target, lse
+):
     """(coef (N, R+1) over ids (N, R+1) = [S | target], shared_coef (N, M), dh (N, d))."""
     acc = lse.dtype
     h, z_s, w_sh, z_sh = _shared_logits(hidden, weight, bias, s_ids, shared_ids, acc)

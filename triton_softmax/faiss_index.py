@@ -84,7 +84,13 @@ class FaissIndex:
         if nlist is not None:
             check_int_option("faiss_nlist", nlist, 1)
         check_int_option("faiss_nprobe", nprobe, 1)
-        self.kind, self.nlist, self.nprobe, self.use_gpu, self.seed = kind, nlist, nprobe, use_gpu, seed
+        self.kind, self.nlist, self.nprobe, self.use_gpu, self.seed = (
+            kind,
+            nlist,
+            nprobe,
+            use_gpu,
+            seed,
+        )
         self.index = None
         self.has_bias = False
         self.n = 0
@@ -104,7 +110,9 @@ class FaissIndex:
             index = faiss.IndexFlatIP(dim)
         else:
             nlist = min(self.nlist or default_nlist(n), n)
-            index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+            index = faiss.IndexIVFFlat(
+                faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT
+            )
             index.cp.seed = self.seed
             index.cp.niter = KMEANS_ITERATIONS
             index.cp.max_points_per_centroid = KMEANS_POINTS_PER_CENTROID

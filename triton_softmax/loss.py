@@ -49,16 +49,26 @@ def _reduce(loss_rows: torch.Tensor, row_valid: torch.Tensor, reduction: str) ->
     return total / row_valid.sum()
 
 
-def _check_common(hidden, weight, target, bias, reduction, ignore_index, label_smoothing,
-                  num_candidates, num_uniform, validate):
+def _check_common(
+    hidden,
+    weight,
+    target,
+    bias,
+    reduction,
+    ignore_index,
+    label_smoothing,
+    num_candidates,
+    num_uniform,
+    validate,
+):
     N, n, d = checks.check_loss_inputs(hidden, weight, target, bias)
-    checks.check_reduction(reduction)
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
-        raise ValueError(f"ignore_index must be an int, got {ignore_index!r}")
-    if not (isinstance(label_smoothing, (int, float)) and 0.0 <= label_smoothing < 1.0):
-        raise ValueError(f"label_smoothing must be a float in [0, 1), got {label_smoothing!r}")
-    checks.check_int_option("num_candidates (|S|)", num_candidates, 1)
-    checks.check_int_option("num_uniform (|T|)", num_uniform, 0)
+    checks.check_loss_options(
+        reduction=reduction,
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+        num_candidates=num_candidates,
+        num_uniform=num_uniform,
+    )
     checks.check_target_values(target, n, ignore_index)
     if validate:
         checks.check_finite("hidden", hidden)
@@ -108,27 +118,43 @@ def sampled_softmax_from_candidates(
     safe_target = torch.where(row_valid, target, torch.zeros_like(target)).long()
     if scheme == "per_example":
         if isinstance(sampler, str) and sampler == "uniform":
-            cand_ids, cand_logw = _cand.build_candidates(retrieved, safe_target, n, num_uniform,
-                                                         generator)
+            cand_ids, cand_logw = _cand.build_candidates(
+                retrieved, safe_target, n, num_uniform, generator
+            )
         else:
             cand_ids, cand_logw = _cand.build_candidates_q(
-                retrieved, safe_target, n, num_uniform, make_sampler(sampler, n), generator,
-                remove_accidental_hits)
+                retrieved,
+                safe_target,
+                n,
+                num_uniform,
+                make_sampler(sampler, n),
+                generator,
+                remove_accidental_hits,
+            )
         if torch.compiler.is_compiling():  # opaque custom op: no graph break (dense grads)
             if sparse_grad:
                 raise ValueError("sparse_grad=True is not supported inside torch.compile")
-            loss_rows = _custom.sampled_softmax_fwd(hidden, weight, bias, cand_ids, cand_logw,
-                                                    safe_target)[0]
+            loss_rows = _custom.sampled_softmax_fwd(
+                hidden, weight, bias, cand_ids, cand_logw, safe_target
+            )[0]
         else:
             loss_rows = SampledSoftmaxFunction.apply(
-                hidden, weight, bias, cand_ids, cand_logw, safe_target, sparse_grad,
-                deterministic)
+                hidden, weight, bias, cand_ids, cand_logw, safe_target, sparse_grad, deterministic
+            )
     else:
         s_ids, s_logw, sh_ids, sh_logw = _cand.build_shared_candidates(
-            retrieved, safe_target, n, num_uniform, make_sampler(sampler, n), generator,
-            union=scheme == "batch_union", remove_accidental_hits=remove_accidental_hits)
+            retrieved,
+            safe_target,
+            n,
+            num_uniform,
+            make_sampler(sampler, n),
+            generator,
+            union=scheme == "batch_union",
+            remove_accidental_hits=remove_accidental_hits,
+        )
         loss_rows = SharedCandidatesFunction.apply(
-            hidden, weight, bias, s_ids, s_logw, sh_ids, sh_logw, safe_target, sparse_grad)
+            hidden, weight, bias, s_ids, s_logw, sh_ids, sh_logw, safe_target, sparse_grad
+        )
     return _reduce(loss_rows, row_valid, reduction)
 
 
@@ -147,11 +173,13 @@ def _full_loss(hidden, weight, bias, target, reduction, ignore_index, label_smoo
     row_valid = target != ignore_index
     safe_target = torch.where(row_valid, target, torch.zeros_like(target)).long()
     if torch.compiler.is_compiling():  # opaque custom op: no graph break
-        loss_rows = _custom.chunked_ce_fwd(hidden, weight, bias, safe_target,
-                                           float(label_smoothing))[0]
+        loss_rows = _custom.chunked_ce_fwd(
+            hidden, weight, bias, safe_target, float(label_smoothing)
+        )[0]
     else:
-        loss_rows = ChunkedCrossEntropyFunction.apply(hidden, weight, bias, safe_target,
-                                                      float(label_smoothing))
+        loss_rows = ChunkedCrossEntropyFunction.apply(
+            hidden, weight, bias, safe_target, float(label_smoothing)
+        )
     return _reduce(loss_rows, row_valid, reduction)
 
 
@@ -208,10 +236,29 @@ def sampled_softmax_cross_entropy(
     num_candidates: |S| including the target; num_uniform: |T|. Returns a 0-d float32
     tensor (or (N,) for reduction="none").
     """
-    N, n, d = _check_common(hidden, weight, target, bias, reduction, ignore_index,
-                            label_smoothing, num_candidates, num_uniform, validate)
-    choice = _cached_choice(method, n, d, N, hidden.dtype, hidden.device, num_candidates,
-                            num_uniform, float(label_smoothing))
+    N, n, d = _check_common(
+        hidden,
+        weight,
+        target,
+        bias,
+        reduction,
+        ignore_index,
+        label_smoothing,
+        num_candidates,
+        num_uniform,
+        validate,
+    )
+    choice = _cached_choice(
+        method,
+        n,
+        d,
+        N,
+        hidden.dtype,
+        hidden.device,
+        num_candidates,
+        num_uniform,
+        float(label_smoothing),
+    )
     if choice.method == "full":
         return _full_loss(hidden, weight, bias, target, reduction, ignore_index, label_smoothing)
     if index is None:
@@ -222,14 +269,25 @@ def sampled_softmax_cross_entropy(
         raise ValueError(f"index was built over {index.n} classes but weight has n={n}")
     retrieved = index.search(hidden, num_candidates - 1)
     return sampled_softmax_from_candidates(
-        hidden, weight, target, retrieved, bias, num_uniform=num_uniform, reduction=reduction,
-        ignore_index=ignore_index, sparse_grad=sparse_grad, deterministic=deterministic,
+        hidden,
+        weight,
+        target,
+        retrieved,
+        bias,
+        num_uniform=num_uniform,
+        reduction=reduction,
+        ignore_index=ignore_index,
+        sparse_grad=sparse_grad,
+        deterministic=deterministic,
         generator=generator,
     )
 
 
 def exact_topk(
-    hidden: torch.Tensor, weight: torch.Tensor, k: int, bias: torch.Tensor | None = None,
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    k: int,
+    bias: torch.Tensor | None = None,
     chunk: int = 1 << 16,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact top-k logits over all classes, in chunks: (scores (N, k) float32, ids (N, k) int64)."""
@@ -251,7 +309,10 @@ def exact_topk(
 
 
 def rerank_topk(
-    hidden: torch.Tensor, weight: torch.Tensor, candidates: torch.Tensor, k: int,
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    candidates: torch.Tensor,
+    k: int,
     bias: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact scores of the candidate ids (N, R) (-1 = empty), top-k of them: (scores, ids)."""
@@ -341,29 +402,52 @@ class SampledSoftmaxLoss(nn.Module):
             bound = 1.0 / math.sqrt(dim)
             w = torch.empty(num_classes, dim, device=device, dtype=dtype).uniform_(-bound, bound)
             self.weight = nn.Parameter(w)
-        self.bias = (nn.Parameter(torch.zeros(num_classes, device=self.weight.device,
-                                              dtype=self.weight.dtype)) if bias else None)
-        if method not in ("auto", "full", "faiss", "lsh"):
-            raise ValueError(f"method must be auto/full/faiss/lsh, got {method!r}")
-        checks.check_int_option("num_candidates (|S|)", num_candidates, 1)
-        checks.check_int_option("num_uniform (|T|)", num_uniform, 0)
-        checks.check_int_option("lsh_tables (L)", lsh_tables, 1, 256)
-        if lsh_bits is not None:
-            checks.check_int_option("lsh_bits (K)", lsh_bits, 1, 20)
-        checks.check_int_option("refresh_every", refresh_every, 1)
-        checks.check_reduction(reduction)
-        if faiss_index not in ("auto", "flat", "ivf"):
-            raise ValueError(f"faiss_index must be auto/flat/ivf, got {faiss_index!r}")
+        self.bias = (
+            nn.Parameter(
+                torch.zeros(num_classes, device=self.weight.device, dtype=self.weight.dtype)
+            )
+            if bias
+            else None
+        )
+        checks.check_loss_options(
+            reduction=reduction,
+            ignore_index=ignore_index,
+            label_smoothing=label_smoothing,
+            num_candidates=num_candidates,
+            num_uniform=num_uniform,
+        )
+        checks.check_index_options(
+            method=method,
+            lsh_bits=lsh_bits,
+            lsh_tables=lsh_tables,
+            faiss_index=faiss_index,
+            refresh_every=refresh_every,
+        )
         self.num_classes, self.dim = int(num_classes), int(dim)
         self.method, self.num_candidates, self.num_uniform = method, num_candidates, num_uniform
         self.lsh_bits, self.lsh_tables = lsh_bits, lsh_tables
-        self.faiss_index, self.faiss_nlist, self.faiss_nprobe = faiss_index, faiss_nlist, faiss_nprobe
-        self.refresh_every, self.reduction, self.ignore_index = refresh_every, reduction, ignore_index
-        self.label_smoothing, self.sparse_grad, self.deterministic = label_smoothing, sparse_grad, deterministic
+        self.faiss_index, self.faiss_nlist, self.faiss_nprobe = (
+            faiss_index,
+            faiss_nlist,
+            faiss_nprobe,
+        )
+        self.refresh_every, self.reduction, self.ignore_index = (
+            refresh_every,
+            reduction,
+            ignore_index,
+        )
+        self.label_smoothing, self.sparse_grad, self.deterministic = (
+            label_smoothing,
+            sparse_grad,
+            deterministic,
+        )
         self.seed, self.validate = seed, validate
         if candidate_scheme not in SCHEMES:
             raise ValueError(f"candidate_scheme must be one of {SCHEMES}, got {candidate_scheme!r}")
-        self.candidate_scheme, self.remove_accidental_hits = candidate_scheme, remove_accidental_hits
+        self.candidate_scheme, self.remove_accidental_hits = (
+            candidate_scheme,
+            remove_accidental_hits,
+        )
         self.sampler = sampler if isinstance(sampler, str) else make_sampler(sampler, num_classes)
         if isinstance(sampler, str):
             make_sampler(sampler, num_classes)  # validates the name
@@ -392,16 +476,25 @@ class SampledSoftmaxLoss(nn.Module):
         self._choices: dict[tuple, Choice] = {}
 
     # ---- method choice -------------------------------------------------------------------
-    def choice(self, batch: int = 1, dtype: torch.dtype | None = None,
-               device: torch.device | None = None) -> Choice:
+    def choice(
+        self, batch: int = 1, dtype: torch.dtype | None = None, device: torch.device | None = None
+    ) -> Choice:
         """The path this module takes for a batch of `batch` rows (cached per shape)."""
         dtype = dtype or self.weight.dtype
         device = torch.device(device) if device is not None else self.weight.device
         key = (batch, dtype, device.type)
         if key not in self._choices:
             self._choices[key] = choose_method(
-                self.method, self.num_classes, self.dim, batch, dtype, device,
-                self.num_candidates, self.num_uniform, self.label_smoothing)
+                self.method,
+                self.num_classes,
+                self.dim,
+                batch,
+                dtype,
+                device,
+                self.num_candidates,
+                self.num_uniform,
+                self.label_smoothing,
+            )
         return self._choices[key]
 
     def explain(self, batch: int = 1, dtype: torch.dtype | None = None) -> str:
@@ -409,12 +502,16 @@ class SampledSoftmaxLoss(nn.Module):
         c = self.choice(batch, dtype)
         text = c.explain()
         if c.method == "lsh":
-            K = self.lsh_bits or default_num_bits(self.num_classes, self.lsh_tables,
-                                                  self.num_candidates)
+            K = self.lsh_bits or default_num_bits(
+                self.num_classes, self.lsh_tables, self.num_candidates
+            )
             text += f"; lsh K={K} bits x L={self.lsh_tables} tables"
         if c.method == "faiss":
-            kind = self.faiss_index if self.faiss_index != "auto" else (
-                "ivf" if self.num_classes >= 100_000 else "flat")
+            kind = (
+                self.faiss_index
+                if self.faiss_index != "auto"
+                else ("ivf" if self.num_classes >= 100_000 else "flat")
+            )
             text += f"; faiss index {kind}"
             if kind == "ivf":
                 text += f" nlist={self.faiss_nlist or default_nlist(self.num_classes)}"
@@ -430,10 +527,18 @@ class SampledSoftmaxLoss(nn.Module):
         t0 = time.perf_counter()
         if self.index is None or self.index_method != method:
             self.index = make_index(
-                method, self.num_classes, self.dim, self.num_candidates, lsh_bits=self.lsh_bits,
-                lsh_tables=self.lsh_tables, faiss_index=self.faiss_index,
-                faiss_nlist=self.faiss_nlist, faiss_nprobe=self.faiss_nprobe, seed=self.seed,
-                device=self.weight.device)
+                method,
+                self.num_classes,
+                self.dim,
+                self.num_candidates,
+                lsh_bits=self.lsh_bits,
+                lsh_tables=self.lsh_tables,
+                faiss_index=self.faiss_index,
+                faiss_nlist=self.faiss_nlist,
+                faiss_nprobe=self.faiss_nprobe,
+                seed=self.seed,
+                device=self.weight.device,
+            )
             self.index_method = method
         self.index.build(self.weight, self.bias)
         if self.refresh_drift is not None:
@@ -472,24 +577,32 @@ class SampledSoftmaxLoss(nn.Module):
         if self.index_method == "lsh":
             drift = (now != self._probe_ref).float().mean()
         else:
-            drift = ((now - self._probe_ref).norm(dim=1)
-                     / self._probe_ref.norm(dim=1).clamp_min(1e-12)).mean()
+            drift = (
+                (now - self._probe_ref).norm(dim=1) / self._probe_ref.norm(dim=1).clamp_min(1e-12)
+            ).mean()
         self.last_index_drift = float(drift)
         return self.last_index_drift
 
     def _index_stale(self, method: str) -> bool:
-        return (self.index is None or self.index_method != method
-                or self.steps_at_refresh < 0
-                or self.steps - self.steps_at_refresh >= self.refresh_every
-                or getattr(self, "_index_device", None) != self.weight.device)
+        return (
+            self.index is None
+            or self.index_method != method
+            or self.steps_at_refresh < 0
+            or self.steps - self.steps_at_refresh >= self.refresh_every
+            or getattr(self, "_index_device", None) != self.weight.device
+        )
 
     def stats(self) -> dict:
-        return dict(steps=self.steps, refresh_count=self.refresh_count,
-                    last_refresh_seconds=self.last_refresh_seconds,
-                    total_refresh_seconds=self.total_refresh_seconds,
-                    refresh_count_drift=self.refresh_count_drift,
-                    last_index_drift=self.last_index_drift,
-                    drift_checks=len(self.drift_log), index=self.index_method)
+        return dict(
+            steps=self.steps,
+            refresh_count=self.refresh_count,
+            last_refresh_seconds=self.last_refresh_seconds,
+            total_refresh_seconds=self.total_refresh_seconds,
+            refresh_count_drift=self.refresh_count_drift,
+            last_index_drift=self.last_index_drift,
+            drift_checks=len(self.drift_log),
+            index=self.index_method,
+        )
 
     def _generator(self, device: torch.device) -> torch.Generator:
         gen = torch.Generator(device=device)
@@ -499,40 +612,70 @@ class SampledSoftmaxLoss(nn.Module):
     # ---- forward / inference -------------------------------------------------------------
     def forward(self, hidden: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """hidden: (N, d) float; target: (N,) int64 -> loss (0-d, or (N,) for reduction none)."""
-        N, n, d = _check_common(hidden, self.weight, target, self.bias, self.reduction,
-                                self.ignore_index, self.label_smoothing, self.num_candidates,
-                                self.num_uniform, self.validate)
+        N, n, d = _check_common(
+            hidden,
+            self.weight,
+            target,
+            self.bias,
+            self.reduction,
+            self.ignore_index,
+            self.label_smoothing,
+            self.num_candidates,
+            self.num_uniform,
+            self.validate,
+        )
         method = self.choice(N, hidden.dtype, hidden.device).method
         training = self.training and torch.is_grad_enabled()
         if method == "full":
-            loss = _full_loss(hidden, self.weight, self.bias, target, self.reduction,
-                              self.ignore_index, self.label_smoothing)
+            loss = _full_loss(
+                hidden,
+                self.weight,
+                self.bias,
+                target,
+                self.reduction,
+                self.ignore_index,
+                self.label_smoothing,
+            )
         else:
             if self._index_stale(method):
                 self.refresh(method)
-            elif (training and self.refresh_drift is not None
-                  and (self.steps - self.steps_at_refresh) % self.drift_check_every == 0
-                  and self.index_drift() > self.refresh_drift):
+            elif (
+                training
+                and self.refresh_drift is not None
+                and (self.steps - self.steps_at_refresh) % self.drift_check_every == 0
+                and self.index_drift() > self.refresh_drift
+            ):
                 self.refresh(method)
                 self.refresh_count_drift += 1
             retrieved = self.index.search(hidden, self.num_candidates - 1)
-            loss = self._estimator_loss(hidden, target, retrieved, self.reduction,
-                                        self._generator(hidden.device))
+            loss = self._estimator_loss(
+                hidden, target, retrieved, self.reduction, self._generator(hidden.device)
+            )
             if training and self.drift_every and self.steps % self.drift_every == 0:
                 self._drift_check(hidden, target, retrieved)
         if training:
             self.steps += 1
         return loss
 
-    def _estimator_loss(self, hidden, target, retrieved, reduction, generator, weight=None,
-                        bias=None):
+    def _estimator_loss(
+        self, hidden, target, retrieved, reduction, generator, weight=None, bias=None
+    ):
         return sampled_softmax_from_candidates(
-            hidden, self.weight if weight is None else weight, target, retrieved,
-            self.bias if weight is None else bias, num_uniform=self.num_uniform,
-            reduction=reduction, ignore_index=self.ignore_index, sparse_grad=self.sparse_grad,
-            deterministic=self.deterministic, generator=generator,
-            scheme=self.candidate_scheme, sampler=self.sampler,
-            remove_accidental_hits=self.remove_accidental_hits)
+            hidden,
+            self.weight if weight is None else weight,
+            target,
+            retrieved,
+            self.bias if weight is None else bias,
+            num_uniform=self.num_uniform,
+            reduction=reduction,
+            ignore_index=self.ignore_index,
+            sparse_grad=self.sparse_grad,
+            deterministic=self.deterministic,
+            generator=generator,
+            scheme=self.candidate_scheme,
+            sampler=self.sampler,
+            remove_accidental_hits=self.remove_accidental_hits,
+        )
 
     def _drift_check(self, hidden, target, retrieved) -> dict:
         """Exact vs approximate loss, and the cosine of their gradients w.r.t. hidden, on the
@@ -545,28 +688,37 @@ class SampledSoftmaxLoss(nn.Module):
         W = self.weight.detach()
         b = self.bias.detach() if self.bias is not None else None
         with torch.enable_grad():
-            approx = self._estimator_loss(h, y, retrieved[:k], "sum", self._generator(h.device),
-                                          W, b)
+            approx = self._estimator_loss(
+                h, y, retrieved[:k], "sum", self._generator(h.device), W, b
+            )
             (g_approx,) = torch.autograd.grad(approx, h)
             approx = approx.detach()
             exact = _full_loss(h, W, b, y, "sum", self.ignore_index, 0.0)
             (g_exact,) = torch.autograd.grad(exact, h)
             exact = exact.detach()
         rows = int((y != self.ignore_index).sum())
-        cos = torch.nn.functional.cosine_similarity(g_approx.flatten().double(),
-                                                    g_exact.flatten().double(), dim=0)
-        stats = dict(step=self.steps, rows=rows,
-                     approx_loss=float(approx) / max(rows, 1), exact_loss=float(exact) / max(rows, 1),
-                     rel_error=abs(float(approx) - float(exact)) / max(abs(float(exact)), 1e-12),
-                     grad_cosine=float(cos), seconds=time.perf_counter() - t0)
+        cos = torch.nn.functional.cosine_similarity(
+            g_approx.flatten().double(), g_exact.flatten().double(), dim=0
+        )
+        a, e = float(approx), float(exact)
+        stats = dict(
+            step=self.steps,
+            rows=rows,
+            approx_loss=a / max(rows, 1),
+            exact_loss=e / max(rows, 1),
+            rel_error=abs(a - e) / max(abs(e), 1e-12),
+            grad_cosine=float(cos),
+            seconds=time.perf_counter() - t0,
+        )
         self.drift_log.append(stats)
         if self.drift_hook is not None:
             self.drift_hook(stats)
         return stats
 
     @torch.no_grad()
-    def topk(self, hidden: torch.Tensor, k: int, exact: bool = False
-             ) -> tuple[torch.Tensor, torch.Tensor]:
+    def topk(
+        self, hidden: torch.Tensor, k: int, exact: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-k classes per row: (scores (N, k) float32, ids (N, k) int64).
 
         Approximate paths retrieve max(|S|, k) candidates from the index and rerank them by
@@ -579,17 +731,25 @@ class SampledSoftmaxLoss(nn.Module):
         method = self.choice(hidden.shape[0], hidden.dtype, hidden.device).method
         if exact or method == "full":
             return exact_topk(hidden, self.weight, k, self.bias)
-        if (self.index is None or self.index_method != method
-                or getattr(self, "_index_device", None) != self.weight.device):
+        if (
+            self.index is None
+            or self.index_method != method
+            or getattr(self, "_index_device", None) != self.weight.device
+        ):
             self.refresh(method)
         cand = self.index.search(hidden, max(self.num_candidates, k))
         return rerank_topk(hidden, self.weight, cand, k, self.bias)
 
     # ---- state ---------------------------------------------------------------------------
     def get_extra_state(self) -> dict:
-        return dict(steps=self.steps, steps_at_refresh=self.steps_at_refresh,
-                    refresh_count=self.refresh_count, seed=self.seed,
-                    lsh_bits=self.lsh_bits, lsh_tables=self.lsh_tables)
+        return dict(
+            steps=self.steps,
+            steps_at_refresh=self.steps_at_refresh,
+            refresh_count=self.refresh_count,
+            seed=self.seed,
+            lsh_bits=self.lsh_bits,
+            lsh_tables=self.lsh_tables,
+        )
 
     def set_extra_state(self, state: dict) -> None:
         self.steps = int(state["steps"])
@@ -603,6 +763,8 @@ class SampledSoftmaxLoss(nn.Module):
         self.steps_at_refresh = -1
 
     def extra_repr(self) -> str:
-        return (f"num_classes={self.num_classes}, dim={self.dim}, method={self.method!r}, "
-                f"num_candidates={self.num_candidates}, num_uniform={self.num_uniform}, "
-                f"bias={self.bias is not None}, sparse_grad={self.sparse_grad}")
+        return (
+            f"num_classes={self.num_classes}, dim={self.dim}, method={self.method!r}, "
+            f"num_candidates={self.num_candidates}, num_uniform={self.num_uniform}, "
+            f"bias={self.bias is not None}, sparse_grad={self.sparse_grad}"
+        )

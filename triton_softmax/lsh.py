@@ -49,7 +49,9 @@ def make_hyperplanes(
 
 def max_row_norm(weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """M = max_j |[w_j, b_j]| as a 0-d float32 tensor (stays on the device: no sync)."""
-    sq = torch.linalg.vector_norm(weight, dim=1, dtype=torch.float32).square()
+    low = weight.dtype in (torch.float16, torch.bfloat16)  # accumulate those in fp32
+    sq = torch.linalg.vector_norm(weight, dim=1, dtype=torch.float32 if low else None)
+    sq = sq.float().square()
     if bias is not None:
         sq = sq + bias.float().square()
     return sq.max().sqrt()
@@ -236,6 +238,13 @@ class LSHIndex:
             raise RuntimeError("LSHIndex.search before build(): call build(weight, bias) first")
         B = self.max_per_bucket or default_max_per_bucket(num_candidates, self.num_tables)
         bias = 1.0 if self.has_bias else None  # the queries' bias coordinate, as query_codes
-        ids, _ = kd.lsh_query(hidden.detach(), self.hyperplanes, bias, self.sorted_ids,
-                              self.offsets, num_candidates, B)
+        ids, _ = kd.lsh_query(
+            hidden.detach(),
+            self.hyperplanes,
+            bias,
+            self.sorted_ids,
+            self.offsets,
+            num_candidates,
+            B,
+        )
         return ids

@@ -78,13 +78,18 @@ def bucket_table(codes, num_bits, order_seed=0):
 
 def lsh_candidates(query_codes, sorted_ids, offsets, num_candidates, max_per_bucket):
     return _route(
-        "lsh_candidates", _lsh.lsh_candidates_ref, query_codes,
-        query_codes, sorted_ids, offsets, num_candidates, max_per_bucket,
+        "lsh_candidates",
+        _lsh.lsh_candidates_ref,
+        query_codes,
+        query_codes,
+        sorted_ids,
+        offsets,
+        num_candidates,
+        max_per_bucket,
     )
 
 
-def _lsh_query_ref(hidden, hyperplanes, bias, sorted_ids, offsets, num_candidates,
-                   max_per_bucket):
+def _lsh_query_ref(hidden, hyperplanes, bias, sorted_ids, offsets, num_candidates, max_per_bucket):
     codes = _lsh.simhash_codes_ref(hidden, hyperplanes, bias, None)
     return _lsh.lsh_candidates_ref(codes, sorted_ids, offsets, num_candidates, max_per_bucket)
 
@@ -93,8 +98,16 @@ def lsh_query(hidden, hyperplanes, bias, sorted_ids, offsets, num_candidates, ma
     """Hash the queries and look them up (one fused launch on the Triton path):
     simhash_codes(hidden, hyperplanes, bias, None) then lsh_candidates(...)."""
     return _route(
-        "lsh_query", _lsh_query_ref, hidden,
-        hidden, hyperplanes, bias, sorted_ids, offsets, num_candidates, max_per_bucket,
+        "lsh_query",
+        _lsh_query_ref,
+        hidden,
+        hidden,
+        hyperplanes,
+        bias,
+        sorted_ids,
+        offsets,
+        num_candidates,
+        max_per_bucket,
     )
 
 
@@ -104,23 +117,48 @@ def build_candidates(retrieved, target, n, num_uniform, generator=None):
 
 def sampled_logits_fwd(hidden, weight, bias, cand_ids, cand_logw, target):
     return _route(
-        "sampled_logits_fwd", _est.sampled_logits_fwd_ref, hidden,
-        hidden, weight, bias, cand_ids, cand_logw, target,
+        "sampled_logits_fwd",
+        _est.sampled_logits_fwd_ref,
+        hidden,
+        hidden,
+        weight,
+        bias,
+        cand_ids,
+        cand_logw,
+        target,
     )
 
 
 def sampled_logits_coef(grad_loss, hidden, weight, bias, cand_ids, cand_logw, target, lse):
     return _route(
-        "sampled_logits_coef", _est.sampled_logits_coef_ref, hidden,
-        grad_loss, hidden, weight, bias, cand_ids, cand_logw, target, lse,
+        "sampled_logits_coef",
+        _est.sampled_logits_coef_ref,
+        hidden,
+        grad_loss,
+        hidden,
+        weight,
+        bias,
+        cand_ids,
+        cand_logw,
+        target,
+        lse,
     )
 
 
 def sampled_logits_bwd(grad_loss, hidden, weight, bias, cand_ids, cand_logw, target, lse):
     """(coef, ids, dh): sampled_logits_coef and grad_hidden in one pass on the Triton path."""
     return _route(
-        "sampled_logits_bwd", _est.sampled_logits_bwd_ref, hidden,
-        grad_loss, hidden, weight, bias, cand_ids, cand_logw, target, lse,
+        "sampled_logits_bwd",
+        _est.sampled_logits_bwd_ref,
+        hidden,
+        grad_loss,
+        hidden,
+        weight,
+        bias,
+        cand_ids,
+        cand_logw,
+        target,
+        lse,
     )
 
 
@@ -138,13 +176,27 @@ def scatter_grad_weight(coef, ids, hidden, n, deterministic=False):
 
 def chunked_ce_fwd(hidden, weight, bias, target, label_smoothing=0.0):
     return _route(
-        "linear_ce_fwd", _full.chunked_ce_fwd_ref, hidden,
-        hidden, weight, bias, target, label_smoothing,
+        "linear_ce_fwd",
+        _full.chunked_ce_fwd_ref,
+        hidden,
+        hidden,
+        weight,
+        bias,
+        target,
+        label_smoothing,
     )
 
 
 def chunked_ce_bwd(grad_loss, hidden, weight, bias, target, lse, label_smoothing=0.0):
     return _route(
-        "linear_ce_bwd", _full.chunked_ce_bwd_ref, hidden,
-        grad_loss, hidden, weight, bias, target, lse, label_smoothing,
+        "linear_ce_bwd",
+        _full.chunked_ce_bwd_ref,
+        hidden,
+        grad_loss,
+        hidden,
+        weight,
+        bias,
+        target,
+        lse,
+        label_smoothing,
     )

@@ -32,16 +32,34 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_step(method: str, n: int, d: int, N: int, dtype: torch.dtype, device: torch.device,
-              repeats: int = 5, num_candidates: int = 512, num_uniform: int = 512,
-              seed: int = 0) -> float:
+def time_step(
+    method: str,
+    n: int,
+    d: int,
+    N: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    repeats: int = 5,
+    num_candidates: int = 512,
+    num_uniform: int = 512,
+    seed: int = 0,
+) -> float:
     """Median seconds of one training step of SampledSoftmaxLoss(method=...)."""
     from .loss import SampledSoftmaxLoss
 
     g = torch.Generator().manual_seed(seed)
-    layer = SampledSoftmaxLoss(n, d, method=method, num_candidates=num_candidates,
-                               num_uniform=num_uniform, sparse_grad=method != "full",
-                               refresh_every=10**9, seed=seed, device=device, dtype=dtype)
+    layer = SampledSoftmaxLoss(
+        n,
+        d,
+        method=method,
+        num_candidates=num_candidates,
+        num_uniform=num_uniform,
+        sparse_grad=method != "full",
+        refresh_every=10**9,
+        seed=seed,
+        device=device,
+        dtype=dtype,
+    )
     opt = torch.optim.SGD(layer.parameters(), lr=1e-3)
     h = torch.randn(N, d, generator=g).to(device=device, dtype=dtype)
     y = torch.randint(0, n, (N,), generator=g).to(device)
@@ -97,8 +115,9 @@ def crossovers_from_records(records: list[dict]) -> list[dict]:
     return entries
 
 
-def write_table(path: Path, device: str, device_name: str, source: str,
-                entries: list[dict], merge: bool = True) -> dict:
+def write_table(
+    path: Path, device: str, device_name: str, source: str, entries: list[dict], merge: bool = True
+) -> dict:
     table = {"format": TABLE_FORMAT, "devices": {}}
     if merge and path.is_file():
         try:
@@ -121,8 +140,11 @@ def _device_name(device: torch.device) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m triton_softmax.tune", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m triton_softmax.tune",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--d", type=int, nargs="+", default=None)
     p.add_argument("--N", type=int, nargs="+", default=None)
@@ -132,8 +154,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-uniform", type=int, default=512)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", type=Path, default=None, help="table file (default: user cache)")
-    p.add_argument("--from-records", type=Path, nargs="+", default=None,
-                   help="build the table from sweep records (JSON lines) instead of measuring")
+    p.add_argument(
+        "--from-records",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="build the table from sweep records (JSON lines) instead of measuring",
+    )
     p.add_argument("--device-class", default=None, help="with --from-records: e.g. cpu")
     args = p.parse_args(argv)
     out = args.out or cache_path()
@@ -167,24 +194,54 @@ def main(argv: list[str] | None = None) -> int:
                 for n in ns:
                     for m in methods:
                         k += 1
-                        print(f"[{k}/{total}] {m:5s} n={n:<9d} d={d} N={N} {dt}", end=" ",
-                              flush=True)
+                        print(
+                            f"[{k}/{total}] {m:5s} n={n:<9d} d={d} N={N} {dt}", end=" ", flush=True
+                        )
                         try:
-                            s = time_step(m, n, d, N, getattr(torch, dt), device, args.repeats,
-                                          args.num_candidates, args.num_uniform)
-                            records.append(dict(method=m, n=n, d=d, N=N, dtype=dt,
-                                                median_ms=s * 1e3, status="ok"))
+                            s = time_step(
+                                m,
+                                n,
+                                d,
+                                N,
+                                getattr(torch, dt),
+                                device,
+                                args.repeats,
+                                args.num_candidates,
+                                args.num_uniform,
+                            )
+                            records.append(
+                                dict(
+                                    method=m,
+                                    n=n,
+                                    d=d,
+                                    N=N,
+                                    dtype=dt,
+                                    median_ms=s * 1e3,
+                                    status="ok",
+                                )
+                            )
                             print(f"{s * 1e3:9.2f} ms")
                         except (RuntimeError, MemoryError) as exc:  # OOM: record, go on
-                            records.append(dict(method=m, n=n, d=d, N=N, dtype=dt,
-                                                status="failed", reason=str(exc)[:200]))
+                            records.append(
+                                dict(
+                                    method=m,
+                                    n=n,
+                                    d=d,
+                                    N=N,
+                                    dtype=dt,
+                                    status="failed",
+                                    reason=str(exc)[:200],
+                                )
+                            )
                             print(f"failed: {str(exc)[:80]}")
     entries = crossovers_from_records(records)
     source = f"tune run {time.strftime('%Y-%m-%d %H:%M')} on {_device_name(device)}"
     write_table(out, device_class(device), _device_name(device), source, entries)
     for e in entries:
-        print(f"d={e['d']} N={e['N']} {e['dtype']}: lsh overtakes full at n={e['lsh']}, "
-              f"faiss at n={e.get('faiss')}")
+        print(
+            f"d={e['d']} N={e['N']} {e['dtype']}: lsh overtakes full at n={e['lsh']}, "
+            f"faiss at n={e.get('faiss')}"
+        )
     print(f"wrote {out}")
     return 0
 

@@ -51,6 +51,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..full import chunked_ce_bwd_ref, chunked_ce_fwd_ref
 from . import _utils
 
 # Class splits (forward) start at multiples of this, so no class tile straddles two splits:
@@ -199,37 +200,28 @@ def _tile_grad_update(
     DH_MODE: 0 no dh, 1 atomic dh, 2 exclusive dh (the program owns these rows of dh).
     """
     a = dzg.to(DOT_DTYPE)
+    offs_k = tl.arange(0, BLOCK_K)
+    # int64 row offsets; the d offset advances in the (64-bit) pointers, as in _logits_tile.
     offs_m64 = offs_m.to(tl.int64)
     offs_n64 = offs_n.to(tl.int64)
+    h_ptrs = h_ptr + offs_m64[:, None] * stride_hm + offs_k[None, :] * stride_hd
+    w_ptrs = w_ptr + offs_n64[:, None] * stride_wn + offs_k[None, :] * stride_wd
+    dw_ptrs = dw_ptr + offs_n64[:, None] * stride_dwn + offs_k[None, :] * stride_dwd
+    dh_ptrs = dh_ptr + offs_m64[:, None] * stride_dhm + offs_k[None, :] * stride_dhd
     for k in range(0, d, BLOCK_K):
-        offs_k = k + tl.arange(0, BLOCK_K)
-        k_mask = offs_k < d
+        k_mask = offs_k < d - k
         if DO_DW:
-            hk = tl.load(
-                h_ptr + offs_m64[:, None] * stride_hm + offs_k[None, :] * stride_hd,
-                mask=row_mask[:, None] & k_mask[None, :],
-                other=0.0,
-            )
+            hk = tl.load(h_ptrs, mask=row_mask[:, None] & k_mask[None, :], other=0.0)
             dw_k = tl.dot(tl.trans(a), hk.to(DOT_DTYPE), input_precision=INPUT_PRECISION)
-            _accumulate(
-                dw_ptr + offs_n64[:, None] * stride_dwn + offs_k[None, :] * stride_dwd,
-                dw_k,
-                col_mask[:, None] & k_mask[None, :],
-                dw_exclusive,
-            )
+            _accumulate(dw_ptrs, dw_k, col_mask[:, None] & k_mask[None, :], dw_exclusive)
         if DH_MODE != 0:
-            wk = tl.load(
-                w_ptr + offs_n64[:, None] * stride_wn + offs_k[None, :] * stride_wd,
-                mask=col_mask[:, None] & k_mask[None, :],
-                other=0.0,
-            )
+            wk = tl.load(w_ptrs, mask=col_mask[:, None] & k_mask[None, :], other=0.0)
             dh_k = tl.dot(a, wk.to(DOT_DTYPE), input_precision=INPUT_PRECISION)
-            _accumulate(
-                dh_ptr + offs_m64[:, None] * stride_dhm + offs_k[None, :] * stride_dhd,
-                dh_k,
-                row_mask[:, None] & k_mask[None, :],
-                DH_MODE == 2,
-            )
+            _accumulate(dh_ptrs, dh_k, row_mask[:, None] & k_mask[None, :], DH_MODE == 2)
+        h_ptrs += BLOCK_K * stride_hd
+        w_ptrs += BLOCK_K * stride_wd
+        dw_ptrs += BLOCK_K * stride_dwd
+        dh_ptrs += BLOCK_K * stride_dhd
 
 
 # ---------------------------------------------------------------------------------------------
@@ -681,8 +673,6 @@ def linear_ce_fwd(
     for the device). float64 inputs are computed by the chunked PyTorch twin.
     """
     if not _check(hidden, weight, bias, target, label_smoothing):
-        from ..full import chunked_ce_fwd_ref
-
         return chunked_ce_fwd_ref(hidden, weight, bias, target, label_smoothing)
     N, d = hidden.shape
     n = weight.shape[0]
@@ -759,8 +749,6 @@ def linear_ce_bwd(
     enough programs for the device; "two_pass" forces 1 so dW is deterministic too).
     """
     if not _check(hidden, weight, bias, target, label_smoothing, filter_eps):
-        from ..full import chunked_ce_bwd_ref
-
         return chunked_ce_bwd_ref(grad_loss, hidden, weight, bias, target, lse, label_smoothing)
     if dh_mode not in DH_MODES:
         raise ValueError(f"dh_mode must be one of {DH_MODES}, got {dh_mode!r}")
