@@ -279,3 +279,26 @@ def test_torch_compile_inductor_cpu_matches_eager():
     (lc, gc), (le, ge) = _compiled_vs_eager("inductor", num_uniform=0)
     torch.testing.assert_close(lc, le)
     torch.testing.assert_close(gc, ge)
+
+
+@pytest.mark.parametrize("impl", ["torch", "triton"])
+def test_shared_function_matches_its_float64_oracle(impl, monkeypatch):
+    """The S part runs through ops (kernels under TRITON_SOFTMAX_IMPL=triton)."""
+    from triton_softmax.estimator import shared_logits_bwd_ref, shared_logits_fwd_ref
+
+    monkeypatch.setenv("TRITON_SOFTMAX_IMPL", impl)
+    h, W, b, y, ret = _problem(N=5, n=30, d=6, bias=True)
+    s_ids, s_logw, sh_ids, sh_logw = build_shared_candidates(
+        ret, y, 30, 7, LogUniformSampler(30), torch.Generator().manual_seed(2))
+    h32, W32, b32 = (t.float().requires_grad_(True) for t in (h, W, b))
+    loss = SharedCandidatesFunction.apply(h32, W32, b32, s_ids, s_logw, sh_ids, sh_logw, y, False)
+    ref_loss, ref_lse = shared_logits_fwd_ref(h, W, b, s_ids, s_logw, sh_ids, sh_logw, y)
+    torch.testing.assert_close(loss.double(), ref_loss, rtol=1e-5, atol=1e-5)
+    g = torch.rand(5, dtype=torch.float64)
+    dh, dW, db = torch.autograd.grad(loss, (h32, W32, b32), g.float())
+    coef, ids, coef_sh, ref_dh = shared_logits_bwd_ref(g, h, W, b, s_ids, s_logw, sh_ids,
+                                                       sh_logw, y, ref_lse)
+    torch.testing.assert_close(dh.double(), ref_dh, rtol=1e-5, atol=1e-5)
+    ref_dW = torch.zeros_like(W).index_add_(0, ids.flatten(), (coef[..., None] * h[:, None]).reshape(-1, 6))
+    ref_dW.index_add_(0, sh_ids, coef_sh.T @ h)
+    torch.testing.assert_close(dW.double(), ref_dW, rtol=1e-5, atol=1e-5)

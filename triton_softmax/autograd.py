@@ -76,58 +76,60 @@ class SharedCandidatesFunction(torch.autograd.Function):
 
     hidden (N, d), weight (n, d), bias | None, s_ids (N, R) int64, s_logw (N, R),
     shared_ids (M,) int64, shared_logw (N, M) per-example log-weights (-inf = excluded),
-    target (N,). Backward: dh = P_S W_S + P_sh W_sh - W_y; dW rows of S by scatter-add and of
-    the shared ids by one (M, N) x (N, d) product; dense or sparse like SampledSoftmaxFunction.
+    target (N,). The S part runs through the same ops as SampledSoftmaxFunction (Triton on
+    CUDA): its kernel gives lse_S (-inf for an empty S); the shared part is a dense product,
+    lse = logaddexp(lse_S, lse_shared), and the S backward is the kernel's with the total lse.
+    dW rows of S by scatter-add, of the shared ids by one (M, N) x (N, d) product; dense or
+    sparse like SampledSoftmaxFunction.
     """
 
     @staticmethod
-    def forward(
-        ctx, hidden, weight, bias, s_ids, s_logw, shared_ids, shared_logw, target, sparse_grad
-    ):
-        loss, lse = _est.shared_logits_fwd_ref(
-            hidden, weight, bias, s_ids, s_logw, shared_ids, shared_logw, target
-        )
-        ctx.save_for_backward(
-            hidden, weight, bias, s_ids, s_logw, shared_ids, shared_logw, target, lse
-        )
+    def forward(ctx, hidden, weight, bias, s_ids, s_logw, shared_ids, shared_logw, target,
+                sparse_grad):
+        _, lse_s = ops.sampled_logits_fwd(hidden, weight, bias, s_ids, s_logw, target)
+        acc = lse_s.dtype
+        z_y = (weight[target].to(acc) * hidden.to(acc)).sum(1)  # direct: lse_S may be -inf
+        if bias is not None:
+            z_y = z_y + bias[target].to(acc)
+        w_sh = weight[shared_ids].to(acc)
+        z_sh = hidden.to(acc) @ w_sh.T  # (N, M)
+        if bias is not None:
+            z_sh = z_sh + bias[shared_ids].to(acc)
+        lse = torch.logaddexp(lse_s, torch.logsumexp(z_sh + shared_logw.to(acc), dim=1))
+        ctx.save_for_backward(hidden, weight, bias, s_ids, s_logw, shared_ids, shared_logw,
+                              target, lse, z_sh)
         ctx.sparse_grad = sparse_grad
-        return loss
+        return lse - z_y
 
     @staticmethod
     def backward(ctx, grad_loss):
-        hidden, weight, bias, s_ids, s_logw, shared_ids, shared_logw, target, lse = (
-            ctx.saved_tensors
-        )
+        (hidden, weight, bias, s_ids, s_logw, shared_ids, shared_logw, target, lse,
+         z_sh) = ctx.saved_tensors
         n, d = weight.shape
-        coef, ids, coef_sh, dh = _est.shared_logits_bwd_ref(
-            grad_loss, hidden, weight, bias, s_ids, s_logw, shared_ids, shared_logw, target, lse
-        )
-        rows_sh = coef_sh.T @ hidden.to(coef.dtype)  # (M, d)
+        acc = lse.dtype
+        coef, ids, dh = ops.sampled_logits_bwd(grad_loss, hidden, weight, bias, s_ids, s_logw,
+                                               target, lse)
+        coef_sh = grad_loss.to(acc).unsqueeze(1) * torch.exp(
+            z_sh + shared_logw.to(acc) - lse.unsqueeze(1))
+        w_sh = weight[shared_ids].to(acc)
+        dh = dh + coef_sh @ w_sh
+        rows_sh = coef_sh.T @ hidden.to(acc)  # (M, d)
         dW = db = None
         if ctx.needs_input_grad[1]:
             if ctx.sparse_grad:
                 part = _est.sparse_grad_weight_ref(coef, ids, hidden, n, weight.dtype)
-                sh = torch.sparse_coo_tensor(
-                    shared_ids.unsqueeze(0),
-                    rows_sh.to(weight.dtype),
-                    (n, d),
-                    check_invariants=False,
-                )
-                dW = (part + sh).coalesce()
+                sh = torch.sparse_coo_tensor(shared_ids.unsqueeze(0), rows_sh.to(weight.dtype),
+                                             (n, d), check_invariants=False)
+                dW = part + sh
             else:
-                dW = _est.scatter_grad_weight_ref(coef, ids, hidden, n)
-                dW.index_add_(0, shared_ids, rows_sh)
-                dW = dW.to(weight.dtype)
+                dW = ops.scatter_grad_weight(coef, ids, hidden, n, False)
+                dW = dW.index_add_(0, shared_ids, rows_sh.to(dW.dtype)).to(weight.dtype)
         if bias is not None and ctx.needs_input_grad[2]:
             db = _est.scatter_grad_bias_ref(coef, ids, n, ctx.sparse_grad)
             db_sh = coef_sh.sum(0)
             if ctx.sparse_grad:
-                db = (
-                    db
-                    + torch.sparse_coo_tensor(
-                        shared_ids.unsqueeze(0), db_sh, (n,), check_invariants=False
-                    )
-                ).coalesce()
+                db = db + torch.sparse_coo_tensor(shared_ids.unsqueeze(0), db_sh, (n,),
+                                                  check_invariants=False)
             else:
                 db = db.index_add_(0, shared_ids, db_sh)
             db = db.to(bias.dtype)

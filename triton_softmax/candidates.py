@@ -181,8 +181,8 @@ def build_shared_candidates(
       from q shared by every row, log-weight -log|T| - log q(t), hits in S_i removed.
     union=True ("batch_union"): S_i = U, the union of every row's S and every target (fixed
       size N (R+1) with duplicates masked, no host sync), + the shared T, hits in U removed.
-    Returns (s_ids (N, R') , s_logw (N, R'), shared_ids (M,), shared_logw (N, M)); R' = 0
-    for the union scheme.
+    Returns (s_ids (N, R'), s_logw (N, R'), shared_ids (M,), shared_logw (N, M)); for the
+    union scheme R' = 1: the target with weight 0 (it is counted in U).
     """
     s_ids, s_valid = _prepare_s(retrieved, target, n)
     N, device = s_ids.shape[0], s_ids.device
@@ -199,6 +199,7 @@ def build_shared_candidates(
     u_logw = torch.where(u_valid, torch.zeros((), device=device), ninf).expand(N, -1)
     shared_ids = torch.cat([u_ids[0], t_ids])
     shared_logw = torch.cat([u_logw, _hit_logw(t_logw, hit, remove_accidental_hits)], 1)
-    empty_ids = torch.zeros(N, 0, dtype=torch.int64, device=device)
-    empty_logw = torch.zeros(N, 0, dtype=torch.float32, device=device)
-    return empty_ids, empty_logw, shared_ids.contiguous(), shared_logw.contiguous()
+    # no per-example part: one masked slot (the target, weight 0) keeps the shapes non-empty
+    t_col = target.long().unsqueeze(1)
+    t_logw = torch.full((N, 1), float("-inf"), device=device)
+    return t_col, t_logw, shared_ids.contiguous(), shared_logw.contiguous()

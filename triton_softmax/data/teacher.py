@@ -61,8 +61,9 @@ class TeacherTask:
         return (x @ mu.T) / s2 - mu.pow(2).sum(1) / (2 * s2)
 
     @torch.no_grad()
-    def teacher_argmax(self, x: torch.Tensor, batch: int = 1024, chunk: int = 1 << 16
-                       ) -> torch.Tensor:
+    def teacher_argmax(
+        self, x: torch.Tensor, batch: int = 1024, chunk: int = 1 << 16
+    ) -> torch.Tensor:
         """(N,) int64 Bayes-optimal predictions, in row batches and class chunks."""
         out = torch.empty(x.shape[0], dtype=torch.int64)
         for a in range(0, x.shape[0], batch):
@@ -97,8 +98,9 @@ def make_teacher_task(
     Bayes accuracy is measured on (None: all).
     """
     if num_classes < 2 or dim < 1 or examples_per_class < 1 or heldout < 1 or sigma <= 0:
-        raise ValueError("need num_classes >= 2, dim >= 1, examples_per_class >= 1, "
-                         "heldout >= 1 and sigma > 0")
+        raise ValueError(
+            "need num_classes >= 2, dim >= 1, examples_per_class >= 1, heldout >= 1 and sigma > 0"
+        )
     gen = torch.Generator().manual_seed(seed)
     u = torch.randn(num_classes, dim, generator=gen)
     u = u / u.norm(dim=1, keepdim=True)
@@ -110,9 +112,17 @@ def make_teacher_task(
     held_labels = torch.randint(num_classes, (heldout,), generator=gen)
     held_x = means[held_labels] + sigma * torch.randn(heldout, dim, generator=gen)
     task = TeacherTask(
-        name="teacher", num_classes=num_classes, dim=dim, sigma=sigma, means=means,
-        train_x=train_x, train_labels=labels, heldout_x=held_x, heldout_labels=held_labels,
-        bayes_accuracy=float("nan"), bayes_accuracy_se=float("nan"),
+        name="teacher",
+        num_classes=num_classes,
+        dim=dim,
+        sigma=sigma,
+        means=means,
+        train_x=train_x,
+        train_labels=labels,
+        heldout_x=held_x,
+        heldout_labels=held_labels,
+        bayes_accuracy=float("nan"),
+        bayes_accuracy_se=float("nan"),
         bayes_train_accuracy=float("nan"),
     )
     acc = (task.teacher_argmax(held_x) == held_labels).float().mean().item()
@@ -120,12 +130,18 @@ def make_teacher_task(
     task.bayes_accuracy_se = math.sqrt(max(acc * (1 - acc), 1e-12) / heldout)
     m = labels.numel() if bayes_examples is None else min(bayes_examples, labels.numel())
     task.bayes_train_accuracy = (
-        (task.teacher_argmax(train_x[:m]) == labels[:m]).float().mean().item())
+        (task.teacher_argmax(train_x[:m]) == labels[:m]).float().mean().item()
+    )
     task.info = dict(
-        examples_per_class=examples_per_class, norm_spread=norm_spread, scale=scale, seed=seed,
+        examples_per_class=examples_per_class,
+        norm_spread=norm_spread,
+        scale=scale,
+        seed=seed,
         bayes_method="Monte Carlo: teacher argmax on held-out draws",
-        bayes_heldout_examples=heldout, bayes_train_examples=m,
-        norm_quantiles=[float(q) for q in torch.quantile(
-            r.squeeze(1)[:100_000], torch.tensor([0.1, 0.5, 0.9]))],
+        bayes_heldout_examples=heldout,
+        bayes_train_examples=m,
+        norm_quantiles=[
+            float(q) for q in torch.quantile(r.squeeze(1)[:100_000], torch.tensor([0.1, 0.5, 0.9]))
+        ],
     )
     return task

@@ -241,6 +241,11 @@ def lemma_task(
         train_label_sets=_label_sets([senses[i] for i in ex_syn]),
         heldout=_bags([toks[i] for i in held], index),
         heldout_label_sets=_label_sets([senses[i] for i in held]),
-        info=dict(source=str(root), synsets=len(kept), heldout_synsets=len(held),
-                  train_examples=len(ex_lab), lemmas=len(lemma_names)),
+        info=dict(
+            source=str(root),
+            synsets=len(kept),
+            heldout_synsets=len(held),
+            train_examples=len(ex_lab),
+            lemmas=len(lemma_names),
+        ),
     )

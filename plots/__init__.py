@@ -1,0 +1,1 @@
+"""Figures drawn from bench/results (python -m plots.plot)."""
