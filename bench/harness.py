@@ -42,7 +42,9 @@ from triton_softmax import SampledSoftmaxLoss, exact_topk, sampled_softmax_cross
 
 from . import peers
 
-OUR_PATHS = ("full", "faiss", "lsh")
+# "<path>_shared": the same path with candidate_scheme="shared_samples" (one T per batch,
+# scored as a dense product) instead of the per-example T of the seeds' method.
+OUR_PATHS = ("full", "faiss", "lsh", "faiss_shared", "lsh_shared")
 PEER_PATHS = ("torch", "torch_compile", "cce", "liger")
 ALL_METHODS = OUR_PATHS + PEER_PATHS
 BASELINE = "torch"
@@ -346,17 +348,22 @@ class OursRunner(Runner):
         seed: int,
     ) -> None:
         self.method = method
+        base, _, shared = method.partition("_")
         self.module = SampledSoftmaxLoss(
             weight=nn.Parameter(problem.weight()),
-            method=method,
+            method=base,
             num_candidates=num_candidates,
             num_uniform=num_uniform,
-            sparse_grad=method in ("faiss", "lsh"),
+            sparse_grad=base in ("faiss", "lsh"),
+            candidate_scheme="shared_samples" if shared else "per_example",
             seed=seed,
         )
-        self.resolved = self.module.choice(
+        # path: what the module runs (full/faiss/lsh); resolved: the method name when the
+        # dispatcher kept the asked-for path, else the path it fell back to
+        self.path = self.module.choice(
             problem.N, problem.dtype, torch.device(problem.device)
         ).method
+        self.resolved = method if self.path == base else self.path
         self.explain = self.module.explain(problem.N, problem.dtype)
         self.hidden = problem.hidden.clone().requires_grad_(True)
         self.target = problem.target
@@ -364,10 +371,10 @@ class OursRunner(Runner):
 
     @property
     def sampled(self) -> bool:
-        return self.resolved in ("faiss", "lsh")
+        return self.path in ("faiss", "lsh")
 
     def refresh(self) -> None:
-        self.module.refresh(self.resolved)
+        self.module.refresh(self.path)
         self.module.refresh_every = 1 << 62
 
     def step(self) -> torch.Tensor:
@@ -388,7 +395,7 @@ class OursRunner(Runner):
     def index_bytes(self) -> int:
         """Host bytes of a FAISS index (vectors + ids + centroids), from its storage layout."""
         idx = self.module.index
-        if self.resolved != "faiss" or idx is None or getattr(idx, "index", None) is None:
+        if self.path != "faiss" or idx is None or getattr(idx, "index", None) is None:
             return 0
         import faiss
 
@@ -501,8 +508,8 @@ def estimate_bytes(
         return 2 * w + 3 * N * n * max(elt, 4)
     if method in ("cce", "liger", "full"):
         return 2 * w + 64 * N * 1024 * 4 + n * 4 * 2
-    if method == "faiss":
+    if method.startswith("faiss"):
         return w + n * d * 4 + n * 8 + sampled_tmp
-    if method == "lsh":
+    if method.startswith("lsh"):
         return w + 6 * lsh_tables * n * 8 + sampled_tmp
     return 2 * w

@@ -417,7 +417,7 @@ def _roofline(runner, problem: Problem, args, peaks: dict, emit) -> None:
                 ),
                 ("sampled_bwd", bwd, roofline.sampled_bwd(N, M, d, s)),
             ]
-            if runner.resolved == "lsh":
+            if runner.path == "lsh":
                 planes = idx.hyperplanes
                 L, K = planes.shape[0], planes.shape[1]
                 B = idx.max_per_bucket or default_max_per_bucket(args.num_candidates - 1, L)
@@ -574,7 +574,7 @@ def main(argv=None) -> int:
     ]
     total = len(problems) * len(args.methods)
     bar = _progress(total, args.no_progress)
-    need_topk = any(m in ("faiss", "lsh") for m in args.methods)
+    need_topk = any(m.split("_")[0] in ("faiss", "lsh") for m in args.methods)
     for dt, d, N, n in problems:
         try:
             problem = Problem(n, d, N, DTYPES[dt], args.device, args.seed, need_topk)

@@ -32,10 +32,22 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-ORDER = ["lsh", "faiss", "full", "torch", "torch_compile", "cce", "liger"]
+ORDER = [
+    "lsh",
+    "lsh_shared",
+    "faiss",
+    "faiss_shared",
+    "full",
+    "torch",
+    "torch_compile",
+    "cce",
+    "liger",
+]
 STYLE = {
     "lsh": dict(color="tab:red", marker="o"),
     "faiss": dict(color="tab:orange", marker="s"),
+    "lsh_shared": dict(color="tab:red", marker="o", linestyle="-.", markerfacecolor="none"),
+    "faiss_shared": dict(color="tab:orange", marker="s", linestyle="-.", markerfacecolor="none"),
     "full": dict(color="tab:blue", marker="^"),
     "torch": dict(color="black", marker="x", linestyle="--"),
     "torch_compile": dict(color="tab:gray", marker="+", linestyle="--"),

@@ -167,8 +167,9 @@ def test_teacher_task_bayes():
     pred = t.teacher_argmax(t.heldout_x, batch=333, chunk=700)
     mu, s2 = t.means.double(), t.sigma**2
     x = t.heldout_x.double()
-    log_post = -((x.unsqueeze(1) - mu.unsqueeze(0)) ** 2).sum(-1) / (2 * s2)
-    assert torch.equal(pred, log_post.argmax(1))
+    log_post = -torch.cdist(x, mu).pow(2) / (2 * s2)  # Gaussian log-likelihood + const
+    # float32 teacher vs float64 distances: identical but for near-ties
+    assert (pred == log_post.argmax(1)).double().mean() > 0.999
     acc = (pred == t.heldout_labels).double().mean().item()
     assert t.bayes_accuracy == pytest.approx(acc)
     assert t.bayes_accuracy_se == pytest.approx(math.sqrt(acc * (1 - acc) / 2000))
@@ -214,7 +215,7 @@ def _check_records(out, task, labels):
 def test_end_to_end_all_methods(tmp_path):
     from bench import accuracy
 
-    root = fake_wordnet(tmp_path / "wn", 1500)
+    root = fake_wordnet(tmp_path / "wn", 900)
     out = tmp_path / "results"
     labels = ["full", "faiss@2", "lsh@2", "lsh@50", "uniform"]
     accuracy.main(
@@ -245,7 +246,7 @@ def test_end_to_end_all_methods(tmp_path):
     recs = _check_records(out, "wordnet-synset", labels)
     by = {r["label"]: r for r in recs}
     assert by["lsh@2"]["refresh"]["count"] > by["lsh@50"]["refresh"]["count"] >= 1
-    assert by["uniform"]["data"]["num_classes"] == 1500
+    assert by["uniform"]["data"]["num_classes"] == 900
 
     from plots import accuracy as plot
 
@@ -256,7 +257,7 @@ def test_end_to_end_all_methods(tmp_path):
 def test_end_to_end_lemma_and_teacher(tmp_path):
     from bench import accuracy
 
-    root = fake_wordnet(tmp_path / "wn", 800)
+    root = fake_wordnet(tmp_path / "wn", 500)
     out = tmp_path / "results"
     accuracy.main(
         [

@@ -126,7 +126,7 @@ def test_shared_function_gradcheck_and_sparse_equals_dense(union, bias):
 
     def fn(h, W, b=None):
         return SharedCandidatesFunction.apply(
-            h, W, b, s_ids, s_logw.double(), sh_ids, sh_logw.double(), y, False
+            h, W, b, s_ids, s_logw.double(), sh_ids, sh_logw.double(), y, False, 0.0
         )
 
     assert torch.autograd.gradcheck(fn, params)
@@ -140,6 +140,7 @@ def test_shared_function_gradcheck_and_sparse_equals_dense(union, bias):
         sh_logw.double(),
         y,
         True,
+        0.0,
     )
     sparse = torch.autograd.grad(sparse_out.sum(), params[1:])
     for a, s in zip(dense, sparse):
@@ -289,16 +290,77 @@ def test_shared_function_matches_its_float64_oracle(impl, monkeypatch):
     monkeypatch.setenv("TRITON_SOFTMAX_IMPL", impl)
     h, W, b, y, ret = _problem(N=5, n=30, d=6, bias=True)
     s_ids, s_logw, sh_ids, sh_logw = build_shared_candidates(
-        ret, y, 30, 7, LogUniformSampler(30), torch.Generator().manual_seed(2))
+        ret, y, 30, 7, LogUniformSampler(30), torch.Generator().manual_seed(2)
+    )
     h32, W32, b32 = (t.float().requires_grad_(True) for t in (h, W, b))
-    loss = SharedCandidatesFunction.apply(h32, W32, b32, s_ids, s_logw, sh_ids, sh_logw, y, False)
+    loss = SharedCandidatesFunction.apply(
+        h32, W32, b32, s_ids, s_logw, sh_ids, sh_logw, y, False, 0.0
+    )
     ref_loss, ref_lse = shared_logits_fwd_ref(h, W, b, s_ids, s_logw, sh_ids, sh_logw, y)
     torch.testing.assert_close(loss.double(), ref_loss, rtol=1e-5, atol=1e-5)
     g = torch.rand(5, dtype=torch.float64)
     dh, dW, db = torch.autograd.grad(loss, (h32, W32, b32), g.float())
-    coef, ids, coef_sh, ref_dh = shared_logits_bwd_ref(g, h, W, b, s_ids, s_logw, sh_ids,
-                                                       sh_logw, y, ref_lse)
+    coef, ids, coef_sh, ref_dh = shared_logits_bwd_ref(
+        g, h, W, b, s_ids, s_logw, sh_ids, sh_logw, y, ref_lse
+    )
     torch.testing.assert_close(dh.double(), ref_dh, rtol=1e-5, atol=1e-5)
-    ref_dW = torch.zeros_like(W).index_add_(0, ids.flatten(), (coef[..., None] * h[:, None]).reshape(-1, 6))
+    ref_dW = torch.zeros_like(W).index_add_(
+        0, ids.flatten(), (coef[..., None] * h[:, None]).reshape(-1, 6)
+    )
     ref_dW.index_add_(0, sh_ids, coef_sh.T @ h)
     torch.testing.assert_close(dW.double(), ref_dW, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("path", ["full", "per_example", "shared_samples"])
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+def test_z_loss_matches_float64_formula(path, eps):
+    """loss_i + z * lse_i^2, gradients by autograd on the plain formula (float64)."""
+    if path != "full" and eps:
+        pytest.skip("label smoothing is full-path only")
+    from triton_softmax import sampled_softmax_cross_entropy
+    from triton_softmax.estimator import sampled_logits_fwd_ref, shared_logits_fwd_ref
+
+    h, W, b, y, ret = _problem(N=5, n=25, d=4, bias=True)
+    z = 0.01
+    params = [t.clone().requires_grad_(True) for t in (h, W, b)]
+    if path == "full":
+        out = sampled_softmax_cross_entropy(
+            *params[:2], y, params[2], method="full", label_smoothing=eps, z_loss=z, reduction="sum"
+        )
+        logits = params[0] @ params[1].T + params[2]
+        ref = (
+            F.cross_entropy(logits, y, label_smoothing=eps, reduction="sum")
+            + z * torch.logsumexp(logits, 1).square().sum()
+        )
+    else:
+        gen = torch.Generator().manual_seed(4)
+        out = sampled_softmax_from_candidates(
+            params[0],
+            params[1],
+            y,
+            ret,
+            params[2],
+            num_uniform=6,
+            scheme=path,
+            z_loss=z,
+            reduction="sum",
+            generator=gen,
+        )
+        gen = torch.Generator().manual_seed(4)
+        if path == "per_example":
+            from triton_softmax.candidates import build_candidates
+
+            ids, logw = build_candidates(ret, y, 25, 6, gen)
+            _, lse = sampled_logits_fwd_ref(*params[:2], params[2], ids, logw, y)
+        else:
+            s_ids, s_logw, sh_ids, sh_logw = build_shared_candidates(
+                ret, y, 25, 6, UniformSampler(25), gen
+            )
+            _, lse = shared_logits_fwd_ref(
+                *params[:2], params[2], s_ids, s_logw, sh_ids, sh_logw, y
+            )
+        z_y = (params[0] * params[1][y]).sum(1) + params[2][y]
+        ref = (lse - z_y).sum() + z * lse.square().sum()
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    for a, r in zip(torch.autograd.grad(out, params), torch.autograd.grad(ref, params)):
+        torch.testing.assert_close(a, r, rtol=1e-9, atol=1e-9)

@@ -18,26 +18,31 @@ class SampledSoftmaxFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, cand_ids, cand_logw, target, sparse_grad, deterministic):
+    def forward(
+        ctx, hidden, weight, bias, cand_ids, cand_logw, target, sparse_grad, deterministic, z_loss
+    ):
         loss, lse = ops.sampled_logits_fwd(hidden, weight, bias, cand_ids, cand_logw, target)
         ctx.save_for_backward(hidden, weight, bias, cand_ids, cand_logw, target, lse)
-        ctx.sparse_grad, ctx.deterministic = sparse_grad, deterministic
-        return loss
+        ctx.sparse_grad, ctx.deterministic, ctx.z_loss = sparse_grad, deterministic, z_loss
+        return loss + z_loss * lse.square() if z_loss else loss
 
     @staticmethod
     def backward(ctx, grad_loss):
         hidden, weight, bias, cand_ids, cand_logw, target, lse = ctx.saved_tensors
         n = weight.shape[0]
         dh = dW = db = None
+        g_p, delta = _z_loss_scale(grad_loss, lse, ctx.z_loss)
         if ctx.needs_input_grad[0]:  # coefficients and dh in one pass over the candidate rows
             coef, ids, dh = ops.sampled_logits_bwd(
-                grad_loss, hidden, weight, bias, cand_ids, cand_logw, target, lse
+                g_p, hidden, weight, bias, cand_ids, cand_logw, target, lse
             )
-            dh = dh.to(hidden.dtype)
         else:
             coef, ids = ops.sampled_logits_coef(
-                grad_loss, hidden, weight, bias, cand_ids, cand_logw, target, lse
+                g_p, hidden, weight, bias, cand_ids, cand_logw, target, lse
             )
+        coef, dh = _fix_target_term(coef, dh, delta, weight, target)
+        if dh is not None:
+            dh = dh.to(hidden.dtype)
         if ctx.needs_input_grad[1]:
             if ctx.sparse_grad:
                 dW = _est.sparse_grad_weight_ref(coef, ids, hidden, n, weight.dtype)
@@ -46,29 +51,67 @@ class SampledSoftmaxFunction(torch.autograd.Function):
                 dW = dW.to(weight.dtype)
         if bias is not None and ctx.needs_input_grad[2]:
             db = _est.scatter_grad_bias_ref(coef, ids, n, ctx.sparse_grad).to(bias.dtype)
-        return dh, dW, db, None, None, None, None, None
+        return dh, dW, db, None, None, None, None, None, None
+
+
+def _z_loss_scale(grad_loss, lse, z_loss):
+    """z-loss adds z_loss * lse^2: the softmax part of the gradient scales by 1 + 2 z_loss lse.
+
+    Returns (g_p, delta): the scaled gradient the kernels run with, and g_p - g, the excess
+    they then put on the target term (fixed by _fix_target_term), or (grad_loss, None)."""
+    if not z_loss:
+        return grad_loss, None
+    g = grad_loss.to(lse.dtype)
+    g_p = g * (1.0 + 2.0 * z_loss * lse)
+    return g_p, g_p - g
+
+
+def _fix_target_term(coef, dh, delta, weight, target):
+    """The kernels put -g_p on the target; the target's term is -g: add delta = g_p - g back."""
+    if delta is None:
+        return coef, dh
+    coef = coef.clone()
+    coef[:, -1] += delta
+    if dh is not None:
+        dh = dh + delta.unsqueeze(1) * weight[target].to(dh.dtype)
+    return coef, dh
 
 
 class ChunkedCrossEntropyFunction(torch.autograd.Function):
     """Exact per-example cross-entropy (N,) fp32 (fp64 for fp64) without an (N, n) logits tensor."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, target, label_smoothing):
+    def forward(ctx, hidden, weight, bias, target, label_smoothing, z_loss):
         loss, lse = ops.chunked_ce_fwd(hidden, weight, bias, target, label_smoothing)
         ctx.save_for_backward(hidden, weight, bias, target, lse)
-        ctx.label_smoothing = label_smoothing
-        return loss
+        ctx.label_smoothing, ctx.z_loss = label_smoothing, z_loss
+        return loss + z_loss * lse.square() if z_loss else loss
 
     @staticmethod
     def backward(ctx, grad_loss):
         hidden, weight, bias, target, lse = ctx.saved_tensors
-        dh, dW, db = ops.chunked_ce_bwd(
-            grad_loss, hidden, weight, bias, target, lse, ctx.label_smoothing
-        )
+        eps = ctx.label_smoothing
+        g_p, delta = _z_loss_scale(grad_loss, lse, ctx.z_loss)
+        dh, dW, db = ops.chunked_ce_bwd(g_p, hidden, weight, bias, target, lse, eps)
+        if delta is not None:
+            # the kernels scaled the one-hot and smoothing terms by g_p too; they take g:
+            # add delta ((1 - eps) 1[j = y] + eps / n) back to dz
+            n = weight.shape[0]
+            acc = dh.dtype
+            h = hidden.to(acc)
+            dh = dh + (1.0 - eps) * delta.unsqueeze(1) * weight[target].to(acc)
+            dW = dW.index_add(0, target, (1.0 - eps) * delta.unsqueeze(1) * h)
+            if db is not None:
+                db = db.index_add(0, target, (1.0 - eps) * delta)
+            if eps:
+                dh = dh + (eps / n) * delta.unsqueeze(1) * weight.to(acc).sum(0)
+                dW = dW + (eps / n) * (delta.unsqueeze(1) * h).sum(0)
+                if db is not None:
+                    db = db + (eps / n) * delta.sum()
         dh = dh.to(hidden.dtype) if ctx.needs_input_grad[0] else None
         dW = dW.to(weight.dtype) if ctx.needs_input_grad[1] else None
         db = db.to(bias.dtype) if (bias is not None and ctx.needs_input_grad[2]) else None
-        return dh, dW, db, None, None
+        return dh, dW, db, None, None, None
 
 
 class SharedCandidatesFunction(torch.autograd.Function):
@@ -84,8 +127,19 @@ class SharedCandidatesFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, s_ids, s_logw, shared_ids, shared_logw, target,
-                sparse_grad):
+    def forward(
+        ctx,
+        hidden,
+        weight,
+        bias,
+        s_ids,
+        s_logw,
+        shared_ids,
+        shared_logw,
+        target,
+        sparse_grad,
+        z_loss,
+    ):
         _, lse_s = ops.sampled_logits_fwd(hidden, weight, bias, s_ids, s_logw, target)
         acc = lse_s.dtype
         z_y = (weight[target].to(acc) * hidden.to(acc)).sum(1)  # direct: lse_S may be -inf
@@ -96,21 +150,28 @@ class SharedCandidatesFunction(torch.autograd.Function):
         if bias is not None:
             z_sh = z_sh + bias[shared_ids].to(acc)
         lse = torch.logaddexp(lse_s, torch.logsumexp(z_sh + shared_logw.to(acc), dim=1))
-        ctx.save_for_backward(hidden, weight, bias, s_ids, s_logw, shared_ids, shared_logw,
-                              target, lse, z_sh)
-        ctx.sparse_grad = sparse_grad
-        return lse - z_y
+        ctx.save_for_backward(
+            hidden, weight, bias, s_ids, s_logw, shared_ids, shared_logw, target, lse, z_sh
+        )
+        ctx.sparse_grad, ctx.z_loss = sparse_grad, z_loss
+        loss = lse - z_y
+        return loss + z_loss * lse.square() if z_loss else loss
 
     @staticmethod
     def backward(ctx, grad_loss):
-        (hidden, weight, bias, s_ids, s_logw, shared_ids, shared_logw, target, lse,
-         z_sh) = ctx.saved_tensors
+        (hidden, weight, bias, s_ids, s_logw, shared_ids, shared_logw, target, lse, z_sh) = (
+            ctx.saved_tensors
+        )
         n, d = weight.shape
         acc = lse.dtype
-        coef, ids, dh = ops.sampled_logits_bwd(grad_loss, hidden, weight, bias, s_ids, s_logw,
-                                               target, lse)
-        coef_sh = grad_loss.to(acc).unsqueeze(1) * torch.exp(
-            z_sh + shared_logw.to(acc) - lse.unsqueeze(1))
+        g_p, delta = _z_loss_scale(grad_loss, lse, ctx.z_loss)
+        coef, ids, dh = ops.sampled_logits_bwd(
+            g_p, hidden, weight, bias, s_ids, s_logw, target, lse
+        )
+        coef, dh = _fix_target_term(coef, dh, delta, weight, target)
+        coef_sh = g_p.to(acc).unsqueeze(1) * torch.exp(
+            z_sh + shared_logw.to(acc) - lse.unsqueeze(1)
+        )
         w_sh = weight[shared_ids].to(acc)
         dh = dh + coef_sh @ w_sh
         rows_sh = coef_sh.T @ hidden.to(acc)  # (M, d)
@@ -118,8 +179,12 @@ class SharedCandidatesFunction(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             if ctx.sparse_grad:
                 part = _est.sparse_grad_weight_ref(coef, ids, hidden, n, weight.dtype)
-                sh = torch.sparse_coo_tensor(shared_ids.unsqueeze(0), rows_sh.to(weight.dtype),
-                                             (n, d), check_invariants=False)
+                sh = torch.sparse_coo_tensor(
+                    shared_ids.unsqueeze(0),
+                    rows_sh.to(weight.dtype),
+                    (n, d),
+                    check_invariants=False,
+                )
                 dW = part + sh
             else:
                 dW = ops.scatter_grad_weight(coef, ids, hidden, n, False)
@@ -128,9 +193,10 @@ class SharedCandidatesFunction(torch.autograd.Function):
             db = _est.scatter_grad_bias_ref(coef, ids, n, ctx.sparse_grad)
             db_sh = coef_sh.sum(0)
             if ctx.sparse_grad:
-                db = db + torch.sparse_coo_tensor(shared_ids.unsqueeze(0), db_sh, (n,),
-                                                  check_invariants=False)
+                db = db + torch.sparse_coo_tensor(
+                    shared_ids.unsqueeze(0), db_sh, (n,), check_invariants=False
+                )
             else:
                 db = db.index_add_(0, shared_ids, db_sh)
             db = db.to(bias.dtype)
-        return dh.to(hidden.dtype), dW, db, None, None, None, None, None, None
+        return dh.to(hidden.dtype), dW, db, None, None, None, None, None, None, None

@@ -97,6 +97,7 @@ def sampled_softmax_from_candidates(
     scheme: str = "per_example",
     sampler: str | torch.Tensor | Sampler = "uniform",
     remove_accidental_hits: bool = True,
+    z_loss: float = 0.0,
 ) -> torch.Tensor:
     """The estimator loss for given retrieved classes S (the target is added, T is drawn).
 
@@ -109,7 +110,8 @@ def sampled_softmax_from_candidates(
     sampler: proposal of T: "uniform" (per-example scheme: uniform over the complement of S,
     exact weights), "log_uniform", or class weights (n,); non-uniform proposals get the log-Q
     correction, and draws that hit S get weight 0 unless remove_accidental_hits=False.
-    num_uniform is |T| whatever the proposal.
+    num_uniform is |T| whatever the proposal. z_loss: adds z_loss * lse^2 per row, lse the
+    (estimated) log partition function (PaLM's z-loss).
     """
     if scheme not in SCHEMES:
         raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
@@ -132,14 +134,22 @@ def sampled_softmax_from_candidates(
                 remove_accidental_hits,
             )
         if torch.compiler.is_compiling():  # opaque custom op: no graph break (dense grads)
-            if sparse_grad:
-                raise ValueError("sparse_grad=True is not supported inside torch.compile")
+            if sparse_grad or z_loss:
+                raise ValueError("sparse_grad and z_loss are not supported inside torch.compile")
             loss_rows = _custom.sampled_softmax_fwd(
                 hidden, weight, bias, cand_ids, cand_logw, safe_target
             )[0]
         else:
             loss_rows = SampledSoftmaxFunction.apply(
-                hidden, weight, bias, cand_ids, cand_logw, safe_target, sparse_grad, deterministic
+                hidden,
+                weight,
+                bias,
+                cand_ids,
+                cand_logw,
+                safe_target,
+                sparse_grad,
+                deterministic,
+                float(z_loss),
             )
     else:
         s_ids, s_logw, sh_ids, sh_logw = _cand.build_shared_candidates(
@@ -153,7 +163,16 @@ def sampled_softmax_from_candidates(
             remove_accidental_hits=remove_accidental_hits,
         )
         loss_rows = SharedCandidatesFunction.apply(
-            hidden, weight, bias, s_ids, s_logw, sh_ids, sh_logw, safe_target, sparse_grad
+            hidden,
+            weight,
+            bias,
+            s_ids,
+            s_logw,
+            sh_ids,
+            sh_logw,
+            safe_target,
+            sparse_grad,
+            float(z_loss),
         )
     return _reduce(loss_rows, row_valid, reduction)
 
@@ -169,16 +188,18 @@ def _cached_choice(*key) -> Choice:
     return choice
 
 
-def _full_loss(hidden, weight, bias, target, reduction, ignore_index, label_smoothing):
+def _full_loss(hidden, weight, bias, target, reduction, ignore_index, label_smoothing, z_loss=0.0):
     row_valid = target != ignore_index
     safe_target = torch.where(row_valid, target, torch.zeros_like(target)).long()
     if torch.compiler.is_compiling():  # opaque custom op: no graph break
+        if z_loss:
+            raise ValueError("z_loss is not supported inside torch.compile")
         loss_rows = _custom.chunked_ce_fwd(
             hidden, weight, bias, safe_target, float(label_smoothing)
         )[0]
     else:
         loss_rows = ChunkedCrossEntropyFunction.apply(
-            hidden, weight, bias, safe_target, float(label_smoothing)
+            hidden, weight, bias, safe_target, float(label_smoothing), float(z_loss)
         )
     return _reduce(loss_rows, row_valid, reduction)
 
@@ -222,6 +243,7 @@ def sampled_softmax_cross_entropy(
     reduction: str = "mean",
     ignore_index: int = -100,
     label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
     sparse_grad: bool = False,
     deterministic: bool = False,
     generator: torch.Generator | None = None,
@@ -233,9 +255,11 @@ def sampled_softmax_cross_entropy(
     bias: (n,) or None. method: "auto" | "full" | "faiss" | "lsh". For the sampled paths
     pass the `index` you keep (LSHIndex / FaissIndex, built on `weight`); without one an
     index is built for this call alone, which costs a full hashing pass or index build.
-    num_candidates: |S| including the target; num_uniform: |T|. Returns a 0-d float32
+    num_candidates: |S| including the target; num_uniform: |T|. z_loss adds z_loss * lse^2
+    per row (lse: the exact or estimated log partition function). Returns a 0-d float32
     tensor (or (N,) for reduction="none").
     """
+    _check_z_loss(z_loss)
     N, n, d = _check_common(
         hidden,
         weight,
@@ -260,7 +284,9 @@ def sampled_softmax_cross_entropy(
         float(label_smoothing),
     )
     if choice.method == "full":
-        return _full_loss(hidden, weight, bias, target, reduction, ignore_index, label_smoothing)
+        return _full_loss(
+            hidden, weight, bias, target, reduction, ignore_index, label_smoothing, z_loss
+        )
     if index is None:
         index = make_index(choice.method, n, d, num_candidates, device=weight.device)
     if not index.built:
@@ -280,7 +306,14 @@ def sampled_softmax_cross_entropy(
         sparse_grad=sparse_grad,
         deterministic=deterministic,
         generator=generator,
+        z_loss=z_loss,
     )
+
+
+def _check_z_loss(z_loss: float) -> float:
+    if isinstance(z_loss, bool) or not isinstance(z_loss, (int, float)) or not z_loss >= 0:
+        raise ValueError(f"z_loss must be a float >= 0, got {z_loss!r}")
+    return float(z_loss)
 
 
 def exact_topk(
@@ -366,6 +399,7 @@ class SampledSoftmaxLoss(nn.Module):
         reduction: str = "mean",
         ignore_index: int = -100,
         label_smoothing: float = 0.0,
+        z_loss: float = 0.0,
         bias: bool = False,
         sparse_grad: bool = False,
         deterministic: bool = False,
@@ -442,6 +476,7 @@ class SampledSoftmaxLoss(nn.Module):
             deterministic,
         )
         self.seed, self.validate = seed, validate
+        self.z_loss = _check_z_loss(z_loss)
         if candidate_scheme not in SCHEMES:
             raise ValueError(f"candidate_scheme must be one of {SCHEMES}, got {candidate_scheme!r}")
         self.candidate_scheme, self.remove_accidental_hits = (
@@ -635,6 +670,7 @@ class SampledSoftmaxLoss(nn.Module):
                 self.reduction,
                 self.ignore_index,
                 self.label_smoothing,
+                self.z_loss,
             )
         else:
             if self._index_stale(method):
@@ -675,6 +711,7 @@ class SampledSoftmaxLoss(nn.Module):
             scheme=self.candidate_scheme,
             sampler=self.sampler,
             remove_accidental_hits=self.remove_accidental_hits,
+            z_loss=self.z_loss if weight is None else 0.0,
         )
 
     def _drift_check(self, hidden, target, retrieved) -> dict:
