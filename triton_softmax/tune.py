@@ -94,13 +94,19 @@ def crossover(ns: list[int], full: list[float], other: list[float]) -> float | N
 
 
 def crossovers_from_records(records: list[dict]) -> list[dict]:
-    """Table entries from sweep records {method, n, d, N, dtype, median_ms, status}."""
+    """Table entries from sweep records {method, n, d, N, dtype, median_ms | amortised_ms, status}."""
     groups: dict[tuple, dict[str, dict[int, float]]] = {}
+    short = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
     for r in records:
+        r = dict(r, dtype=short.get(str(r.get("dtype")), r.get("dtype")))
         if r.get("status", "ok") != "ok" or r.get("method") not in ("full", "lsh", "faiss"):
             continue
+        if r.get("resolved_method") not in (None, r["method"]):
+            continue  # the dispatcher ran another path (e.g. |S| + |T| >= n): not this one
         key = (int(r["d"]), int(r["N"]), str(r["dtype"]))
-        groups.setdefault(key, {}).setdefault(r["method"], {})[int(r["n"])] = float(r["median_ms"])
+        # per step with the index refresh amortised (refresh / refresh_every) where recorded
+        ms = r.get("amortised_ms") or r["median_ms"]
+        groups.setdefault(key, {}).setdefault(r["method"], {})[int(r["n"])] = float(ms)
     entries = []
     for (d, N, dtype), by in sorted(groups.items()):
         if "full" not in by:
@@ -170,7 +176,9 @@ def main(argv: list[str] | None = None) -> int:
         for f in args.from_records:
             records += [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
         dclass = args.device_class or "cpu"
-        records = [r for r in records if r.get("device_class", dclass) == dclass]
+        kind = dclass.split(":")[0]
+        records = [r for r in records if r.get("device_class", r.get("device", kind)) in
+                   (dclass, kind)]
         entries = crossovers_from_records(records)
         names = {r.get("device_name") for r in records if r.get("device_name")}
         source = "records " + ", ".join(str(f) for f in args.from_records)
