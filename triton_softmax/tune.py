@@ -94,7 +94,7 @@ def crossover(ns: list[int], full: list[float], other: list[float]) -> float | N
 
 
 def crossovers_from_records(records: list[dict]) -> list[dict]:
-    """Table entries from sweep records {method, n, d, N, dtype, median_ms | amortised_ms, status}."""
+    """Table entries from sweep records {method, n, d, N, dtype, median_ms or amortised_ms}."""
     groups: dict[tuple, dict[str, dict[int, float]]] = {}
     short = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
     for r in records:
