@@ -1,0 +1,154 @@
+"""Accuracy vs wall-clock training time per method, from bench/accuracy.py's JSON records only.
+
+    python -m plots.accuracy [--results bench/results] [--task wordnet-synset]
+                             [--session 20261127-024000] [--out plots]
+
+Draws, for one session (default: the latest of each task found), exact-softmax P@1 against
+training wall seconds (evaluation time excluded), one line per run, with the full softmax's
+final P@1 and 95% of it as horizontal guides; a second panel shows held-out P@1 where the
+task has one (lemma, teacher). Writes plots/accuracy-<task>-<session>.png and prints the
+summary table (bench.accuracy.summarise) with the machine and its load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import sys
+
+if __package__ in (None, ""):  # run as a script: make `bench` importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench.accuracy import RESULTS, format_table, load_records, summarise  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+STYLE = {
+    "full": ("black", "-"),
+    "faiss": ("tab:blue", "-"),
+    "lsh": ("tab:orange", "-"),
+    "uniform": ("tab:gray", ":"),
+}
+DASHES = ["-", "--", "-.", (0, (1, 1))]
+
+
+def sessions_by_task(records: list[dict]) -> dict[tuple[str, str], list[dict]]:
+    out: dict[tuple[str, str], list[dict]] = {}
+    for r in records:
+        out.setdefault((r["task"], r["session"]), []).append(r)
+    return out
+
+
+def plot_session(records: list[dict], path: str) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    heldout = any("heldout_p1" in r["final"] for r in records)
+    fig, axes = plt.subplots(
+        1, 2 if heldout else 1, figsize=(13 if heldout else 7.5, 4.8), squeeze=False
+    )
+    seen: dict[str, int] = {}
+    order = {"full": 0, "faiss": 1, "lsh": 2, "uniform": 3}
+    for r in sorted(records, key=lambda r: (order.get(r["method"], 9), r["label"])):
+        color, _ = STYLE.get(r["method"], ("tab:green", "-"))
+        k = seen.get(r["method"], 0)
+        seen[r["method"]] = k + 1
+        ls = ":" if r["method"] == "uniform" else DASHES[k % len(DASHES)]
+        t = [p["wall_s"] for p in r["curve"]]
+        axes[0][0].plot(
+            t, [p["p1"] for p in r["curve"]], color=color, ls=ls, marker=".", label=r["label"]
+        )
+        if heldout and "heldout_p1" in r["final"]:
+            axes[0][1].plot(
+                t,
+                [p["heldout_p1"] for p in r["curve"]],
+                color=color,
+                ls=ls,
+                marker=".",
+                label=r["label"],
+            )
+    full = [r for r in records if r["method"] == "full"]
+    if full:
+        ref = full[-1]["final"]["p1"]
+        ax = axes[0][0]
+        ax.axhline(ref, color="black", lw=0.6, alpha=0.5)
+        ax.axhline(0.95 * ref, color="black", lw=0.6, ls="--", alpha=0.5)
+        ax.axvline(0.5 * full[-1]["train_wall_s"], color="black", lw=0.6, ls=":", alpha=0.5)
+    r0 = records[0]
+    loads = [x for r in records for x in (r["load_avg_start"][0], r["load_avg_end"][0])]
+    data = r0["data"]
+    what = "training glosses" if r0["task"] == "wordnet-synset" else "training examples"
+    axes[0][0].set_title(
+        f"{r0['task']}: {data['num_classes']:,} classes, exact P@1 on "
+        f"{r0['eval']['train_examples']:,} {what}",
+        fontsize=9,
+    )
+    axes[0][0].set_ylabel("P@1 (exact softmax)")
+    if heldout:
+        axes[0][1].set_title(
+            f"held-out P@1 ({r0['eval']['heldout_examples']:,} examples)", fontsize=9
+        )
+        if "bayes_accuracy" in data:
+            axes[0][1].axhline(
+                data["bayes_accuracy"],
+                color="green",
+                lw=0.8,
+                ls="--",
+                label="Bayes (teacher argmax)",
+            )
+    for ax in axes[0]:
+        ax.set_xlabel("training wall time (s), evaluation excluded")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    dev = r0["device"]
+    fig.suptitle(
+        f"{dev['name']}, {dev['cpu_count']} cores, torch threads "
+        f"{dev['torch_threads']}; 1-min load average {min(loads):.1f}-{max(loads):.1f} "
+        f"(shared machine); session {r0['session']}",
+        fontsize=8,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str] | None = None) -> list[str]:
+    p = argparse.ArgumentParser(
+        prog="python -m plots.accuracy",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--results", default=RESULTS)
+    p.add_argument("--task", default=None)
+    p.add_argument("--session", default=None, help="default: the latest session per task")
+    p.add_argument("--out", default=HERE)
+    args = p.parse_args(argv)
+    recs = load_records(sorted(glob.glob(os.path.join(args.results, "accuracy-*.json"))))
+    groups = sessions_by_task(recs)
+    chosen: dict[str, str] = {}
+    for task, session in groups:
+        if args.task and task != args.task:
+            continue
+        if args.session and session != args.session:
+            continue
+        chosen[task] = max(chosen.get(task, ""), session)
+    written = []
+    os.makedirs(args.out, exist_ok=True)
+    for task, session in sorted(chosen.items()):
+        rs = groups[(task, session)]
+        path = plot_session(rs, os.path.join(args.out, f"accuracy-{task}-{session}.png"))
+        dev = rs[0]["device"]
+        print(f"## {task}, session {session}: {dev['name']}, {dev['cpu_count']} cores")
+        print(format_table(summarise(rs)))
+        print(f"wrote {path}")
+        written.append(path)
+    if not written:
+        print(f"no accuracy records in {args.results}", file=sys.stderr)
+    return written
+
+
+if __name__ == "__main__":
+    main()
