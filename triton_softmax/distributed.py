@@ -80,7 +80,6 @@ collectives), with the same method, options and batch shape.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
 
 import torch
@@ -90,8 +89,7 @@ from torch import nn
 from . import checks, ops
 from . import estimator as _est
 from .candidates import dedupe_rows, sample_complement
-from .dispatch import Choice, choose_method
-from .loss import Index, _reduce, exact_topk, make_index, rerank_topk
+from .loss import IndexedLayerMixin, _reduce, exact_topk, rerank_topk
 
 __all__ = [
     "CommCounter",
@@ -522,7 +520,7 @@ def init_shard_rows(
     return out.to(device=device, dtype=dtype or torch.get_default_dtype())
 
 
-class ShardedSampledSoftmaxLoss(nn.Module):
+class ShardedSampledSoftmaxLoss(IndexedLayerMixin, nn.Module):
     """Output layer + softmax cross-entropy with the n classes sharded over a process group.
 
     This rank owns weight (n_r, d) (and bias (n_r,)) for classes [lo, hi) = `self.shard`, and
@@ -612,82 +610,15 @@ class ShardedSampledSoftmaxLoss(nn.Module):
         self.label_smoothing, self.sparse_grad = label_smoothing, sparse_grad
         self.deterministic, self.seed = deterministic, seed
         self.comm = CommCounter()
-        self.index: Index | None = None
-        self.index_method: str | None = None
-        self.steps = 0
-        self.steps_at_refresh = -1
-        self._pending_steps_at_refresh: int | None = None
-        self.refresh_count = 0
-        self.last_refresh_seconds = float("nan")
-        self.total_refresh_seconds = 0.0
-        self._choices: dict[tuple, Choice] = {}
+        self.index_rows = hi - lo
+        self._init_index_state()
 
-    # ---- method choice (the same on every rank: it sees only global sizes) -------------------
-    def choice(self, batch: int = 1, dtype: torch.dtype | None = None, device=None) -> Choice:
-        dtype = dtype or self.weight.dtype
-        device = torch.device(device) if device is not None else self.weight.device
-        key = (batch, dtype, device.type)
-        if key not in self._choices:
-            self._choices[key] = choose_method(
-                self.method,
-                self.num_classes,
-                self.dim,
-                batch,
-                dtype,
-                device,
-                self.num_candidates,
-                self.num_uniform,
-                self.label_smoothing,
-            )
-        return self._choices[key]
-
-    # ---- index lifecycle ---------------------------------------------------------------------
-    @torch.no_grad()
-    def refresh(self, method: str | None = None) -> None:
-        """Rebuild this rank's index over its shard (call on every rank at the same step)."""
-        method = method or self.index_method or self.choice().method
-        if method not in ("lsh", "faiss"):
-            return
-        t0 = time.perf_counter()
-        if self.index is None or self.index_method != method:
-            self.index = make_index(
-                method,
-                self.shard[1] - self.shard[0],
-                self.dim,
-                self.num_candidates,
-                lsh_bits=self.lsh_bits,
-                lsh_tables=self.lsh_tables,
-                faiss_index=self.faiss_index,
-                faiss_nlist=self.faiss_nlist,
-                faiss_nprobe=self.faiss_nprobe,
-                seed=self.seed,
-                device=self.weight.device,
-            )
-            self.index_method = method
-        self.index.build(self.weight, self.bias)
-        self.last_refresh_seconds = time.perf_counter() - t0
-        self.total_refresh_seconds += self.last_refresh_seconds
-        self.refresh_count += 1
-        # after a checkpoint load the schedule continues where the saved run was
-        pending = self._pending_steps_at_refresh
-        self.steps_at_refresh = self.steps if pending is None else pending
-        self._pending_steps_at_refresh = None
-
-    def _index_stale(self, method: str) -> bool:
-        return (
-            self.index is None
-            or self.index_method != method
-            or self.steps_at_refresh < 0
-            or self.steps - self.steps_at_refresh >= self.refresh_every
-        )
+    # method choice (the same on every rank: it sees only global sizes), index lifecycle and
+    # refresh schedule: IndexedLayerMixin; refresh() rebuilds this rank's index over its shard
 
     def stats(self) -> dict:
         return dict(
-            steps=self.steps,
-            refresh_count=self.refresh_count,
-            last_refresh_seconds=self.last_refresh_seconds,
-            total_refresh_seconds=self.total_refresh_seconds,
-            index=self.index_method,
+            self._refresh_stats(),
             shard=self.shard,
             comm_calls=self.comm.calls,
             comm_bytes=self.comm.bytes,
@@ -777,7 +708,7 @@ class ShardedSampledSoftmaxLoss(nn.Module):
         if exact or method == "full":
             s, i = exact_topk(hidden, self.weight, k, self.bias)
         else:
-            if self.index is None or self.index_method != method:
+            if self._index_missing(method):
                 self.refresh(method)
             cand = self.index.search(hidden, max(self.num_candidates, k))
             s, i = rerank_topk(hidden, self.weight, cand, k, self.bias)
@@ -797,23 +728,12 @@ class ShardedSampledSoftmaxLoss(nn.Module):
 
     # ---- state -------------------------------------------------------------------------------
     def get_extra_state(self) -> dict:
-        return dict(
-            steps=self.steps,
-            steps_at_refresh=self.steps_at_refresh,
-            refresh_count=self.refresh_count,
-            seed=self.seed,
-            bounds=self.bounds,
-        )
+        return dict(self._index_state(), bounds=self.bounds)
 
     def set_extra_state(self, state: dict) -> None:
         if [tuple(b) for b in state["bounds"]] != self.bounds:
             raise ValueError(f"checkpoint has shards {state['bounds']}, module has {self.bounds}")
-        self.steps = int(state["steps"])
-        self.refresh_count = int(state["refresh_count"])
-        self.seed = int(state["seed"])
-        # rebuilt from the loaded weights at the next use, on every rank alike
-        self.index, self.index_method, self.steps_at_refresh = None, None, -1
-        self._pending_steps_at_refresh = int(state["steps_at_refresh"])
+        self._load_index_state(state)  # rebuilt from the loaded weights on every rank alike
 
     def extra_repr(self) -> str:
         return (

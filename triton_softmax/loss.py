@@ -368,7 +368,147 @@ def recall_at_k(approx_ids: torch.Tensor, exact_ids: torch.Tensor) -> float:
     return float(hit.float().mean())
 
 
-class SampledSoftmaxLoss(nn.Module):
+class IndexedLayerMixin:
+    """What SampledSoftmaxLoss and the sharded module share: the method choice per shape, the
+    candidate index over this module's rows (`index_rows`), its refresh schedule (every
+    `refresh_every` training steps, on `refresh()`, after a device move, after a checkpoint
+    load) and the checkpointed counters. The host module sets the option attributes.
+    """
+
+    index_rows: int  # classes this module's index covers (all n, or one shard)
+
+    def _init_index_state(self) -> None:
+        self.index: Index | None = None
+        self.index_method: str | None = None
+        self.steps = 0  # training steps taken (forward calls with grad, in training mode)
+        self.steps_at_refresh = -1
+        self._pending_steps_at_refresh: int | None = None
+        self.refresh_count = 0
+        self.last_refresh_seconds = float("nan")
+        self.total_refresh_seconds = 0.0
+        self._index_device: torch.device | None = None
+        self._choices: dict[tuple, Choice] = {}
+
+    def choice(
+        self, batch: int = 1, dtype: torch.dtype | None = None, device: torch.device | None = None
+    ) -> Choice:
+        """The path this module takes for a batch of `batch` rows (cached per shape)."""
+        dtype = dtype or self.weight.dtype
+        device = torch.device(device) if device is not None else self.weight.device
+        key = (batch, dtype, device.type)
+        if key not in self._choices:
+            self._choices[key] = choose_method(
+                self.method,
+                self.num_classes,
+                self.dim,
+                batch,
+                dtype,
+                device,
+                self.num_candidates,
+                self.num_uniform,
+                self.label_smoothing,
+            )
+        return self._choices[key]
+
+    def explain(self, batch: int = 1, dtype: torch.dtype | None = None) -> str:
+        """A short account of which path runs for this batch size, and why."""
+        c = self.choice(batch, dtype)
+        text = c.explain()
+        rows = self.index_rows
+        if c.method == "lsh":
+            K = self.lsh_bits or default_num_bits(rows, self.lsh_tables, self.num_candidates)
+            text += f"; lsh K={K} bits x L={self.lsh_tables} tables"
+        if c.method == "faiss":
+            kind = (
+                self.faiss_index
+                if self.faiss_index != "auto"
+                else ("ivf" if rows >= 100_000 else "flat")
+            )
+            text += f"; faiss index {kind}"
+            if kind == "ivf":
+                text += f" nlist={self.faiss_nlist or default_nlist(rows)}"
+        return text
+
+    @torch.no_grad()
+    def refresh(self, method: str | None = None) -> None:
+        """Rebuild the candidate index from the current weights (one hashing pass / index
+        build; on every rank at the same step for a sharded module)."""
+        method = method or self.index_method or self.choice().method
+        if method not in ("lsh", "faiss"):
+            return
+        t0 = time.perf_counter()
+        if self.index is None or self.index_method != method:
+            self.index = make_index(
+                method,
+                self.index_rows,
+                self.dim,
+                self.num_candidates,
+                lsh_bits=self.lsh_bits,
+                lsh_tables=self.lsh_tables,
+                faiss_index=self.faiss_index,
+                faiss_nlist=self.faiss_nlist,
+                faiss_nprobe=self.faiss_nprobe,
+                seed=self.seed,
+                device=self.weight.device,
+            )
+            self.index_method = method
+        self.index.build(self.weight, self.bias)
+        self._after_refresh()
+        self.last_refresh_seconds = time.perf_counter() - t0
+        self.total_refresh_seconds += self.last_refresh_seconds
+        self.refresh_count += 1
+        # After a checkpoint load the refresh schedule continues where the saved run was.
+        pending = self._pending_steps_at_refresh
+        self.steps_at_refresh = self.steps if pending is None else pending
+        self._pending_steps_at_refresh = None
+        self._index_device = self.weight.device
+
+    def _after_refresh(self) -> None:
+        """Hook: work that belongs to a rebuild (the drift probe of SampledSoftmaxLoss)."""
+
+    def _index_stale(self, method: str) -> bool:
+        return (
+            self._index_missing(method)
+            or self.steps_at_refresh < 0
+            or self.steps - self.steps_at_refresh >= self.refresh_every
+        )
+
+    def _index_missing(self, method: str) -> bool:
+        """No usable index for `method` (none yet, another method, or the weights moved)."""
+        return (
+            self.index is None
+            or self.index_method != method
+            or self._index_device != self.weight.device
+        )
+
+    def _refresh_stats(self) -> dict:
+        return dict(
+            steps=self.steps,
+            refresh_count=self.refresh_count,
+            last_refresh_seconds=self.last_refresh_seconds,
+            total_refresh_seconds=self.total_refresh_seconds,
+            index=self.index_method,
+        )
+
+    def _index_state(self) -> dict:
+        return dict(
+            steps=self.steps,
+            steps_at_refresh=self.steps_at_refresh,
+            refresh_count=self.refresh_count,
+            seed=self.seed,
+        )
+
+    def _load_index_state(self, state: dict) -> None:
+        self.steps = int(state["steps"])
+        self.refresh_count = int(state["refresh_count"])
+        self.seed = int(state["seed"])
+        # The index is rebuilt from the loaded weights (same seed -> same hyperplanes) at
+        # the next use, never reused stale; the refresh schedule continues where it was.
+        self.index, self.index_method, self.steps_at_refresh = None, None, -1
+        self._pending_steps_at_refresh = int(state["steps_at_refresh"])
+
+
+class SampledSoftmaxLoss(IndexedLayerMixin, nn.Module):
     """Output layer (n classes of dimension d) plus its softmax cross-entropy loss.
 
     Owns weight (n, d) (or ties to a given Parameter) and an optional bias (n,); holds the
@@ -501,91 +641,13 @@ class SampledSoftmaxLoss(nn.Module):
         self.last_index_drift = float("nan")
         self._probe_ids: torch.Tensor | None = None
         self._probe_ref: torch.Tensor | None = None
-        self.index: Index | None = None
-        self.index_method: str | None = None
-        self.steps = 0  # training steps taken (forward calls with grad, in training mode)
-        self.steps_at_refresh = -1
-        self.refresh_count = 0
-        self.last_refresh_seconds = float("nan")
-        self.total_refresh_seconds = 0.0
-        self._choices: dict[tuple, Choice] = {}
-
-    # ---- method choice -------------------------------------------------------------------
-    def choice(
-        self, batch: int = 1, dtype: torch.dtype | None = None, device: torch.device | None = None
-    ) -> Choice:
-        """The path this module takes for a batch of `batch` rows (cached per shape)."""
-        dtype = dtype or self.weight.dtype
-        device = torch.device(device) if device is not None else self.weight.device
-        key = (batch, dtype, device.type)
-        if key not in self._choices:
-            self._choices[key] = choose_method(
-                self.method,
-                self.num_classes,
-                self.dim,
-                batch,
-                dtype,
-                device,
-                self.num_candidates,
-                self.num_uniform,
-                self.label_smoothing,
-            )
-        return self._choices[key]
-
-    def explain(self, batch: int = 1, dtype: torch.dtype | None = None) -> str:
-        """A short account of which path runs for this batch size, and why."""
-        c = self.choice(batch, dtype)
-        text = c.explain()
-        if c.method == "lsh":
-            K = self.lsh_bits or default_num_bits(
-                self.num_classes, self.lsh_tables, self.num_candidates
-            )
-            text += f"; lsh K={K} bits x L={self.lsh_tables} tables"
-        if c.method == "faiss":
-            kind = (
-                self.faiss_index
-                if self.faiss_index != "auto"
-                else ("ivf" if self.num_classes >= 100_000 else "flat")
-            )
-            text += f"; faiss index {kind}"
-            if kind == "ivf":
-                text += f" nlist={self.faiss_nlist or default_nlist(self.num_classes)}"
-        return text
+        self.index_rows = self.num_classes
+        self._init_index_state()
 
     # ---- index lifecycle -----------------------------------------------------------------
-    @torch.no_grad()
-    def refresh(self, method: str | None = None) -> None:
-        """Rebuild the candidate index from the current weights (one hashing pass / index build)."""
-        method = method or self.index_method or self.choice().method
-        if method not in ("lsh", "faiss"):
-            return
-        t0 = time.perf_counter()
-        if self.index is None or self.index_method != method:
-            self.index = make_index(
-                method,
-                self.num_classes,
-                self.dim,
-                self.num_candidates,
-                lsh_bits=self.lsh_bits,
-                lsh_tables=self.lsh_tables,
-                faiss_index=self.faiss_index,
-                faiss_nlist=self.faiss_nlist,
-                faiss_nprobe=self.faiss_nprobe,
-                seed=self.seed,
-                device=self.weight.device,
-            )
-            self.index_method = method
-        self.index.build(self.weight, self.bias)
+    def _after_refresh(self) -> None:
         if self.refresh_drift is not None:
             self._record_probe()
-        self.last_refresh_seconds = time.perf_counter() - t0
-        self.total_refresh_seconds += self.last_refresh_seconds
-        self.refresh_count += 1
-        # After a checkpoint load the refresh schedule continues where the saved run was.
-        pending = getattr(self, "_pending_steps_at_refresh", None)
-        self.steps_at_refresh = self.steps if pending is None else pending
-        self._pending_steps_at_refresh = None
-        self._index_device = self.weight.device
 
     def _probe_state(self) -> torch.Tensor:
         """What drift is measured on: the probe rows' hash codes (lsh) or their weights (faiss)."""
@@ -618,25 +680,13 @@ class SampledSoftmaxLoss(nn.Module):
         self.last_index_drift = float(drift)
         return self.last_index_drift
 
-    def _index_stale(self, method: str) -> bool:
-        return (
-            self.index is None
-            or self.index_method != method
-            or self.steps_at_refresh < 0
-            or self.steps - self.steps_at_refresh >= self.refresh_every
-            or getattr(self, "_index_device", None) != self.weight.device
-        )
-
     def stats(self) -> dict:
+        """Refresh counts and costs, drift figures."""
         return dict(
-            steps=self.steps,
-            refresh_count=self.refresh_count,
-            last_refresh_seconds=self.last_refresh_seconds,
-            total_refresh_seconds=self.total_refresh_seconds,
+            self._refresh_stats(),
             refresh_count_drift=self.refresh_count_drift,
             last_index_drift=self.last_index_drift,
             drift_checks=len(self.drift_log),
-            index=self.index_method,
         )
 
     def _generator(self, device: torch.device) -> torch.Generator:
@@ -768,36 +818,18 @@ class SampledSoftmaxLoss(nn.Module):
         method = self.choice(hidden.shape[0], hidden.dtype, hidden.device).method
         if exact or method == "full":
             return exact_topk(hidden, self.weight, k, self.bias)
-        if (
-            self.index is None
-            or self.index_method != method
-            or getattr(self, "_index_device", None) != self.weight.device
-        ):
+        if self._index_missing(method):
             self.refresh(method)
         cand = self.index.search(hidden, max(self.num_candidates, k))
         return rerank_topk(hidden, self.weight, cand, k, self.bias)
 
     # ---- state ---------------------------------------------------------------------------
     def get_extra_state(self) -> dict:
-        return dict(
-            steps=self.steps,
-            steps_at_refresh=self.steps_at_refresh,
-            refresh_count=self.refresh_count,
-            seed=self.seed,
-            lsh_bits=self.lsh_bits,
-            lsh_tables=self.lsh_tables,
-        )
+        return dict(self._index_state(), lsh_bits=self.lsh_bits, lsh_tables=self.lsh_tables)
 
     def set_extra_state(self, state: dict) -> None:
-        self.steps = int(state["steps"])
-        self.refresh_count = int(state["refresh_count"])
-        self.seed = int(state["seed"])
+        self._load_index_state(state)
         self.lsh_bits, self.lsh_tables = state["lsh_bits"], state["lsh_tables"]
-        # The index is rebuilt from the loaded weights (same seed -> same hyperplanes) at
-        # the next use, never reused stale; the refresh schedule continues where it was.
-        self.index, self.index_method = None, None
-        self._pending_steps_at_refresh = int(state["steps_at_refresh"])
-        self.steps_at_refresh = -1
 
     def extra_repr(self) -> str:
         return (
