@@ -6,10 +6,13 @@ Public API:
   sampled_softmax_from_candidates the estimator for candidate sets you retrieved yourself
   LSHIndex, FaissIndex            the candidate indexes
   exact_topk, rerank_topk, recall_at_k   inference helpers
-  choose_method                   the dispatcher behind method="auto"
+  choose_method, explain          the dispatcher behind method="auto"
+  ShardedSampledSoftmaxLoss       the class-sharded module (triton_softmax.distributed)
+  UniformSampler, LogUniformSampler, CategoricalSampler   proposals for T (log-Q corrected)
 """
 
-from .dispatch import Choice, choose_method
+from .dispatch import Choice, choose_method, explain
+from .distributed import ShardedSampledSoftmaxLoss
 from .faiss_index import FaissIndex, faiss_available
 from .loss import (
     SampledSoftmaxLoss,
@@ -21,14 +24,20 @@ from .loss import (
     sampled_softmax_from_candidates,
 )
 from .lsh import LSHIndex
+from .samplers import CategoricalSampler, LogUniformSampler, UniformSampler
 
 __all__ = [
+    "CategoricalSampler",
     "Choice",
     "FaissIndex",
     "LSHIndex",
+    "LogUniformSampler",
     "SampledSoftmaxLoss",
+    "ShardedSampledSoftmaxLoss",
+    "UniformSampler",
     "choose_method",
     "exact_topk",
+    "explain",
     "faiss_available",
     "make_index",
     "recall_at_k",
