@@ -121,6 +121,7 @@ def test_tune_command_end_to_end_at_tiny_sizes(tmp_path, monkeypatch):
     assert table["_path"].startswith(str(tmp_path))
     (entry,) = table["devices"]["cpu"]["entries"]
     assert entry["d"] == 8 and entry["N"] == 4 and entry["measured_n"] == [300, 3000]
+    assert "lsh_topk" in entry and "faiss_topk" in entry  # inference crossovers measured too
     assert "tune run" in table["devices"]["cpu"]["source"]
 
 
@@ -147,3 +148,15 @@ def test_module_explain_and_cached_choice():
     assert layer.choice(256) is layer.choice(256)
     small = SampledSoftmaxLoss(100, 8, num_candidates=64, num_uniform=64)
     assert "sampling saves nothing" in small.explain()
+
+
+def test_inference_uses_its_own_crossover_or_says_it_has_none():
+    table = json.loads(json.dumps(TABLE))
+    entry = table["devices"]["cpu"]["entries"][0]
+    c = choose_method("auto", 30_000, 128, 256, torch.float32, CPU, 64, 64, table=table,
+                      inference=True)
+    assert c.method == "lsh" and "no inference crossover measured" in c.reason
+    entry["lsh_topk"], entry["faiss_topk"] = 50_000, None
+    c = choose_method("auto", 30_000, 128, 256, torch.float32, CPU, 64, 64, table=table,
+                      inference=True)
+    assert c.method == "full" and "50000" in c.reason

@@ -60,7 +60,7 @@ def validate_table(table: object) -> dict:
             for key in ("d", "N"):
                 if not isinstance(e.get(key), int) or e[key] < 1:
                     raise ValueError(f"device {dev!r}: entry {e} lacks a positive int {key!r}")
-            for key in ("lsh", "faiss"):
+            for key in ("lsh", "faiss", "lsh_topk", "faiss_topk"):
                 if e.get(key) is not None and not isinstance(e.get(key), (int, float)):
                     raise ValueError(f"device {dev!r}: entry {e} has a bad {key!r}")
             if not isinstance(e.get("dtype"), str):
@@ -140,8 +140,14 @@ def choose_method(
     label_smoothing: float = 0.0,
     exact: bool = False,
     table: dict | None = None,
+    inference: bool = False,
 ) -> Choice:
-    """Resolve `requested` (auto/full/faiss/lsh) into the path that runs, with the reason."""
+    """Resolve `requested` (auto/full/faiss/lsh) into the path that runs, with the reason.
+
+    inference=True (topk): the crossovers of retrieval + exact rerank against the exact
+    top-k ("lsh_topk", "faiss_topk" in the table, written by the tune command) are used;
+    where a table has none, the training crossover stands in and the reason says so.
+    """
     if requested not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {requested!r}")
     dev = torch.device(device)
@@ -191,13 +197,16 @@ def choose_method(
         return Choice("full", f"{source}; exact path by default", inputs)
     at = f"(d={entry['d']}, N={entry['N']}, {entry['dtype']}) from {source} [{where}]"
     options = []
-    if entry.get("lsh") is not None:
-        options.append(("lsh", int(entry["lsh"])))
-    if entry.get("faiss") is not None:
-        if faiss_available():
-            options.append(("faiss", int(entry["faiss"])))
-        else:
+    for m in ("lsh", "faiss"):
+        key = f"{m}_topk" if inference and f"{m}_topk" in entry else m
+        if inference and key == m:
+            notes.append(f"no inference crossover measured for {m}: training crossover used")
+        if entry.get(key) is None:
+            continue
+        if m == "faiss" and not faiss_available():
             notes.append(f"faiss unavailable ({FAISS_IMPORT_ERROR})")
+            continue
+        options.append((m, int(entry[key])))
     over = sorted((x, m) for m, x in options if n >= x)
     note = ("; " + "; ".join(notes)) if notes else ""
     if over:

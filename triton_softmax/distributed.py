@@ -704,7 +704,7 @@ class ShardedSampledSoftmaxLoss(IndexedLayerMixin, nn.Module):
         """
         checks.check_int_option("k", k, 1, self.num_classes)
         N = hidden.shape[0]
-        method = self.choice(N, hidden.dtype, hidden.device).method
+        method = self.choice(N, hidden.dtype, hidden.device, inference=True).method
         if exact or method == "full":
             s, i = exact_topk(hidden, self.weight, k, self.bias)
         else:

@@ -390,12 +390,17 @@ class IndexedLayerMixin:
         self._choices: dict[tuple, Choice] = {}
 
     def choice(
-        self, batch: int = 1, dtype: torch.dtype | None = None, device: torch.device | None = None
+        self,
+        batch: int = 1,
+        dtype: torch.dtype | None = None,
+        device: torch.device | None = None,
+        inference: bool = False,
     ) -> Choice:
-        """The path this module takes for a batch of `batch` rows (cached per shape)."""
+        """The path this module takes for a batch of `batch` rows (cached per shape);
+        inference=True: the path `topk` takes."""
         dtype = dtype or self.weight.dtype
         device = torch.device(device) if device is not None else self.weight.device
-        key = (batch, dtype, device.type)
+        key = (batch, dtype, device.type, inference)
         if key not in self._choices:
             self._choices[key] = choose_method(
                 self.method,
@@ -407,6 +412,7 @@ class IndexedLayerMixin:
                 self.num_candidates,
                 self.num_uniform,
                 self.label_smoothing,
+                inference=inference,
             )
         return self._choices[key]
 
@@ -815,7 +821,7 @@ class SampledSoftmaxLoss(IndexedLayerMixin, nn.Module):
         if hidden.dim() != 2 or hidden.shape[1] != self.dim:
             raise ValueError(f"hidden must be (N, {self.dim}), got {tuple(hidden.shape)}")
         checks.check_int_option("k", k, 1, self.num_classes)
-        method = self.choice(hidden.shape[0], hidden.dtype, hidden.device).method
+        method = self.choice(hidden.shape[0], hidden.dtype, hidden.device, inference=True).method
         if exact or method == "full":
             return exact_topk(hidden, self.weight, k, self.bias)
         if self._index_missing(method):

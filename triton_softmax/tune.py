@@ -5,10 +5,11 @@
     python -m triton_softmax.tune --from-records bench/results/cpu.jsonl --out FILE
 
 Each measurement is one training step (forward + backward + SGD step; sparse gradient for the
-sampled paths), median of repeats after a warm-up, with the index refresh excluded (it is
-amortised over refresh_every steps and reported by the module separately). The crossover of
-a path is the n where its time per step falls below the exact path's, interpolated in
-log-log between the measured n (null when it never does in the measured range).
+sampled paths) and one `topk(hidden, 10)` (inference), median of repeats after a warm-up,
+with the index refresh excluded (it is amortised over refresh_every steps and reported by
+the module separately). The crossover of a path is the n where its time falls below the
+exact path's, interpolated in log-log between the measured n (null when it never does in
+the measured range); "lsh_topk"/"faiss_topk" are the inference crossovers.
 """
 
 from __future__ import annotations
@@ -80,6 +81,46 @@ def time_step(
     return statistics.median(times)
 
 
+def time_topk(
+    method: str,
+    n: int,
+    d: int,
+    N: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    repeats: int = 5,
+    k: int = 10,
+    num_candidates: int = 512,
+    seed: int = 0,
+) -> float:
+    """Median seconds of `topk(hidden, k)`: exact chunked scores (full) or retrieval + exact
+    rerank (lsh, faiss); the index is built once before timing."""
+    from .loss import SampledSoftmaxLoss
+
+    g = torch.Generator().manual_seed(seed)
+    layer = SampledSoftmaxLoss(
+        n,
+        d,
+        method=method,
+        num_candidates=num_candidates,
+        num_uniform=0,
+        seed=seed,
+        device=device,
+        dtype=dtype,
+    ).eval()
+    h = torch.randn(N, d, generator=g).to(device=device, dtype=dtype)
+    exact = method == "full"
+    layer.topk(h, k, exact=exact)  # warm-up; builds the index
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        layer.topk(h, k, exact=exact)
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
 def crossover(ns: list[int], full: list[float], other: list[float]) -> float | None:
     """First n where `other` becomes faster than `full`, log-log interpolated; None if never."""
     ratio = [math.log(o / f) for o, f in zip(other, full)]
@@ -99,7 +140,8 @@ def crossovers_from_records(records: list[dict]) -> list[dict]:
     short = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
     for r in records:
         r = dict(r, dtype=short.get(str(r.get("dtype")), r.get("dtype")))
-        if r.get("status", "ok") != "ok" or r.get("method") not in ("full", "lsh", "faiss"):
+        methods = ("full", "lsh", "faiss", "full_topk", "lsh_topk", "faiss_topk")
+        if r.get("status", "ok") != "ok" or r.get("method") not in methods:
             continue
         if r.get("resolved_method") not in (None, r["method"]):
             continue  # the dispatcher ran another path (e.g. |S| + |T| >= n): not this one
@@ -112,9 +154,17 @@ def crossovers_from_records(records: list[dict]) -> list[dict]:
         if "full" not in by:
             continue
         entry = dict(d=d, N=N, dtype=dtype)
-        for m in ("lsh", "faiss"):
-            ns = sorted(set(by["full"]) & set(by.get(m, {})))
-            x = crossover(ns, [by["full"][k] for k in ns], [by[m][k] for k in ns]) if ns else None
+        pairs = (
+            ("lsh", "full"),
+            ("faiss", "full"),
+            ("lsh_topk", "full_topk"),
+            ("faiss_topk", "full_topk"),
+        )
+        for m, base in pairs:
+            if base not in by:
+                continue  # e.g. no inference timings in these records
+            ns = sorted(set(by[base]) & set(by.get(m, {})))
+            x = crossover(ns, [by[base][k] for k in ns], [by[m][k] for k in ns]) if ns else None
             entry[m] = None if x is None else int(round(x))
         entry["measured_n"] = sorted(by["full"])
         entries.append(entry)
@@ -177,8 +227,9 @@ def main(argv: list[str] | None = None) -> int:
             records += [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
         dclass = args.device_class or "cpu"
         kind = dclass.split(":")[0]
-        records = [r for r in records if r.get("device_class", r.get("device", kind)) in
-                   (dclass, kind)]
+        records = [
+            r for r in records if r.get("device_class", r.get("device", kind)) in (dclass, kind)
+        ]
         entries = crossovers_from_records(records)
         names = {r.get("device_name") for r in records if r.get("device_name")}
         source = "records " + ", ".join(str(f) for f in args.from_records)
@@ -228,7 +279,28 @@ def main(argv: list[str] | None = None) -> int:
                                     status="ok",
                                 )
                             )
-                            print(f"{s * 1e3:9.2f} ms")
+                            s_inf = time_topk(
+                                m,
+                                n,
+                                d,
+                                N,
+                                getattr(torch, dt),
+                                device,
+                                args.repeats,
+                                num_candidates=args.num_candidates,
+                            )
+                            records.append(
+                                dict(
+                                    method=f"{m}_topk",
+                                    n=n,
+                                    d=d,
+                                    N=N,
+                                    dtype=dt,
+                                    median_ms=s_inf * 1e3,
+                                    status="ok",
+                                )
+                            )
+                            print(f"step {s * 1e3:9.2f} ms, topk {s_inf * 1e3:9.2f} ms")
                         except (RuntimeError, MemoryError) as exc:  # OOM: record, go on
                             records.append(
                                 dict(
@@ -248,7 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     for e in entries:
         print(
             f"d={e['d']} N={e['N']} {e['dtype']}: lsh overtakes full at n={e['lsh']}, "
-            f"faiss at n={e.get('faiss')}"
+            f"faiss at n={e.get('faiss')}; for topk: lsh {e.get('lsh_topk')}, "
+            f"faiss {e.get('faiss_topk')}"
         )
     print(f"wrote {out}")
     return 0
