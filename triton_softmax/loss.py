@@ -604,34 +604,23 @@ class SampledSoftmaxLoss(IndexedLayerMixin, nn.Module):
             refresh_every=refresh_every,
         )
         self.num_classes, self.dim = int(num_classes), int(dim)
-        self.method, self.num_candidates, self.num_uniform = method, num_candidates, num_uniform
+        self.method = method
+        self.num_candidates, self.num_uniform = num_candidates, num_uniform
         self.lsh_bits, self.lsh_tables = lsh_bits, lsh_tables
-        self.faiss_index, self.faiss_nlist, self.faiss_nprobe = (
-            faiss_index,
-            faiss_nlist,
-            faiss_nprobe,
-        )
-        self.refresh_every, self.reduction, self.ignore_index = (
-            refresh_every,
-            reduction,
-            ignore_index,
-        )
-        self.label_smoothing, self.sparse_grad, self.deterministic = (
-            label_smoothing,
-            sparse_grad,
-            deterministic,
-        )
-        self.seed, self.validate = seed, validate
+        self.faiss_index = faiss_index
+        self.faiss_nlist, self.faiss_nprobe = faiss_nlist, faiss_nprobe
+        self.refresh_every = refresh_every
+        self.reduction, self.ignore_index = reduction, ignore_index
+        self.label_smoothing = label_smoothing
         self.z_loss = _check_z_loss(z_loss)
+        self.sparse_grad, self.deterministic = sparse_grad, deterministic
+        self.seed, self.validate = seed, validate
         if candidate_scheme not in SCHEMES:
             raise ValueError(f"candidate_scheme must be one of {SCHEMES}, got {candidate_scheme!r}")
-        self.candidate_scheme, self.remove_accidental_hits = (
-            candidate_scheme,
-            remove_accidental_hits,
-        )
-        self.sampler = sampler if isinstance(sampler, str) else make_sampler(sampler, num_classes)
-        if isinstance(sampler, str):
-            make_sampler(sampler, num_classes)  # validates the name
+        self.candidate_scheme = candidate_scheme
+        self.remove_accidental_hits = remove_accidental_hits
+        sampler_obj = make_sampler(sampler, num_classes)  # validates names and weight shapes
+        self.sampler = sampler if isinstance(sampler, str) else sampler_obj
         if drift_every is not None:
             checks.check_int_option("drift_every", drift_every, 1)
         checks.check_int_option("drift_rows", drift_rows, 1)
