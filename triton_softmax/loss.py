@@ -26,11 +26,7 @@ from torch import nn
 from . import candidates as _cand
 from . import checks, ops
 from . import custom_ops as _custom
-from .autograd import (
-    ChunkedCrossEntropyFunction,
-    SampledSoftmaxFunction,
-    SharedCandidatesFunction,
-)
+from .autograd import ChunkedCrossEntropyFunction, SampledSoftmaxFunction, SharedCandidatesFunction
 from .dispatch import Choice, choose_method
 from .faiss_index import FaissIndex, default_nlist
 from .lsh import LSHIndex, default_num_bits
