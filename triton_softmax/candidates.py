@@ -77,28 +77,25 @@ def build_candidates(
     n: int,
     num_uniform: int,
     generator: torch.Generator | None = None,
+    target_valid: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Assemble (cand_ids, cand_logw) from retrieved ids; see the module docstring.
 
     retrieved: (N, R) int64, -1 (or any id outside [0, n)) marks an empty slot.
     target: (N,) int64 in [0, n) (rows the caller ignores may hold any valid id, e.g. 0).
+    target_valid: (N,) bool, rows whose target joins S (default all); elsewhere the target
+    column is padding (a class shard that does not own the row's target).
     """
-    N, R = retrieved.shape
+    N = retrieved.shape[0]
     device = retrieved.device
-    retrieved = retrieved.long()
-    target = target.long()
-    valid = (retrieved >= 0) & (retrieved < n) & (retrieved != target.unsqueeze(1))
-    valid = dedupe_rows(retrieved, valid)
-    s_ids = torch.where(valid, retrieved, target.unsqueeze(1))  # padding points at the target
-    s_ids = torch.cat([s_ids, target.unsqueeze(1)], dim=1)
-    s_valid = torch.cat([valid, torch.ones(N, 1, dtype=torch.bool, device=device)], dim=1)
+    s_ids, s_valid = _prepare_s(retrieved, target, n, target_valid)
     t_ids, comp = sample_complement(s_ids, s_valid, n, num_uniform, generator)
     zero = torch.zeros((), dtype=torch.float32, device=device)
     ninf = torch.full((), float("-inf"), dtype=torch.float32, device=device)
     s_logw = torch.where(s_valid, zero, ninf)
     if num_uniform:
         t_logw = torch.log(comp.float() / num_uniform).unsqueeze(1).expand(N, num_uniform)
-        t_ids = torch.where(comp.unsqueeze(1) > 0, t_ids, target.unsqueeze(1))
+        t_ids = torch.where(comp.unsqueeze(1) > 0, t_ids, s_ids[:, -1:])
         cand_ids = torch.cat([s_ids, t_ids], dim=1)
         cand_logw = torch.cat([s_logw, t_logw], dim=1)
     else:
@@ -114,16 +111,21 @@ def all_classes_candidates(
     return ids, torch.zeros(N, n, dtype=torch.float32, device=target.device)
 
 
-def _prepare_s(retrieved: torch.Tensor, target: torch.Tensor, n: int):
-    """S per example: deduped retrieved ids, target appended; padding points at the target."""
+def _prepare_s(
+    retrieved: torch.Tensor, target: torch.Tensor, n: int, target_valid: torch.Tensor | None = None
+):
+    """S per example: deduped retrieved ids, the target appended (valid where target_valid);
+    padding points at the target, a real row."""
     N = retrieved.shape[0]
     retrieved = retrieved.long()
-    target = target.long()
-    valid = (retrieved >= 0) & (retrieved < n) & (retrieved != target.unsqueeze(1))
+    target = target.long().unsqueeze(1)
+    if target_valid is None:
+        target_valid = torch.ones(N, dtype=torch.bool, device=retrieved.device)
+    tv = target_valid.unsqueeze(1)
+    valid = (retrieved >= 0) & (retrieved < n) & ~(tv & (retrieved == target))
     valid = dedupe_rows(retrieved, valid)
-    s_ids = torch.cat([torch.where(valid, retrieved, target.unsqueeze(1)), target.unsqueeze(1)], 1)
-    s_valid = torch.cat([valid, torch.ones(N, 1, dtype=torch.bool, device=retrieved.device)], 1)
-    return s_ids, s_valid
+    s_ids = torch.cat([torch.where(valid, retrieved, target), target], 1)
+    return s_ids, torch.cat([valid, tv], 1)
 
 
 def _in_rows(

@@ -88,7 +88,7 @@ from torch import nn
 
 from . import checks, ops
 from . import estimator as _est
-from .candidates import dedupe_rows, sample_complement
+from .candidates import build_candidates
 from .loss import IndexedLayerMixin, _reduce, exact_topk, rerank_topk
 
 __all__ = [
@@ -361,27 +361,8 @@ def build_shard_candidates(
     drawn uniformly with replacement from the shard minus S_r.
     """
     lo, hi = shard
-    n_local = hi - lo
-    N = retrieved.shape[0]
-    retrieved = retrieved.long()
-    owned, t_local = _local_target(target, lo, n_local)
-    valid = (retrieved >= 0) & (retrieved < n_local)
-    valid &= ~(owned.unsqueeze(1) & (retrieved == t_local.unsqueeze(1)))
-    valid = dedupe_rows(retrieved, valid)
-    s_ids = torch.where(valid, retrieved, t_local.unsqueeze(1))  # padding points at a real row
-    s_ids = torch.cat([s_ids, t_local.unsqueeze(1)], dim=1)
-    s_valid = torch.cat([valid, owned.unsqueeze(1)], dim=1)
-    zero = torch.zeros((), dtype=torch.float32, device=retrieved.device)
-    ninf = torch.full((), float("-inf"), dtype=torch.float32, device=retrieved.device)
-    s_logw = torch.where(s_valid, zero, ninf)
-    if not num_uniform:
-        return s_ids.contiguous(), s_logw.contiguous()
-    t_ids, comp = sample_complement(s_ids, s_valid, n_local, num_uniform, generator)
-    t_ids = torch.where(comp.unsqueeze(1) > 0, t_ids, t_local.unsqueeze(1))
-    t_logw = torch.log(comp.float() / num_uniform).unsqueeze(1).expand(N, num_uniform)
-    cand_ids = torch.cat([s_ids, t_ids], dim=1)
-    cand_logw = torch.cat([s_logw, t_logw], dim=1)
-    return cand_ids.contiguous(), cand_logw.contiguous()
+    owned, t_local = _local_target(target, lo, hi - lo)
+    return build_candidates(retrieved, t_local, hi - lo, num_uniform, generator, owned)
 
 
 class ShardedSampledSoftmaxFunction(torch.autograd.Function):
