@@ -244,6 +244,9 @@ def sampled_softmax_cross_entropy(
     deterministic: bool = False,
     generator: torch.Generator | None = None,
     validate: bool = False,
+    scheme: str = "per_example",
+    sampler: str | torch.Tensor | Sampler = "uniform",
+    remove_accidental_hits: bool = True,
 ) -> torch.Tensor:
     """Softmax cross-entropy of logits hidden @ weight.T (+ bias), exact or sampled.
 
@@ -252,7 +255,8 @@ def sampled_softmax_cross_entropy(
     pass the `index` you keep (LSHIndex / FaissIndex, built on `weight`); without one an
     index is built for this call alone, which costs a full hashing pass or index build.
     num_candidates: |S| including the target; num_uniform: |T|. z_loss adds z_loss * lse^2
-    per row (lse: the exact or estimated log partition function). Returns a 0-d float32
+    per row (lse: the exact or estimated log partition function). scheme, sampler and
+    remove_accidental_hits: see sampled_softmax_from_candidates. Returns a 0-d float32
     tensor (or (N,) for reduction="none").
     """
     _check_z_loss(z_loss)
@@ -303,6 +307,9 @@ def sampled_softmax_cross_entropy(
         deterministic=deterministic,
         generator=generator,
         z_loss=z_loss,
+        scheme=scheme,
+        sampler=sampler,
+        remove_accidental_hits=remove_accidental_hits,
     )
 
 
