@@ -50,12 +50,7 @@ def _max_combine(a, b):
 
 
 @triton.autotune(
-    configs=_utils.configs(
-        [
-            triton.Config({}, num_warps=4),
-            triton.Config({}, num_warps=8),
-        ]
-    ),
+    configs=_utils.configs([triton.Config({}, num_warps=4), triton.Config({}, num_warps=8)]),
     key=["C", "L_PAD", "B_PAD", "HASH"],
 )
 @triton.jit

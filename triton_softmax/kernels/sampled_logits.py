@@ -41,6 +41,61 @@ _CONFIGS = _utils.configs(
 _PRUNE = {"early_config_prune": _utils.prune_by_tile(_TILE, "BLOCK_C", "BLOCK_D")}
 
 
+@triton.jit
+def _load_vec(ptr, i, stride_n, dd, d_ok, stride_d):
+    """Row i of a (rows, d) tensor as a fp32 (BLOCK_D,) vector, 0 past d."""
+    return tl.load(ptr + i * stride_n + dd * stride_d, mask=d_ok, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _gather_rows(w_ptr, ids, ok, dd, d_ok, stride_wn, stride_wd):
+    """W[ids] as a fp32 (BLOCK_C, BLOCK_D) tile; rows not `ok` are 0 and read no bytes."""
+    return tl.load(
+        w_ptr + ids[:, None] * stride_wn + dd[None, :] * stride_wd,
+        mask=ok[:, None] & d_ok[None, :],
+        other=0.0,
+    ).to(tl.float32)
+
+
+@triton.jit
+def _load_candidates(
+    logw_ptr,
+    ids_ptr,
+    i,
+    cc,
+    c_ok,
+    stride_ln,
+    stride_lc,
+    stride_in,
+    stride_ic,
+    ALL_IDS: tl.constexpr,
+):
+    """(log w, live, ids int64) of candidates cc of example i; live = in range and not padding.
+
+    ids are read where live, or wherever in range with ALL_IDS (the backward stores them all).
+    """
+    logw_ptrs = logw_ptr + i * stride_ln + cc * stride_lc
+    logw = tl.load(logw_ptrs, mask=c_ok, other=float("-inf")).to(tl.float32)
+    live = c_ok & (logw != float("-inf"))
+    ids_mask = live
+    if ALL_IDS:
+        ids_mask = c_ok
+    ids = tl.load(ids_ptr + i * stride_in + cc * stride_ic, mask=ids_mask, other=0).to(tl.int64)
+    return logw, live, ids
+
+
+@triton.jit
+def _candidate_logits(
+    h, w_ptr, b_ptr, ids, live, dd, d_ok, stride_wn, stride_wd, stride_b, HAS_BIAS: tl.constexpr
+):
+    """(W tile, z): the live candidate rows gathered and z = W_c . h (+ b_c), 0 for padding."""
+    w = _gather_rows(w_ptr, ids, live, dd, d_ok, stride_wn, stride_wd)
+    z = tl.sum(w * h[None, :], axis=1)
+    if HAS_BIAS:
+        z += tl.load(b_ptr + ids * stride_b, mask=live, other=0.0).to(tl.float32)
+    return w, z
+
+
 @triton.autotune(configs=_CONFIGS, key=["d", "M"], prune_configs_by=_PRUNE)
 @triton.jit
 def sampled_logits_fwd_kernel(
@@ -71,9 +126,9 @@ def sampled_logits_fwd_kernel(
     i = tl.program_id(0).to(tl.int64)
     dd = tl.arange(0, BLOCK_D)
     d_ok = dd < d
-    h = tl.load(h_ptr + i * stride_hn + dd * stride_hd, mask=d_ok, other=0.0).to(tl.float32)
+    h = _load_vec(h_ptr, i, stride_hn, dd, d_ok, stride_hd)
     y = tl.load(tgt_ptr + i * stride_t).to(tl.int64)
-    w_y = tl.load(w_ptr + y * stride_wn + dd * stride_wd, mask=d_ok, other=0.0).to(tl.float32)
+    w_y = _load_vec(w_ptr, y, stride_wn, dd, d_ok, stride_wd)
     z_y = tl.sum(w_y * h, axis=0)
     if HAS_BIAS:
         z_y += tl.load(b_ptr + y * stride_b).to(tl.float32)
@@ -82,19 +137,12 @@ def sampled_logits_fwd_kernel(
     for c0 in range(0, M, BLOCK_C):
         cc = c0 + tl.arange(0, BLOCK_C)
         c_ok = cc < M
-        logw = tl.load(
-            logw_ptr + i * stride_ln + cc * stride_lc, mask=c_ok, other=float("-inf")
-        ).to(tl.float32)
-        live = c_ok & (logw != float("-inf"))
-        ids = tl.load(ids_ptr + i * stride_in + cc * stride_ic, mask=live, other=0).to(tl.int64)
-        w = tl.load(
-            w_ptr + ids[:, None] * stride_wn + dd[None, :] * stride_wd,
-            mask=live[:, None] & d_ok[None, :],
-            other=0.0,
-        ).to(tl.float32)
-        z = tl.sum(w * h[None, :], axis=1)
-        if HAS_BIAS:
-            z += tl.load(b_ptr + ids * stride_b, mask=live, other=0.0).to(tl.float32)
+        logw, live, ids = _load_candidates(
+            logw_ptr, ids_ptr, i, cc, c_ok, stride_ln, stride_lc, stride_in, stride_ic, False
+        )
+        _, z = _candidate_logits(
+            h, w_ptr, b_ptr, ids, live, dd, d_ok, stride_wn, stride_wd, stride_b, HAS_BIAS
+        )
         zl = tl.where(live, z + logw, float("-inf"))
         m_new = tl.maximum(m, tl.max(zl, axis=0))
         m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # all -inf so far: no rescale
@@ -215,24 +263,17 @@ def sampled_logits_bwd_kernel(
     d_ok = dd < d
     g = tl.load(g_ptr + i * stride_g).to(tl.float32)
     lse = tl.load(lse_ptr + i * stride_lse).to(tl.float32)
-    h = tl.load(h_ptr + i * stride_hn + dd * stride_hd, mask=d_ok, other=0.0).to(tl.float32)
+    h = _load_vec(h_ptr, i, stride_hn, dd, d_ok, stride_hd)
     dh = tl.zeros((BLOCK_D,), tl.float32)
     for c0 in range(0, M, BLOCK_C):
         cc = c0 + tl.arange(0, BLOCK_C)
         c_ok = cc < M
-        logw = tl.load(
-            logw_ptr + i * stride_ln + cc * stride_lc, mask=c_ok, other=float("-inf")
-        ).to(tl.float32)
-        live = c_ok & (logw != float("-inf"))
-        ids = tl.load(ids_ptr + i * stride_in + cc * stride_ic, mask=c_ok, other=0).to(tl.int64)
-        w = tl.load(
-            w_ptr + ids[:, None] * stride_wn + dd[None, :] * stride_wd,
-            mask=live[:, None] & d_ok[None, :],
-            other=0.0,
-        ).to(tl.float32)
-        z = tl.sum(w * h[None, :], axis=1)
-        if HAS_BIAS:
-            z += tl.load(b_ptr + ids * stride_b, mask=live, other=0.0).to(tl.float32)
+        logw, live, ids = _load_candidates(
+            logw_ptr, ids_ptr, i, cc, c_ok, stride_ln, stride_lc, stride_in, stride_ic, True
+        )
+        w, z = _candidate_logits(
+            h, w_ptr, b_ptr, ids, live, dd, d_ok, stride_wn, stride_wd, stride_b, HAS_BIAS
+        )
         # exactly the twin's g * exp(z + log w - lse): 0 for padding, NaN where lse = -inf
         p = g * tl.exp(z + logw - lse)
         tl.store(coef_ptr + i * stride_cn + cc, p, mask=c_ok)
@@ -243,8 +284,7 @@ def sampled_logits_bwd_kernel(
     tl.store(coef_ptr + i * stride_cn + M, -g)
     tl.store(ids_out_ptr + i * stride_on + M, y)
     if COMPUTE_DH:
-        w_y = tl.load(w_ptr + y * stride_wn + dd * stride_wd, mask=d_ok, other=0.0)
-        dh -= g * w_y.to(tl.float32)
+        dh -= g * _load_vec(w_ptr, y, stride_wn, dd, d_ok, stride_wd)
         tl.store(dh_ptr + i * stride_dn + dd, dh, mask=d_ok)
 
 
@@ -347,11 +387,7 @@ def grad_hidden_kernel(
         c_ok = cc < M1
         c = tl.load(coef_ptr + i * stride_cn + cc * stride_cc, mask=c_ok, other=0.0)
         ids = tl.load(ids_ptr + i * stride_in + cc * stride_ic, mask=c_ok, other=0).to(tl.int64)
-        w = tl.load(
-            w_ptr + ids[:, None] * stride_wn + dd[None, :] * stride_wd,
-            mask=c_ok[:, None] & d_ok[None, :],
-            other=0.0,
-        ).to(tl.float32)
+        w = _gather_rows(w_ptr, ids, c_ok, dd, d_ok, stride_wn, stride_wd)
         dh += tl.sum(c.to(tl.float32)[:, None] * w, axis=0)
     tl.store(dh_ptr + i * stride_dn + dd, dh, mask=d_ok)
 
