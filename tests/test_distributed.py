@@ -176,7 +176,7 @@ def _union(cands, bounds):
 def _sampled_reference(W, b, h, y, ids, logw, reduction, gvec, sparse):
     y_safe = torch.where(y != IGNORE, y, torch.zeros_like(y))
     Wf, bf, hf = _leaf(W), _leaf(b), _leaf(h)
-    rows = SampledSoftmaxFunction.apply(hf, Wf, bf, ids, logw, y_safe, sparse, False, 0.0)
+    rows = SampledSoftmaxFunction.apply(hf, Wf, bf, ids, logw, y_safe, sparse, False, 0.0, 0.0)
     fwd_rows, _ = est.sampled_logits_fwd_ref(h, W, b, ids, logw, y_safe)
     _close(rows.detach(), fwd_rows, "SampledSoftmaxFunction vs sampled_logits_fwd_ref")
     ref = _masked_reduce(rows, y, reduction)

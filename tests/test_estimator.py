@@ -26,7 +26,7 @@ def test_all_classes_gives_exact_loss_and_gradient(bias):
     for p in params:
         p.requires_grad_(True)
     ids, logw = all_classes_candidates(h.shape[0], W.shape[0], y)
-    loss = SampledSoftmaxFunction.apply(h, W, b, ids, logw, y, False, False, 0.0).sum()
+    loss = SampledSoftmaxFunction.apply(h, W, b, ids, logw, y, False, False, 0.0, 0.0).sum()
     grads = torch.autograd.grad(loss, params)
     logits = h @ W.T + (b if bias else 0)
     ref = F.cross_entropy(logits, y, reduction="sum")
@@ -56,7 +56,7 @@ def test_gradcheck_against_autograd_formula():
     b.requires_grad_(True)
 
     def fn(h, W, b):
-        return SampledSoftmaxFunction.apply(h, W, b, ids, logw.double(), y, False, False, 0.0)
+        return SampledSoftmaxFunction.apply(h, W, b, ids, logw.double(), y, False, False, 0.0, 0.0)
 
     assert torch.autograd.gradcheck(fn, (h, W, b), eps=1e-6, atol=1e-7)
     out = fn(h, W, b)
@@ -77,7 +77,9 @@ def test_sparse_gradient_equals_dense(bias):
     for sparse in (False, True):
         W_ = W.clone().requires_grad_(True)
         b_ = b.clone().requires_grad_(True) if bias else None
-        SampledSoftmaxFunction.apply(h, W_, b_, ids, logw, y, sparse, False, 0.0).sum().backward()
+        SampledSoftmaxFunction.apply(
+            h, W_, b_, ids, logw, y, sparse, False, 0.0, 0.0
+        ).sum().backward()
         assert W_.grad.is_sparse == sparse
         grads.append((W_.grad.to_dense(), b_.grad.to_dense() if bias else None))
     torch.testing.assert_close(grads[0][0], grads[1][0])

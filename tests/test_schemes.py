@@ -364,3 +364,65 @@ def test_z_loss_matches_float64_formula(path, eps):
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
     for a, r in zip(torch.autograd.grad(out, params), torch.autograd.grad(ref, params)):
         torch.testing.assert_close(a, r, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("path", ["full", "per_example"])
+@pytest.mark.parametrize("z", [0.0, 0.02])
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+def test_softcap_matches_float64_formula(path, z, eps):
+    """Logits c tanh(z / c), with z-loss and (full path) label smoothing; autograd reference."""
+    if path != "full" and eps:
+        pytest.skip("label smoothing is full-path only")
+    from triton_softmax import sampled_softmax_cross_entropy
+    from triton_softmax.candidates import build_candidates
+
+    c = 2.0
+    h, W, b, y, ret = _problem(N=6, n=25, d=4, bias=True)
+    h = h * 3  # logits well into the capped range
+    params = [t.clone().requires_grad_(True) for t in (h, W, b)]
+    if path == "full":
+        out = sampled_softmax_cross_entropy(
+            *params[:2],
+            y,
+            params[2],
+            method="full",
+            label_smoothing=eps,
+            z_loss=z,
+            softcap=c,
+            reduction="sum",
+        )
+        capped = c * torch.tanh((params[0] @ params[1].T + params[2]) / c)
+        lse = torch.logsumexp(capped, 1)
+        ref = F.cross_entropy(capped, y, label_smoothing=eps, reduction="sum")
+    else:
+        out = sampled_softmax_from_candidates(
+            params[0],
+            params[1],
+            y,
+            ret,
+            params[2],
+            num_uniform=6,
+            z_loss=z,
+            softcap=c,
+            reduction="sum",
+            generator=torch.Generator().manual_seed(4),
+        )
+        ids, logw = build_candidates(ret, y, 25, 6, torch.Generator().manual_seed(4))
+        zc = c * torch.tanh(
+            (torch.einsum("nd,nmd->nm", params[0], params[1][ids]) + params[2][ids]) / c
+        )
+        z_y = c * torch.tanh(((params[0] * params[1][y]).sum(1) + params[2][y]) / c)
+        lse = torch.logsumexp(zc + logw.double(), 1)
+        ref = (lse - z_y).sum()
+    ref = ref + z * lse.square().sum()
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    for a, r in zip(torch.autograd.grad(out, params), torch.autograd.grad(ref, params)):
+        torch.testing.assert_close(a, r, rtol=1e-9, atol=1e-9)
+
+
+def test_softcap_validation():
+    h, W, b, y, ret = _problem()
+    with pytest.raises(ValueError, match="softcap"):
+        sampled_softmax_from_candidates(h, W, y, ret, softcap=1.0, scheme="shared_samples")
+    with pytest.raises(ValueError, match="softcap"):
+        SampledSoftmaxLoss(10, 4, softcap=-1.0)

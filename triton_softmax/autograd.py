@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from . import estimator as _est
+from . import full as _full
 from . import ops
 
 
@@ -19,11 +20,27 @@ class SampledSoftmaxFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx, hidden, weight, bias, cand_ids, cand_logw, target, sparse_grad, deterministic, z_loss
+        ctx,
+        hidden,
+        weight,
+        bias,
+        cand_ids,
+        cand_logw,
+        target,
+        sparse_grad,
+        deterministic,
+        z_loss,
+        softcap,
     ):
-        loss, lse = ops.sampled_logits_fwd(hidden, weight, bias, cand_ids, cand_logw, target)
+        if softcap:  # soft-capping runs the twin (the kernels do not implement it)
+            loss, lse = _est.sampled_logits_fwd_ref(
+                hidden, weight, bias, cand_ids, cand_logw, target, softcap
+            )
+        else:
+            loss, lse = ops.sampled_logits_fwd(hidden, weight, bias, cand_ids, cand_logw, target)
         ctx.save_for_backward(hidden, weight, bias, cand_ids, cand_logw, target, lse)
         ctx.sparse_grad, ctx.deterministic, ctx.z_loss = sparse_grad, deterministic, z_loss
+        ctx.softcap = softcap
         return loss + z_loss * lse.square() if z_loss else loss
 
     @staticmethod
@@ -32,7 +49,21 @@ class SampledSoftmaxFunction(torch.autograd.Function):
         n = weight.shape[0]
         dh = dW = db = None
         g_p, delta = _z_loss_scale(grad_loss, lse, ctx.z_loss)
-        if ctx.needs_input_grad[0]:  # coefficients and dh in one pass over the candidate rows
+        if ctx.softcap:  # the twin takes the target term's gradient directly
+            coef, ids, dh = _est.sampled_logits_bwd_ref(
+                g_p,
+                hidden,
+                weight,
+                bias,
+                cand_ids,
+                cand_logw,
+                target,
+                lse,
+                ctx.softcap,
+                None if delta is None else grad_loss,
+            )
+            delta = None
+        elif ctx.needs_input_grad[0]:  # coefficients and dh in one pass over the candidate rows
             coef, ids, dh = ops.sampled_logits_bwd(
                 g_p, hidden, weight, bias, cand_ids, cand_logw, target, lse
             )
@@ -51,7 +82,7 @@ class SampledSoftmaxFunction(torch.autograd.Function):
                 dW = dW.to(weight.dtype)
         if bias is not None and ctx.needs_input_grad[2]:
             db = _est.scatter_grad_bias_ref(coef, ids, n, ctx.sparse_grad).to(bias.dtype)
-        return dh, dW, db, None, None, None, None, None, None
+        return dh, dW, db, None, None, None, None, None, None, None
 
 
 def _z_loss_scale(grad_loss, lse, z_loss):
@@ -81,10 +112,15 @@ class ChunkedCrossEntropyFunction(torch.autograd.Function):
     """Exact per-example cross-entropy (N,) fp32 (fp64 for fp64) without an (N, n) logits tensor."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, target, label_smoothing, z_loss):
-        loss, lse = ops.chunked_ce_fwd(hidden, weight, bias, target, label_smoothing)
+    def forward(ctx, hidden, weight, bias, target, label_smoothing, z_loss, softcap):
+        if softcap:  # soft-capping runs the chunked twin (the fused kernel does not implement it)
+            loss, lse = _full.chunked_ce_fwd_ref(
+                hidden, weight, bias, target, label_smoothing, softcap=softcap
+            )
+        else:
+            loss, lse = ops.chunked_ce_fwd(hidden, weight, bias, target, label_smoothing)
         ctx.save_for_backward(hidden, weight, bias, target, lse)
-        ctx.label_smoothing, ctx.z_loss = label_smoothing, z_loss
+        ctx.label_smoothing, ctx.z_loss, ctx.softcap = label_smoothing, z_loss, softcap
         return loss + z_loss * lse.square() if z_loss else loss
 
     @staticmethod
@@ -92,7 +128,21 @@ class ChunkedCrossEntropyFunction(torch.autograd.Function):
         hidden, weight, bias, target, lse = ctx.saved_tensors
         eps = ctx.label_smoothing
         g_p, delta = _z_loss_scale(grad_loss, lse, ctx.z_loss)
-        dh, dW, db = ops.chunked_ce_bwd(g_p, hidden, weight, bias, target, lse, eps)
+        if ctx.softcap:  # the twin takes the one-hot terms' gradient directly
+            dh, dW, db = _full.chunked_ce_bwd_ref(
+                g_p,
+                hidden,
+                weight,
+                bias,
+                target,
+                lse,
+                eps,
+                softcap=ctx.softcap,
+                target_grad=None if delta is None else grad_loss,
+            )
+            delta = None
+        else:
+            dh, dW, db = ops.chunked_ce_bwd(g_p, hidden, weight, bias, target, lse, eps)
         if delta is not None:
             # the kernels scaled the one-hot and smoothing terms by g_p too; they take g:
             # add delta ((1 - eps) 1[j = y] + eps / n) back to dz
@@ -111,7 +161,7 @@ class ChunkedCrossEntropyFunction(torch.autograd.Function):
         dh = dh.to(hidden.dtype) if ctx.needs_input_grad[0] else None
         dW = dW.to(weight.dtype) if ctx.needs_input_grad[1] else None
         db = db.to(bias.dtype) if (bias is not None and ctx.needs_input_grad[2]) else None
-        return dh, dW, db, None, None, None
+        return dh, dW, db, None, None, None, None
 
 
 class SharedCandidatesFunction(torch.autograd.Function):

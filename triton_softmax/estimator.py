@@ -33,34 +33,57 @@ def sampled_logits_fwd_ref(
     cand_ids: torch.Tensor,
     cand_logw: torch.Tensor,
     target: torch.Tensor,
+    softcap: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-example estimator loss and log Z-hat.
 
     hidden: (N, d); weight: (n, d); bias: (n,) or None; cand_ids: (N, M) int64;
-    cand_logw: (N, M) float32; target: (N,) int64 in [0, n).
+    cand_logw: (N, M) float32; target: (N,) int64 in [0, n). softcap c > 0: every logit is
+    c tanh(z / c) (Gemma-2-style soft-capping; twin only, the kernels do not implement it).
     Returns loss (N,) and lse (N,), both in the accumulation dtype (fp32, or fp64 for fp64).
     """
     acc = acc_dtype(hidden.dtype)
     h = hidden.to(acc)
-    z = _candidate_logits(h, weight[cand_ids].to(acc), bias, cand_ids)
-    z_t = (weight[target].to(acc) * h).sum(dim=1)
-    if bias is not None:
-        z_t = z_t + bias[target].to(acc)
+    z = _candidate_logits(h, weight[cand_ids].to(acc), bias, cand_ids, softcap)
+    z_t = _target_logit(h, weight[target].to(acc), bias, target, softcap)
     lse = torch.logsumexp(z + cand_logw.to(acc), dim=1)
     return lse - z_t, lse
 
 
-def _candidate_logits(h, rows, bias, cand_ids):
+def cap_logits(z: torch.Tensor, softcap: float) -> torch.Tensor:
+    """c tanh(z / c), or z when softcap is 0."""
+    return softcap * torch.tanh(z / softcap) if softcap else z
+
+
+def _cap_slope(z_capped: torch.Tensor, softcap: float) -> torch.Tensor | float:
+    """d(capped)/d(raw) = 1 - tanh^2 = 1 - (capped / c)^2."""
+    return 1.0 - (z_capped / softcap).square() if softcap else 1.0
+
+
+def _candidate_logits(h, rows, bias, cand_ids, softcap=0.0):
     """z (N, M) from h (N, d) and gathered rows (N, M, d), both in the accumulation dtype."""
     z = torch.bmm(rows, h.unsqueeze(2)).squeeze(2)
-    return z + bias[cand_ids].to(z.dtype) if bias is not None else z
+    z = z + bias[cand_ids].to(z.dtype) if bias is not None else z
+    return cap_logits(z, softcap)
 
 
-def _coefficients(grad_loss, h, rows, bias, cand_ids, cand_logw, lse):
-    """[g p_ij | -g] (N, M+1): the softmax over candidates, then the target's -1."""
-    z = _candidate_logits(h, rows, bias, cand_ids)
+def _target_logit(h, w_y, bias, target, softcap=0.0):
+    z_t = (w_y * h).sum(dim=1)
+    z_t = z_t + bias[target].to(z_t.dtype) if bias is not None else z_t
+    return cap_logits(z_t, softcap)
+
+
+def _coefficients(
+    grad_loss, h, rows, bias, cand_ids, cand_logw, lse, softcap=0.0, z_t=None, target_grad=None
+):
+    """[g p_ij | -g_t] (N, M+1): the softmax over candidates, then the target's -1, times the
+    soft-cap slope of each logit; target_grad: the target term's gradient (default g)."""
+    z = _candidate_logits(h, rows, bias, cand_ids, softcap)
     g = grad_loss.to(lse.dtype).unsqueeze(1)
-    return torch.cat([g * torch.exp(z + cand_logw.to(lse.dtype) - lse.unsqueeze(1)), -g], dim=1)
+    g_t = g if target_grad is None else target_grad.to(lse.dtype).unsqueeze(1)
+    p_part = g * torch.exp(z + cand_logw.to(lse.dtype) - lse.unsqueeze(1)) * _cap_slope(z, softcap)
+    t_part = -g_t * (_cap_slope(z_t, softcap).unsqueeze(1) if softcap else 1.0)
+    return torch.cat([p_part, t_part], dim=1)
 
 
 def sampled_logits_coef_ref(
@@ -72,11 +95,25 @@ def sampled_logits_coef_ref(
     cand_logw: torch.Tensor,
     target: torch.Tensor,
     lse: torch.Tensor,
+    softcap: float = 0.0,
+    target_grad: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Backward coefficients: (coef (N, M+1) acc dtype, ids (N, M+1) int64); see module doc."""
     acc = lse.dtype
-    rows = weight[cand_ids].to(acc)
-    coef = _coefficients(grad_loss, hidden.to(acc), rows, bias, cand_ids, cand_logw, lse)
+    h = hidden.to(acc)
+    z_t = _target_logit(h, weight[target].to(acc), bias, target, softcap) if softcap else None
+    coef = _coefficients(
+        grad_loss,
+        h,
+        weight[cand_ids].to(acc),
+        bias,
+        cand_ids,
+        cand_logw,
+        lse,
+        softcap,
+        z_t,
+        target_grad,
+    )
     return coef, torch.cat([cand_ids, target.unsqueeze(1)], dim=1)
 
 
@@ -89,12 +126,18 @@ def sampled_logits_bwd_ref(
     cand_logw: torch.Tensor,
     target: torch.Tensor,
     lse: torch.Tensor,
+    softcap: float = 0.0,
+    target_grad: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(coef, ids, dh): sampled_logits_coef_ref and grad_hidden_ref with one gather of the rows."""
     acc = lse.dtype
     ids = torch.cat([cand_ids, target.unsqueeze(1)], dim=1)
     rows = weight[ids].to(acc)  # (N, M+1, d), gathered once for z and for dh
-    coef = _coefficients(grad_loss, hidden.to(acc), rows[:, :-1], bias, cand_ids, cand_logw, lse)
+    h = hidden.to(acc)
+    z_t = _target_logit(h, rows[:, -1], bias, target, softcap) if softcap else None
+    coef = _coefficients(
+        grad_loss, h, rows[:, :-1], bias, cand_ids, cand_logw, lse, softcap, z_t, target_grad
+    )
     dh = torch.bmm(coef.unsqueeze(1), rows).squeeze(1)
     return coef, ids, dh
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from .estimator import acc_dtype
+from .estimator import _cap_slope, acc_dtype, cap_logits
 
 # Logit elements per chunk (N * chunk): 4 Mi fp32 values = 16 MiB.
 CHUNK_ELEMENTS = 1 << 22
@@ -24,11 +24,11 @@ def class_chunk(N: int, n: int) -> int:
     return max(256, min(n, CHUNK_ELEMENTS // max(N, 1)))
 
 
-def _chunk_logits(h, weight, bias, lo, hi, acc):
+def _chunk_logits(h, weight, bias, lo, hi, acc, softcap=0.0):
     z = h @ weight[lo:hi].to(acc).T
     if bias is not None:
         z = z + bias[lo:hi].to(acc)
-    return z
+    return cap_logits(z, softcap)
 
 
 def chunked_ce_fwd_ref(
@@ -38,21 +38,31 @@ def chunked_ce_fwd_ref(
     target: torch.Tensor,
     label_smoothing: float = 0.0,
     chunk: int | None = None,
+    softcap: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """loss (N,), lse (N,) in the accumulation dtype. target: (N,) int64 in [0, n)."""
+    """loss (N,), lse (N,) in the accumulation dtype. target: (N,) int64 in [0, n).
+
+    softcap c > 0: logits c tanh(z / c) (twin only; the fused kernel does not implement it).
+    """
     N, n = hidden.shape[0], weight.shape[0]
     acc = acc_dtype(hidden.dtype)
     chunk = chunk or class_chunk(N, n)
     h = hidden.to(acc)
     lse = torch.full((N,), float("-inf"), dtype=acc, device=hidden.device)
+    z_sum = torch.zeros(N, dtype=acc, device=hidden.device)
     for lo in range(0, n, chunk):
-        z = _chunk_logits(h, weight, bias, lo, min(n, lo + chunk), acc)
+        z = _chunk_logits(h, weight, bias, lo, min(n, lo + chunk), acc, softcap)
         lse = torch.logaddexp(lse, torch.logsumexp(z, dim=1))
+        if label_smoothing and softcap:
+            z_sum += z.sum(1)
     z_t = (weight[target].to(acc) * h).sum(1)
     if bias is not None:
         z_t = z_t + bias[target].to(acc)
+    z_t = cap_logits(z_t, softcap)
     loss = lse - (1.0 - label_smoothing) * z_t
-    if label_smoothing:
+    if label_smoothing and softcap:
+        loss = loss - label_smoothing / n * z_sum
+    elif label_smoothing:
         # sum_j z_ij is linear in h: h . sum_j W_j + sum_j b_j, no logits needed.
         z_sum = h @ weight.to(acc).sum(0)
         if bias is not None:
@@ -70,27 +80,34 @@ def chunked_ce_bwd_ref(
     lse: torch.Tensor,
     label_smoothing: float = 0.0,
     chunk: int | None = None,
+    softcap: float = 0.0,
+    target_grad: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """(dh (N, d), dW (n, d), db (n,) or None), in the accumulation dtype."""
+    """(dh (N, d), dW (n, d), db (n,) or None), in the accumulation dtype.
+
+    target_grad: the gradient of the one-hot and smoothing terms when it differs from
+    grad_loss's (z-loss scales only the softmax part); default grad_loss.
+    """
     N, n = hidden.shape[0], weight.shape[0]
     acc = lse.dtype
     chunk = chunk or class_chunk(N, n)
     h = hidden.to(acc)
     g = grad_loss.to(acc).unsqueeze(1)
+    g_t = g if target_grad is None else target_grad.to(acc).unsqueeze(1)
     dh = torch.zeros_like(h)
     dW = torch.empty(weight.shape, dtype=acc, device=weight.device)
     db = torch.empty(n, dtype=acc, device=weight.device) if bias is not None else None
     rows = torch.arange(N, device=hidden.device)
     for lo in range(0, n, chunk):
         hi = min(n, lo + chunk)
-        z = _chunk_logits(h, weight, bias, lo, hi, acc)
-        dz = torch.exp(z - lse.unsqueeze(1))
+        z = _chunk_logits(h, weight, bias, lo, hi, acc, softcap)
+        onehot = torch.zeros_like(z)
         if label_smoothing:
-            dz = dz - label_smoothing / n
+            onehot += label_smoothing / n
         in_chunk = (target >= lo) & (target < hi)
         col = (target - lo).clamp(0, hi - lo - 1)
-        dz[rows, col] -= in_chunk.to(acc) * (1.0 - label_smoothing)
-        dz = dz * g
+        onehot[rows, col] += in_chunk.to(acc) * (1.0 - label_smoothing)
+        dz = (g * torch.exp(z - lse.unsqueeze(1)) - g_t * onehot) * _cap_slope(z, softcap)
         dh += dz @ weight[lo:hi].to(acc)
         dW[lo:hi] = dz.T @ h
         if db is not None:

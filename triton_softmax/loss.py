@@ -94,6 +94,7 @@ def sampled_softmax_from_candidates(
     sampler: str | torch.Tensor | Sampler = "uniform",
     remove_accidental_hits: bool = True,
     z_loss: float = 0.0,
+    softcap: float = 0.0,
 ) -> torch.Tensor:
     """The estimator loss for given retrieved classes S (the target is added, T is drawn).
 
@@ -107,8 +108,11 @@ def sampled_softmax_from_candidates(
     exact weights), "log_uniform", or class weights (n,); non-uniform proposals get the log-Q
     correction, and draws that hit S get weight 0 unless remove_accidental_hits=False.
     num_uniform is |T| whatever the proposal. z_loss: adds z_loss * lse^2 per row, lse the
-    (estimated) log partition function (PaLM's z-loss).
+    (estimated) log partition function (PaLM's z-loss). softcap c > 0: logits c tanh(z / c)
+    (per-example scheme; runs the PyTorch twin, also on CUDA: no kernel implements it yet).
     """
+    if softcap and scheme != "per_example":
+        raise ValueError(f"softcap is supported with scheme='per_example' only, got {scheme!r}")
     if scheme not in SCHEMES:
         raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
     n = weight.shape[0]
@@ -130,8 +134,10 @@ def sampled_softmax_from_candidates(
                 remove_accidental_hits,
             )
         if torch.compiler.is_compiling():  # opaque custom op: no graph break (dense grads)
-            if sparse_grad or z_loss:
-                raise ValueError("sparse_grad and z_loss are not supported inside torch.compile")
+            if sparse_grad or z_loss or softcap:
+                raise ValueError(
+                    "sparse_grad, z_loss and softcap are not supported inside torch.compile"
+                )
             loss_rows = _custom.sampled_softmax_fwd(
                 hidden, weight, bias, cand_ids, cand_logw, safe_target
             )[0]
@@ -146,6 +152,7 @@ def sampled_softmax_from_candidates(
                 sparse_grad,
                 deterministic,
                 float(z_loss),
+                float(softcap),
             )
     else:
         s_ids, s_logw, sh_ids, sh_logw = _cand.build_shared_candidates(
@@ -184,18 +191,20 @@ def _cached_choice(*key) -> Choice:
     return choice
 
 
-def _full_loss(hidden, weight, bias, target, reduction, ignore_index, label_smoothing, z_loss=0.0):
+def _full_loss(
+    hidden, weight, bias, target, reduction, ignore_index, label_smoothing, z_loss=0.0, softcap=0.0
+):
     row_valid = target != ignore_index
     safe_target = torch.where(row_valid, target, torch.zeros_like(target)).long()
     if torch.compiler.is_compiling():  # opaque custom op: no graph break
-        if z_loss:
-            raise ValueError("z_loss is not supported inside torch.compile")
+        if z_loss or softcap:
+            raise ValueError("z_loss and softcap are not supported inside torch.compile")
         loss_rows = _custom.chunked_ce_fwd(
             hidden, weight, bias, safe_target, float(label_smoothing)
         )[0]
     else:
         loss_rows = ChunkedCrossEntropyFunction.apply(
-            hidden, weight, bias, safe_target, float(label_smoothing), float(z_loss)
+            hidden, weight, bias, safe_target, float(label_smoothing), float(z_loss), float(softcap)
         )
     return _reduce(loss_rows, row_valid, reduction)
 
@@ -240,6 +249,7 @@ def sampled_softmax_cross_entropy(
     ignore_index: int = -100,
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
+    softcap: float = 0.0,
     sparse_grad: bool = False,
     deterministic: bool = False,
     generator: torch.Generator | None = None,
@@ -260,6 +270,7 @@ def sampled_softmax_cross_entropy(
     tensor (or (N,) for reduction="none").
     """
     _check_z_loss(z_loss)
+    _check_softcap(softcap)
     N, n, d = _check_common(
         hidden,
         weight,
@@ -285,7 +296,7 @@ def sampled_softmax_cross_entropy(
     )
     if choice.method == "full":
         return _full_loss(
-            hidden, weight, bias, target, reduction, ignore_index, label_smoothing, z_loss
+            hidden, weight, bias, target, reduction, ignore_index, label_smoothing, z_loss, softcap
         )
     if index is None:
         index = make_index(choice.method, n, d, num_candidates, device=weight.device)
@@ -307,10 +318,17 @@ def sampled_softmax_cross_entropy(
         deterministic=deterministic,
         generator=generator,
         z_loss=z_loss,
+        softcap=softcap,
         scheme=scheme,
         sampler=sampler,
         remove_accidental_hits=remove_accidental_hits,
     )
+
+
+def _check_softcap(softcap: float) -> float:
+    if isinstance(softcap, bool) or not isinstance(softcap, (int, float)) or not softcap >= 0:
+        raise ValueError(f"softcap must be a float >= 0 (0: off), got {softcap!r}")
+    return float(softcap)
 
 
 def _check_z_loss(z_loss: float) -> float:
@@ -549,6 +567,7 @@ class SampledSoftmaxLoss(IndexedLayerMixin, nn.Module):
         ignore_index: int = -100,
         label_smoothing: float = 0.0,
         z_loss: float = 0.0,
+        softcap: float = 0.0,
         bias: bool = False,
         sparse_grad: bool = False,
         deterministic: bool = False,
@@ -616,6 +635,7 @@ class SampledSoftmaxLoss(IndexedLayerMixin, nn.Module):
         self.reduction, self.ignore_index = reduction, ignore_index
         self.label_smoothing = label_smoothing
         self.z_loss = _check_z_loss(z_loss)
+        self.softcap = _check_softcap(softcap)
         self.sparse_grad, self.deterministic = sparse_grad, deterministic
         self.seed, self.validate = seed, validate
         if candidate_scheme not in SCHEMES:
@@ -719,6 +739,7 @@ class SampledSoftmaxLoss(IndexedLayerMixin, nn.Module):
                 self.ignore_index,
                 self.label_smoothing,
                 self.z_loss,
+                self.softcap,
             )
         else:
             if self._index_stale(method):
@@ -760,6 +781,7 @@ class SampledSoftmaxLoss(IndexedLayerMixin, nn.Module):
             sampler=self.sampler,
             remove_accidental_hits=self.remove_accidental_hits,
             z_loss=self.z_loss if weight is None else 0.0,
+            softcap=self.softcap,
         )
 
     def _drift_check(self, hidden, target, retrieved) -> dict:
@@ -778,7 +800,7 @@ class SampledSoftmaxLoss(IndexedLayerMixin, nn.Module):
             )
             (g_approx,) = torch.autograd.grad(approx, h)
             approx = approx.detach()
-            exact = _full_loss(h, W, b, y, "sum", self.ignore_index, 0.0)
+            exact = _full_loss(h, W, b, y, "sum", self.ignore_index, 0.0, 0.0, self.softcap)
             (g_exact,) = torch.autograd.grad(exact, h)
             exact = exact.detach()
         rows = int((y != self.ignore_index).sum())
