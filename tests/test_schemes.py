@@ -426,3 +426,84 @@ def test_softcap_validation():
         sampled_softmax_from_candidates(h, W, y, ret, softcap=1.0, scheme="shared_samples")
     with pytest.raises(ValueError, match="softcap"):
         SampledSoftmaxLoss(10, 4, softcap=-1.0)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_bucket_tiles_equal_the_per_example_estimator_on_the_bucket_union(bias):
+    """The tiled computation = the plain estimator on S_i = union of the query's buckets
+    (target once, weight 1) + the same shared T with weight n/|T|, hits removed (float64)."""
+    from triton_softmax.bucket_tiles import bucket_tile_loss
+    from triton_softmax.estimator import sampled_softmax_loss_ref
+    from triton_softmax.lsh import LSHIndex
+
+    g = torch.Generator().manual_seed(0)
+    N, n, d, T = 9, 120, 6, 11
+    h = torch.randn(N, d, generator=g, dtype=torch.float64)
+    W = torch.randn(n, d, generator=g, dtype=torch.float64)
+    b = torch.randn(n, generator=g, dtype=torch.float64) if bias else None
+    y = torch.randint(0, n, (N,), generator=g)
+    index = LSHIndex(d, 3, 4, seed=1).build(W, b)
+    params = [t.clone().requires_grad_(True) for t in (h, W) + ((b,) if bias else ())]
+    out = bucket_tile_loss(
+        params[0],
+        params[1],
+        params[2] if bias else None,
+        y,
+        index,
+        T,
+        torch.Generator().manual_seed(5),
+    )
+    # brute force: explicit candidate lists
+    q = index.query_codes(h)
+    k = index.codes
+    t = torch.randint(0, n, (T,), generator=torch.Generator().manual_seed(5))
+    ids, logw = [], []
+    for i in range(N):
+        S = [j for j in range(n) if bool((k[j] == q[i]).any()) and j != int(y[i])]
+        row = S + [int(y[i])] + t.tolist()
+        lw = [0.0] * (len(S) + 1) + [
+            float("-inf") if (bool((k[tt] == q[i]).any()) or tt == int(y[i])) else math.log(n / T)
+            for tt in t.tolist()
+        ]
+        ids.append(row)
+        logw.append(lw)
+    M = max(len(r) for r in ids)
+    ids_t = torch.tensor([r + [0] * (M - len(r)) for r in ids])
+    logw_t = torch.tensor([r + [float("-inf")] * (M - len(r)) for r in logw], dtype=torch.float64)
+    ref = sampled_softmax_loss_ref(
+        params[0], params[1], params[2] if bias else None, ids_t, logw_t, y
+    )
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    for a, r in zip(torch.autograd.grad(out.sum(), params), torch.autograd.grad(ref.sum(), params)):
+        torch.testing.assert_close(a, r, rtol=1e-9, atol=1e-9)
+
+
+def test_bucket_shared_module_trains_and_validates():
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    n, d = 500, 16
+    centers = torch.randn(n, d, generator=g)
+    y = torch.randint(0, n, (2048,), generator=g)
+    x = centers[y] + 0.2 * torch.randn(2048, d, generator=g)
+    layer = SampledSoftmaxLoss(
+        n,
+        d,
+        method="lsh",
+        num_uniform=32,
+        lsh_bits=6,
+        lsh_tables=4,
+        candidate_scheme="bucket_shared",
+        refresh_every=10,
+    )
+    opt = torch.optim.SGD(layer.parameters(), lr=8.0)
+    for _ in range(3):
+        for i in range(0, 2048, 64):
+            opt.zero_grad()
+            layer(x[i : i + 64], y[i : i + 64]).backward()
+            opt.step()
+    acc = (layer.topk(x, 1, exact=True)[1][:, 0] == y).float().mean()
+    assert acc > 0.9, float(acc)
+    with pytest.raises(ValueError, match="bucket_shared"):
+        SampledSoftmaxLoss(n, d, method="faiss", candidate_scheme="bucket_shared")
+    with pytest.raises(ValueError, match="bucket_shared"):
+        SampledSoftmaxLoss(n, d, method="lsh", candidate_scheme="bucket_shared", sparse_grad=True)

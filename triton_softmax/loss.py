@@ -27,6 +27,7 @@ from . import candidates as _cand
 from . import checks, ops
 from . import custom_ops as _custom
 from .autograd import ChunkedCrossEntropyFunction, SampledSoftmaxFunction, SharedCandidatesFunction
+from .bucket_tiles import bucket_tile_loss
 from .dispatch import Choice, choose_method
 from .faiss_index import FaissIndex, default_nlist
 from .lsh import LSHIndex, default_num_bits
@@ -74,7 +75,7 @@ def _check_common(
     return N, n, d
 
 
-SCHEMES = ("per_example", "shared_samples", "batch_union")
+SCHEMES = ("per_example", "shared_samples", "batch_union", "bucket_shared")
 
 
 def sampled_softmax_from_candidates(
@@ -113,8 +114,11 @@ def sampled_softmax_from_candidates(
     """
     if softcap and scheme != "per_example":
         raise ValueError(f"softcap is supported with scheme='per_example' only, got {scheme!r}")
-    if scheme not in SCHEMES:
-        raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
+    if scheme not in SCHEMES[:3]:
+        raise ValueError(
+            f"scheme must be one of {SCHEMES[:3]} here ('bucket_shared' needs the LSH index: "
+            f"SampledSoftmaxLoss(method='lsh', candidate_scheme='bucket_shared')), got {scheme!r}"
+        )
     n = weight.shape[0]
     row_valid = target != ignore_index
     safe_target = torch.where(row_valid, target, torch.zeros_like(target)).long()
@@ -640,6 +644,13 @@ class SampledSoftmaxLoss(IndexedLayerMixin, nn.Module):
         self.seed, self.validate = seed, validate
         if candidate_scheme not in SCHEMES:
             raise ValueError(f"candidate_scheme must be one of {SCHEMES}, got {candidate_scheme!r}")
+        if candidate_scheme == "bucket_shared" and (
+            method != "lsh" or sparse_grad or z_loss or softcap or drift_every
+        ):
+            raise ValueError(
+                "candidate_scheme='bucket_shared' needs the lsh index (method 'lsh') and "
+                "supports neither sparse_grad, z_loss, softcap nor the drift check yet"
+            )
         self.candidate_scheme = candidate_scheme
         self.remove_accidental_hits = remove_accidental_hits
         sampler_obj = make_sampler(sampler, num_classes)  # validates names and weight shapes
@@ -752,6 +763,11 @@ class SampledSoftmaxLoss(IndexedLayerMixin, nn.Module):
             ):
                 self.refresh(method)
                 self.refresh_count_drift += 1
+            if self.candidate_scheme == "bucket_shared":
+                loss = self._bucket_tile_loss(hidden, target)
+                if training:
+                    self.steps += 1
+                return loss
             retrieved = self.index.search(hidden, self.num_candidates - 1)
             loss = self._estimator_loss(
                 hidden, target, retrieved, self.reduction, self._generator(hidden.device)
@@ -761,6 +777,20 @@ class SampledSoftmaxLoss(IndexedLayerMixin, nn.Module):
         if training:
             self.steps += 1
         return loss
+
+    def _bucket_tile_loss(self, hidden, target):
+        row_valid = target != self.ignore_index
+        safe = torch.where(row_valid, target, torch.zeros_like(target)).long()
+        rows = bucket_tile_loss(
+            hidden,
+            self.weight,
+            self.bias,
+            safe,
+            self.index,
+            self.num_uniform,
+            self._generator(hidden.device),
+        )
+        return _reduce(rows, row_valid, self.reduction)
 
     def _estimator_loss(
         self, hidden, target, retrieved, reduction, generator, weight=None, bias=None

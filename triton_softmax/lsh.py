@@ -220,6 +220,7 @@ class LSHIndex:
         max_norm = max_row_norm(weight, bias)
         codes = kd.simhash_codes(weight, self.hyperplanes, bias, max_norm)
         self.sorted_ids, self.offsets = kd.bucket_table(codes, self.num_bits, self.seed)
+        self.codes = codes  # (n, L) int32: the bucket-shared scheme dedupes tiles with them
         self.has_bias = bias is not None
         self.n = weight.shape[0]
         self.max_norm = max_norm  # kept: drift checks re-hash rows with the same transform
