@@ -489,12 +489,15 @@ def test_bucket_shared_module_trains_and_validates():
         n,
         d,
         method="lsh",
+        num_candidates=16,
         num_uniform=32,
-        lsh_bits=6,
+        lsh_bits=10,
         lsh_tables=4,
         candidate_scheme="bucket_shared",
+        sparse_grad=True,
         refresh_every=10,
     )
+    assert layer.choice(64).method == "lsh"
     opt = torch.optim.SGD(layer.parameters(), lr=8.0)
     for _ in range(3):
         for i in range(0, 2048, 64):
@@ -506,4 +509,30 @@ def test_bucket_shared_module_trains_and_validates():
     with pytest.raises(ValueError, match="bucket_shared"):
         SampledSoftmaxLoss(n, d, method="faiss", candidate_scheme="bucket_shared")
     with pytest.raises(ValueError, match="bucket_shared"):
-        SampledSoftmaxLoss(n, d, method="lsh", candidate_scheme="bucket_shared", sparse_grad=True)
+        SampledSoftmaxLoss(n, d, method="lsh", candidate_scheme="bucket_shared", softcap=2.0)
+
+
+def test_bucket_shared_module_equals_the_tiled_reference():
+    """The module scores the bucket union with the shared-T Function; the tiles of
+    bucket_tile_loss compute the same estimator."""
+    from triton_softmax.bucket_tiles import bucket_tile_loss
+
+    torch.manual_seed(0)
+    layer = SampledSoftmaxLoss(
+        300,
+        8,
+        method="lsh",
+        num_candidates=8,
+        num_uniform=16,
+        lsh_bits=4,
+        lsh_tables=3,
+        candidate_scheme="bucket_shared",
+        sparse_grad=True,
+    )
+    h, y = torch.randn(20, 8), torch.randint(0, 300, (20,))
+    with torch.no_grad():
+        got = layer(h, y)
+        ref = bucket_tile_loss(
+            h, layer.weight, None, y, layer.index, 16, layer._generator(h.device)
+        ).mean()
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)

@@ -27,7 +27,6 @@ from . import candidates as _cand
 from . import checks, ops
 from . import custom_ops as _custom
 from .autograd import ChunkedCrossEntropyFunction, SampledSoftmaxFunction, SharedCandidatesFunction
-from .bucket_tiles import bucket_tile_loss
 from .dispatch import Choice, choose_method
 from .faiss_index import FaissIndex, default_nlist
 from .lsh import LSHIndex, default_num_bits
@@ -644,12 +643,10 @@ class SampledSoftmaxLoss(IndexedLayerMixin, nn.Module):
         self.seed, self.validate = seed, validate
         if candidate_scheme not in SCHEMES:
             raise ValueError(f"candidate_scheme must be one of {SCHEMES}, got {candidate_scheme!r}")
-        if candidate_scheme == "bucket_shared" and (
-            method != "lsh" or sparse_grad or z_loss or softcap or drift_every
-        ):
+        if candidate_scheme == "bucket_shared" and (method != "lsh" or softcap):
             raise ValueError(
-                "candidate_scheme='bucket_shared' needs the lsh index (method 'lsh') and "
-                "supports neither sparse_grad, z_loss, softcap nor the drift check yet"
+                "candidate_scheme='bucket_shared' needs the lsh index (method='lsh') and does "
+                "not support softcap yet"
             )
         self.candidate_scheme = candidate_scheme
         self.remove_accidental_hits = remove_accidental_hits
@@ -763,12 +760,10 @@ class SampledSoftmaxLoss(IndexedLayerMixin, nn.Module):
             ):
                 self.refresh(method)
                 self.refresh_count_drift += 1
-            if self.candidate_scheme == "bucket_shared":
-                loss = self._bucket_tile_loss(hidden, target)
-                if training:
-                    self.steps += 1
-                return loss
-            retrieved = self.index.search(hidden, self.num_candidates - 1)
+            if self.candidate_scheme == "bucket_shared":  # the whole union of its buckets
+                retrieved = self.index.search_union(hidden)
+            else:
+                retrieved = self.index.search(hidden, self.num_candidates - 1)
             loss = self._estimator_loss(
                 hidden, target, retrieved, self.reduction, self._generator(hidden.device)
             )
@@ -777,20 +772,6 @@ class SampledSoftmaxLoss(IndexedLayerMixin, nn.Module):
         if training:
             self.steps += 1
         return loss
-
-    def _bucket_tile_loss(self, hidden, target):
-        row_valid = target != self.ignore_index
-        safe = torch.where(row_valid, target, torch.zeros_like(target)).long()
-        rows = bucket_tile_loss(
-            hidden,
-            self.weight,
-            self.bias,
-            safe,
-            self.index,
-            self.num_uniform,
-            self._generator(hidden.device),
-        )
-        return _reduce(rows, row_valid, self.reduction)
 
     def _estimator_loss(
         self, hidden, target, retrieved, reduction, generator, weight=None, bias=None
@@ -807,7 +788,11 @@ class SampledSoftmaxLoss(IndexedLayerMixin, nn.Module):
             sparse_grad=self.sparse_grad,
             deterministic=self.deterministic,
             generator=generator,
-            scheme=self.candidate_scheme,
+            # bucket_shared: S_i = the bucket union, scored with one shared T; the same
+            # estimator as the tiles of bucket_tiles.bucket_tile_loss (tested equal)
+            scheme="shared_samples"
+            if self.candidate_scheme == "bucket_shared"
+            else self.candidate_scheme,
             sampler=self.sampler,
             remove_accidental_hits=self.remove_accidental_hits,
             z_loss=self.z_loss if weight is None else 0.0,

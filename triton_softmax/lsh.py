@@ -231,6 +231,21 @@ class LSHIndex:
 
         return kd.simhash_codes(hidden, self.hyperplanes, 1.0 if self.has_bias else None, None)
 
+    def search_union(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(N, U) int64: every class that shares a bucket with the query in some table, once
+        each, -1 padded (no ranking, no cap). U = L x the largest bucket read, found with one
+        host read: the bucket-shared scheme's candidate sets."""
+        if not self.built:
+            raise RuntimeError("LSHIndex.search_union before build()")
+        codes = self.query_codes(hidden.detach()).long()
+        table = torch.arange(self.num_tables, device=codes.device).unsqueeze(0)
+        sizes = self.offsets[table, codes + 1] - self.offsets[table, codes]
+        B = max(1, int(sizes.max())) if sizes.numel() else 1
+        ids, _ = lsh_candidates_ref(
+            codes.int(), self.sorted_ids, self.offsets, self.num_tables * B, B
+        )
+        return ids
+
     def search(self, hidden: torch.Tensor, num_candidates: int) -> torch.Tensor:
         """(N, num_candidates) int64 class ids, most collisions first, -1 for empty slots."""
         from . import ops as kd
