@@ -482,7 +482,8 @@ class IndexedLayerMixin:
                 device=self.weight.device,
             )
             self.index_method = method
-        self.index.build(self.weight, self.bias)
+        if not self._partial_refresh(method):
+            self.index.build(self.weight, self.bias)
         self._after_refresh()
         self.last_refresh_seconds = time.perf_counter() - t0
         self.total_refresh_seconds += self.last_refresh_seconds
@@ -495,6 +496,10 @@ class IndexedLayerMixin:
 
     def _after_refresh(self) -> None:
         """Hook: work that belongs to a rebuild (the drift probe of SampledSoftmaxLoss)."""
+
+    def _partial_refresh(self, method: str) -> bool:
+        """Hook: refresh by re-hashing only changed rows; False means rebuild everything."""
+        return False
 
     def _index_stale(self, method: str) -> bool:
         return (
@@ -585,6 +590,7 @@ class SampledSoftmaxLoss(IndexedLayerMixin, nn.Module):
         refresh_drift: float | None = None,
         drift_check_every: int = 10,
         drift_probe_rows: int = 1024,
+        partial_refresh: bool = False,
         weight: nn.Parameter | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
@@ -667,6 +673,17 @@ class SampledSoftmaxLoss(IndexedLayerMixin, nn.Module):
         self.last_index_drift = float("nan")
         self._probe_ids: torch.Tensor | None = None
         self._probe_ref: torch.Tensor | None = None
+        if partial_refresh and not sparse_grad:
+            raise ValueError(
+                "partial_refresh needs sparse_grad=True (it re-hashes the rows that "
+                "received a sparse gradient since the last refresh)"
+            )
+        self.partial_refresh = partial_refresh
+        self.refresh_count_partial = 0
+        self._touched: torch.Tensor | None = None  # rows with a gradient since the last refresh
+        self._touched_all = False
+        if partial_refresh:
+            self.weight.register_hook(self._mark_touched)
         self.index_rows = self.num_classes
         self._init_index_state()
 
@@ -674,6 +691,38 @@ class SampledSoftmaxLoss(IndexedLayerMixin, nn.Module):
     def _after_refresh(self) -> None:
         if self.refresh_drift is not None:
             self._record_probe()
+        self._touched, self._touched_all = None, False
+
+    def _mark_touched(self, grad: torch.Tensor) -> None:
+        """Weight-gradient hook: remember which rows an optimizer step may change."""
+        if not grad.is_sparse:  # a dense gradient (e.g. a tied embedding): every row
+            self._touched_all = True
+            return
+        if self._touched is None:
+            self._touched = torch.zeros(self.num_classes, dtype=torch.bool, device=grad.device)
+        self._touched[grad._indices()[0]] = True
+
+    def _partial_refresh(self, method: str) -> bool:
+        """Re-hash only the rows that received a gradient since the last refresh, when they
+        are at most half the classes and no row outgrew the MIPS scale (LSHIndex.update_rows);
+        equal to a full rebuild on the same weights, minus the hashing of unchanged rows."""
+        if not (
+            self.partial_refresh
+            and method == "lsh"
+            and self.index is not None
+            and self.index.built
+            and not self._touched_all
+            and self._touched is not None
+            and self._index_device == self.weight.device
+        ):
+            return False
+        rows = self._touched.nonzero().flatten()  # one host sync per refresh
+        if rows.numel() > self.num_classes // 2:
+            return False
+        if not self.index.update_rows(self.weight, self.bias, rows):
+            return False
+        self.refresh_count_partial += 1
+        return True
 
     def _probe_state(self) -> torch.Tensor:
         """What drift is measured on: the probe rows' hash codes (lsh) or their weights (faiss)."""
@@ -711,6 +760,7 @@ class SampledSoftmaxLoss(IndexedLayerMixin, nn.Module):
         return dict(
             self._refresh_stats(),
             refresh_count_drift=self.refresh_count_drift,
+            refresh_count_partial=self.refresh_count_partial,
             last_index_drift=self.last_index_drift,
             drift_checks=len(self.drift_log),
         )

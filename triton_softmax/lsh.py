@@ -22,6 +22,7 @@ import torch
 from .checks import check_int_option
 
 MAX_BITS = 20  # dense CSR offsets hold 2^K + 1 int64 per table
+NORM_HEADROOM = 1.05  # M = 1.05 max |x_j| at build: room for rows to grow between refreshes
 
 
 def default_num_bits(n: int, num_tables: int, num_candidates: int) -> int:
@@ -206,6 +207,8 @@ class LSHIndex:
         if self.built:
             self.sorted_ids = self.sorted_ids.to(device)
             self.offsets = self.offsets.to(device)
+            self.codes = self.codes.to(device)
+            self.max_norm = self.max_norm.to(device)
         return self
 
     def build(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> LSHIndex:
@@ -217,7 +220,9 @@ class LSHIndex:
             raise ValueError(f"weight has d={weight.shape[1]}, index was made for d={self.dim}")
         if self.hyperplanes.device != weight.device:
             self.hyperplanes = self.hyperplanes.to(weight.device)
-        max_norm = max_row_norm(weight, bias)
+        # M with headroom: rows may grow by NORM_HEADROOM before the transform is invalid,
+        # so a partial update (update_rows) stays exact while they do
+        max_norm = max_row_norm(weight, bias) * NORM_HEADROOM
         codes = kd.simhash_codes(weight, self.hyperplanes, bias, max_norm)
         self.sorted_ids, self.offsets = kd.bucket_table(codes, self.num_bits, self.seed)
         self.codes = codes  # (n, L) int32: the bucket-shared scheme dedupes tiles with them
@@ -225,6 +230,29 @@ class LSHIndex:
         self.n = weight.shape[0]
         self.max_norm = max_norm  # kept: drift checks re-hash rows with the same transform
         return self
+
+    @torch.no_grad()
+    def update_rows(
+        self, weight: torch.Tensor, bias: torch.Tensor | None, rows: torch.Tensor
+    ) -> bool:
+        """Re-hash only `rows` (the classes whose weights changed since the build) and re-sort
+        the tables: the refresh without the O(n d K L) hashing of unchanged rows. Returns
+        False, changing nothing, when a row outgrew the MIPS scale M (every key's extra
+        coordinate would move): the caller then rebuilds. The result equals build() on the
+        same weights with the same M."""
+        from . import ops as kd
+
+        if not self.built:
+            return False
+        if bool(max_row_norm(weight, bias) > self.max_norm):  # one host read per refresh
+            return False
+        rows = rows.to(self.codes.device).long()
+        b = bias.detach()[rows] if bias is not None else None
+        self.codes[rows] = kd.simhash_codes(
+            weight.detach()[rows], self.hyperplanes, b, self.max_norm
+        )
+        self.sorted_ids, self.offsets = kd.bucket_table(self.codes, self.num_bits, self.seed)
+        return True
 
     def query_codes(self, hidden: torch.Tensor) -> torch.Tensor:
         from . import ops as kd
