@@ -44,7 +44,8 @@ def test_function_gradcheck():
     b = torch.randn(7, generator=g, dtype=torch.float64, requires_grad=True)
     y = torch.tensor([0, 6, 3])
     assert torch.autograd.gradcheck(
-        lambda h, W, b: ChunkedCrossEntropyFunction.apply(h, W, b, y, 0.05, 0.0, 0.0), (h, W, b)
+        lambda h, W, b: ChunkedCrossEntropyFunction.apply(h, W, b, y, 0.05, 0.0, 0.0, False),
+        (h, W, b),
     )
 
 

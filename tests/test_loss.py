@@ -349,3 +349,16 @@ def test_small_training_run_reaches_accuracy(method):
     _, pred = layer.topk(x, 1, exact=True)
     acc = (pred[:, 0] == y).float().mean().item()
     assert acc >= 0.9, f"{method}: accuracy {acc:.3f}"
+
+
+def test_sparse_grad_on_the_full_path_keeps_sparse_optimizers_working():
+    """method="auto" may pick the exact path: sparse_grad=True then still gives a sparse
+    gradient (of every row), so SparseAdam keeps working whatever the dispatcher chose."""
+    layer = SampledSoftmaxLoss(200, 8, method="full", sparse_grad=True)
+    opt = torch.optim.SparseAdam(list(layer.parameters()), lr=0.1)
+    h, y = torch.randn(4, 8), torch.randint(0, 200, (4,))
+    layer(h, y).backward()
+    assert layer.weight.grad.is_sparse
+    dense = torch.autograd.grad(F.cross_entropy(h @ layer.weight.T, y), layer.weight)[0]
+    torch.testing.assert_close(layer.weight.grad.to_dense(), dense)
+    opt.step()

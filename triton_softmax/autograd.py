@@ -112,7 +112,7 @@ class ChunkedCrossEntropyFunction(torch.autograd.Function):
     """Exact per-example cross-entropy (N,) fp32 (fp64 for fp64) without an (N, n) logits tensor."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, target, label_smoothing, z_loss, softcap):
+    def forward(ctx, hidden, weight, bias, target, label_smoothing, z_loss, softcap, sparse_grad):
         if softcap:  # soft-capping runs the chunked twin (the fused kernel does not implement it)
             loss, lse = _full.chunked_ce_fwd_ref(
                 hidden, weight, bias, target, label_smoothing, softcap=softcap
@@ -121,6 +121,7 @@ class ChunkedCrossEntropyFunction(torch.autograd.Function):
             loss, lse = ops.chunked_ce_fwd(hidden, weight, bias, target, label_smoothing)
         ctx.save_for_backward(hidden, weight, bias, target, lse)
         ctx.label_smoothing, ctx.z_loss, ctx.softcap = label_smoothing, z_loss, softcap
+        ctx.sparse_grad = sparse_grad
         return loss + z_loss * lse.square() if z_loss else loss
 
     @staticmethod
@@ -161,7 +162,10 @@ class ChunkedCrossEntropyFunction(torch.autograd.Function):
         dh = dh.to(hidden.dtype) if ctx.needs_input_grad[0] else None
         dW = dW.to(weight.dtype) if ctx.needs_input_grad[1] else None
         db = db.to(bias.dtype) if (bias is not None and ctx.needs_input_grad[2]) else None
-        return dh, dW, db, None, None, None, None
+        if ctx.sparse_grad:  # every row: sparse only so that sparse optimizers accept it
+            dW = dW.to_sparse() if dW is not None else None
+            db = db.to_sparse() if db is not None else None
+        return dh, dW, db, None, None, None, None, None
 
 
 class SharedCandidatesFunction(torch.autograd.Function):

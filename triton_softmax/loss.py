@@ -195,7 +195,16 @@ def _cached_choice(*key) -> Choice:
 
 
 def _full_loss(
-    hidden, weight, bias, target, reduction, ignore_index, label_smoothing, z_loss=0.0, softcap=0.0
+    hidden,
+    weight,
+    bias,
+    target,
+    reduction,
+    ignore_index,
+    label_smoothing,
+    z_loss=0.0,
+    softcap=0.0,
+    sparse_grad=False,
 ):
     row_valid = target != ignore_index
     safe_target = torch.where(row_valid, target, torch.zeros_like(target)).long()
@@ -207,7 +216,14 @@ def _full_loss(
         )[0]
     else:
         loss_rows = ChunkedCrossEntropyFunction.apply(
-            hidden, weight, bias, safe_target, float(label_smoothing), float(z_loss), float(softcap)
+            hidden,
+            weight,
+            bias,
+            safe_target,
+            float(label_smoothing),
+            float(z_loss),
+            float(softcap),
+            bool(sparse_grad),
         )
     return _reduce(loss_rows, row_valid, reduction)
 
@@ -299,7 +315,16 @@ def sampled_softmax_cross_entropy(
     )
     if choice.method == "full":
         return _full_loss(
-            hidden, weight, bias, target, reduction, ignore_index, label_smoothing, z_loss, softcap
+            hidden,
+            weight,
+            bias,
+            target,
+            reduction,
+            ignore_index,
+            label_smoothing,
+            z_loss,
+            softcap,
+            sparse_grad,
         )
     if index is None:
         index = make_index(choice.method, n, d, num_candidates, device=weight.device)
@@ -798,6 +823,7 @@ class SampledSoftmaxLoss(IndexedLayerMixin, nn.Module):
                 self.label_smoothing,
                 self.z_loss,
                 self.softcap,
+                self.sparse_grad,
             )
         else:
             if self._index_stale(method):
