@@ -22,6 +22,12 @@ from __future__ import annotations
 import torch
 
 
+def gather_rows(weight: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """weight[ids] for ids (N, M): (N, M, d), by index_select (faster than advanced
+    indexing on CPU)."""
+    return weight.index_select(0, ids.reshape(-1)).view(*ids.shape, weight.shape[1])
+
+
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
@@ -44,7 +50,7 @@ def sampled_logits_fwd_ref(
     """
     acc = acc_dtype(hidden.dtype)
     h = hidden.to(acc)
-    z = _candidate_logits(h, weight[cand_ids].to(acc), bias, cand_ids, softcap)
+    z = _candidate_logits(h, gather_rows(weight, cand_ids).to(acc), bias, cand_ids, softcap)
     z_t = _target_logit(h, weight[target].to(acc), bias, target, softcap)
     lse = torch.logsumexp(z + cand_logw.to(acc), dim=1)
     return lse - z_t, lse
@@ -105,7 +111,7 @@ def sampled_logits_coef_ref(
     coef = _coefficients(
         grad_loss,
         h,
-        weight[cand_ids].to(acc),
+        gather_rows(weight, cand_ids).to(acc),
         bias,
         cand_ids,
         cand_logw,
@@ -132,7 +138,7 @@ def sampled_logits_bwd_ref(
     """(coef, ids, dh): sampled_logits_coef_ref and grad_hidden_ref with one gather of the rows."""
     acc = lse.dtype
     ids = torch.cat([cand_ids, target.unsqueeze(1)], dim=1)
-    rows = weight[ids].to(acc)  # (N, M+1, d), gathered once for z and for dh
+    rows = gather_rows(weight, ids).to(acc)  # (N, M+1, d), gathered once for z and for dh
     h = hidden.to(acc)
     z_t = _target_logit(h, rows[:, -1], bias, target, softcap) if softcap else None
     coef = _coefficients(
@@ -144,7 +150,7 @@ def sampled_logits_bwd_ref(
 
 def grad_hidden_ref(coef: torch.Tensor, ids: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """dh (N, d) acc dtype = sum_j coef_ij W_{ids_ij}."""
-    return torch.bmm(coef.unsqueeze(1), weight[ids].to(coef.dtype)).squeeze(1)
+    return torch.bmm(coef.unsqueeze(1), gather_rows(weight, ids).to(coef.dtype)).squeeze(1)
 
 
 def scatter_grad_weight_ref(
