@@ -228,6 +228,16 @@ class Model(nn.Module):
         return opts
 
 
+def lr_schedule(opt: torch.optim.Optimizer, kind: str, total_steps: int):
+    """constant, or linear decay to zero over the run's planned steps (the same for every
+    method when the epochs are the same)."""
+    if kind == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda step: max(0.0, 1.0 - step / max(total_steps, 1))
+    )
+
+
 @torch.no_grad()
 def evaluate(
     model: Model,
@@ -309,6 +319,8 @@ def run_one(data: Data, data_info: dict, spec: str, args, session: str) -> dict:
     torch.manual_seed(args.seed)
     model = Model(data, method, refresh, args)
     opts = model.optimizers(args.lr, args.table_lr)
+    total_steps = args.epochs * math.ceil(data.num_train / args.batch_size)
+    scheds = [lr_schedule(o, args.lr_schedule, total_steps) for o in opts]
     N = data.num_train
     steps_per_epoch = math.ceil(N / args.batch_size)
     eval_gen = torch.Generator().manual_seed(args.seed + 2)
@@ -330,7 +342,15 @@ def run_one(data: Data, data_info: dict, spec: str, args, session: str) -> dict:
         nonlocal eval_seconds
         t0 = time.perf_counter()
         p1, p5 = evaluate(model, data, eval_idx, eval_sets)
-        rec = dict(epoch=round(epoch, 4), step=step, wall_s=wall, p1=p1, p5=p5, loss=loss)
+        rec = dict(
+            epoch=round(epoch, 4),
+            step=step,
+            wall_s=wall,
+            p1=p1,
+            p5=p5,
+            loss=loss,
+            load1=os.getloadavg()[0],
+        )
         if held_idx is not None:
             rec["heldout_p1"], rec["heldout_p5"] = evaluate(
                 model, data, held_idx, held_sets, "heldout"
@@ -370,6 +390,8 @@ def run_one(data: Data, data_info: dict, spec: str, args, session: str) -> dict:
             t3 = time.perf_counter()
             for o in opts:
                 o.step()
+            for sc in scheds:
+                sc.step()
             lv = float(loss.detach())
             t4 = time.perf_counter()
             dt = t4 - t0
@@ -424,6 +446,7 @@ def run_one(data: Data, data_info: dict, spec: str, args, session: str) -> dict:
         ),
         epoch_seconds=epoch_seconds,
         train_wall_s=wall,
+        phase_seconds=phases,
         steps=step,
         steps_per_epoch=steps_per_epoch,
         stopped=stopped,
@@ -440,10 +463,10 @@ def run_one(data: Data, data_info: dict, spec: str, args, session: str) -> dict:
 
 
 # ---- summary ---------------------------------------------------------------------------------
-def _first_reach(curve: list[dict], level: float) -> float | None:
+def _first_reach(curve: list[dict], level: float, key: str = "wall_s") -> float | None:
     for p in curve:
         if p["p1"] >= level:
-            return p["wall_s"]
+            return p[key]
     return None
 
 
@@ -452,6 +475,7 @@ def summarise(records: list[dict]) -> list[dict]:
 
     Times are those of the first evaluation point at or above the level (so they are upper
     bounds, by at most one evaluation interval). ratio = that time / full's total wall time.
+    e95 / e100: the same points in epochs, which a shared machine's load does not distort.
     """
     rows = []
     full = {}
@@ -485,8 +509,11 @@ def summarise(records: list[dict]) -> list[dict]:
                 t = _first_reach(r["curve"], level) if ref > 0 else None
                 row[key] = t
                 row[key.replace("_s", "_ratio")] = t / f["train_wall_s"] if t is not None else None
+                e = _first_reach(r["curve"], level, "epoch") if ref > 0 else None
+                row[key.replace("t", "e", 1).replace("_s", "")] = e
         rows.append(row)
-    return rows
+    order = {m: i for i, m in enumerate(METHODS)}
+    return sorted(rows, key=lambda x: (x["session"], order.get(x["method"], 9), x["label"]))
 
 
 def format_table(rows: list[dict]) -> str:
@@ -495,16 +522,19 @@ def format_table(rows: list[dict]) -> str:
 
     head = (
         "| run | epochs | s/epoch | final P@1 | P@5 | held-out P@1 | vs full | "
-        "t95 (s) | t95/full | t100 (s) | t100/full | refresh s | load 1m start/end |"
+        "t95 (s) | t95/full | e95 | t100 (s) | t100/full | e100 | refresh s | "
+        "load 1m start/end |"
     )
-    lines = [head, "|" + "---|" * 13]
+    lines = [head, "|" + "---|" * 15]
     for r in rows:
         lines.append(
             f"| {r['label']} | {r['epochs']} | {f(r['sec_per_epoch'], '.0f')} | "
             f"{f(r['final_p1'], '.3f')} | {f(r['final_p5'], '.3f')} | "
             f"{f(r['heldout_p1'], '.3f')} | {f(r.get('rel_p1'), '.0%')} | "
             f"{f(r.get('t95_s'), '.0f')} | {f(r.get('t95_ratio'), '.2f')} | "
+            f"{f(r.get('e95'), '.1f')} | "
             f"{f(r.get('t100_s'), '.0f')} | {f(r.get('t100_ratio'), '.2f')} | "
+            f"{f(r.get('e100'), '.1f')} | "
             f"{f(r['refresh_s'], '.1f')} | {r['load_start']:.1f}/{r['load_end']:.1f} |"
         )
     return "\n".join(lines)
@@ -571,6 +601,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=3e-2,
         help="learning rate of the embedding bag and the output layer",
+    )
+    p.add_argument(
+        "--lr-schedule",
+        choices=("constant", "linear"),
+        default="linear",
+        help="linear: every learning rate decays linearly to 0 over --epochs",
     )
     p.add_argument(
         "--output-optimizer",

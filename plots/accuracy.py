@@ -46,9 +46,8 @@ def plot_session(records: list[dict], path: str) -> str:
     import matplotlib.pyplot as plt
 
     heldout = any("heldout_p1" in r["final"] for r in records)
-    fig, axes = plt.subplots(
-        1, 2 if heldout else 1, figsize=(13 if heldout else 7.5, 4.8), squeeze=False
-    )
+    ncols = 3 if heldout else 2
+    fig, axes = plt.subplots(1, ncols, figsize=(6.2 * ncols, 4.8), squeeze=False)
     seen: dict[str, int] = {}
     order = {"full": 0, "faiss": 1, "lsh": 2, "uniform": 3}
     for r in sorted(records, key=lambda r: (order.get(r["method"], 9), r["label"])):
@@ -57,25 +56,36 @@ def plot_session(records: list[dict], path: str) -> str:
         seen[r["method"]] = k + 1
         ls = ":" if r["method"] == "uniform" else DASHES[k % len(DASHES)]
         t = [p["wall_s"] for p in r["curve"]]
+        name = f"{r['label']} ({r['device']['torch_threads']} thr)"
         axes[0][0].plot(
-            t, [p["p1"] for p in r["curve"]], color=color, ls=ls, marker=".", label=r["label"]
+            t, [p["p1"] for p in r["curve"]], color=color, ls=ls, marker=".", label=name
+        )
+        axes[0][1].plot(
+            [p["epoch"] for p in r["curve"]],
+            [p["p1"] for p in r["curve"]],
+            color=color,
+            ls=ls,
+            marker=".",
+            label=name,
         )
         if heldout and "heldout_p1" in r["final"]:
-            axes[0][1].plot(
-                t,
-                [p["heldout_p1"] for p in r["curve"]],
-                color=color,
-                ls=ls,
-                marker=".",
-                label=r["label"],
+            axes[0][2].plot(
+                t, [p["heldout_p1"] for p in r["curve"]], color=color, ls=ls, marker=".", label=name
             )
     full = [r for r in records if r["method"] == "full"]
     if full:
         ref = full[-1]["final"]["p1"]
         ax = axes[0][0]
-        ax.axhline(ref, color="black", lw=0.6, alpha=0.5)
-        ax.axhline(0.95 * ref, color="black", lw=0.6, ls="--", alpha=0.5)
-        ax.axvline(0.5 * full[-1]["train_wall_s"], color="black", lw=0.6, ls=":", alpha=0.5)
+        ax.axhline(ref, color="black", lw=0.6, alpha=0.5, label="full's final P@1")
+        ax.axhline(0.95 * ref, color="black", lw=0.6, ls="--", alpha=0.5, label="95% of it")
+        ax.axvline(
+            0.5 * full[-1]["train_wall_s"],
+            color="black",
+            lw=0.6,
+            ls=":",
+            alpha=0.5,
+            label="half of full's wall time",
+        )
     r0 = records[0]
     loads = [x for r in records for x in (r["load_avg_start"][0], r["load_avg_end"][0])]
     data = r0["data"]
@@ -86,26 +96,27 @@ def plot_session(records: list[dict], path: str) -> str:
         fontsize=9,
     )
     axes[0][0].set_ylabel("P@1 (exact softmax)")
+    axes[0][1].set_title("the same P@1 against epochs (free of the machine's load)", fontsize=9)
     if heldout:
-        axes[0][1].set_title(
+        axes[0][2].set_title(
             f"held-out P@1 ({r0['eval']['heldout_examples']:,} examples)", fontsize=9
         )
         if "bayes_accuracy" in data:
-            axes[0][1].axhline(
+            axes[0][2].axhline(
                 data["bayes_accuracy"],
                 color="green",
                 lw=0.8,
                 ls="--",
                 label="Bayes (teacher argmax)",
             )
-    for ax in axes[0]:
-        ax.set_xlabel("training wall time (s), evaluation excluded")
+    for i, ax in enumerate(axes[0]):
+        ax.set_xlabel("epoch" if i == 1 else "training wall time (s), evaluation excluded")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     dev = r0["device"]
     fig.suptitle(
-        f"{dev['name']}, {dev['cpu_count']} cores, torch threads "
-        f"{dev['torch_threads']}; 1-min load average {min(loads):.1f}-{max(loads):.1f} "
+        f"{dev['name']}, {dev['cpu_count']} cores (thr: torch threads of the run)"
+        f"; 1-min load average {min(loads):.1f}-{max(loads):.1f} "
         f"(shared machine); session {r0['session']}",
         fontsize=8,
     )

@@ -36,7 +36,7 @@ LINES = {
     "verb": [
         "00204872 30 v 02 suffer 2 lose 3 002 $ 00204750 v 0000 @ 00203866 v 0000 03 + 01 00 "
         '+ 02 00 + 04 00 | be set at a disadvantage; "This author really suffers in '
-        'translation"  ',
+        'translation"  '
     ],
     "adj": [
         "00020410 00 s 04 unapproachable 0 unreachable 0 unreached 0 out_of_reach(p) 0 001 "
@@ -46,7 +46,7 @@ LINES = {
     ],
     "adv": [
         '00516492 02 r 01 wrongfully 0 000 | in an unjust or unfair manner; "wrongfully '
-        'dismissed"  ',
+        'dismissed"  '
     ],
 }
 
