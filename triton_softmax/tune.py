@@ -33,19 +33,20 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_step(
-    method: str,
-    n: int,
-    d: int,
-    N: int,
-    dtype: torch.dtype,
-    device: torch.device,
-    repeats: int = 5,
-    num_candidates: int = 512,
-    num_uniform: int = 512,
-    seed: int = 0,
-) -> float:
-    """Median seconds of one training step of SampledSoftmaxLoss(method=...)."""
+def _median_seconds(fn, device: torch.device, repeats: int) -> float:
+    """Median wall seconds of fn() over `repeats` calls after one warm-up call."""
+    fn()  # warm-up; builds the index once
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _problem(method, n, d, N, dtype, device, num_candidates, num_uniform, seed):
     from .loss import SampledSoftmaxLoss
 
     g = torch.Generator().manual_seed(seed)
@@ -61,24 +62,33 @@ def time_step(
         device=device,
         dtype=dtype,
     )
-    opt = torch.optim.SGD(layer.parameters(), lr=1e-3)
     h = torch.randn(N, d, generator=g).to(device=device, dtype=dtype)
     y = torch.randint(0, n, (N,), generator=g).to(device)
+    return layer, h, y
+
+
+def time_step(
+    method: str,
+    n: int,
+    d: int,
+    N: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    repeats: int = 5,
+    num_candidates: int = 512,
+    num_uniform: int = 512,
+    seed: int = 0,
+) -> float:
+    """Median seconds of one training step of SampledSoftmaxLoss(method=...)."""
+    layer, h, y = _problem(method, n, d, N, dtype, device, num_candidates, num_uniform, seed)
+    opt = torch.optim.SGD(layer.parameters(), lr=1e-3)
 
     def step():
         opt.zero_grad(set_to_none=True)
         layer(h, y).backward()
         opt.step()
 
-    step()  # warm-up; builds the index once
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        t0 = time.perf_counter()
-        step()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return _median_seconds(step, device, repeats)
 
 
 def time_topk(
@@ -95,30 +105,9 @@ def time_topk(
 ) -> float:
     """Median seconds of `topk(hidden, k)`: exact chunked scores (full) or retrieval + exact
     rerank (lsh, faiss); the index is built once before timing."""
-    from .loss import SampledSoftmaxLoss
-
-    g = torch.Generator().manual_seed(seed)
-    layer = SampledSoftmaxLoss(
-        n,
-        d,
-        method=method,
-        num_candidates=num_candidates,
-        num_uniform=0,
-        seed=seed,
-        device=device,
-        dtype=dtype,
-    ).eval()
-    h = torch.randn(N, d, generator=g).to(device=device, dtype=dtype)
-    exact = method == "full"
-    layer.topk(h, k, exact=exact)  # warm-up; builds the index
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        t0 = time.perf_counter()
-        layer.topk(h, k, exact=exact)
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    layer, h, _ = _problem(method, n, d, N, dtype, device, num_candidates, 0, seed)
+    layer.eval()
+    return _median_seconds(lambda: layer.topk(h, k, exact=method == "full"), device, repeats)
 
 
 def crossover(ns: list[int], full: list[float], other: list[float]) -> float | None:
