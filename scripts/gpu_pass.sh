@@ -17,7 +17,7 @@ if ls .whl/*.whl >/dev/null 2>&1; then
   export PYTHONPATH=/tmp/site
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-STAGES=${STAGES:-"env tests kernels linear_ce sweep tune"}
+STAGES=${STAGES:-"env tests kernels linear_ce bucket_tiles sweep tune"}
 stage() { case " $STAGES " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
 if stage env; then
@@ -36,6 +36,10 @@ fi
 if stage linear_ce; then
   timeout 120 python3 bench/linear_ce_cuda.py --out "$RES/linear_ce_cuda.json" \
     > "$RES/linear_ce_cuda.log" 2>&1
+fi
+if stage bucket_tiles; then  # tiles vs per-example gathers (issue 3), bf16, d = 512
+  timeout 120 python3 -m bench.bucket_tiles --device cuda --dtype bf16 --d 512 --n 1e5 1e6 \
+    --N 1024 8192 --S 1024 --T 1024 --out "$RES" > "$RES/bucket_tiles.log" 2>&1
 fi
 if stage sweep; then
   timeout 200 python3 -m bench.sweep --device cuda --n 1e4 1e5 1e6 1e7 --d 1024 --N 8192 \

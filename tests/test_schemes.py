@@ -566,3 +566,53 @@ def test_partial_refresh_equals_a_full_rehash_with_the_same_scale():
     assert torch.equal(idx.sorted_ids, sid) and torch.equal(idx.offsets, off)
     with pytest.raises(ValueError, match="partial_refresh needs sparse_grad"):
         SampledSoftmaxLoss(100, 4, partial_refresh=True)
+
+
+@pytest.mark.parametrize("impl_env", ["torch", "triton"])
+@pytest.mark.parametrize("bias", [False, True])
+def test_bucket_tiles_module_equals_gather(impl_env, bias, monkeypatch):
+    """bucket_impl='tiles' (twins, or the Triton kernels under the interpreter) gives the loss
+    and gradients of bucket_impl='gather' on the same bucket union and shared T, with ignored
+    rows and a z-loss."""
+    monkeypatch.setenv("TRITON_SOFTMAX_IMPL", impl_env)
+    torch.manual_seed(0)
+    n, d, N = 300, 12, 40
+    kw = dict(method="lsh", num_uniform=16, lsh_bits=3, lsh_tables=3, bias=bias,
+              candidate_scheme="bucket_shared", z_loss=1e-3, refresh_every=10)
+    gather = SampledSoftmaxLoss(n, d, bucket_impl="gather", **kw)
+    tiles = SampledSoftmaxLoss(n, d, bucket_impl="tiles", **kw)
+    tiles.load_state_dict(gather.state_dict())
+    if bias:
+        with torch.no_grad():
+            gather.bias.normal_()
+            tiles.bias.copy_(gather.bias)
+    h = torch.randn(N, d)
+    y = torch.randint(0, n, (N,))
+    y[::7] = -100
+    for red in ("mean", "sum"):
+        gather.reduction = tiles.reduction = red
+        hg, ht = h.clone().requires_grad_(True), h.clone().requires_grad_(True)
+        lg, lt = gather(hg, y), tiles(ht, y)
+        lg.backward()
+        lt.backward()
+        torch.testing.assert_close(lt, lg, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(ht.grad, hg.grad, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(tiles.weight.grad, gather.weight.grad, rtol=1e-4, atol=1e-5)
+        if bias:
+            torch.testing.assert_close(tiles.bias.grad, gather.bias.grad, rtol=1e-4, atol=1e-5)
+        gather.zero_grad()
+        tiles.zero_grad()
+
+
+def test_bucket_impl_validation():
+    with pytest.raises(ValueError, match="bucket_impl"):
+        SampledSoftmaxLoss(100, 8, method="lsh", candidate_scheme="bucket_shared",
+                           bucket_impl="dense")
+    with pytest.raises(ValueError, match="sparse_grad"):
+        SampledSoftmaxLoss(100, 8, method="lsh", candidate_scheme="bucket_shared",
+                           bucket_impl="tiles", sparse_grad=True)
+    layer = SampledSoftmaxLoss(100, 8, method="lsh", candidate_scheme="bucket_shared")
+    assert layer._use_bucket_tiles(torch.zeros(2, 8))  # auto: tiles for dense gradients
+    layer = SampledSoftmaxLoss(100, 8, method="lsh", candidate_scheme="bucket_shared",
+                               sparse_grad=True)
+    assert not layer._use_bucket_tiles(torch.zeros(2, 8))  # sparse: only the gather has it

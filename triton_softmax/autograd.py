@@ -254,3 +254,39 @@ class SharedCandidatesFunction(torch.autograd.Function):
                 db = db.index_add_(0, shared_ids, db_sh)
             db = db.to(bias.dtype)
         return dh.to(hidden.dtype), dW, db, None, None, None, None, None, None, None
+
+
+class BucketTileFunction(torch.autograd.Function):
+    """Per table and query, the log-sum-exp of its bucket tile: (L, N) fp32 (fp64 for fp64).
+
+    hidden (N, d), weight (n, d), bias (n,) | None, target (N,) int64 in [0, n), query_codes
+    (N, L) and key_codes (n, L) int32, sorted_ids (L, n) and offsets (L, 2^K + 1) from the
+    LSH index. Dense gradients for hidden, weight and bias (see bucket_tiles.py).
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, target, query_codes, key_codes, sorted_ids, offsets):
+        lse = ops.bucket_tile_lse(
+            hidden, weight, bias, target, query_codes, key_codes, sorted_ids, offsets
+        )
+        ctx.save_for_backward(
+            hidden, weight, bias, target, query_codes, key_codes, sorted_ids, offsets, lse
+        )
+        return lse
+
+    @staticmethod
+    def backward(ctx, grad_lse):
+        hidden, weight, bias, target, qc, kc, ids, off, lse = ctx.saved_tensors
+        dh, dw, db = ops.bucket_tile_lse_bwd(
+            grad_lse, lse, hidden, weight, bias, target, qc, kc, ids, off
+        )
+        return (
+            dh.to(hidden.dtype),
+            dw.to(weight.dtype),
+            db.to(bias.dtype) if bias is not None else None,
+            None,
+            None,
+            None,
+            None,
+            None,
+        )

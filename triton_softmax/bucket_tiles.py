@@ -2,8 +2,8 @@
 
 For each table l and each bucket c that holds at least one query, the tile is
 H[queries in c] @ W[classes in c]^T: a dense product instead of per-example gathers (on a
-GPU, tensor-core work; this module is the PyTorch reference and CPU path, the Triton tile
-kernel is future work). Query i's candidate set S_i is the whole union of its L buckets (no
+GPU, tensor-core work: kernels/bucket_tiles.py; this module holds its PyTorch twins and the
+loss built on them). Query i's candidate set S_i is the whole union of its L buckets (no
 ranking, no cap: the hit test below must see exactly the classes that were scored). A class
 that shares several buckets with a query is counted once, in the first table where they
 collide: tile entry (i, j) of table l is masked when code_l'(i) = code_l'(j) for some l' < l.
@@ -14,8 +14,12 @@ the rest:
     Z-hat_i = sum_{j in S_i, j != y} e^{z_ij} + e^{z_iy}
               + n/|T| sum_{t in T} 1[t not in S_i, t != y] e^{z_it}
 
-The number of tiles depends on the data (a host sync to enumerate them): this scheme is for
-large batches whose queries crowd into few buckets, where the dense tiles pay.
+    lse_tiles[l, i] = log sum_{j in bucket_l(i), j kept} e^{z_ij}        (the kernel's output)
+    log Z-hat_i     = logsumexp(lse_tiles[:, i], z_iy, T term)
+
+The twins below enumerate the tiles in Python (one host read per table, one small matmul per
+tile): they are the oracle for the kernels and the CPU path of the tiled scheme, whose speed
+against the per-example gather on the bucket union is measured in bench/bucket_tiles_cpu.py.
 """
 
 from __future__ import annotations
@@ -27,6 +31,92 @@ import torch
 from .lsh import LSHIndex
 
 
+def _acc_dtype(t: torch.Tensor) -> torch.dtype:
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def _tiles(query_codes: torch.Tensor, offsets: torch.Tensor):
+    """Yield (l, q, lo, hi): table, query ids of one occupied bucket, its class range."""
+    codes = query_codes.long()
+    for l in range(codes.shape[1]):
+        sorted_codes, order = torch.sort(codes[:, l], stable=True)
+        uniq, counts = torch.unique_consecutive(sorted_codes, return_counts=True)
+        lo_hi = torch.stack([offsets[l, uniq], offsets[l, uniq + 1]], 1).tolist()
+        start = 0
+        for (lo, hi), cnt in zip(lo_hi, counts.tolist()):  # one host read per table
+            q = order[start : start + cnt]
+            start += cnt
+            if hi > lo:
+                yield l, q, lo, hi
+
+
+def _tile_logits(h, weight, bias, query_codes, key_codes, target, l, q, cls, acc):
+    """(z, keep) of one tile: logits in `acc` and the first-collision / not-target mask."""
+    z = h[q] @ weight[cls].to(acc).T
+    if bias is not None:
+        z = z + bias[cls].to(acc)
+    earlier = (
+        query_codes[q, :l].long().unsqueeze(1) == key_codes[cls, :l].long().unsqueeze(0)
+    ).any(2)
+    keep = ~earlier & (cls.unsqueeze(0) != target[q].long().unsqueeze(1))
+    return z, keep
+
+
+def bucket_tile_lse_ref(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    target: torch.Tensor,
+    query_codes: torch.Tensor,
+    key_codes: torch.Tensor,
+    sorted_ids: torch.Tensor,
+    offsets: torch.Tensor,
+) -> torch.Tensor:
+    """Twin of kernels.bucket_tiles.bucket_tile_lse: (L, N) log-sum-exp of each query's tile
+    in each table (-inf where nothing is kept), fp32 (fp64 for fp64 inputs)."""
+    acc = _acc_dtype(hidden)
+    N, L = query_codes.shape
+    h = hidden.to(acc)
+    out = torch.full((L, N), float("-inf"), dtype=acc, device=hidden.device)
+    for l, q, lo, hi in _tiles(query_codes, offsets):
+        cls = sorted_ids[l, lo:hi].long()
+        z, keep = _tile_logits(h, weight, bias, query_codes, key_codes, target, l, q, cls, acc)
+        out[l, q] = torch.logsumexp(z.masked_fill(~keep, float("-inf")), dim=1)
+    return out
+
+
+def bucket_tile_lse_bwd_ref(
+    grad_lse: torch.Tensor,
+    lse: torch.Tensor,
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    target: torch.Tensor,
+    query_codes: torch.Tensor,
+    key_codes: torch.Tensor,
+    sorted_ids: torch.Tensor,
+    offsets: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Twin of kernels.bucket_tiles.bucket_tile_lse_bwd: (dh (N, d), dW (n, d), db (n,) | None)
+    of sum(grad_lse * lse), fp32 (fp64 for fp64 inputs)."""
+    acc = _acc_dtype(hidden)
+    (N, d), n = hidden.shape, weight.shape[0]
+    h = hidden.to(acc)
+    g, lse = grad_lse.to(acc), lse.to(acc)
+    dh = torch.zeros(N, d, dtype=acc, device=hidden.device)
+    dw = torch.zeros(n, d, dtype=acc, device=hidden.device)
+    db = torch.zeros(n, dtype=acc, device=hidden.device) if bias is not None else None
+    for l, q, lo, hi in _tiles(query_codes, offsets):
+        cls = sorted_ids[l, lo:hi].long()
+        z, keep = _tile_logits(h, weight, bias, query_codes, key_codes, target, l, q, cls, acc)
+        p = torch.where(keep, torch.exp(z - lse[l, q].unsqueeze(1)), 0.0) * g[l, q].unsqueeze(1)
+        dh.index_add_(0, q, p @ weight[cls].to(acc))
+        dw.index_add_(0, cls, p.T @ h[q])
+        if db is not None:
+            db.index_add_(0, cls, p.sum(0))
+    return dh, dw, db
+
+
 def bucket_tile_loss(
     hidden: torch.Tensor,
     weight: torch.Tensor,
@@ -35,51 +125,41 @@ def bucket_tile_loss(
     index: LSHIndex,
     num_uniform: int,
     generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Per-row estimator loss (N,) over bucket tiles; differentiable by autograd (dense grads).
+    return_lse: bool = False,
+):
+    """Per-row estimator loss (N,) over bucket tiles, differentiable (dense gradients).
 
     hidden (N, d), weight (n, d), bias (n,) | None, target (N,) int64 in [0, n); index: an
-    LSHIndex built on weight (its codes, tables and hyperplanes). Accumulates in fp32 (fp64
-    for fp64 inputs).
+    LSHIndex built on weight (its codes, tables and hyperplanes). The tiles run through
+    BucketTileFunction (the Triton kernels on CUDA, the twins above elsewhere); the target and
+    shared-T terms are plain torch. Accumulates in fp32 (fp64 for fp64 inputs). With
+    return_lse, returns (loss, log Z-hat) for a z-loss.
     """
-    acc = torch.float64 if hidden.dtype == torch.float64 else torch.float32
-    N, n = hidden.shape[0], weight.shape[0]
-    device = hidden.device
-    h = hidden.to(acc)
-    q_codes = index.query_codes(hidden.detach()).long()  # (N, L)
-    k_codes = index.codes.long()  # (n, L)
-    L = q_codes.shape[1]
+    from .autograd import BucketTileFunction
+
+    acc = _acc_dtype(hidden)
+    n = weight.shape[0]
+    q_codes = index.query_codes(hidden.detach())  # (N, L) int32
+    k_codes = index.codes  # (n, L) int32
     y = target.long()
-    ninf = torch.tensor(float("-inf"), dtype=acc, device=device)
-    parts = []  # per table: (N,) log-sum-exp of that table's tile entries for each query
-    for l in range(L):
-        part = torch.full((N,), float("-inf"), dtype=acc, device=device)
-        for c in torch.unique(q_codes[:, l]).tolist():  # data-dependent: a host sync
-            q = (q_codes[:, l] == c).nonzero().flatten()
-            lo, hi = int(index.offsets[l, c]), int(index.offsets[l, c + 1])
-            cls = index.sorted_ids[l, lo:hi].long()
-            if cls.numel() == 0:
-                continue
-            z = h[q] @ weight[cls].to(acc).T  # the dense tile
-            if bias is not None:
-                z = z + bias[cls].to(acc)
-            # first-collision dedupe across tables, and the target kept out of the tiles
-            earlier = (q_codes[q, :l].unsqueeze(1) == k_codes[cls, :l].unsqueeze(0)).any(2)
-            keep = ~earlier & (cls.unsqueeze(0) != y[q].unsqueeze(1))
-            part = part.index_put((q,), torch.logsumexp(torch.where(keep, z, ninf), dim=1))
-        parts.append(part)
+    tiles = BucketTileFunction.apply(
+        hidden, weight, bias, y, q_codes, k_codes, index.sorted_ids, index.offsets
+    ).to(acc)  # (L, N)
+    h = hidden.to(acc)
     z_y = (h * weight[y].to(acc)).sum(1)
     if bias is not None:
         z_y = z_y + bias[y].to(acc)
-    terms = parts + [z_y]
+    terms = [tiles.T, z_y.unsqueeze(1)]
     if num_uniform:
-        t = torch.randint(0, n, (num_uniform,), generator=generator, device=device)
-        z_t = h @ weight[t].to(acc).T
+        t = torch.randint(0, n, (num_uniform,), generator=generator, device=hidden.device)
+        z_t = h @ weight[t].to(acc).T  # the dense N x |T| product
         if bias is not None:
             z_t = z_t + bias[t].to(acc)
         # a draw is a hit when it shares a bucket with the query (it is in S_i) or is the target
-        hit = (q_codes.unsqueeze(1) == k_codes[t].unsqueeze(0)).any(2) | (t == y.unsqueeze(1))
+        hit = (q_codes.long().unsqueeze(1) == k_codes[t].long().unsqueeze(0)).any(2)
+        hit = hit | (t == y.unsqueeze(1))
         logw = math.log(n / num_uniform)
-        terms.append(torch.logsumexp(torch.where(hit, ninf, z_t + logw), dim=1))
-    lse = torch.logsumexp(torch.stack(terms, dim=1), dim=1)
-    return lse - z_y
+        terms.append(torch.logsumexp((z_t + logw).masked_fill(hit, float("-inf")), 1, True))
+    lse = torch.logsumexp(torch.cat(terms, dim=1), dim=1)
+    loss = lse - z_y
+    return (loss, lse) if return_lse else loss

@@ -200,3 +200,43 @@ def chunked_ce_bwd(grad_loss, hidden, weight, bias, target, lse, label_smoothing
         lse,
         label_smoothing,
     )
+
+
+def bucket_tile_lse(hidden, weight, bias, target, query_codes, key_codes, sorted_ids, offsets):
+    from . import bucket_tiles as _bt
+
+    return _route(
+        "bucket_tile_lse",
+        _bt.bucket_tile_lse_ref,
+        hidden,
+        hidden,
+        weight,
+        bias,
+        target,
+        query_codes,
+        key_codes,
+        sorted_ids,
+        offsets,
+    )
+
+
+def bucket_tile_lse_bwd(
+    grad_lse, lse, hidden, weight, bias, target, query_codes, key_codes, sorted_ids, offsets
+):
+    from . import bucket_tiles as _bt
+
+    return _route(
+        "bucket_tile_lse_bwd",
+        _bt.bucket_tile_lse_bwd_ref,
+        hidden,
+        grad_lse,
+        lse,
+        hidden,
+        weight,
+        bias,
+        target,
+        query_codes,
+        key_codes,
+        sorted_ids,
+        offsets,
+    )
