@@ -98,7 +98,7 @@ def main(argv=None) -> int:
                 loss = float(layer(hh, y).detach())  # builds the index
                 stats = stats or tile_stats(layer, h)
 
-                def step():
+                def step(layer=layer, hh=hh, y=y):
                     layer.weight.grad = None
                     hh.grad = None
                     layer(hh, y).backward()

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The accuracy runs behind the README's Accuracy section (issue 5), in the order they ran.
 # Each run is alone in its process, one torch thread, one after another; records land in
-# bench/results/accuracy-*-<session>.json. Usage: bash scripts/accuracy_runs.sh [synset|teacher|refresh|lemma]
+# bench/results/accuracy-*-<session>.json. Usage: bash scripts/accuracy_runs.sh [synset|refresh|teacher|teacher6-sampled|teacher6-full|lemma]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 S=${SESSION:-$(date -u +%Y%m%d-%H%M%S)}
@@ -11,9 +11,15 @@ case "${1:-synset}" in
     run --task wordnet-synset --epochs 6 --methods full,faiss,lsh,uniform ;;
   refresh)  # what the refresh interval does: 10 and 1000 steps against the default 100
     run --task wordnet-synset --epochs 6 --methods faiss@10,faiss@1000,lsh@1000 ;;
-  teacher)  # synthetic teacher with a known Bayes accuracy, 10^5 and 10^6 classes
-    run --task teacher --max-classes 100000 --epochs 3 --methods full,faiss,lsh,uniform
-    run --task teacher --max-classes 1000000 --examples-per-class 1 --epochs 2 --methods faiss,lsh,uniform,full ;;
+  teacher)  # synthetic teacher with a known Bayes accuracy, 10^5 classes, 2 examples each
+    run --task teacher --max-classes 100000 --examples-per-class 2 --epochs 3 \
+      --methods full,faiss,lsh,uniform ;;
+  teacher6-sampled)  # 10^6 classes, one example each, one epoch
+    run --task teacher --max-classes 1000000 --examples-per-class 1 --epochs 1 \
+      --methods lsh,uniform,faiss ;;
+  teacher6-full)  # the exact softmax at 10^6 classes gets what 20 minutes allow
+    run --task teacher --max-classes 1000000 --examples-per-class 1 --epochs 1 \
+      --methods full --time-limit 1200 ;;
   lemma)    # every lemma (about 148K classes), held-out senses
     run --task wordnet-lemma --epochs 6 --methods full,faiss,lsh,uniform ;;
 esac

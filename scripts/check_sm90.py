@@ -119,8 +119,10 @@ def main() -> int:
         for name, kernel, rows in kernels:
             for dtype in ("bf16", "fp32"):
                 for row in rows:
-                    print(f"{name:22s} {dtype} {row}: {ptxas_report(kernel, dtype, row, workdir)}",
-                          flush=True)
+                    print(
+                        f"{name:22s} {dtype} {row}: {ptxas_report(kernel, dtype, row, workdir)}",
+                        flush=True,
+                    )
     return 0
 
 

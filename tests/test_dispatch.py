@@ -153,10 +153,12 @@ def test_module_explain_and_cached_choice():
 def test_inference_uses_its_own_crossover_or_says_it_has_none():
     table = json.loads(json.dumps(TABLE))
     entry = table["devices"]["cpu"]["entries"][0]
-    c = choose_method("auto", 30_000, 128, 256, torch.float32, CPU, 64, 64, table=table,
-                      inference=True)
+    c = choose_method(
+        "auto", 30_000, 128, 256, torch.float32, CPU, 64, 64, table=table, inference=True
+    )
     assert c.method == "lsh" and "no inference crossover measured" in c.reason
     entry["lsh_topk"], entry["faiss_topk"] = 50_000, None
-    c = choose_method("auto", 30_000, 128, 256, torch.float32, CPU, 64, 64, table=table,
-                      inference=True)
+    c = choose_method(
+        "auto", 30_000, 128, 256, torch.float32, CPU, 64, 64, table=table, inference=True
+    )
     assert c.method == "full" and "50000" in c.reason

@@ -113,8 +113,10 @@ def test_non_contiguous_inputs(device):
     h_nc = torch.stack([h, h], 2)[:, :, 0]
     assert not h_nc.is_contiguous()
     W_nc = W.T.contiguous().T
-    close(bucket_tile_lse(h_nc, W_nc, b, y, qc, kc, ids, off), bucket_tile_lse(h, W, b, y, qc,
-                                                                                kc, ids, off))
+    close(
+        bucket_tile_lse(h_nc, W_nc, b, y, qc, kc, ids, off),
+        bucket_tile_lse(h, W, b, y, qc, kc, ids, off),
+    )
 
 
 def test_bad_shapes_raise():

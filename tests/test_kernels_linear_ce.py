@@ -274,12 +274,7 @@ def test_public_full_path_matches_torch(monkeypatch, bias, eps):
     y[3] = y[17] = -100
     leaves = [t.clone().requires_grad_() for t in (h, W) + ((b,) if bias else ())]
     ours = triton_softmax.sampled_softmax_cross_entropy(
-        leaves[0],
-        leaves[1],
-        y,
-        leaves[2] if bias else None,
-        method="full",
-        label_smoothing=eps,
+        leaves[0], leaves[1], y, leaves[2] if bias else None, method="full", label_smoothing=eps
     )
     ours.backward()
     ref_leaves = [t.clone().requires_grad_() for t in (h, W) + ((b,) if bias else ())]

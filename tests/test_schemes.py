@@ -577,8 +577,16 @@ def test_bucket_tiles_module_equals_gather(impl_env, bias, monkeypatch):
     monkeypatch.setenv("TRITON_SOFTMAX_IMPL", impl_env)
     torch.manual_seed(0)
     n, d, N = 300, 12, 40
-    kw = dict(method="lsh", num_uniform=16, lsh_bits=3, lsh_tables=3, bias=bias,
-              candidate_scheme="bucket_shared", z_loss=1e-3, refresh_every=10)
+    kw = dict(
+        method="lsh",
+        num_uniform=16,
+        lsh_bits=3,
+        lsh_tables=3,
+        bias=bias,
+        candidate_scheme="bucket_shared",
+        z_loss=1e-3,
+        refresh_every=10,
+    )
     gather = SampledSoftmaxLoss(n, d, bucket_impl="gather", **kw)
     tiles = SampledSoftmaxLoss(n, d, bucket_impl="tiles", **kw)
     tiles.load_state_dict(gather.state_dict())
@@ -606,13 +614,21 @@ def test_bucket_tiles_module_equals_gather(impl_env, bias, monkeypatch):
 
 def test_bucket_impl_validation():
     with pytest.raises(ValueError, match="bucket_impl"):
-        SampledSoftmaxLoss(100, 8, method="lsh", candidate_scheme="bucket_shared",
-                           bucket_impl="dense")
+        SampledSoftmaxLoss(
+            100, 8, method="lsh", candidate_scheme="bucket_shared", bucket_impl="dense"
+        )
     with pytest.raises(ValueError, match="sparse_grad"):
-        SampledSoftmaxLoss(100, 8, method="lsh", candidate_scheme="bucket_shared",
-                           bucket_impl="tiles", sparse_grad=True)
+        SampledSoftmaxLoss(
+            100,
+            8,
+            method="lsh",
+            candidate_scheme="bucket_shared",
+            bucket_impl="tiles",
+            sparse_grad=True,
+        )
     layer = SampledSoftmaxLoss(100, 8, method="lsh", candidate_scheme="bucket_shared")
     assert layer._use_bucket_tiles(torch.zeros(2, 8))  # auto: tiles for dense gradients
-    layer = SampledSoftmaxLoss(100, 8, method="lsh", candidate_scheme="bucket_shared",
-                               sparse_grad=True)
+    layer = SampledSoftmaxLoss(
+        100, 8, method="lsh", candidate_scheme="bucket_shared", sparse_grad=True
+    )
     assert not layer._use_bucket_tiles(torch.zeros(2, 8))  # sparse: only the gather has it

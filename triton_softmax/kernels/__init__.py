@@ -4,8 +4,8 @@ Launchers exported here are picked up by triton_softmax.ops by name. No bucket_t
 refresh-time table build stays in torch on every device (see bucket_lookup.py for why).
 """
 
-from .bucket_tiles import bucket_tile_lse, bucket_tile_lse_bwd  # noqa: F401
 from .bucket_lookup import lsh_candidates, lsh_query  # noqa: F401
+from .bucket_tiles import bucket_tile_lse, bucket_tile_lse_bwd  # noqa: F401
 from .linear_ce import linear_ce_bwd, linear_ce_fwd  # noqa: F401
 from .sampled_logits import (  # noqa: F401
     grad_hidden,

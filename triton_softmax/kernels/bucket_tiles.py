@@ -69,8 +69,12 @@ def _configs(rows, pre_hook=None):
     if _utils.INTERPRET:
         rows = [(16, 16, 16, 4, 1)]
     return [
-        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s,
-                      pre_hook=pre_hook)
+        triton.Config(
+            {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk},
+            num_warps=w,
+            num_stages=s,
+            pre_hook=pre_hook,
+        )
         for bm, bn, bk, w, s in rows
     ]
 
@@ -80,12 +84,7 @@ def _configs(rows, pre_hook=None):
 # without register spills in bf16, with or without a bias (ptxas -v on triton 3.9 output:
 # scripts/check_sm90.py);
 # fp32 (IEEE dots on CUDA cores) spills a little in the larger ones.
-_FWD_ROWS = [
-    (64, 64, 64, 8, 3),
-    (32, 64, 64, 4, 3),
-    (64, 64, 32, 4, 3),
-    (32, 128, 32, 4, 3),
-]
+_FWD_ROWS = [(64, 64, 64, 8, 3), (32, 64, 64, 4, 3), (64, 64, 32, 4, 3), (32, 128, 32, 4, 3)]
 _BWD_ROWS = [
     (64, 64, 32, 8, 3),
     (32, 64, 64, 4, 3),
@@ -98,15 +97,38 @@ _BWD_ROWS = [
 @triton.autotune(configs=_configs(_FWD_ROWS), key=["d", "L"])
 @triton.jit
 def _bucket_tile_lse_fwd_kernel(
-    h_ptr, w_ptr, b_ptr, y_ptr, qcode_ptr, kcode_ptr, q_order_ptr, run_end_ptr, ids_ptr,
-    off_ptr, lse_ptr, N, n, d, L, num_buckets, stride_hm, stride_hd, stride_wn, stride_wd,
-    HAS_BIAS: tl.constexpr, DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    h_ptr,
+    w_ptr,
+    b_ptr,
+    y_ptr,
+    qcode_ptr,
+    kcode_ptr,
+    q_order_ptr,
+    run_end_ptr,
+    ids_ptr,
+    off_ptr,
+    lse_ptr,
+    N,
+    n,
+    d,
+    L,
+    num_buckets,
+    stride_hm,
+    stride_hd,
+    stride_wn,
+    stride_wd,
+    HAS_BIAS: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):
     l = tl.program_id(0)
     p = tl.program_id(1)
-    q_end, lo, hi = _bucket_range(qcode_ptr, q_order_ptr, run_end_ptr, off_ptr, l, p, N, L,
-                                  num_buckets)
+    q_end, lo, hi = _bucket_range(
+        qcode_ptr, q_order_ptr, run_end_ptr, off_ptr, l, p, N, L, num_buckets
+    )
     ids_row = ids_ptr + l.to(tl.int64) * n
     for qs in range(p, q_end, BLOCK_M):
         offs_m = qs + tl.arange(0, BLOCK_M)
@@ -119,9 +141,26 @@ def _bucket_tile_lse_fwd_kernel(
             offs_n = cs + tl.arange(0, BLOCK_N)
             col_mask = offs_n < hi
             cid = tl.load(ids_row + offs_n, mask=col_mask, other=0)
-            z = _logits_tile(h_ptr, w_ptr, b_ptr, qid, cid, row_mask, col_mask, d, stride_hm,
-                             stride_hd, stride_wn, stride_wd, HAS_BIAS, DOT_DTYPE,
-                             INPUT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
+            z = _logits_tile(
+                h_ptr,
+                w_ptr,
+                b_ptr,
+                qid,
+                cid,
+                row_mask,
+                col_mask,
+                d,
+                stride_hm,
+                stride_hd,
+                stride_wn,
+                stride_wd,
+                HAS_BIAS,
+                DOT_DTYPE,
+                INPUT_PRECISION,
+                BLOCK_M,
+                BLOCK_N,
+                BLOCK_K,
+            )
             keep = _keep_mask(qcode_ptr, kcode_ptr, qid, cid, y, row_mask, col_mask, l, L)
             z = tl.where(keep, z, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(z, 1))
@@ -136,16 +175,42 @@ def _bucket_tile_lse_fwd_kernel(
 @triton.autotune(configs=_configs(_BWD_ROWS, _zero_grads), key=["d", "L"])
 @triton.jit
 def _bucket_tile_lse_bwd_kernel(
-    g_ptr, lse_ptr, h_ptr, w_ptr, b_ptr, y_ptr, qcode_ptr, kcode_ptr, q_order_ptr,
-    run_end_ptr, ids_ptr, off_ptr, dh_ptr, dw_ptr, db_ptr, N, n, d, L, num_buckets,
-    stride_hm, stride_hd, stride_wn, stride_wd,
-    HAS_BIAS: tl.constexpr, DOT_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    g_ptr,
+    lse_ptr,
+    h_ptr,
+    w_ptr,
+    b_ptr,
+    y_ptr,
+    qcode_ptr,
+    kcode_ptr,
+    q_order_ptr,
+    run_end_ptr,
+    ids_ptr,
+    off_ptr,
+    dh_ptr,
+    dw_ptr,
+    db_ptr,
+    N,
+    n,
+    d,
+    L,
+    num_buckets,
+    stride_hm,
+    stride_hd,
+    stride_wn,
+    stride_wd,
+    HAS_BIAS: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):
     l = tl.program_id(0)
     p = tl.program_id(1)
-    q_end, lo, hi = _bucket_range(qcode_ptr, q_order_ptr, run_end_ptr, off_ptr, l, p, N, L,
-                                  num_buckets)
+    q_end, lo, hi = _bucket_range(
+        qcode_ptr, q_order_ptr, run_end_ptr, off_ptr, l, p, N, L, num_buckets
+    )
     ids_row = ids_ptr + l.to(tl.int64) * n
     for qs in range(p, q_end, BLOCK_M):
         offs_m = qs + tl.arange(0, BLOCK_M)
@@ -161,16 +226,57 @@ def _bucket_tile_lse_bwd_kernel(
                 offs_n = cs + tl.arange(0, BLOCK_N)
                 col_mask = offs_n < hi
                 cid = tl.load(ids_row + offs_n, mask=col_mask, other=0)
-                z = _logits_tile(h_ptr, w_ptr, b_ptr, qid, cid, row_mask, col_mask, d,
-                                 stride_hm, stride_hd, stride_wn, stride_wd, HAS_BIAS,
-                                 DOT_DTYPE, INPUT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K)
+                z = _logits_tile(
+                    h_ptr,
+                    w_ptr,
+                    b_ptr,
+                    qid,
+                    cid,
+                    row_mask,
+                    col_mask,
+                    d,
+                    stride_hm,
+                    stride_hd,
+                    stride_wn,
+                    stride_wd,
+                    HAS_BIAS,
+                    DOT_DTYPE,
+                    INPUT_PRECISION,
+                    BLOCK_M,
+                    BLOCK_N,
+                    BLOCK_K,
+                )
                 keep = _keep_mask(qcode_ptr, kcode_ptr, qid, cid, y, live, col_mask, l, L)
                 p_ij = tl.where(keep, tl.exp(z - lse[:, None]), 0.0) * g[:, None]
                 # dW rows and dh rows are shared with other programs: atomic adds
-                _tile_grad_update(p_ij, h_ptr, w_ptr, dh_ptr, dw_ptr, qid, cid, row_mask,
-                                  col_mask, d, stride_hm, stride_hd, stride_wn, stride_wd, d, 1,
-                                  d, 1, False, True, 1, DOT_DTYPE, INPUT_PRECISION, BLOCK_M,
-                                  BLOCK_N, BLOCK_K)
+                _tile_grad_update(
+                    p_ij,
+                    h_ptr,
+                    w_ptr,
+                    dh_ptr,
+                    dw_ptr,
+                    qid,
+                    cid,
+                    row_mask,
+                    col_mask,
+                    d,
+                    stride_hm,
+                    stride_hd,
+                    stride_wn,
+                    stride_wd,
+                    d,
+                    1,
+                    d,
+                    1,
+                    False,
+                    True,
+                    1,
+                    DOT_DTYPE,
+                    INPUT_PRECISION,
+                    BLOCK_M,
+                    BLOCK_N,
+                    BLOCK_K,
+                )
                 if HAS_BIAS:
                     tl.atomic_add(db_ptr + cid, tl.sum(p_ij, 0), mask=col_mask, sem="relaxed")
 
@@ -193,16 +299,22 @@ def _check(hidden, weight, bias, target, query_codes, key_codes, sorted_ids, off
     n = weight.shape[0]
     L = query_codes.shape[1] if query_codes.dim() == 2 else -1
     if weight.dim() != 2 or weight.shape[1] != d:
-        raise ValueError(f"hidden (N, d) and weight (n, d) disagree: {tuple(hidden.shape)}, "
-                         f"{tuple(weight.shape)}")
+        raise ValueError(
+            f"hidden (N, d) and weight (n, d) disagree: {tuple(hidden.shape)}, "
+            f"{tuple(weight.shape)}"
+        )
     if target.shape != (N,) or target.dtype.is_floating_point:
         raise ValueError(f"target must be integer (N={N},), got {tuple(target.shape)}")
     if query_codes.shape != (N, L) or key_codes.shape != (n, L):
-        raise ValueError(f"codes must be (N, L) and (n, L), got {tuple(query_codes.shape)} "
-                         f"and {tuple(key_codes.shape)}")
+        raise ValueError(
+            f"codes must be (N, L) and (n, L), got {tuple(query_codes.shape)} "
+            f"and {tuple(key_codes.shape)}"
+        )
     if sorted_ids.shape != (L, n) or offsets.dim() != 2 or offsets.shape[0] != L:
-        raise ValueError(f"sorted_ids must be (L, n) and offsets (L, 2^K + 1), got "
-                         f"{tuple(sorted_ids.shape)} and {tuple(offsets.shape)}")
+        raise ValueError(
+            f"sorted_ids must be (L, n) and offsets (L, 2^K + 1), got "
+            f"{tuple(sorted_ids.shape)} and {tuple(offsets.shape)}"
+        )
     if bias is not None and bias.shape != (n,):
         raise ValueError(f"bias must be (n={n},), got {tuple(bias.shape)}")
     tensors = [hidden, weight, target, query_codes, key_codes, sorted_ids, offsets]
@@ -245,8 +357,9 @@ def bucket_tile_lse(
     offsets (L, 2^K + 1): the index's bucket tables (lsh.bucket_table_ref). float64 -> twin.
     """
     if not _check(hidden, weight, bias, target, query_codes, key_codes, sorted_ids, offsets):
-        return bucket_tile_lse_ref(hidden, weight, bias, target, query_codes, key_codes,
-                                   sorted_ids, offsets)
+        return bucket_tile_lse_ref(
+            hidden, weight, bias, target, query_codes, key_codes, sorted_ids, offsets
+        )
     N, d = hidden.shape
     n, L = weight.shape[0], query_codes.shape[1]
     lse = _utils.empty((L, N), torch.float32, hidden.device)
@@ -256,10 +369,29 @@ def bucket_tile_lse(
     c = _common(hidden, weight, bias, target, query_codes, key_codes, sorted_ids, offsets)
     dot_dtype, precision = _dot_setup(hidden, weight)
     _bucket_tile_lse_fwd_kernel[(L, N)](
-        hidden, weight, c["b"], c["y"], c["qcode"], c["kcode"], c["q_order"], c["run_end"],
-        c["ids"], c["off"], lse, N, n, d, L, offsets.shape[1] - 1,
-        hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1),
-        HAS_BIAS=bias is not None, DOT_DTYPE=dot_dtype, INPUT_PRECISION=precision,
+        hidden,
+        weight,
+        c["b"],
+        c["y"],
+        c["qcode"],
+        c["kcode"],
+        c["q_order"],
+        c["run_end"],
+        c["ids"],
+        c["off"],
+        lse,
+        N,
+        n,
+        d,
+        L,
+        offsets.shape[1] - 1,
+        hidden.stride(0),
+        hidden.stride(1),
+        weight.stride(0),
+        weight.stride(1),
+        HAS_BIAS=bias is not None,
+        DOT_DTYPE=dot_dtype,
+        INPUT_PRECISION=precision,
     )
     return lse
 
@@ -281,8 +413,9 @@ def bucket_tile_lse_bwd(
     grad_lse, lse: (L, N) float32 (lse from bucket_tile_lse); the rest as bucket_tile_lse.
     """
     if not _check(hidden, weight, bias, target, query_codes, key_codes, sorted_ids, offsets):
-        return bucket_tile_lse_bwd_ref(grad_lse, lse, hidden, weight, bias, target, query_codes,
-                                       key_codes, sorted_ids, offsets)
+        return bucket_tile_lse_bwd_ref(
+            grad_lse, lse, hidden, weight, bias, target, query_codes, key_codes, sorted_ids, offsets
+        )
     N, d = hidden.shape
     n, L = weight.shape[0], query_codes.shape[1]
     dev = hidden.device
@@ -294,10 +427,32 @@ def bucket_tile_lse_bwd(
     c = _common(hidden, weight, bias, target, query_codes, key_codes, sorted_ids, offsets)
     dot_dtype, precision = _dot_setup(hidden, weight)
     _bucket_tile_lse_bwd_kernel[(L, N)](
-        grad_lse.to(torch.float32).contiguous(), lse.to(torch.float32).contiguous(), hidden,
-        weight, c["b"], c["y"], c["qcode"], c["kcode"], c["q_order"], c["run_end"], c["ids"],
-        c["off"], dh, dw, db if db is not None else dh, N, n, d, L, offsets.shape[1] - 1,
-        hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1),
-        HAS_BIAS=bias is not None, DOT_DTYPE=dot_dtype, INPUT_PRECISION=precision,
+        grad_lse.to(torch.float32).contiguous(),
+        lse.to(torch.float32).contiguous(),
+        hidden,
+        weight,
+        c["b"],
+        c["y"],
+        c["qcode"],
+        c["kcode"],
+        c["q_order"],
+        c["run_end"],
+        c["ids"],
+        c["off"],
+        dh,
+        dw,
+        db if db is not None else dh,
+        N,
+        n,
+        d,
+        L,
+        offsets.shape[1] - 1,
+        hidden.stride(0),
+        hidden.stride(1),
+        weight.stride(0),
+        weight.stride(1),
+        HAS_BIAS=bias is not None,
+        DOT_DTYPE=dot_dtype,
+        INPUT_PRECISION=precision,
     )
     return dh, dw, db
