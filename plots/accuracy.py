@@ -134,16 +134,26 @@ def main(argv: list[str] | None = None) -> list[str]:
     )
     p.add_argument("--results", default=RESULTS)
     p.add_argument("--task", default=None)
-    p.add_argument("--session", default=None, help="default: the latest session per task")
+    p.add_argument(
+        "--session",
+        nargs="+",
+        default=None,
+        help="default: the latest session per task; several sessions of one task are drawn "
+        "and summarised together (e.g. a refresh-interval session against the main one)",
+    )
     p.add_argument("--out", default=HERE)
     args = p.parse_args(argv)
     recs = load_records(sorted(glob.glob(os.path.join(args.results, "accuracy-*.json"))))
+    if args.session and len(args.session) > 1:  # merged in memory only, under one name
+        merged = "+".join(args.session)
+        recs = [dict(r, session=merged) for r in recs if r["session"] in args.session]
+        args.session = [merged]
     groups = sessions_by_task(recs)
     chosen: dict[str, str] = {}
     for task, session in groups:
         if args.task and task != args.task:
             continue
-        if args.session and session != args.session:
+        if args.session and session not in args.session:
             continue
         chosen[task] = max(chosen.get(task, ""), session)
     written = []

@@ -212,7 +212,7 @@ def _check_records(out, task, labels):
     return recs
 
 
-def test_end_to_end_all_methods(tmp_path):
+def test_end_to_end_all_methods(tmp_path, monkeypatch):
     from bench import accuracy
 
     root = fake_wordnet(tmp_path / "wn", 900)
@@ -252,6 +252,21 @@ def test_end_to_end_all_methods(tmp_path):
 
     written = plot.main(["--results", str(out), "--out", str(tmp_path / "png")])
     assert len(written) == 1 and os.path.getsize(written[0]) > 10_000
+    # a second session (say, other refresh intervals) summarised against the first's full run
+    session = recs[0]["session"]
+    for r in recs:
+        if r["label"] == "lsh@2":
+            other = dict(r, session="later", label="lsh@3")
+            (out / "accuracy-wordnet-synset-lsh-r3-later.json").write_text(json.dumps(other))
+    rows = []
+    summarise = plot.summarise
+    monkeypatch.setattr(plot, "summarise", lambda rs: rows.extend(summarise(rs)) or rows)
+    written = plot.main(
+        ["--results", str(out), "--session", session, "later", "--out", str(tmp_path / "p2")]
+    )
+    assert written[0].endswith(f"accuracy-wordnet-synset-{session}+later.png")
+    later = [r for r in rows if r["label"] == "lsh@3"]
+    assert later and later[0]["full_final_p1"] == by["full"]["final"]["p1"]
 
 
 def test_end_to_end_lemma_and_teacher(tmp_path):
