@@ -1,11 +1,14 @@
-"""Compile every autotune config of the tile kernels for sm_90a (H100) without a GPU, and
-print ptxas's register and spill report for each: a config that spills is a bad default.
+"""Compile every autotune config of every Triton kernel for sm_90a (H100) without a GPU, and
+print ptxas's register and spill report for each: a compile error is a GPU bug the
+interpreter cannot see, and a tile config that spills is a bad default.
 
-    python3 scripts/check_sm90.py [--no-bias]   # bucket_tiles and linear_ce, bf16 and fp32
+    python3 scripts/check_sm90.py [--no-bias]   # every kernel and config, bf16 and fp32
 
 Uses triton's own compiler and its bundled ptxas (ptxas-blackwell reads the PTX version
 triton 3.9 emits). Arguments are specialised as the JIT does at launch: pointers, sizes and
-row strides divisible by 16, the unit d-stride a constant.
+row strides divisible by 16, the unit d-stride a constant; the launch-time constexprs are
+those the launchers pick for a typical call (d = 128, K = 12, L = 8). Exit status 1 if any
+compile fails. Run it with each triton you support (e.g. a venv with triton==3.6.0).
 """
 
 from __future__ import annotations
@@ -23,13 +26,16 @@ import triton.language as tl  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
+from triton_softmax.kernels import bucket_lookup as bl  # noqa: E402
 from triton_softmax.kernels import bucket_tiles as bt  # noqa: E402
 from triton_softmax.kernels import linear_ce as lce  # noqa: E402
+from triton_softmax.kernels import sampled_logits as sl  # noqa: E402
+from triton_softmax.kernels import scatter_grad as sg  # noqa: E402
+from triton_softmax.kernels import simhash as sh  # noqa: E402
 
-INT32_PTRS = {"qcode_ptr", "kcode_ptr", "q_order_ptr", "run_end_ptr", "ids_ptr"}
-INT64_PTRS = {"y_ptr", "off_ptr"}
-INPUT_PTRS = {"h_ptr", "w_ptr", "b_ptr"}
+HAS_BIAS = "--no-bias" not in sys.argv
 DIV16 = {"d", "N", "n", "stride_hm", "stride_wn"}
+I32, I64 = "*i32", "*i64"
 
 
 def jit_fn(kernel):
@@ -38,41 +44,112 @@ def jit_fn(kernel):
     return kernel
 
 
-HAS_BIAS = "--no-bias" not in sys.argv
+def tile_spec(dtype: str) -> dict:
+    """Constexprs shared by the tl.dot kernels (linear_ce, bucket_tiles)."""
+    return dict(
+        HAS_BIAS=HAS_BIAS,
+        SMOOTH=False,
+        FILTER=False,
+        DH_ATOMIC=True,
+        DOT_DTYPE=tl.bfloat16 if dtype == "bf16" else tl.float32,
+        INPUT_PRECISION="tf32" if dtype == "bf16" else "ieee",
+        stride_hd=1,
+        stride_wd=1,
+    )
 
 
-def signature(fn, dtype: str, block: tuple[int, int, int]):
-    sig, consts = {}, {}
+TILE_PTRS = dict(
+    h_ptr="IN",
+    w_ptr="IN",
+    b_ptr="IN",
+    y_ptr=I64,
+    off_ptr=I64,
+    qcode_ptr=I32,
+    kcode_ptr=I32,
+    q_order_ptr=I32,
+    run_end_ptr=I32,
+    ids_ptr=I32,
+)
+CAND_PTRS = dict(h_ptr="IN", w_ptr="IN", b_ptr="IN", ids_ptr=I64, tgt_ptr=I64, ids_out_ptr=I64)
+LOOKUP_PTRS = dict(
+    codes_ptr=I32,
+    x_ptr="IN",
+    sorted_ids_ptr=I32,
+    offsets_ptr=I64,
+    out_ids_ptr=I64,
+    out_coll_ptr=I32,
+)
+LOOKUP_PADS = dict(BIAS_MODE=1, K_PAD=16, L_PAD=8, B_PAD=32)
+
+# (name, kernel, constexprs beyond the config's, pointer element types, fp32 scalars)
+KERNELS = [
+    ("bucket_tile_lse_fwd", bt._bucket_tile_lse_fwd_kernel, {}, TILE_PTRS, ()),
+    ("bucket_tile_lse_bwd", bt._bucket_tile_lse_bwd_kernel, {}, TILE_PTRS, ()),
+    ("linear_ce_fwd", lce._linear_ce_fwd_kernel, {}, TILE_PTRS, ()),
+    ("linear_ce_bwd", lce._linear_ce_bwd_kernel, {}, TILE_PTRS, ()),
+    (
+        "simhash_codes",
+        sh.simhash_codes_kernel,
+        dict(BIAS_MODE=1, MIPS=True, BLOCK_T=8, K_PAD=16),
+        dict(x_ptr="IN", codes_ptr=I32),
+        ("bias_value",),
+    ),
+    (
+        "lsh_lookup(hash)",
+        bl.lsh_lookup_kernel,
+        dict(HASH=True, BLOCK_Q=16, BLOCK_D=64, **LOOKUP_PADS),
+        LOOKUP_PTRS,
+        ("bias_value",),
+    ),
+    (
+        "lsh_lookup(codes)",
+        bl.lsh_lookup_kernel,
+        dict(HASH=False, BLOCK_Q=1, BLOCK_D=16, **LOOKUP_PADS),
+        LOOKUP_PTRS,
+        ("bias_value",),
+    ),
+    (
+        "sampled_logits_fwd",
+        sl.sampled_logits_fwd_kernel,
+        dict(HAS_BIAS=HAS_BIAS, BLOCK_D=128),
+        CAND_PTRS,
+        (),
+    ),
+    (
+        "sampled_logits_bwd",
+        sl.sampled_logits_bwd_kernel,
+        dict(HAS_BIAS=HAS_BIAS, COMPUTE_DH=True, BLOCK_D=128),
+        CAND_PTRS,
+        (),
+    ),
+    ("grad_hidden", sl.grad_hidden_kernel, dict(BLOCK_D=128), CAND_PTRS, ()),
+    ("scatter_grad_atomic", sg.scatter_grad_weight_atomic_kernel, {}, CAND_PTRS, ()),
+    (
+        "scatter_grad_segment",
+        sg.scatter_grad_weight_segment_kernel,
+        dict(BLOCK_E=16, BLOCK_D=128),
+        dict(h_ptr="IN", order_ptr=I64, seg_ptr=I64),
+        (),
+    ),
+]
+
+
+def signature(fn, dtype: str, consts: dict, ptrs: dict, floats) -> tuple[dict, dict, dict]:
+    """(signature, constexprs, attrs) of one compile; pointers default to fp32, "IN" is the
+    input dtype, other scalars are i32."""
+    consts = {a: v for a, v in consts.items() if a in fn.arg_names}
+    missing = [p.name for p in fn.params if p.is_constexpr and p.name not in consts]
+    if missing:
+        raise ValueError(f"{fn.__name__}: no value for constexpr {missing}")
+    sig = {}
     for a in fn.arg_names:
-        if a == "HAS_BIAS":
-            consts[a] = HAS_BIAS
-        elif a in ("SMOOTH", "FILTER"):
-            consts[a] = False
-        elif a == "DH_ATOMIC":
-            consts[a] = True
-        elif a == "DOT_DTYPE":
-            consts[a] = tl.bfloat16 if dtype == "bf16" else tl.float32
-        elif a == "INPUT_PRECISION":
-            consts[a] = "tf32" if dtype == "bf16" else "ieee"
-        elif a in ("BLOCK_M", "BLOCK_N", "BLOCK_K"):
-            consts[a] = block[("BLOCK_M", "BLOCK_N", "BLOCK_K").index(a)]
-        elif a in ("stride_hd", "stride_wd"):
-            consts[a] = 1
-        elif a in INPUT_PTRS:
-            sig[a] = "*bf16" if dtype == "bf16" else "*fp32"
-        elif a in INT32_PTRS:
-            sig[a] = "*i32"
-        elif a in INT64_PTRS:
-            sig[a] = "*i64"
+        if a in consts:
+            sig[a] = "constexpr"
         elif a.endswith("_ptr"):
-            sig[a] = "*fp32"
+            t = ptrs.get(a, "*fp32")
+            sig[a] = ("*bf16" if dtype == "bf16" else "*fp32") if t == "IN" else t
         else:
-            sig[a] = "i32"
-    unknown = [p.name for p in fn.params if p.is_constexpr and p.name not in consts]
-    if unknown:
-        raise ValueError(f"{fn.__name__}: no value for constexpr {unknown}")
-    for a in consts:
-        sig[a] = "constexpr"
+            sig[a] = "fp32" if a in floats else "i32"
     attrs = {
         (i,): [["tt.divisibility", 16]]
         for i, a in enumerate(fn.arg_names)
@@ -81,14 +158,14 @@ def signature(fn, dtype: str, block: tuple[int, int, int]):
     return sig, consts, attrs
 
 
-def ptxas_report(kernel, dtype, row, workdir) -> str:
-    bm, bn, bk, warps, stages = row
+def ptxas_report(kernel, dtype, config, extra, ptrs, floats, workdir) -> str:
     fn = jit_fn(kernel)
-    sig, consts, attrs = signature(fn, dtype, (bm, bn, bk))
+    consts = {**tile_spec(dtype), **config.kwargs, **extra}
+    sig, consts, attrs = signature(fn, dtype, consts, ptrs, floats)
     compiled = triton.compile(
         ASTSource(fn, sig, consts, attrs),
         target=GPUTarget("cuda", 90, 64),
-        options=dict(num_warps=warps, num_stages=stages),
+        options=dict(num_warps=config.num_warps, num_stages=config.num_stages),
     )
     ptx = os.path.join(workdir, "k.ptx")
     with open(ptx, "w") as f:
@@ -108,22 +185,23 @@ def ptxas_report(kernel, dtype, row, workdir) -> str:
 
 
 def main() -> int:
-    kernels = [
-        ("bucket_tile_lse_fwd", bt._bucket_tile_lse_fwd_kernel, bt._FWD_ROWS),
-        ("bucket_tile_lse_bwd", bt._bucket_tile_lse_bwd_kernel, bt._BWD_ROWS),
-        ("linear_ce_fwd", lce._linear_ce_fwd_kernel, lce._FWD_ROWS),
-        ("linear_ce_bwd", lce._linear_ce_bwd_kernel, lce._BWD_ROWS),
-    ]
     print(f"triton {triton.__version__}, target sm_90a, HAS_BIAS={HAS_BIAS}")
+    failed = 0
     with tempfile.TemporaryDirectory() as workdir:
-        for name, kernel, rows in kernels:
-            for dtype in ("bf16", "fp32"):
-                for row in rows:
-                    print(
-                        f"{name:22s} {dtype} {row}: {ptxas_report(kernel, dtype, row, workdir)}",
-                        flush=True,
-                    )
-    return 0
+        for name, kernel, extra, ptrs, floats in KERNELS:
+            configs = getattr(kernel, "configs", None) or [triton.Config({}, num_warps=4)]
+            for config in configs:
+                for dtype in ("bf16", "fp32"):
+                    label = f"{config.kwargs} w{config.num_warps} s{config.num_stages}"
+                    try:
+                        report = ptxas_report(kernel, dtype, config, extra, ptrs, floats, workdir)
+                    except Exception as e:  # a compile error is the finding: print it, go on
+                        failed += 1
+                        msg = str(e).strip().splitlines()
+                        report = f"FAILED {type(e).__name__}: {msg[0][:300] if msg else ''}"
+                    print(f"{name:22s} {dtype} {label}: {report}", flush=True)
+    print(f"{failed} failed")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
