@@ -484,7 +484,8 @@ def test_bucket_tiles_equal_the_per_example_estimator_on_the_bucket_union(bias):
         torch.testing.assert_close(a, r, rtol=1e-9, atol=1e-9)
 
 
-def test_bucket_shared_module_trains_and_validates():
+@pytest.mark.parametrize("sparse", [True, False])  # gathered union / dense bucket tiles
+def test_bucket_shared_module_trains_and_validates(sparse):
     torch.manual_seed(0)
     n, d = 500, 16
     layer = SampledSoftmaxLoss(
@@ -496,9 +497,10 @@ def test_bucket_shared_module_trains_and_validates():
         lsh_bits=10,
         lsh_tables=4,
         candidate_scheme="bucket_shared",
-        sparse_grad=True,
+        sparse_grad=sparse,
         refresh_every=10,
     )
+    assert layer._use_bucket_tiles(torch.zeros(1, d)) == (not sparse)
     assert layer.choice(64).method == "lsh"
     acc = _teacher_accuracy(layer)
     assert acc > 0.9, acc
