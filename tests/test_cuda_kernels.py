@@ -27,6 +27,14 @@ from triton_softmax.lsh import (
 pytestmark = pytest.mark.cuda
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 ACC = dict(atol=2e-4, rtol=2e-4)  # fp32 accumulation of the same rounded inputs
+# dh and dW of the tl.dot kernels (linear_ce, bucket_tiles): by design the fp32 dz / p tile is
+# rounded to the input dtype for its two tensor-core products, as torch's own bf16 logits
+# gradient is; that rounding (unit roundoff 2^-8 bf16, 2^-11 fp16) sets these tolerances.
+GRAD_TOL = {
+    torch.float32: ACC,
+    torch.float16: dict(atol=2e-3, rtol=2e-3),
+    torch.bfloat16: dict(atol=1.6e-2, rtol=1.6e-2),
+}
 
 
 def _inputs(N, n, d, M, dtype, seed=0, scale=0.4):
@@ -108,8 +116,8 @@ def test_linear_ce_matches_chunked_twin(dtype, eps):
     g = torch.rand(N, dtype=torch.float64)
     dh, dW, db = kernels.linear_ce_bwd(*_cuda(g.float(), h, W, b, y, lse), eps)
     rdh, rdW, rdb = chunked_ce_bwd_ref(g, _d(h), _d(W), _d(b), y, ref_lse, eps)
-    torch.testing.assert_close(dh.cpu().double(), rdh, **ACC)
-    torch.testing.assert_close(dW.cpu().double(), rdW, **ACC)
+    torch.testing.assert_close(dh.cpu().double(), rdh, **GRAD_TOL[dtype])
+    torch.testing.assert_close(dW.cpu().double(), rdW, **GRAD_TOL[dtype])
     torch.testing.assert_close(db.cpu().double(), rdb, **ACC)
 
 
@@ -131,8 +139,8 @@ def test_bucket_tiles_match_twin(dtype):
     gl = torch.rand(L, N, dtype=torch.float64, generator=g)
     got = kernels.bucket_tile_lse_bwd(*_cuda(gl.float(), ref.float(), h, W, b, y, qc, kc, ids, off))
     want = bucket_tile_lse_bwd_ref(gl, ref, _d(h), _d(W), _d(b), y, qc, kc, ids, off)
-    for a, r in zip(got, want):
-        torch.testing.assert_close(a.cpu().double(), r, **ACC)
+    for a, r, tol in zip(got, want, (GRAD_TOL[dtype], GRAD_TOL[dtype], ACC)):
+        torch.testing.assert_close(a.cpu().double(), r, **tol)
 
 
 @pytest.mark.parametrize("method", ["full", "lsh"])
