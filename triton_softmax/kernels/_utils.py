@@ -24,6 +24,21 @@ def configs(full: list[triton.Config]) -> list[triton.Config]:
     return full[:1] if INTERPRET else full
 
 
+def tile_configs(rows, interpret_row, pre_hook=None) -> list[triton.Config]:
+    """Autotune configs of a tl.dot kernel from (BLOCK_M, BLOCK_N, BLOCK_K, num_warps,
+    num_stages) rows; under the interpreter the single `interpret_row` instead."""
+    rows = [interpret_row] if INTERPRET else rows
+    return [
+        triton.Config(
+            {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk},
+            num_warps=w,
+            num_stages=s,
+            pre_hook=pre_hook,
+        )
+        for bm, bn, bk, w, s in rows
+    ]
+
+
 def prune_by_tile(limit: int, block_a: str, block_b: str):
     """early_config_prune dropping configs whose block_a * block_b tile exceeds `limit`
     elements (register pressure); keeps the smallest one if none fits."""

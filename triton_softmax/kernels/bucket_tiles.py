@@ -65,18 +65,18 @@ def _bucket_range(qcode_ptr, q_order_ptr, run_end_ptr, off_ptr, l, p, N, L, num_
     return q_end, tl.load(row), tl.load(row + 1)
 
 
+@triton.jit
+def _query_block(q_order_ptr, y_ptr, l, N, qs, q_end, BLOCK_M: tl.constexpr):
+    """(row_mask, query ids, their targets) of sorted positions [qs, qs + BLOCK_M) of table l."""
+    offs_m = qs + tl.arange(0, BLOCK_M)
+    row_mask = offs_m < q_end
+    qid = tl.load(q_order_ptr + l * N + offs_m, mask=row_mask, other=0)
+    y = tl.load(y_ptr + qid, mask=row_mask, other=-1)
+    return row_mask, qid, y
+
+
 def _configs(rows, pre_hook=None):
-    if _utils.INTERPRET:
-        rows = [(16, 16, 16, 4, 1)]
-    return [
-        triton.Config(
-            {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk},
-            num_warps=w,
-            num_stages=s,
-            pre_hook=pre_hook,
-        )
-        for bm, bn, bk, w, s in rows
-    ]
+    return _utils.tile_configs(rows, (16, 16, 16, 4, 1), pre_hook)
 
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages). Buckets hold tens to a few hundred
@@ -131,10 +131,7 @@ def _bucket_tile_lse_fwd_kernel(
     )
     ids_row = ids_ptr + l.to(tl.int64) * n
     for qs in range(p, q_end, BLOCK_M):
-        offs_m = qs + tl.arange(0, BLOCK_M)
-        row_mask = offs_m < q_end
-        qid = tl.load(q_order_ptr + l * N + offs_m, mask=row_mask, other=0)
-        y = tl.load(y_ptr + qid, mask=row_mask, other=-1)
+        row_mask, qid, y = _query_block(q_order_ptr, y_ptr, l, N, qs, q_end, BLOCK_M)
         m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
         s_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
         for cs in range(lo, hi, BLOCK_N):
@@ -213,10 +210,7 @@ def _bucket_tile_lse_bwd_kernel(
     )
     ids_row = ids_ptr + l.to(tl.int64) * n
     for qs in range(p, q_end, BLOCK_M):
-        offs_m = qs + tl.arange(0, BLOCK_M)
-        row_mask = offs_m < q_end
-        qid = tl.load(q_order_ptr + l * N + offs_m, mask=row_mask, other=0)
-        y = tl.load(y_ptr + qid, mask=row_mask, other=-1)
+        row_mask, qid, y = _query_block(q_order_ptr, y_ptr, l, N, qs, q_end, BLOCK_M)
         g = tl.load(g_ptr + l * N + qid, mask=row_mask, other=0.0)
         lse = tl.load(lse_ptr + l * N + qid, mask=row_mask, other=0.0)
         # rows with zero upstream gradient (ignored rows) or no kept entry add nothing

@@ -243,17 +243,7 @@ def _zero_grads(nargs):
 
 
 def _configs(rows, pre_hook=None):
-    if _utils.INTERPRET:
-        rows = [(16, 32, 32, 4, 1)]
-    return [
-        triton.Config(
-            {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk},
-            num_warps=w,
-            num_stages=s,
-            pre_hook=pre_hook,
-        )
-        for bm, bn, bk, w, s in rows
-    ]
+    return _utils.tile_configs(rows, (16, 32, 32, 4, 1), pre_hook)
 
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages); every BLOCK_N divides _SPLIT_ALIGN.
