@@ -95,16 +95,16 @@ def simhash_tile(
     return tl.sum(tl.reshape(bits, (BLOCK_M, BLOCK_T, K_PAD)), axis=2)
 
 
-# Spill-free on sm_90a in bf16 and fp32 at BLOCK_T * K_PAD = 128 columns (scripts/
-# check_sm90.py, triton 3.9); 128 x 32 at 4 warps and every BLOCK_D = 64 at 64+ rows spilled
-# 1-3 KB, so they are not offered.
+# Spill-free on sm_90a in bf16 on triton 3.6 and 3.9 at BLOCK_T * K_PAD = 128 columns
+# (scripts/check_sm90.py); every BLOCK_D = 64 config tried spilled 0.4-4.5 KB, and 64 x 32 at
+# 4 warps spilled 92 bytes on 3.6, so they are not offered.
 @triton.autotune(
     configs=_utils.configs(
         [
-            triton.Config({"BLOCK_M": 64, "BLOCK_D": 32}, num_warps=4),
+            triton.Config({"BLOCK_M": 64, "BLOCK_D": 32}, num_warps=8),
             triton.Config({"BLOCK_M": 128, "BLOCK_D": 32}, num_warps=8),
-            triton.Config({"BLOCK_M": 32, "BLOCK_D": 32}, num_warps=4),
-            triton.Config({"BLOCK_M": 16, "BLOCK_D": 64}, num_warps=4),
+            triton.Config({"BLOCK_M": 32, "BLOCK_D": 32}, num_warps=8),
+            triton.Config({"BLOCK_M": 16, "BLOCK_D": 32}, num_warps=4),
         ]
     ),
     key=["d", "BLOCK_T", "K_PAD"],
