@@ -75,6 +75,63 @@ def _query_block(q_order_ptr, y_ptr, l, N, qs, q_end, BLOCK_M: tl.constexpr):
     return row_mask, qid, y
 
 
+@triton.jit
+def _bucket_tile(
+    h_ptr,
+    w_ptr,
+    b_ptr,
+    qcode_ptr,
+    kcode_ptr,
+    ids_row,
+    qid,
+    y,
+    row_mask,
+    keep_rows,
+    cs,
+    hi,
+    l,
+    L,
+    d,
+    stride_hm,
+    stride_hd,
+    stride_wn,
+    stride_wd,
+    HAS_BIAS: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """One tile: class ids [cs, cs + BLOCK_N) of the bucket (ends at hi), their logits against
+    the query block, and the keep mask over keep_rows. Returns (cid, col_mask, z, keep)."""
+    offs_n = cs + tl.arange(0, BLOCK_N)
+    col_mask = offs_n < hi
+    cid = tl.load(ids_row + offs_n, mask=col_mask, other=0)
+    z = _logits_tile(
+        h_ptr,
+        w_ptr,
+        b_ptr,
+        qid,
+        cid,
+        row_mask,
+        col_mask,
+        d,
+        stride_hm,
+        stride_hd,
+        stride_wn,
+        stride_wd,
+        HAS_BIAS,
+        DOT_DTYPE,
+        INPUT_PRECISION,
+        BLOCK_M,
+        BLOCK_N,
+        BLOCK_K,
+    )
+    keep = _keep_mask(qcode_ptr, kcode_ptr, qid, cid, y, keep_rows, col_mask, l, L)
+    return cid, col_mask, z, keep
+
+
 def _configs(rows, pre_hook=None):
     return _utils.tile_configs(rows, (16, 16, 16, 4, 1), pre_hook)
 
@@ -135,17 +192,21 @@ def _bucket_tile_lse_fwd_kernel(
         m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
         s_i = tl.zeros((BLOCK_M,), dtype=tl.float32)
         for cs in range(lo, hi, BLOCK_N):
-            offs_n = cs + tl.arange(0, BLOCK_N)
-            col_mask = offs_n < hi
-            cid = tl.load(ids_row + offs_n, mask=col_mask, other=0)
-            z = _logits_tile(
+            cid, col_mask, z, keep = _bucket_tile(
                 h_ptr,
                 w_ptr,
                 b_ptr,
+                qcode_ptr,
+                kcode_ptr,
+                ids_row,
                 qid,
-                cid,
+                y,
                 row_mask,
-                col_mask,
+                row_mask,
+                cs,
+                hi,
+                l,
+                L,
                 d,
                 stride_hm,
                 stride_hd,
@@ -158,7 +219,6 @@ def _bucket_tile_lse_fwd_kernel(
                 BLOCK_N,
                 BLOCK_K,
             )
-            keep = _keep_mask(qcode_ptr, kcode_ptr, qid, cid, y, row_mask, col_mask, l, L)
             z = tl.where(keep, z, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(z, 1))
             # rows with nothing kept yet stay at m = -inf: shift by 0 there, not by -inf
@@ -217,17 +277,21 @@ def _bucket_tile_lse_bwd_kernel(
         live = row_mask & (g != 0.0) & (lse != float("-inf"))
         if tl.max(live.to(tl.int32), 0) > 0:
             for cs in range(lo, hi, BLOCK_N):
-                offs_n = cs + tl.arange(0, BLOCK_N)
-                col_mask = offs_n < hi
-                cid = tl.load(ids_row + offs_n, mask=col_mask, other=0)
-                z = _logits_tile(
+                cid, col_mask, z, keep = _bucket_tile(
                     h_ptr,
                     w_ptr,
                     b_ptr,
+                    qcode_ptr,
+                    kcode_ptr,
+                    ids_row,
                     qid,
-                    cid,
+                    y,
                     row_mask,
-                    col_mask,
+                    live,
+                    cs,
+                    hi,
+                    l,
+                    L,
                     d,
                     stride_hm,
                     stride_hd,
@@ -240,7 +304,6 @@ def _bucket_tile_lse_bwd_kernel(
                     BLOCK_N,
                     BLOCK_K,
                 )
-                keep = _keep_mask(qcode_ptr, kcode_ptr, qid, cid, y, live, col_mask, l, L)
                 p_ij = tl.where(keep, tl.exp(z - lse[:, None]), 0.0) * g[:, None]
                 # dW rows and dh rows are shared with other programs: atomic adds
                 _tile_grad_update(
