@@ -28,11 +28,8 @@ import math
 
 import torch
 
+from .estimator import acc_dtype
 from .lsh import LSHIndex
-
-
-def _acc_dtype(t: torch.Tensor) -> torch.dtype:
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
 def _tiles(query_codes: torch.Tensor, offsets: torch.Tensor):
@@ -74,7 +71,7 @@ def bucket_tile_lse_ref(
 ) -> torch.Tensor:
     """Twin of kernels.bucket_tiles.bucket_tile_lse: (L, N) log-sum-exp of each query's tile
     in each table (-inf where nothing is kept), fp32 (fp64 for fp64 inputs)."""
-    acc = _acc_dtype(hidden)
+    acc = acc_dtype(hidden.dtype)
     N, L = query_codes.shape
     h = hidden.to(acc)
     out = torch.full((L, N), float("-inf"), dtype=acc, device=hidden.device)
@@ -99,7 +96,7 @@ def bucket_tile_lse_bwd_ref(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Twin of kernels.bucket_tiles.bucket_tile_lse_bwd: (dh (N, d), dW (n, d), db (n,) | None)
     of sum(grad_lse * lse), fp32 (fp64 for fp64 inputs)."""
-    acc = _acc_dtype(hidden)
+    acc = acc_dtype(hidden.dtype)
     (N, d), n = hidden.shape, weight.shape[0]
     h = hidden.to(acc)
     g, lse = grad_lse.to(acc), lse.to(acc)
@@ -139,7 +136,7 @@ def bucket_tile_loss(
     """
     from .autograd import BucketTileFunction
 
-    acc = _acc_dtype(hidden)
+    acc = acc_dtype(hidden.dtype)
     n = weight.shape[0]
     q_codes = index.query_codes(hidden.detach())  # (N, L) int32
     k_codes = index.codes  # (n, L) int32

@@ -900,8 +900,7 @@ class SampledSoftmaxLoss(IndexedLayerMixin, nn.Module):
         )
         if self.z_loss:
             loss = loss + self.z_loss * lse.square()
-        loss = torch.where(valid, loss, torch.zeros_like(loss))
-        return _reduce(loss, valid, self.reduction)
+        return _reduce(loss, valid, self.reduction)  # zeroes the ignored rows
 
     def _estimator_loss(
         self, hidden, target, retrieved, reduction, generator, weight=None, bias=None
