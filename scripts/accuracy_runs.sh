@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The accuracy runs behind the README's Accuracy section (issue 5), in the order they ran.
 # Each run is alone in its process, one torch thread, one after another; records land in
-# bench/results/accuracy-*-<session>.json. Usage: bash scripts/accuracy_runs.sh [synset|refresh|teacher|teacher6-sampled|teacher6-full|lemma|lemma-a|lemma-b]
+# bench/results/accuracy-*-<session>.json. Usage: bash scripts/accuracy_runs.sh [synset|refresh|teacher|teacher6-sampled|teacher6-full|lemma|lemma-a|lemma-b|synset-full|synset-long|teacher6|teacher6-faiss|teacher6-full-capped]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 S=${SESSION:-$(date -u +%Y%m%d-%H%M%S)}
@@ -26,4 +26,20 @@ case "${1:-synset}" in
     run --task wordnet-lemma --epochs 3 --methods full,faiss ;;
   lemma-b)
     run --task wordnet-lemma --epochs 3 --methods lsh,uniform ;;
+  synset-full)  # session 3: the exact softmax alone again (6 epochs), beside synset-long
+    run --task wordnet-synset --epochs 6 --methods full ;;
+  synset-long)  # session 3: the sampled methods train twice as many epochs in the same session
+    run --task wordnet-synset --epochs 12 --methods faiss,uniform,lsh ;;
+  teacher6)  # session 3: 10^6 classes, 2 examples each, 3 epochs, sparse output gradients
+    run --task teacher --max-classes 1000000 --examples-per-class 2 --epochs 3 --dim 64 \
+      --output-optimizer sparse-adam --eval-examples 2048 --evals-per-epoch 1 \
+      --methods lsh,uniform ;;
+  teacher6-faiss)  # session 3: faiss costs 0.8 s/step here (IVF search), so one epoch of its own
+    run --task teacher --max-classes 1000000 --examples-per-class 2 --epochs 1 --dim 64 \
+      --output-optimizer sparse-adam --eval-examples 2048 --evals-per-epoch 1 \
+      --methods faiss ;;
+  teacher6-full-capped)  # session 3: the exact softmax at 10^6 classes, cut at TIME_LIMIT s
+    run --task teacher --max-classes 1000000 --examples-per-class 2 --epochs 3 --dim 64 \
+      --output-optimizer sparse-adam --eval-examples 2048 --evals-per-epoch 1 \
+      --methods full --time-limit "${TIME_LIMIT:-1500}" ;;
 esac

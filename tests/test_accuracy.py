@@ -335,3 +335,24 @@ def test_end_to_end_lemma_and_teacher(tmp_path):
             )
         ) as fh:
             assert json.load(fh)["session"] == r["session"]
+
+
+def test_lsh_recall_probe(tmp_path):
+    from bench import lsh_recall_trained
+
+    root = fake_wordnet(tmp_path / "wn", 64)
+    rec = lsh_recall_trained.main(
+        ["--wordnet-dir", root, "--epochs", "1", "--batch-size", "32", "--queries", "50",
+         "--bits", "1,5", "--tables", "6", "--reads", "8,64", "--out", str(tmp_path / "r")]
+    )
+    assert rec["num_classes"] == 64
+    assert [(g["bits"], g["reads"]) for g in rec["grid"]] == [(1, 8), (1, 64), (5, 8), (5, 64)]
+    for g in rec["grid"]:
+        assert 0.0 <= g["recall_top32"] <= 1.0 and 0.0 < g["filled"] <= 1.0
+    # 1 bit x 6 tables, every bucket read whole: the union is (almost surely) all 64 classes
+    # and 63 candidates leave out at most one hard negative of 32
+    assert rec["grid"][1]["recall_top32"] >= 31 / 32 - 1e-6
+    cos = rec["cosines"]
+    assert -1.0 <= cos["hard_negatives_median"] <= 1.0 and -1.0 <= cos["target_median"] <= 1.0
+    (path,) = (tmp_path / "r").glob("lsh_recall_trained-*.json")
+    assert json.loads(path.read_text())["grid"] == rec["grid"]
