@@ -111,6 +111,7 @@ def load_data(args) -> tuple[Data, dict]:
             heldout=args.eval_examples,
             sigma=args.teacher_sigma,
             seed=args.seed,
+            bayes_examples=args.bayes_examples,
         )
         d = Data(task, "dense")
     if args.max_examples is not None and args.max_examples < d.num_train:
@@ -633,6 +634,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher-dim", type=int, default=64)
     p.add_argument("--teacher-sigma", type=float, default=0.15)
     p.add_argument("--examples-per-class", type=int, default=4, help="teacher task")
+    p.add_argument(
+        "--bayes-examples",
+        type=int,
+        default=20_000,
+        help="teacher task: training inputs the training-set Bayes accuracy is measured on "
+        "(each costs n * dim multiply-adds: lower it at 10^7 classes)",
+    )
     p.add_argument(
         "--session",
         default=None,

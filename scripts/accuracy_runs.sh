@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The accuracy runs behind the README's Accuracy section (issue 5), in the order they ran.
 # Each run is alone in its process, one torch thread, one after another; records land in
-# bench/results/accuracy-*-<session>.json. Usage: bash scripts/accuracy_runs.sh [synset|refresh|teacher|teacher6-sampled|teacher6-full|lemma|lemma-a|lemma-b|synset-full|synset-long|teacher6|teacher6-faiss|teacher6-full-capped]
+# bench/results/accuracy-*-<session>.json. Usage: bash scripts/accuracy_runs.sh [synset|refresh|teacher|teacher6-sampled|teacher6-full|lemma|lemma-a|lemma-b|synset-full|synset-long|teacher6|teacher6-faiss|teacher6-full-capped|teacher7-throughput]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 S=${SESSION:-$(date -u +%Y%m%d-%H%M%S)}
@@ -42,4 +42,14 @@ case "${1:-synset}" in
     run --task teacher --max-classes 1000000 --examples-per-class 2 --epochs 3 --dim 64 \
       --output-optimizer sparse-adam --eval-examples 2048 --evals-per-epoch 1 \
       --methods full --time-limit "${TIME_LIMIT:-1500}" ;;
+  teacher7-throughput)  # session 3: 10^7 classes: memory, step times and the first minutes only
+    run --task teacher --max-classes 10000000 --examples-per-class 1 --epochs 1 --dim 64 \
+      --output-optimizer sparse-adam --eval-examples 512 --bayes-examples 512 \
+      --evals-per-epoch 1 --refresh-every 1000 --methods lsh,uniform --time-limit 600
+    run --task teacher --max-classes 10000000 --examples-per-class 1 --epochs 1 --dim 64 \
+      --output-optimizer sparse-adam --eval-examples 512 --bayes-examples 512 \
+      --evals-per-epoch 1 --refresh-every 1000 --methods faiss --time-limit 300
+    run --task teacher --max-classes 10000000 --examples-per-class 1 --epochs 1 --dim 64 \
+      --output-optimizer sparse-adam --eval-examples 512 --bayes-examples 512 \
+      --evals-per-epoch 1 --methods full --time-limit 1 ;;
 esac
