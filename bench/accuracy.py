@@ -471,17 +471,26 @@ def _first_reach(curve: list[dict], level: float, key: str = "wall_s") -> float 
     return None
 
 
+def _epochs_done(r: dict) -> float:
+    """Epochs trained: fractional for a run cut short by --time-limit."""
+    if r.get("steps") and r.get("steps_per_epoch"):
+        return r["steps"] / r["steps_per_epoch"]
+    return float(len(r["epoch_seconds"]))
+
+
 def summarise(records: list[dict]) -> list[dict]:
     """One row per run, with times to 95% / 100% of the same session's full final P@1.
 
     Times are those of the first evaluation point at or above the level (so they are upper
     bounds, by at most one evaluation interval). ratio = that time / full's total wall time.
     e95 / e100: the same points in epochs, which a shared machine's load does not distort.
+    A full run cut short by --time-limit is no reference: its "final" P@1 is not the exact
+    softmax's, so rows of its session get no relative figures.
     """
     rows = []
     full = {}
     for r in records:
-        if r["method"] == "full":
+        if r["method"] == "full" and not r.get("stopped"):
             full[(r["session"], r["task"])] = r
     for r in records:
         f = full.get((r["session"], r["task"]))
@@ -491,16 +500,18 @@ def summarise(records: list[dict]) -> list[dict]:
             label=r["label"],
             method=r["method"],
             refresh_every=r["refresh_every"],
-            epochs=len(r["epoch_seconds"]),
+            epochs=_epochs_done(r),
             final_p1=r["final"]["p1"],
             final_p5=r["final"]["p5"],
             heldout_p1=r["final"].get("heldout_p1"),
             best_p1=max(p["p1"] for p in r["curve"]),
-            sec_per_epoch=(sum(r["epoch_seconds"]) / max(len(r["epoch_seconds"]), 1)),
+            sec_per_epoch=r["train_wall_s"] / max(_epochs_done(r), 1e-12),
             train_wall_s=r["train_wall_s"],
             load_start=r["load_avg_start"][0],
             load_end=r["load_avg_end"][0],
             refresh_s=(r["refresh"] or {}).get("total_seconds"),
+            stopped=r.get("stopped"),
+            steps=r.get("steps"),
         )
         if f is not None:
             ref = f["final"]["p1"]
@@ -529,7 +540,8 @@ def format_table(rows: list[dict]) -> str:
     lines = [head, "|" + "---|" * 15]
     for r in rows:
         lines.append(
-            f"| {r['label']} | {r['epochs']} | {f(r['sec_per_epoch'], '.0f')} | "
+            f"| {r['label']}{' (stopped: ' + r['stopped'] + ')' if r.get('stopped') else ''} | "
+            f"{f(r['epochs'], '.3g')} | {f(r['sec_per_epoch'], '.0f')} | "
             f"{f(r['final_p1'], '.3f')} | {f(r['final_p5'], '.3f')} | "
             f"{f(r['heldout_p1'], '.3f')} | {f(r.get('rel_p1'), '.0%')} | "
             f"{f(r.get('t95_s'), '.0f')} | {f(r.get('t95_ratio'), '.2f')} | "

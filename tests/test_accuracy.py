@@ -356,3 +356,26 @@ def test_lsh_recall_probe(tmp_path):
     assert -1.0 <= cos["hard_negatives_median"] <= 1.0 and -1.0 <= cos["target_median"] <= 1.0
     (path,) = (tmp_path / "r").glob("lsh_recall_trained-*.json")
     assert json.loads(path.read_text())["grid"] == rec["grid"]
+
+
+def test_summarise_time_limited_full_is_no_reference():
+    from bench.accuracy import format_table, summarise
+
+    def rec(method, p1, steps, wall, stopped=None, session="s"):
+        curve = [dict(epoch=0.0, step=0, wall_s=0.0, p1=0.0, p5=0.0),
+                 dict(epoch=steps / 100, step=steps, wall_s=wall, p1=p1, p5=p1)]
+        return dict(session=session, task="teacher", label=method, method=method,
+                    refresh_every=None, epoch_seconds=[wall], final=curve[-1], curve=curve,
+                    train_wall_s=wall, load_avg_start=[1.0], load_avg_end=[1.0], refresh=None,
+                    steps=steps, steps_per_epoch=100, stopped=stopped)
+
+    rows = summarise([rec("full", 0.01, 5, 50.0, "time_limit"), rec("lsh", 0.3, 300, 30.0)])
+    full, lsh = rows
+    assert full["stopped"] == "time_limit" and full["epochs"] == pytest.approx(0.05)
+    assert full["sec_per_epoch"] == pytest.approx(1000.0)  # 50 s for 5 of 100 steps
+    assert lsh["epochs"] == pytest.approx(3.0) and lsh["sec_per_epoch"] == pytest.approx(10.0)
+    assert "rel_p1" not in lsh and "t95_s" not in lsh
+    assert "(stopped: time_limit)" in format_table(rows)
+    # a complete full run is the reference
+    rows = summarise([rec("full", 0.5, 100, 100.0), rec("lsh", 0.3, 300, 30.0)])
+    assert rows[1]["rel_p1"] == pytest.approx(0.6)
