@@ -45,10 +45,7 @@ case "${1:-synset}" in
   teacher7-throughput)  # session 3: 10^7 classes: memory, step times and the first minutes only
     run --task teacher --max-classes 10000000 --examples-per-class 1 --epochs 1 --dim 64 \
       --output-optimizer sparse-adam --eval-examples 512 --bayes-examples 512 \
-      --evals-per-epoch 1 --refresh-every 1000 --methods lsh,uniform --time-limit 600
-    run --task teacher --max-classes 10000000 --examples-per-class 1 --epochs 1 --dim 64 \
-      --output-optimizer sparse-adam --eval-examples 512 --bayes-examples 512 \
-      --evals-per-epoch 1 --refresh-every 1000 --methods faiss --time-limit 300
+      --evals-per-epoch 1 --refresh-every 1000 --methods lsh,uniform --time-limit 300
     run --task teacher --max-classes 10000000 --examples-per-class 1 --epochs 1 --dim 64 \
       --output-optimizer sparse-adam --eval-examples 512 --bayes-examples 512 \
       --evals-per-epoch 1 --methods full --time-limit 1 ;;
