@@ -57,6 +57,8 @@ def plot_session(records: list[dict], path: str) -> str:
         ls = ":" if r["method"] == "uniform" else DASHES[k % len(DASHES)]
         t = [p["wall_s"] for p in r["curve"]]
         name = f"{r['label']} ({r['device']['torch_threads']} thr)"
+        if r.get("stopped"):
+            name += f", stopped by {r['stopped']}"
         axes[0][0].plot(
             t, [p["p1"] for p in r["curve"]], color=color, ls=ls, marker=".", label=name
         )
@@ -72,7 +74,8 @@ def plot_session(records: list[dict], path: str) -> str:
             axes[0][2].plot(
                 t, [p["heldout_p1"] for p in r["curve"]], color=color, ls=ls, marker=".", label=name
             )
-    full = [r for r in records if r["method"] == "full"]
+    # a full run cut by --time-limit is no reference (bench.accuracy.summarise): no guides
+    full = [r for r in records if r["method"] == "full" and not r.get("stopped")]
     if full:
         ref = full[-1]["final"]["p1"]
         ax = axes[0][0]
