@@ -478,19 +478,24 @@ def _epochs_done(r: dict) -> float:
     return float(len(r["epoch_seconds"]))
 
 
+def is_full_reference(r: dict) -> bool:
+    """A full-softmax run that ran its whole schedule: the reference of its session. A run
+    cut short by --time-limit is not (its final P@1 is not the exact softmax's)."""
+    return r["method"] == "full" and not r.get("stopped")
+
+
 def summarise(records: list[dict]) -> list[dict]:
     """One row per run, with times to 95% / 100% of the same session's full final P@1.
 
     Times are those of the first evaluation point at or above the level (so they are upper
     bounds, by at most one evaluation interval). ratio = that time / full's total wall time.
     e95 / e100: the same points in epochs, which a shared machine's load does not distort.
-    A full run cut short by --time-limit is no reference: its "final" P@1 is not the exact
-    softmax's, so rows of its session get no relative figures.
+    Without a reference full run (is_full_reference) a session's rows get no relative figures.
     """
     rows = []
     full = {}
     for r in records:
-        if r["method"] == "full" and not r.get("stopped"):
+        if is_full_reference(r):
             full[(r["session"], r["task"])] = r
     for r in records:
         f = full.get((r["session"], r["task"]))

@@ -51,7 +51,10 @@ def train_model(args) -> tuple[acc.Model, acc.Data]:
             loss.backward()
             for o in opts:
                 o.step()
-        print(f"epoch {epoch + 1}: loss {loss.item():.3f}, {time.perf_counter() - t0:.0f}s", flush=True)
+        print(
+            f"epoch {epoch + 1}: loss {loss.item():.3f}, {time.perf_counter() - t0:.0f}s",
+            flush=True,
+        )
     return model, data
 
 
@@ -91,7 +94,9 @@ def main(argv: list[str] | None = None) -> dict:
     cos = dict(
         target_median=(hn * wn[target]).sum(1).median().item(),
         hard_negatives_median=torch.einsum("nd,nkd->nk", hn, wn[hard]).median().item(),
-        random_quantiles=dict(zip(("0.5", "0.95", "0.999"), (hn @ wn[rand].T).flatten().quantile(q).tolist())),
+        random_quantiles=dict(
+            zip(("0.5", "0.95", "0.999"), (hn @ wn[rand].T).flatten().quantile(q).tolist())
+        ),
     )
     grid = []
     for K in (int(x) for x in args.bits.split(",")):
@@ -102,8 +107,14 @@ def main(argv: list[str] | None = None) -> dict:
                 ids = index.search(h, 63)
                 ms = (time.perf_counter() - t0) * 1000 * 1024 / h.shape[0]
                 recall = (ids.unsqueeze(2) == hard.unsqueeze(1)).any(1).float().mean().item()
-                row = dict(bits=K, tables=L, reads=B, recall_top32=recall, search_ms_per_1024=ms,
-                           filled=(ids >= 0).float().mean().item())
+                row = dict(
+                    bits=K,
+                    tables=L,
+                    reads=B,
+                    recall_top32=recall,
+                    search_ms_per_1024=ms,
+                    filled=(ids >= 0).float().mean().item(),
+                )
                 grid.append(row)
                 print(row, flush=True)
     rec = dict(

@@ -20,7 +20,13 @@ import sys
 if __package__ in (None, ""):  # run as a script: make `bench` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.accuracy import RESULTS, format_table, load_records, summarise  # noqa: E402
+from bench.accuracy import (  # noqa: E402
+    RESULTS,
+    format_table,
+    is_full_reference,
+    load_records,
+    summarise,
+)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 STYLE = {
@@ -74,8 +80,7 @@ def plot_session(records: list[dict], path: str) -> str:
             axes[0][2].plot(
                 t, [p["heldout_p1"] for p in r["curve"]], color=color, ls=ls, marker=".", label=name
             )
-    # a full run cut by --time-limit is no reference (bench.accuracy.summarise): no guides
-    full = [r for r in records if r["method"] == "full" and not r.get("stopped")]
+    full = [r for r in records if is_full_reference(r)]
     if full:
         ref = full[-1]["final"]["p1"]
         ax = axes[0][0]

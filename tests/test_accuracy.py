@@ -342,8 +342,24 @@ def test_lsh_recall_probe(tmp_path):
 
     root = fake_wordnet(tmp_path / "wn", 64)
     rec = lsh_recall_trained.main(
-        ["--wordnet-dir", root, "--epochs", "1", "--batch-size", "32", "--queries", "50",
-         "--bits", "1,5", "--tables", "6", "--reads", "8,64", "--out", str(tmp_path / "r")]
+        [
+            "--wordnet-dir",
+            root,
+            "--epochs",
+            "1",
+            "--batch-size",
+            "32",
+            "--queries",
+            "50",
+            "--bits",
+            "1,5",
+            "--tables",
+            "6",
+            "--reads",
+            "8,64",
+            "--out",
+            str(tmp_path / "r"),
+        ]
     )
     assert rec["num_classes"] == 64
     assert [(g["bits"], g["reads"]) for g in rec["grid"]] == [(1, 8), (1, 64), (5, 8), (5, 64)]
@@ -362,12 +378,27 @@ def test_summarise_time_limited_full_is_no_reference():
     from bench.accuracy import format_table, summarise
 
     def rec(method, p1, steps, wall, stopped=None, session="s"):
-        curve = [dict(epoch=0.0, step=0, wall_s=0.0, p1=0.0, p5=0.0),
-                 dict(epoch=steps / 100, step=steps, wall_s=wall, p1=p1, p5=p1)]
-        return dict(session=session, task="teacher", label=method, method=method,
-                    refresh_every=None, epoch_seconds=[wall], final=curve[-1], curve=curve,
-                    train_wall_s=wall, load_avg_start=[1.0], load_avg_end=[1.0], refresh=None,
-                    steps=steps, steps_per_epoch=100, stopped=stopped)
+        curve = [
+            dict(epoch=0.0, step=0, wall_s=0.0, p1=0.0, p5=0.0),
+            dict(epoch=steps / 100, step=steps, wall_s=wall, p1=p1, p5=p1),
+        ]
+        return dict(
+            session=session,
+            task="teacher",
+            label=method,
+            method=method,
+            refresh_every=None,
+            epoch_seconds=[wall],
+            final=curve[-1],
+            curve=curve,
+            train_wall_s=wall,
+            load_avg_start=[1.0],
+            load_avg_end=[1.0],
+            refresh=None,
+            steps=steps,
+            steps_per_epoch=100,
+            stopped=stopped,
+        )
 
     rows = summarise([rec("full", 0.01, 5, 50.0, "time_limit"), rec("lsh", 0.3, 300, 30.0)])
     full, lsh = rows
