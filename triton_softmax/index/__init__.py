@@ -1,0 +1,1 @@
+"""Candidate generators behind one protocol (see base.py)."""
