@@ -187,6 +187,7 @@ class Model(nn.Module):
             num_candidates=args.num_candidates,
             num_uniform=args.num_uniform,
             refresh_every=refresh_every,
+            lsh_generator=getattr(args, "lsh_generator", None),
             sparse_grad=self.sparse,
             seed=args.seed,
         )
@@ -638,6 +639,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-uniform", type=int, default=64, help="|T|")
     p.add_argument("--eval-examples", type=int, default=8192)
     p.add_argument("--evals-per-epoch", type=int, default=2)
+    p.add_argument(
+        "--lsh-generator",
+        default=None,
+        help="the lsh path's candidate generator: clusters | simhash | tables (default: the "
+        "library's, clusters since issue 18; tables = the collision-count SimHash tables)",
+    )
     p.add_argument(
         "--time-limit",
         type=float,

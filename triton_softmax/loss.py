@@ -30,6 +30,7 @@ from .autograd import ChunkedCrossEntropyFunction, SampledSoftmaxFunction, Share
 from .bucket_tiles import bucket_tile_loss
 from .dispatch import Choice, choose_method
 from .faiss_index import FaissIndex, default_nlist
+from .index.generators import DEFAULT_LSH_GENERATOR, check_lsh_generator, make_generator
 from .lsh import LSHIndex, default_num_bits
 from .samplers import Sampler, make_sampler
 
@@ -247,8 +248,15 @@ def make_index(
     faiss_nprobe: int = 16,
     seed: int = 0,
     device: torch.device | str | None = None,
+    lsh_generator: str = "tables",
+    validate: bool = False,
 ) -> Index:
-    """An unbuilt index for `method` ("lsh" or "faiss") with the library's defaults."""
+    """An unbuilt index for `method` ("lsh" or "faiss") with the library's defaults.
+
+    lsh_generator (issue 18): "tables" = lsh.LSHIndex (ranked by collision count), or one of
+    index.generators.LSH_GENERATORS ("clusters", "simhash": unions reranked exactly)."""
+    if method == "lsh" and lsh_generator != "tables":
+        return make_generator(lsh_generator, n, d, seed=seed, validate=validate)
     if method == "lsh":
         K = lsh_bits if lsh_bits is not None else default_num_bits(n, lsh_tables, num_candidates)
         return LSHIndex(d, K, lsh_tables, seed=seed, device=device)
@@ -476,7 +484,11 @@ class IndexedLayerMixin:
         c = self.choice(batch, dtype)
         text = c.explain()
         rows = self.index_rows
-        if c.method == "lsh":
+        if c.method == "lsh" and getattr(self, "lsh_generator", "tables") != "tables":
+            text += f"; lsh generator {self.lsh_generator}"
+            if self.index is not None and getattr(self.index, "num_excluded", 0):
+                text += f" ({self.index.num_excluded} rows non-finite or masked, left out)"
+        elif c.method == "lsh":
             K = self.lsh_bits or default_num_bits(rows, self.lsh_tables, self.num_candidates)
             text += f"; lsh K={K} bits x L={self.lsh_tables} tables"
         if c.method == "faiss":
@@ -511,6 +523,8 @@ class IndexedLayerMixin:
                 faiss_nprobe=self.faiss_nprobe,
                 seed=self.seed,
                 device=self.weight.device,
+                lsh_generator=getattr(self, "lsh_generator", "tables"),
+                validate=getattr(self, "validate", False),
             )
             self.index_method = method
         if not self._partial_refresh(method):
@@ -586,6 +600,10 @@ class SampledSoftmaxLoss(IndexedLayerMixin, nn.Module):
     "flat" | "ivf" with faiss_nlist / faiss_nprobe; sparse_grad: the weight gradient is a
     sparse tensor of candidate rows (use torch.optim.SGD or SparseAdam); seed fixes the
     hyperplanes and the uniform draws of every step (so runs and resumed runs repeat).
+    lsh_generator: what the lsh path retrieves S with (issue 18; bench/candidates.py):
+    "clusters" (default: k-means lists, union reranked by exact logits), "simhash"
+    (multi-probe SimHash, union reranked), "tables" (lsh.LSHIndex, ranked by collision
+    count: the bucket_shared scheme's generator and its default).
 
     candidate_scheme="bucket_shared" (method="lsh") scores the whole union of each query's
     buckets plus one uniform T shared by the batch. bucket_impl picks how: "gather" (per-row
@@ -631,6 +649,7 @@ class SampledSoftmaxLoss(IndexedLayerMixin, nn.Module):
         drift_check_every: int = 10,
         drift_probe_rows: int = 1024,
         partial_refresh: bool = False,
+        lsh_generator: str | None = None,
         weight: nn.Parameter | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
@@ -727,6 +746,13 @@ class SampledSoftmaxLoss(IndexedLayerMixin, nn.Module):
                 "received a sparse gradient since the last refresh)"
             )
         self.partial_refresh = partial_refresh
+        # the lsh path's candidate generator (issue 18); bucket_shared needs the tables
+        if lsh_generator is None:
+            lsh_generator = (
+                "tables" if candidate_scheme == "bucket_shared" else DEFAULT_LSH_GENERATOR
+            )
+        check_lsh_generator(lsh_generator, candidate_scheme)
+        self.lsh_generator = lsh_generator
         self.refresh_count_partial = 0
         self._touched: torch.Tensor | None = None  # rows with a gradient since the last refresh
         self._touched_all = False
@@ -775,7 +801,7 @@ class SampledSoftmaxLoss(IndexedLayerMixin, nn.Module):
     def _probe_state(self) -> torch.Tensor:
         """What drift is measured on: the probe rows' hash codes (lsh) or their weights (faiss)."""
         rows = self.weight.detach()[self._probe_ids]
-        if self.index_method == "lsh":
+        if self.index_method == "lsh" and isinstance(self.index, LSHIndex):
             b = self.bias.detach()[self._probe_ids] if self.bias is not None else None
             return ops.simhash_codes(rows, self.index.hyperplanes, b, self.index.max_norm)
         return rows.float().clone()

@@ -1,0 +1,384 @@
+"""k-means lists over the class rows (an IVF index in PyTorch), scored by exact rerank.
+
+Build: every selectable row x = [w, b] (centred: q . mu is the same for every class, so
+subtracting the mean row changes no query's ranking) becomes a unit key, either
+  - "mips": [x, sqrt(M^2 - |x|^2)] / M with M = max |x| (all keys on one sphere, and the
+    query [h, 1, 0] scores every key by its logit / M), or
+  - "spherical": x / |x| (directions only),
+and spherical k-means (Lloyd on cosines, on a subsample at the first build) splits the keys
+into lists; lists over `balance` x the mean size are split again (sub-k-means, then equal
+chunks), so no query reads a huge list. A query scores the list centroids (the mean key of
+each list, bias coordinate included), reads its `nprobe` best lists, and the union is scored
+with exact logits under the live weights (rerank.py); search keeps the k best.
+
+Refresh: `build` on an index that is already built warm-starts from its centroids and runs
+`refresh_iters` Lloyd iterations over all rows (torch ops on the weights' device);
+`update_rows` re-assigns only the changed rows to their nearest centroid.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from ..checks import check_int_option
+from .rerank import check_rows, rerank_union
+
+MODES = ("mips", "spherical")
+ASSIGN_CHUNK = 1 << 14  # rows per assignment matmul
+POINTS_PER_LIST = 64  # subsample for the first build, as FAISS's k-means
+NORM_HEADROOM = 1.05  # M with room for rows to grow before update_rows must rebuild
+
+
+def default_num_lists(n: int) -> int:
+    """About sqrt(n) lists (343 at n = 117,659; FAISS IVF's nlist), at most n / 8."""
+    return int(max(1, min(n // 8, round(math.sqrt(n)))))
+
+
+def default_nprobe(num_lists: int) -> int:
+    """Lists read per query: 16 (about 5% of the classes at n = 117,659, as FAISS's nprobe)."""
+    return int(max(1, min(num_lists, 16)))
+
+
+def _assign(keys: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """(m,) int64: the centroid of largest cosine for every key (chunked matmul)."""
+    out = torch.empty(keys.shape[0], dtype=torch.int64, device=keys.device)
+    for lo in range(0, keys.shape[0], ASSIGN_CHUNK):
+        hi = min(keys.shape[0], lo + ASSIGN_CHUNK)
+        out[lo:hi] = (keys[lo:hi] @ centroids.T).argmax(dim=1)
+    return out
+
+
+def _lloyd(
+    keys: torch.Tensor, centroids: torch.Tensor, iters: int, gen: torch.Generator
+) -> torch.Tensor:
+    """Spherical k-means iterations: assign by cosine, centroid = normalised mean; an empty
+    list is re-seeded with a random key. Returns unit centroids (c, D)."""
+    c = centroids.shape[0]
+    for _ in range(iters):
+        a = _assign(keys, centroids)
+        sums = torch.zeros_like(centroids).index_add_(0, a, keys)
+        counts = torch.bincount(a, minlength=c)
+        empty = counts == 0
+        if bool(empty.any()):
+            pick = torch.randint(keys.shape[0], (int(empty.sum()),), generator=gen)
+            sums[empty] = keys[pick.to(keys.device)]
+        centroids = torch.nn.functional.normalize(sums, dim=1)
+    return centroids
+
+
+def lists_csr(assign: torch.Tensor, num_lists: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(order (m,) int64 positions sorted by list, offsets (num_lists + 1,) int64)."""
+    order = torch.argsort(assign, stable=True)
+    counts = torch.bincount(assign, minlength=num_lists)
+    offsets = torch.zeros(num_lists + 1, dtype=torch.int64, device=assign.device)
+    offsets[1:] = torch.cumsum(counts, 0)
+    return order, offsets
+
+
+class ClusterIndex:
+    """Balanced k-means lists; search = exact rerank of the union of the best `nprobe` lists.
+
+    dim: d of the rows; num_lists: None = default_num_lists(n); nprobe: None =
+    default_nprobe(num_lists); mode: "mips" | "spherical" keys; center: subtract the mean row;
+    iters: Lloyd iterations of the first build, refresh_iters of later builds; balance: lists
+    over balance x the mean size are split; validate: raise on non-finite rows; live_rerank:
+    score the lists with the live weights (else with the copy taken at build, as FAISS does).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_lists: int | None = None,
+        nprobe: int | None = None,
+        mode: str = "spherical",
+        center: bool = True,
+        iters: int = 8,
+        refresh_iters: int = 2,
+        balance: float = 2.0,
+        seed: int = 0,
+        validate: bool = False,
+        live_rerank: bool = True,
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if num_lists is not None:
+            check_int_option("num_lists", num_lists, 1)
+        if nprobe is not None:
+            check_int_option("nprobe", nprobe, 1)
+        check_int_option("iters", iters, 0)
+        check_int_option("refresh_iters", refresh_iters, 0)
+        if not balance > 1.0:
+            raise ValueError(f"balance must be > 1, got {balance!r}")
+        self.dim, self.num_lists, self.nprobe, self.mode = dim, num_lists, nprobe, mode
+        self.center, self.iters, self.refresh_iters = center, iters, refresh_iters
+        self.balance, self.seed, self.validate = balance, seed, validate
+        self.live_rerank = live_rerank
+        self.n = 0
+        self.centroids: torch.Tensor | None = None  # (c, D) unit keys-space centroids
+        self.weight: torch.Tensor | None = None  # the live weights (a view), for the rerank
+        self.bias: torch.Tensor | None = None
+        self.num_excluded = 0  # rows left out (non-finite weight, masked bias)
+
+    @property
+    def built(self) -> bool:
+        return self.centroids is not None and self.weight is not None
+
+    # ---- keys ----------------------------------------------------------------------------
+    def _rows(self, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        x = weight.detach().float()
+        if bias is not None:
+            x = torch.cat([x, bias.detach().float().unsqueeze(1)], dim=1)
+        return x
+
+    def _keys(self, x: torch.Tensor) -> torch.Tensor:
+        x = x - self.mu
+        if self.mode == "spherical":
+            return torch.nn.functional.normalize(x, dim=1)
+        sq = (x * x).sum(dim=1)
+        extra = (self.max_norm**2 - sq).clamp_min(0).sqrt().unsqueeze(1)
+        return torch.cat([x, extra], dim=1) / self.max_norm
+
+    # ---- protocol ------------------------------------------------------------------------
+    @torch.no_grad()
+    def build(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> ClusterIndex:
+        if weight.shape[1] != self.dim:
+            raise ValueError(f"weight has d={weight.shape[1]}, index was made for d={self.dim}")
+        ok = check_rows(weight, bias, self.validate)
+        rows = ok.nonzero().flatten()
+        x = self._rows(weight, bias)[rows]
+        warm = self.built and self.n == weight.shape[0] and (bias is None) == (self.bias is None)
+        self.weight = weight.detach()
+        self.bias = bias.detach() if bias is not None else None
+        self.n = weight.shape[0]
+        self.num_excluded = int(self.n - rows.numel())
+        self.has_bias = bias is not None
+        m = rows.numel()
+        if m == 0:  # nothing selectable: searches pad from the exact pass (all -1)
+            self.rows = rows
+            self.centroids = torch.zeros(1, x.shape[1] + 1, device=weight.device)
+            self.route = torch.zeros(1, x.shape[1], device=weight.device)
+            self.order = rows
+            self.offsets = torch.zeros(2, dtype=torch.int64, device=weight.device)
+            return self
+        self.mu = x.mean(dim=0) if self.center else torch.zeros_like(x[0])
+        self.max_norm = (x - self.mu).norm(dim=1).max().clamp_min(1e-12) * NORM_HEADROOM
+        keys = self._keys(x)
+        gen = torch.Generator().manual_seed(self.seed)
+        c = min(self.num_lists or default_num_lists(m), m)
+        if warm and self.centroids.shape[1] == keys.shape[1]:
+            cent = _lloyd(keys, self.centroids, self.refresh_iters, gen)
+        else:
+            train = keys
+            if m > POINTS_PER_LIST * c:
+                pick = torch.randperm(m, generator=gen)[: POINTS_PER_LIST * c]
+                train = keys[pick.to(keys.device)]
+            init = torch.randperm(train.shape[0], generator=gen)[:c].to(keys.device)
+            cent = _lloyd(train, train[init].clone(), self.iters, gen)
+        assign = _assign(keys, cent)
+        cent, assign = self._balance(keys, cent, assign, gen)
+        self.rows = rows
+        self.centroids = cent
+        self._set_lists(keys, assign)
+        return self
+
+    def _balance(self, keys, cent, assign, gen):
+        """Split every list over balance x the mean size: sub-k-means into ceil(size / mean)
+        parts, then equal chunks for any part still too large."""
+        c = cent.shape[0]
+        counts = torch.bincount(assign, minlength=c)
+        mean = keys.shape[0] / c
+        limit = max(1, int(self.balance * mean))
+        big = (counts > limit).nonzero().flatten().tolist()
+        if not big:
+            return cent, assign
+        new_cent = [cent]
+        next_id = c
+        for lst in big:
+            members = (assign == lst).nonzero().flatten()
+            parts = math.ceil(members.numel() / mean)
+            sub = keys[members]
+            init = torch.randperm(sub.shape[0], generator=gen)[:parts].to(sub.device)
+            sub_c = _lloyd(sub, sub[init].clone(), 3, gen)
+            sub_a = _assign(sub, sub_c)
+            pieces = []
+            for j in range(parts):
+                pj = members[sub_a == j]
+                pieces += list(torch.split(pj, limit)) if pj.numel() else []
+            for j, piece in enumerate(pieces):
+                if j == 0:
+                    lid = lst
+                else:
+                    lid = next_id
+                    next_id += 1
+                assign[piece] = lid
+                cvec = torch.nn.functional.normalize(keys[piece].mean(0, keepdim=True), dim=1)
+                if j == 0:
+                    cent[lst] = cvec[0]
+                else:
+                    new_cent.append(cvec)
+        return torch.cat(new_cent, dim=0), assign
+
+    def _set_lists(self, keys: torch.Tensor, assign: torch.Tensor) -> None:
+        c = self.centroids.shape[0]
+        self.assign = assign
+        order, self.offsets = lists_csr(assign, c)
+        self.order = self.rows[order]  # class ids, list by list
+        sizes = self.offsets[1:] - self.offsets[:-1]
+        self.max_list = int(sizes.max()) if c else 0
+        # route queries by the mean key of each list, in the rows' coordinates ([w, b]):
+        # q . mean(x - mu) ranks lists by the average logit of their members
+        sums = torch.zeros(c, keys.shape[1], device=keys.device).index_add_(0, assign, keys)
+        mean_key = sums / sizes.clamp_min(1).unsqueeze(1).float()
+        self.route = mean_key[:, : self.rows_dim]
+        if not self.live_rerank:  # the rows in list order: the rerank reads them contiguously
+            self.rows_copy = self.weight.index_select(0, self.order).float()
+            if self.has_bias:
+                self.bias_copy = self.bias.index_select(0, self.order).float()
+
+    @property
+    def rows_dim(self) -> int:
+        return self.dim + (1 if self.has_bias else 0)
+
+    @torch.no_grad()
+    def update_rows(
+        self, weight: torch.Tensor, bias: torch.Tensor | None, rows: torch.Tensor
+    ) -> bool:
+        """Re-assign `rows` to their nearest centroid (keys under the stored mean and M).
+        False, changing nothing, when a row outgrew M, a row is not selectable, or the row
+        set changed (the caller rebuilds)."""
+        if not self.built or weight.shape[0] != self.n or self.rows.numel() != self.n:
+            return False
+        rows = rows.to(weight.device).long()
+        ok = check_rows(weight[rows], bias[rows] if bias is not None else None, self.validate)
+        if not bool(ok.all()):
+            return False
+        x = self._rows(weight[rows], bias[rows] if bias is not None else None)
+        if bool(((x - self.mu).norm(dim=1) > self.max_norm).any()):
+            return False
+        keys_rows = self._keys(x)
+        assign = self.assign.clone()
+        assign[rows] = _assign(keys_rows, self.centroids)  # self.rows is arange(n) here
+        self.weight = weight.detach()
+        self.bias = bias.detach() if bias is not None else None
+        keys = self._keys(self._rows(self.weight, self.bias))
+        self._set_lists(keys, assign)
+        return True
+
+    def probe_lists(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(N, p) int64: each query's `nprobe` best lists by centroid score."""
+        q = hidden.detach().float()
+        if self.has_bias:
+            q = torch.cat([q, q.new_ones(q.shape[0], 1)], dim=1)
+        scores = q @ self.route.T
+        p = min(self.nprobe or default_nprobe(self.centroids.shape[0]), scores.shape[1])
+        return scores.topk(p, dim=1).indices
+
+    def union(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(N, p x largest list) int64: every class of the query's best lists, -1 padded."""
+        if not self.built:
+            raise RuntimeError("ClusterIndex.union before build()")
+        N = hidden.shape[0]
+        if self.order.numel() == 0 or N == 0:
+            return torch.full((N, 1), -1, dtype=torch.int64, device=hidden.device)
+        lists = self.probe_lists(hidden)
+        start = self.offsets[lists]
+        end = self.offsets[lists + 1]
+        pos = start.unsqueeze(2) + torch.arange(self.max_list, device=start.device)
+        ok = pos < end.unsqueeze(2)
+        ids = self.order[torch.where(ok, pos, torch.zeros_like(pos))]
+        ids = torch.where(ok, ids, torch.full_like(ids, -1))
+        return ids.reshape(N, -1)
+
+    def search(
+        self, hidden: torch.Tensor, k: int, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """(N, k) int64: the k best classes of the probed lists by exact logit, best first;
+        k valid ids whenever k classes are selectable (short rows: rerank.rerank_union pads).
+
+        Scored list by list (each list's rows gathered once per search, from the live
+        weights when live_rerank, else from the copy taken at build), not query by query:
+        a per-query gather of the union costs as much as the full product on a CPU."""
+        if not self.built:
+            raise RuntimeError("ClusterIndex.search before build(): call build(weight, bias)")
+        hidden = hidden.detach()
+        N = hidden.shape[0]
+        if N == 0 or self.order.numel() == 0:
+            empty = torch.full((N, 1), -1, dtype=torch.int64, device=hidden.device)
+            return rerank_union(hidden, self.weight, self.bias, empty, k, generator)
+        lists = self.probe_lists(hidden)
+        z, ids = self._score_lists(hidden, lists)
+        kk = min(k, z.shape[1])
+        s, pos = torch.topk(z, kk, dim=1)
+        top = torch.gather(ids, 1, pos)
+        top = torch.where(torch.isfinite(s), top, torch.full_like(top, -1))
+        if kk < k:
+            top = torch.cat([top, top.new_full((N, k - kk), -1)], dim=1)
+        short = (top < 0).any(dim=1)
+        if bool(short.any()):  # pad from uniform / the exact pass (rerank.rerank_union)
+            rows = short.nonzero().flatten()
+            top[rows] = rerank_union(hidden[rows], self.weight, self.bias, top[rows], k, generator)
+        return top
+
+    def _score_lists(
+        self, hidden: torch.Tensor, lists: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact logits of every member of every probed list: (scores (N, p x Lmax) float32,
+        -inf in empty slots; ids (N, p x Lmax) int64, -1 in empty slots)."""
+        N, p = lists.shape
+        Lmax = self.max_list
+        dev = hidden.device
+        z = torch.full((N, p, Lmax), float("-inf"), device=dev)
+        ids = torch.full((N, p, Lmax), -1, dtype=torch.int64, device=dev)
+        flat = lists.flatten()
+        by_list = torch.argsort(flat, stable=True)
+        pair_q = torch.div(by_list, p, rounding_mode="floor")
+        pair_slot = by_list % p
+        counts = torch.bincount(flat, minlength=self.centroids.shape[0]).tolist()
+        offs = self.offsets.tolist()
+        h = hidden.float()
+        lo = 0
+        for lst, cnt in enumerate(counts):
+            if cnt == 0:
+                continue
+            q = pair_q[lo : lo + cnt]
+            slot = pair_slot[lo : lo + cnt]
+            lo += cnt
+            a, b = offs[lst], offs[lst + 1]
+            if a == b:
+                continue
+            members = self.order[a:b]
+            if self.live_rerank:
+                w = self.weight.index_select(0, members).float()
+                bb = self.bias.index_select(0, members).float() if self.has_bias else None
+            else:
+                w = self.rows_copy[a:b]
+                bb = self.bias_copy[a:b] if self.has_bias else None
+            zl = h.index_select(0, q) @ w.T
+            if bb is not None:
+                zl = zl + bb
+            z[q, slot, : b - a] = torch.nan_to_num(zl, nan=float("-inf"))
+            ids[q, slot, : b - a] = members
+        return z.view(N, -1), ids.view(N, -1)
+
+    def fraction_scored(self, hidden: torch.Tensor) -> float:
+        """Mean share of the n classes in each query's union (what the rerank scores)."""
+        lists = self.probe_lists(hidden)
+        sizes = (self.offsets[lists + 1] - self.offsets[lists]).sum(dim=1)
+        return float(sizes.float().mean()) / max(1, self.n)
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(
+            kind="clusters",
+            dim=self.dim,
+            num_lists=self.num_lists,
+            nprobe=self.nprobe,
+            mode=self.mode,
+            center=self.center,
+            iters=self.iters,
+            refresh_iters=self.refresh_iters,
+            balance=self.balance,
+            seed=self.seed,
+        )

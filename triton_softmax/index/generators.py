@@ -1,0 +1,37 @@
+"""The lsh path's candidate generators by name (make_index's lsh_generator option).
+
+"tables": lsh.LSHIndex (SimHash tables ranked by collision count; the bucket_shared scheme
+needs its codes and tables). "clusters": index.clusters.ClusterIndex. "simhash":
+index.simhash.SimHashIndex. Defaults chosen from bench/candidates.py's frontier on the trained
+WordNet synset snapshot (see README, issue 18).
+"""
+
+from __future__ import annotations
+
+from .clusters import ClusterIndex
+from .simhash import SimHashIndex
+
+LSH_GENERATORS = ("clusters", "simhash", "tables")
+DEFAULT_LSH_GENERATOR = "clusters"
+
+
+def check_lsh_generator(name: str, candidate_scheme: str = "per_example") -> None:
+    if name not in LSH_GENERATORS:
+        raise ValueError(f"lsh_generator must be one of {LSH_GENERATORS}, got {name!r}")
+    if candidate_scheme == "bucket_shared" and name != "tables":
+        raise ValueError(
+            "candidate_scheme='bucket_shared' scores whole SimHash buckets: it needs "
+            f"lsh_generator='tables', got {name!r}"
+        )
+
+
+def make_generator(
+    name: str, n: int, d: int, *, seed: int = 0, validate: bool = False
+) -> ClusterIndex | SimHashIndex:
+    """An unbuilt generator with its measured defaults for n classes of dimension d."""
+    check_lsh_generator(name)
+    if name == "clusters":
+        return ClusterIndex(d, seed=seed, validate=validate)
+    if name == "simhash":
+        return SimHashIndex(d, seed=seed, validate=validate)
+    raise ValueError(f"make_generator builds clusters or simhash, not {name!r}")

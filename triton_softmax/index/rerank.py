@@ -1,0 +1,122 @@
+"""Exact rerank of a retrieved union, shared by the candidate generators (clusters, simhash).
+
+A generator's buckets or lists only propose classes; which of them enter S is decided by their
+exact logits under the current weights (the generator keeps a reference to the live weight and
+bias, so the rerank never uses the stale copy the buckets were built from). Every search
+returns k valid distinct ids whenever at least k classes can be chosen: a short union is padded
+with uniform classes, and rows that still fall short are answered by an exact pass over all
+classes. A class whose bias is -inf (masked) or whose logit is NaN is never returned.
+"""
+
+from __future__ import annotations
+
+import torch
+
+# rows of one gather (chunk x U x d floats) are bounded by this many floats (~64 MiB)
+GATHER_FLOATS = 1 << 24
+
+
+def check_rows(weight: torch.Tensor, bias: torch.Tensor | None, validate: bool) -> torch.Tensor:
+    """(n,) bool: the rows a generator may index (finite weight row, bias not -inf / NaN).
+
+    validate=True raises ValueError naming the argument when a weight row holds NaN/inf or
+    the bias holds NaN or +inf (a -inf bias is the documented way to mask a class)."""
+    row_ok = torch.isfinite(weight).all(dim=1)
+    if validate and not bool(row_ok.all()):
+        bad = (~row_ok).nonzero().flatten()[:5].tolist()
+        raise ValueError(f"weight has non-finite rows (first: {bad}); the index cannot rank them")
+    if bias is not None:
+        if validate and bool((torch.isnan(bias) | (bias == float("inf"))).any()):
+            raise ValueError("bias holds NaN or +inf; mask a class with bias = -inf only")
+        row_ok = row_ok & torch.isfinite(bias)
+    return row_ok
+
+
+def dedupe_rows(ids: torch.Tensor) -> torch.Tensor:
+    """(N, U) int64 ids with -1 padding -> the same width, each id once per row, -1 padded
+    at the end of each row (sorted ascending otherwise)."""
+    if ids.shape[1] == 0:
+        return ids
+    big = torch.iinfo(torch.int64).max
+    s, _ = torch.sort(torch.where(ids >= 0, ids, torch.full_like(ids, big)), dim=1)
+    dup = torch.zeros_like(s, dtype=torch.bool)
+    dup[:, 1:] = s[:, 1:] == s[:, :-1]
+    s = torch.where(dup, torch.full_like(s, big), s)
+    s, _ = torch.sort(s, dim=1)
+    return torch.where(s == big, torch.full_like(s, -1), s)
+
+
+def exact_scores(
+    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, ids: torch.Tensor
+) -> torch.Tensor:
+    """(N, U) float32 exact logits of ids (-1 -> -inf; NaN logits -> -inf), in gather chunks."""
+    N, U = ids.shape
+    d = weight.shape[1]
+    out = torch.empty(N, U, dtype=torch.float32, device=hidden.device)
+    step = max(1, GATHER_FLOATS // max(1, U * d))
+    h = hidden.float()
+    for lo in range(0, N, step):
+        hi = min(N, lo + step)
+        part = ids[lo:hi]
+        safe = part.clamp_min(0)
+        z = torch.bmm(weight[safe].float(), h[lo:hi].unsqueeze(2)).squeeze(2)
+        if bias is not None:
+            z = z + bias[safe].float()
+        ok = (part >= 0) & ~torch.isnan(z)
+        out[lo:hi] = torch.where(ok, z, torch.full_like(z, float("-inf")))
+    return out
+
+
+def full_topk(
+    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, k: int
+) -> torch.Tensor:
+    """(N, k) exact top-k ids over all classes (masked / NaN classes never), -1 where fewer."""
+    z = hidden.float() @ weight.float().T
+    if bias is not None:
+        z = z + bias.float()
+    z = torch.where(torch.isnan(z), torch.full_like(z, float("-inf")), z)
+    kk = min(k, z.shape[1])
+    s, ids = torch.topk(z, kk, dim=1)
+    ids = torch.where(torch.isfinite(s), ids, torch.full_like(ids, -1))
+    if kk < k:
+        ids = torch.cat([ids, ids.new_full((ids.shape[0], k - kk), -1)], dim=1)
+    return ids
+
+
+def rerank_union(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    union: torch.Tensor,
+    k: int,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """The k best of each row's union by exact logit: (N, k) int64, best first.
+
+    union: (N, U) int64, -1 padded, duplicates allowed. Rows whose union holds fewer than k
+    selectable classes are padded with uniform classes (scored too, so they rank by logit);
+    rows still short get an exact top-k over all classes. -1 only where fewer than k classes
+    are selectable at all (n < k, or masked classes)."""
+    N = hidden.shape[0]
+    n = weight.shape[0]
+    if N == 0:
+        return torch.full((0, k), -1, dtype=torch.int64, device=hidden.device)
+    ids = dedupe_rows(union)
+    z = exact_scores(hidden, weight, bias, ids)
+    short = torch.isfinite(z).sum(dim=1) < k
+    if bool(short.any()):  # one host read; rare once the generator is tuned
+        extra = torch.randint(n, (N, 2 * k), generator=generator, device="cpu").to(ids.device)
+        extra = torch.where(short.unsqueeze(1), extra, torch.full_like(extra, -1))
+        ids = dedupe_rows(torch.cat([ids, extra], dim=1))
+        z = exact_scores(hidden, weight, bias, ids)
+    kk = min(k, ids.shape[1])
+    s, pos = torch.topk(z, kk, dim=1)
+    top = torch.gather(ids, 1, pos)
+    top = torch.where(torch.isfinite(s), top, torch.full_like(top, -1))
+    if kk < k:
+        top = torch.cat([top, top.new_full((N, k - kk), -1)], dim=1)
+    still = (top < 0).any(dim=1)
+    if bool(still.any()):  # tiny n or heavy masking: the exact answer for those rows
+        rows = still.nonzero().flatten()
+        top[rows] = full_topk(hidden[rows], weight, bias, k)
+    return top
