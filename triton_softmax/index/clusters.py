@@ -168,13 +168,15 @@ class ClusterIndex:
         keys = self._keys(x)
         gen = torch.Generator().manual_seed(self.seed)
         c = min(self.num_lists or default_num_lists(m), m)
-        if warm and self.centroids.shape[1] == keys.shape[1]:
-            cent = _lloyd(keys, self.centroids, self.refresh_iters, gen)
+        train = keys  # Lloyd runs on a subsample (as FAISS's k-means); one full assignment
+        if m > POINTS_PER_LIST * c:
+            pick = torch.randperm(m, generator=gen)[: POINTS_PER_LIST * c]
+            train = keys[pick.to(keys.device)]
+        if warm and self.centroids.shape[1] == keys.shape[1] and self.centroids.shape[0] >= c:
+            # warm start from the first c centroids: the lists split by _balance at the last
+            # build are split again from scratch, so the number of lists does not creep up
+            cent = _lloyd(train, self.centroids[:c].clone(), self.refresh_iters, gen)
         else:
-            train = keys
-            if m > POINTS_PER_LIST * c:
-                pick = torch.randperm(m, generator=gen)[: POINTS_PER_LIST * c]
-                train = keys[pick.to(keys.device)]
             init = torch.randperm(train.shape[0], generator=gen)[:c].to(keys.device)
             cent = _lloyd(train, train[init].clone(), self.iters, gen)
         assign = _assign(keys, cent)
