@@ -38,10 +38,10 @@ from pathlib import Path
 
 import torch
 
-from triton_softmax import SampledSoftmaxLoss, ops, recall_at_k
+from triton_softmax import SampledSoftmaxLoss, make_index, ops, recall_at_k
 from triton_softmax import candidates as _cand
 from triton_softmax import estimator as _est
-from triton_softmax.lsh import default_max_per_bucket, max_row_norm
+from triton_softmax.lsh import LSHIndex, default_max_per_bucket, max_row_norm
 
 from . import harness, peers, roofline
 from .harness import ALL_METHODS, BASELINE, OUR_PATHS, OursRunner, Problem
@@ -418,6 +418,8 @@ def _roofline(runner, problem: Problem, args, peaks: dict, emit) -> None:
                 ("sampled_bwd", bwd, roofline.sampled_bwd(N, M, d, s)),
             ]
             if runner.path == "lsh":
+                if not isinstance(idx, LSHIndex):  # the SimHash kernels run in the tables
+                    idx = make_index("lsh", n, d, args.num_candidates, seed=args.seed).build(W)
                 planes = idx.hyperplanes
                 L, K = planes.shape[0], planes.shape[1]
                 B = idx.max_per_bucket or default_max_per_bucket(args.num_candidates - 1, L)
