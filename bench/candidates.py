@@ -175,7 +175,11 @@ def main(argv: list[str] | None = None) -> dict:
     top, lse = exact_reference(h, W, y)
     _, t_full = timed(lambda: exact_reference(h, W, y, chunk=N))
     geo = geometry(W)
-    print(json.dumps(dict(problem=info, n=n, N=N, geometry=geo, exact_ms_per_1024=t_full * 1e3 * 1024 / N)))
+    print(
+        json.dumps(
+            dict(problem=info, n=n, N=N, geometry=geo, exact_ms_per_1024=t_full * 1e3 * 1024 / N)
+        )
+    )
     rows = []
     built: dict = {}
     only = args.only.split(",") if args.only else None
@@ -185,7 +189,7 @@ def main(argv: list[str] | None = None) -> dict:
         t_build = 0.0
         if make is None:  # uniform
             gen = torch.Generator().manual_seed(args.seed)
-            ids, t = timed(lambda: torch.randint(n, (N, S_MINUS_1), generator=gen))
+            ids, t = timed(lambda gen=gen: torch.randint(n, (N, S_MINUS_1), generator=gen))
             frac = S_MINUS_1 / n
         else:
             # one build per setting without nprobe (nprobe only changes the search)

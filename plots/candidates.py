@@ -58,8 +58,7 @@ def plot_record(rec: dict, path: str) -> str:
         f"load {rec['load_avg_start'][0]:.1f}"
     )
     for ax, lab in zip(
-        axes,
-        ("recall of exact top-32 (target excluded)", "captured mass / exact top-63 mass"),
+        axes, ("recall of exact top-32 (target excluded)", "captured mass / exact top-63 mass")
     ):
         ax.set_xscale("log")
         ax.set_xlabel("fraction of classes scored exactly per query")

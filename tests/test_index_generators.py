@@ -199,8 +199,9 @@ def test_make_index_and_module_options():
     with pytest.raises(ValueError, match="lsh_generator"):
         SampledSoftmaxLoss(500, 8, method="lsh", lsh_generator="kmeans")
     with pytest.raises(ValueError, match="lsh_generator"):
-        SampledSoftmaxLoss(500, 8, method="lsh", candidate_scheme="bucket_shared",
-                           lsh_generator="clusters")
+        SampledSoftmaxLoss(
+            500, 8, method="lsh", candidate_scheme="bucket_shared", lsh_generator="clusters"
+        )
     shared = SampledSoftmaxLoss(500, 8, method="lsh", candidate_scheme="bucket_shared")
     assert shared.lsh_generator == "tables"
 

@@ -166,7 +166,9 @@ class SimHashIndex:
         """(N, k) int64: the k best of the probed union by exact logit, best first."""
         if not self.built:
             raise RuntimeError("SimHashIndex.search before build(): call build(weight, bias)")
-        return rerank_union(hidden.detach(), self.weight, self.bias, self.union(hidden), k, generator)
+        return rerank_union(
+            hidden.detach(), self.weight, self.bias, self.union(hidden), k, generator
+        )
 
     def fraction_scored(self, hidden: torch.Tensor) -> float:
         u = self.union(hidden)
