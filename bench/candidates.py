@@ -13,6 +13,8 @@ sweep's planted problem (bench/harness.py: uniform weights, hidden planted near 
   - fraction_scored: share of the n classes the generator scores exactly per query (the
     union it reranks; 63 / n for a generator that returns its ids unscored);
   - search_ms_per_1024 (and build_s): wall time on this machine, one torch thread.
+query-clusters rows (index/query_clusters.py) build their lists from a sample of other
+queries (the snapshot's remaining training glosses; planted: 2,048 fresh queries).
 References: uniform (63 random ids), FAISS flat (exact top-63), FAISS IVF at several nprobe,
 and today's lsh path (lsh.LSHIndex with make_index's defaults). Also the geometry: row-norm
 spread and |mean W| / mean |W| (centring is free for ranking). One JSON record goes to --out.
@@ -35,6 +37,7 @@ from bench.candidates_snapshot import DEFAULT_SNAPSHOT
 from triton_softmax import faiss_available
 from triton_softmax.faiss_index import FaissIndex, default_nlist
 from triton_softmax.index.clusters import ClusterIndex
+from triton_softmax.index.query_clusters import QueryClusterIndex
 from triton_softmax.index.simhash import SimHashIndex
 from triton_softmax.loss import make_index
 
@@ -126,6 +129,18 @@ def generators(n: int, d: int, seed: int):
                     ),
                 )
             )
+    for c, F in ((128, 0.01), (128, 0.025)):
+        for p in (1, 2, 4):
+            rows.append(
+                (
+                    f"query-clusters lists={c} size={F} nprobe={p}",
+                    "query_clusters",
+                    {"num_lists": c, "list_size": F, "nprobe": p},
+                    lambda c=c, F=F: QueryClusterIndex(
+                        d, num_lists=c, list_size=max(1, int(F * n)), seed=seed
+                    ),
+                )
+            )
     K0 = int(round(math.log2(n / 2)))
     for keys in ("normalized", "mips"):
         for K, L, P, B in ((K0, 8, 1, 16), (K0, 8, 8, 16), (K0 - 3, 8, 4, 64), (K0 - 4, 16, 1, 96)):
@@ -149,10 +164,13 @@ def load_problem(args):
         h, y = snap["hidden"][: args.queries].float(), snap["target"][: args.queries]
         info = {k: snap[k] for k in ("task", "trained_with", "epochs", "train_seconds")}
         info["snapshot"] = args.snapshot
-        return W, h, y, info
+        # the query sample of the query-side lists: other training glosses than the measured
+        sample = snap["hidden"][args.queries :].float()
+        return W, h, y, sample, info
     W = harness.make_weight(args.n, args.dim, torch.float32, "cpu", args.seed)
     h, y = harness.make_inputs(W, args.queries, args.seed)
-    return W, h, y, dict(task="planted", plant=harness.PLANT, n=args.n, d=args.dim)
+    sample, _ = harness.make_inputs(W, 2048, args.seed + 100)
+    return W, h, y, sample, dict(task="planted", plant=harness.PLANT, n=args.n, d=args.dim)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -169,7 +187,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     load0 = os.getloadavg()
-    W, h, y, info = load_problem(args)
+    W, h, y, sample, info = load_problem(args)
+    info["query_sample"] = int(sample.shape[0])
     n, d = W.shape
     N = h.shape[0]
     top, lse = exact_reference(h, W, y)
@@ -196,6 +215,8 @@ def main(argv: list[str] | None = None) -> dict:
             key = (family, tuple(sorted((k, v) for k, v in settings.items() if k != "nprobe")))
             if key not in built:
                 index = make()
+                if family == "query_clusters":
+                    index.observe(sample)
                 t0 = time.perf_counter()
                 index.build(W)
                 built.clear()

@@ -9,6 +9,7 @@ from triton_softmax import SampledSoftmaxLoss
 from triton_softmax.index.base import CandidateIndex
 from triton_softmax.index.clusters import ClusterIndex
 from triton_softmax.index.generators import make_generator
+from triton_softmax.index.query_clusters import QueryClusterIndex
 from triton_softmax.index.rerank import dedupe_rows, rerank_union
 from triton_softmax.index.simhash import SimHashIndex
 from triton_softmax.loss import exact_topk, make_index
@@ -20,6 +21,7 @@ GENERATORS = {
         d, num_lists=16, nprobe=2, live_rerank=False, **kw
     ),
     "simhash": lambda d, **kw: SimHashIndex(d, num_bits=8, num_tables=4, probes=3, **kw),
+    "query_clusters": lambda d, **kw: QueryClusterIndex(d, num_lists=8, nprobe=2, **kw),
     "simhash_mips": lambda d, **kw: SimHashIndex(
         d, num_bits=8, num_tables=4, probes=3, keys="mips", **kw
     ),
@@ -51,7 +53,7 @@ def test_follows_the_protocol(name):
     assert not index.built
     index.build(torch.randn(300, 8))
     assert index.built and index.n == 300
-    assert index.state_dict()["kind"] in ("clusters", "simhash")
+    assert index.state_dict()["kind"] in ("clusters", "simhash", "query_clusters")
 
 
 @pytest.mark.parametrize("name", list(GENERATORS))
@@ -144,6 +146,27 @@ def test_finds_most_of_the_exact_top_k_on_structured_rows(name):
     assert frac < 0.25
     floor = 0.7 if name == "clusters" else 0.5  # measured 0.60 for simhash
     assert recall > floor and recall > old_recall + 0.2
+
+
+def test_query_clusters_learn_their_lists_from_the_query_sample():
+    torch.manual_seed(9)
+    n, d, k = 4000, 16, 16
+    w = _mixture(n, d, 40)
+
+    def queries(m):
+        return 3 * w[torch.randint(n, (m,))] + 0.3 * torch.randn(m, d)
+
+    h = queries(64)
+    _, top = exact_topk(h, w, k)
+    index = QueryClusterIndex(d, num_lists=64, nprobe=2, list_size=200)
+    index.observe(queries(1000))
+    index.observe(queries(1000))
+    assert index.sample.shape[0] == 2000
+    ids = index.build(w).search(h, k)
+    _valid_distinct(ids, n, k)
+    recall = (top.unsqueeze(2) == ids.unsqueeze(1)).any(2).float().mean().item()
+    assert index.fraction_scored(h) <= 2 * 200 / n + 1e-9
+    assert recall > 0.7
 
 
 def test_clusters_rerank_uses_the_live_weights():

@@ -311,7 +311,7 @@ class ClusterIndex:
             empty = torch.full((N, 1), -1, dtype=torch.int64, device=hidden.device)
             return rerank_union(hidden, self.weight, self.bias, empty, k, generator)
         lists = self.probe_lists(hidden)
-        z, ids = self._score_lists(hidden, lists)
+        z, ids = self._score_lists(hidden, lists, k)
         kk = min(k, z.shape[1])
         s, pos = torch.topk(z, kk, dim=1)
         top = torch.gather(ids, 1, pos)
@@ -325,12 +325,14 @@ class ClusterIndex:
         return top
 
     def _score_lists(
-        self, hidden: torch.Tensor, lists: torch.Tensor
+        self, hidden: torch.Tensor, lists: torch.Tensor, k: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Exact logits of every member of every probed list: (scores (N, p x Lmax) float32,
-        -inf in empty slots; ids (N, p x Lmax) int64, -1 in empty slots)."""
+        """The k best members of every probed list by exact logit: (scores (N, p x k')
+        float32, -inf in empty slots; ids (N, p x k') int64, -1 in empty slots), k' =
+        min(k, largest list). The top-k of the union is the top-k of these, and the buffers
+        stay O(N p k), never O(N x classes scored)."""
         N, p = lists.shape
-        Lmax = self.max_list
+        Lmax = min(k, self.max_list)
         dev = hidden.device
         z = torch.full((N, p, Lmax), float("-inf"), device=dev)
         ids = torch.full((N, p, Lmax), -1, dtype=torch.int64, device=dev)
@@ -361,8 +363,15 @@ class ClusterIndex:
             zl = h.index_select(0, q) @ w.T
             if bb is not None:
                 zl = zl + bb
-            z[q, slot, : b - a] = torch.nan_to_num(zl, nan=float("-inf"))
-            ids[q, slot, : b - a] = members
+            zl = torch.nan_to_num(zl, nan=float("-inf"))
+            kk = min(Lmax, b - a)
+            if kk < b - a:
+                zl, pos = zl.topk(kk, dim=1)
+                z[q, slot, :kk] = zl
+                ids[q, slot, :kk] = members[pos]
+            else:
+                z[q, slot, :kk] = zl
+                ids[q, slot, :kk] = members.expand(q.shape[0], -1)
         return z.view(N, -1), ids.view(N, -1)
 
     def fraction_scored(self, hidden: torch.Tensor) -> float:
