@@ -3,9 +3,10 @@ scored, from bench/candidates.py's JSON records only.
 
     python -m plots.candidates [RECORD.json ...] [--out plots]
 
-Without arguments, the latest record of each problem under bench/results/. One figure per
-record: left, recall of the exact top-32 (target excluded) against the share of classes the
-generator scores exactly (log scale); right, the captured softmax mass of the 63 ids it
+Without arguments, every record of each problem under bench/results/ (rows of several
+records of one problem are drawn together, the latest record's row winning a name). One
+figure per problem: left, recall of the exact top-32 (target excluded) against the share of
+classes the generator scores exactly (log scale); right, the captured softmax mass of the 63 ids it
 returns, as a share of the exact top-63's mass (the ceiling at |S| = 64). One line per
 family and setting sweep (nprobe, probes), references as points. Writes
 plots/candidates-<problem>.png.
@@ -81,18 +82,19 @@ def main(argv: list[str] | None = None) -> list[str]:
     p.add_argument("--results", default=RESULTS)
     p.add_argument("--out", default=os.path.dirname(os.path.abspath(__file__)))
     args = p.parse_args(argv)
-    paths = args.records
-    if not paths:
-        latest = {}
-        for f in sorted(glob.glob(os.path.join(args.results, "candidates-*.json"))):
-            tag = os.path.basename(f).rsplit("-", 2)[0]
-            latest[tag] = f
-        paths = list(latest.values())
-    out = []
-    for f in paths:
+    paths = args.records or sorted(glob.glob(os.path.join(args.results, "candidates-*.json")))
+    by_tag: dict[str, dict] = {}
+    for f in sorted(paths):  # the stamp sorts by time: later rows replace earlier ones
         with open(f) as fh:
             rec = json.load(fh)
         tag = os.path.basename(f).rsplit("-", 2)[0]
+        if tag in by_tag:
+            rows = {r["name"]: r for r in by_tag[tag]["rows"]}
+            rows.update({r["name"]: r for r in rec["rows"]})
+            rec = dict(by_tag[tag], rows=list(rows.values()))
+        by_tag[tag] = rec
+    out = []
+    for tag, rec in by_tag.items():
         out.append(plot_record(rec, os.path.join(args.out, f"{tag}.png")))
         print("->", out[-1])
     return out
