@@ -278,3 +278,16 @@ def test_module_masked_bias_and_nan_rows():
         strict.weight[3, 1] = float("nan")
     with pytest.raises(ValueError, match="weight"):
         strict.refresh()
+
+
+def test_clusters_checkpoint_restores_warm_refreshed_lists():
+    torch.manual_seed(10)
+    w = _mixture(2000, 8, 20)
+    a = ClusterIndex(8, num_lists=20, nprobe=3).build(w)
+    a.build(w + 0.05 * torch.randn_like(w))  # a warm refresh: lists depend on history
+    b = ClusterIndex(8, num_lists=20, nprobe=3)
+    b.load_state_dict(a.state_dict())
+    b.build(w)  # the checkpoint's lists, not a cold k-means
+    assert torch.equal(b.assign, a.assign) and torch.equal(b.centroids, a.centroids)
+    cold = ClusterIndex(8, num_lists=20, nprobe=3).build(w)
+    assert not torch.equal(cold.assign, a.assign)

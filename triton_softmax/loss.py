@@ -527,6 +527,10 @@ class IndexedLayerMixin:
                 validate=getattr(self, "validate", False),
             )
             self.index_method = method
+            pending = getattr(self, "_pending_generator_state", None)
+            if pending is not None and hasattr(self.index, "load_state_dict"):
+                self.index.load_state_dict(pending)  # the checkpoint's lists, not a cold build
+            self._pending_generator_state = None
         if not self._partial_refresh(method):
             self.index.build(self.weight, self.bias)
         self._after_refresh()
@@ -1015,11 +1019,20 @@ class SampledSoftmaxLoss(IndexedLayerMixin, nn.Module):
 
     # ---- state ---------------------------------------------------------------------------
     def get_extra_state(self) -> dict:
-        return dict(self._index_state(), lsh_bits=self.lsh_bits, lsh_tables=self.lsh_tables)
+        gen_state = None  # a warm-refreshed generator's lists (index/clusters.py)
+        if self.index is not None and hasattr(self.index, "load_state_dict"):
+            gen_state = self.index.state_dict()
+        return dict(
+            self._index_state(),
+            lsh_bits=self.lsh_bits,
+            lsh_tables=self.lsh_tables,
+            generator_state=gen_state,
+        )
 
     def set_extra_state(self, state: dict) -> None:
         self._load_index_state(state)
         self.lsh_bits, self.lsh_tables = state["lsh_bits"], state["lsh_tables"]
+        self._pending_generator_state = state.get("generator_state")
 
     def extra_repr(self) -> str:
         return (

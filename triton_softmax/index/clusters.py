@@ -166,6 +166,12 @@ class ClusterIndex:
         self.mu = x.mean(dim=0) if self.center else torch.zeros_like(x[0])
         self.max_norm = (x - self.mu).norm(dim=1).max().clamp_min(1e-12) * NORM_HEADROOM
         keys = self._keys(x)
+        restore, self._restore = getattr(self, "_restore", None), None
+        if restore is not None and restore[1].numel() == m:  # a checkpoint's lists
+            self.rows = rows
+            self.centroids = restore[0].to(keys.device)
+            self._set_lists(keys, restore[1].to(keys.device))
+            return self
         gen = torch.Generator().manual_seed(self.seed)
         c = min(self.num_lists or default_num_lists(m), m)
         train = keys  # Lloyd runs on a subsample (as FAISS's k-means); one full assignment
@@ -380,8 +386,18 @@ class ClusterIndex:
         sizes = (self.offsets[lists + 1] - self.offsets[lists]).sum(dim=1)
         return float(sizes.float().mean()) / max(1, self.n)
 
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Take a checkpoint's centroids and list assignment: the next build on the same
+        weights gives the saved lists (warm refreshes make them depend on history, not only
+        on the weights and the seed)."""
+        if state.get("centroids") is not None:
+            self._restore = (state["centroids"], state["assign"])
+
     def state_dict(self) -> dict[str, Any]:
+        built = self.built and self.order.numel() > 0
         return dict(
+            centroids=self.centroids.cpu() if built else None,
+            assign=self.assign.cpu() if built else None,
             kind="clusters",
             dim=self.dim,
             num_lists=self.num_lists,
