@@ -549,6 +549,7 @@ def test_partial_refresh_equals_a_full_rehash_with_the_same_scale():
         sparse_grad=True,
         partial_refresh=True,
         refresh_every=2,
+        lsh_generator="tables",  # the SimHash tables' update_rows is what this checks
     )
     opt = torch.optim.SGD(layer.parameters(), lr=0.05)
     h, y = torch.randn(8, 16), torch.randint(0, 5000, (8,))
