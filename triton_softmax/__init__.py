@@ -11,9 +11,11 @@ Public API:
   UniformSampler, LogUniformSampler, CategoricalSampler   proposals for T (log-Q corrected)
 """
 
+from . import _compat
 from .dispatch import Choice, choose_method, explain
 from .distributed import ShardedSampledSoftmaxLoss
-from .faiss_index import FaissIndex, faiss_available
+from .index.faiss import FaissIndex, faiss_available
+from .index.simhash import LSHIndex
 from .loss import (
     SampledSoftmaxLoss,
     exact_topk,
@@ -23,7 +25,6 @@ from .loss import (
     sampled_softmax_cross_entropy,
     sampled_softmax_from_candidates,
 )
-from .lsh import LSHIndex
 from .samplers import CategoricalSampler, LogUniformSampler, UniformSampler
 
 __all__ = [
@@ -46,3 +47,5 @@ __all__ = [
     "sampled_softmax_from_candidates",
 ]
 __version__ = "0.1.0"
+
+_compat.install(__name__)  # triton_softmax.lsh, .faiss_index, .estimator, .full, .bucket_tiles

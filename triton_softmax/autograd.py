@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from . import estimator as _est
-from . import full as _full
 from . import ops
+from .reference import sampled_logits as _est
 
 
 class SampledSoftmaxFunction(torch.autograd.Function):
@@ -32,12 +31,10 @@ class SampledSoftmaxFunction(torch.autograd.Function):
         z_loss,
         softcap,
     ):
-        if softcap:  # soft-capping runs the twin (the kernels do not implement it)
-            loss, lse = _est.sampled_logits_fwd_ref(
-                hidden, weight, bias, cand_ids, cand_logw, target, softcap
-            )
-        else:
-            loss, lse = ops.sampled_logits_fwd(hidden, weight, bias, cand_ids, cand_logw, target)
+        # soft-capping runs the twin (ops: no kernel implements it)
+        loss, lse = ops.sampled_logits_fwd(
+            hidden, weight, bias, cand_ids, cand_logw, target, softcap
+        )
         ctx.save_for_backward(hidden, weight, bias, cand_ids, cand_logw, target, lse)
         ctx.sparse_grad, ctx.deterministic, ctx.z_loss = sparse_grad, deterministic, z_loss
         ctx.softcap = softcap
@@ -50,7 +47,7 @@ class SampledSoftmaxFunction(torch.autograd.Function):
         dh = dW = db = None
         g_p, delta = _z_loss_scale(grad_loss, lse, ctx.z_loss)
         if ctx.softcap:  # the twin takes the target term's gradient directly
-            coef, ids, dh = _est.sampled_logits_bwd_ref(
+            coef, ids, dh = ops.sampled_logits_bwd(
                 g_p,
                 hidden,
                 weight,
@@ -113,12 +110,8 @@ class ChunkedCrossEntropyFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, target, label_smoothing, z_loss, softcap, sparse_grad):
-        if softcap:  # soft-capping runs the chunked twin (the fused kernel does not implement it)
-            loss, lse = _full.chunked_ce_fwd_ref(
-                hidden, weight, bias, target, label_smoothing, softcap=softcap
-            )
-        else:
-            loss, lse = ops.chunked_ce_fwd(hidden, weight, bias, target, label_smoothing)
+        # soft-capping runs the chunked twin (ops: the fused kernel does not implement it)
+        loss, lse = ops.linear_ce_fwd(hidden, weight, bias, target, label_smoothing, softcap)
         ctx.save_for_backward(hidden, weight, bias, target, lse)
         ctx.label_smoothing, ctx.z_loss, ctx.softcap = label_smoothing, z_loss, softcap
         ctx.sparse_grad = sparse_grad
@@ -130,7 +123,7 @@ class ChunkedCrossEntropyFunction(torch.autograd.Function):
         eps = ctx.label_smoothing
         g_p, delta = _z_loss_scale(grad_loss, lse, ctx.z_loss)
         if ctx.softcap:  # the twin takes the one-hot terms' gradient directly
-            dh, dW, db = _full.chunked_ce_bwd_ref(
+            dh, dW, db = ops.linear_ce_bwd(
                 g_p,
                 hidden,
                 weight,
@@ -143,7 +136,7 @@ class ChunkedCrossEntropyFunction(torch.autograd.Function):
             )
             delta = None
         else:
-            dh, dW, db = ops.chunked_ce_bwd(g_p, hidden, weight, bias, target, lse, eps)
+            dh, dW, db = ops.linear_ce_bwd(g_p, hidden, weight, bias, target, lse, eps)
         if delta is not None:
             # the kernels scaled the one-hot and smoothing terms by g_p too; they take g:
             # add delta ((1 - eps) 1[j = y] + eps / n) back to dz

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from .faiss_index import FAISS_IMPORT_ERROR, faiss_available
+from .index.faiss import FAISS_IMPORT_ERROR, faiss_available
 
 METHODS = ("auto", "full", "faiss", "lsh")
 TABLE_FORMAT = "triton_softmax.crossovers/1"
@@ -123,7 +123,7 @@ class Choice:
 
 
 def _full_working_set(n: int, d: int, N: int, elt: int) -> int:
-    from .full import class_chunk
+    from .reference.linear_ce import class_chunk
 
     return n * d * elt + 3 * N * class_chunk(N, n) * 4  # dense dW + logits chunk temporaries
 

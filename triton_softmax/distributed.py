@@ -87,9 +87,9 @@ import torch.distributed as dist
 from torch import nn
 
 from . import checks, ops
-from . import estimator as _est
 from .candidates import build_candidates
 from .loss import IndexedLayerMixin, _reduce, exact_topk, rerank_topk
+from .reference import sampled_logits as _est
 
 __all__ = [
     "CommCounter",
@@ -245,7 +245,7 @@ class ShardedCrossEntropyFunction(torch.autograd.Function):
 
     hidden (N, d) replicated; weight (n_r, d) and bias (n_r,) | None: this rank's rows
     [lo, lo + n_r); target (N,) int64 global ids in [0, n). The local forward and backward
-    are ops.chunked_ce_fwd / ops.chunked_ce_bwd on the shard (chunked, Triton where routed)
+    are ops.linear_ce_fwd / ops.linear_ce_bwd on the shard (chunked, Triton where routed)
     with the target clamped into the shard; the backward then puts right the two things the
     shard-local call cannot know, both O(N d + n_r d):
       - rows whose target is not in this shard: chunked_ce_bwd subtracted g at the clamped
@@ -259,7 +259,7 @@ class ShardedCrossEntropyFunction(torch.autograd.Function):
         n_local = weight.shape[0]
         acc = _est.acc_dtype(hidden.dtype)
         owned, t_local = _local_target(target, lo, n_local)
-        _, lse_r = ops.chunked_ce_fwd(hidden, weight, bias, t_local, 0.0)
+        _, lse_r = ops.linear_ce_fwd(hidden, weight, bias, t_local, 0.0)
         zt_r = _target_logit(hidden, weight, bias, t_local, owned, acc)
         extra = [zt_r]
         if label_smoothing:
@@ -283,7 +283,7 @@ class ShardedCrossEntropyFunction(torch.autograd.Function):
         acc = lse.dtype
         g = grad_loss.to(acc)
         h = hidden.to(acc)
-        dh, dW, db = ops.chunked_ce_bwd(grad_loss, hidden, weight, bias, t_local, lse, 0.0)
+        dh, dW, db = ops.linear_ce_bwd(grad_loss, hidden, weight, bias, t_local, lse, 0.0)
         dh, dW = dh.to(acc), dW.to(acc)
         # dz_true - dz_local = a 1[j = t_local] - eps/n g   (see the class docstring)
         a = g * (1.0 - (1.0 - eps) * owned.to(acc))

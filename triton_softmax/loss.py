@@ -27,10 +27,10 @@ from . import candidates as _cand
 from . import checks, ops
 from . import custom_ops as _custom
 from .autograd import ChunkedCrossEntropyFunction, SampledSoftmaxFunction, SharedCandidatesFunction
-from .bucket_tiles import bucket_tile_loss
+from .bucket_shared import bucket_tile_loss
 from .dispatch import Choice, choose_method
-from .faiss_index import FaissIndex, default_nlist
-from .lsh import LSHIndex, default_num_bits
+from .index.faiss import FaissIndex, default_nlist
+from .index.simhash import LSHIndex, default_num_bits
 from .samplers import Sampler, make_sampler
 
 Index = LSHIndex | FaissIndex
