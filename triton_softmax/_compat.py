@@ -18,6 +18,9 @@ MOVED = {
     "bucket_tiles": "bucket_shared",
 }
 
+# names that moved out of a module that still exists: module -> {name: module now holding it}
+MOVED_NAMES = {"distributed": {"ShardedSampledSoftmaxLoss": "loss"}}
+
 
 def install(package: str) -> None:
     parent = sys.modules[package]
@@ -25,3 +28,7 @@ def install(package: str) -> None:
         module = importlib.import_module(f"{package}.{new}")
         sys.modules.setdefault(f"{package}.{old}", module)
         setattr(parent, old, module)
+    for old, names in MOVED_NAMES.items():
+        module = importlib.import_module(f"{package}.{old}")
+        for name, new in names.items():
+            setattr(module, name, getattr(importlib.import_module(f"{package}.{new}"), name))

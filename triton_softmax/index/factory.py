@@ -11,7 +11,7 @@ Index = LSHIndex | FaissIndex
 
 
 def faiss_kind(faiss_index: str, n: int) -> str:
-    """"auto" -> "ivf" from 10^5 classes, "flat" below; an explicit kind stays."""
+    """ "auto" -> "ivf" from 10^5 classes, "flat" below; an explicit kind stays."""
     if faiss_index != "auto":
         return faiss_index
     return "ivf" if n >= 100_000 else "flat"
