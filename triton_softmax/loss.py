@@ -204,6 +204,8 @@ class SampledSoftmaxLoss(nn.Module):
     steps_at_refresh = property(lambda self: self.manager.steps_at_refresh)
     refresh_count = property(lambda self: self.manager.refresh_count)
     refresh_count_partial = property(lambda self: self.manager.refresh_count_partial)
+    last_refresh_seconds = property(lambda self: self.manager.last_refresh_seconds)
+    total_refresh_seconds = property(lambda self: self.manager.total_refresh_seconds)
     drift_log = property(lambda self: self.drift_monitor.log)
     refresh_count_drift = property(lambda self: self.drift_monitor.refresh_count)
     last_index_drift = property(lambda self: self.drift_monitor.last_index_drift)
