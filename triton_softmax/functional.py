@@ -23,8 +23,7 @@ import functools
 
 import torch
 
-from . import candidates as _cand
-from . import checks
+from . import candidates, checks
 from . import custom_ops as _custom
 from .autograd import ChunkedCrossEntropyFunction, SampledSoftmaxFunction, SharedCandidatesFunction
 from .dispatch import Choice, choose_method
@@ -84,8 +83,9 @@ def _is_uniform(sampler) -> bool:
 @functools.lru_cache(maxsize=4096)
 def cached_choice(
     index: IndexOptions,
-    sampling: SamplingOptions,
-    loss: LossOptions,
+    num_candidates: int,
+    num_uniform: int,
+    label_smoothing: float,
     n: int,
     d: int,
     batch: int,
@@ -93,7 +93,8 @@ def cached_choice(
     device: torch.device,
     inference: bool = False,
 ) -> Choice:
-    """choose_method once per (options, shape, device): the options objects are the key."""
+    """choose_method once per (index options, sizes, device): the frozen IndexOptions and the
+    sampling sizes are the key (not the sampler, which may hold an (n,) tensor)."""
     return choose_method(
         index.method,
         n,
@@ -101,9 +102,9 @@ def cached_choice(
         batch,
         dtype,
         device,
-        sampling.num_candidates,
-        sampling.num_uniform,
-        float(loss.label_smoothing),
+        num_candidates,
+        num_uniform,
+        float(label_smoothing),
         inference=inference,
     )
 
@@ -158,11 +159,11 @@ def estimator_loss(
     num_uniform, sampler = sampling.num_uniform, sampling.sampler
     if scheme == "per_example":
         if _is_uniform(sampler):
-            cand_ids, cand_logw = _cand.build_candidates(
+            cand_ids, cand_logw = candidates.build_candidates(
                 retrieved, safe_target, n, num_uniform, generator
             )
         else:
-            cand_ids, cand_logw = _cand.build_candidates_q(
+            cand_ids, cand_logw = candidates.build_candidates_q(
                 retrieved,
                 safe_target,
                 n,
@@ -193,7 +194,7 @@ def estimator_loss(
                 loss.softcap,
             )
     else:
-        s_ids, s_logw, sh_ids, sh_logw = _cand.build_shared_candidates(
+        s_ids, s_logw, sh_ids, sh_logw = candidates.build_shared_candidates(
             retrieved,
             safe_target,
             n,
@@ -321,7 +322,15 @@ def sampled_softmax_cross_entropy(
     )
     grad = GradOptions(sparse_grad, deterministic)
     choice = cached_choice(
-        IndexOptions(method), sampling, loss, n, d, N, hidden.dtype, hidden.device
+        IndexOptions(method),
+        num_candidates,
+        num_uniform,
+        float(label_smoothing),
+        n,
+        d,
+        N,
+        hidden.dtype,
+        hidden.device,
     )
     if choice.method == "full":
         return full_loss(hidden, weight, bias, target, loss, grad)

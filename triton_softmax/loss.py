@@ -240,8 +240,9 @@ class SampledSoftmaxLoss(nn.Module):
         device = torch.device(device) if device is not None else self.weight.device
         return cached_choice(
             self.index_options,
-            self.sampling_options,
-            self.loss_options,
+            self.num_candidates,
+            self.num_uniform,
+            float(self.label_smoothing),
             self.num_classes,
             self.dim,
             batch,
