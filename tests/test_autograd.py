@@ -192,3 +192,27 @@ def test_softcap_validation():
         sampled_softmax_from_candidates(h, W, y, ret, softcap=1.0, scheme="shared_samples")
     with pytest.raises(ValueError, match="softcap"):
         SampledSoftmaxLoss(10, 4, softcap=-1.0)
+
+
+def test_one_params_object_equals_the_old_positional_flags():
+    from triton_softmax.autograd import (
+        ChunkedCrossEntropyFunction,
+        LossParams,
+        SampledSoftmaxFunction,
+    )
+
+    h, W, b, y, ret = _problem(N=4, n=20, d=3, bias=True)
+    h.requires_grad_(True)
+    ids, logw = ret.clamp_min(0), torch.zeros(ret.shape, dtype=torch.float64)
+    p = LossParams(z_loss=0.01, softcap=3.0)
+    a = SampledSoftmaxFunction.apply(h, W, b, ids, logw, y, p)
+    old = SampledSoftmaxFunction.apply(h, W, b, ids, logw, y, False, False, 0.01, 3.0)
+    torch.testing.assert_close(a, old, rtol=0, atol=0)
+    (ga,) = torch.autograd.grad(a.sum(), h)
+    (go,) = torch.autograd.grad(old.sum(), h)
+    torch.testing.assert_close(ga, go, rtol=0, atol=0)
+    c = ChunkedCrossEntropyFunction.apply(h, W, b, y, LossParams(0.1, 0.01))
+    c_old = ChunkedCrossEntropyFunction.apply(h, W, b, y, 0.1, 0.01, 0.0, False)
+    torch.testing.assert_close(c, c_old, rtol=0, atol=0)
+    with pytest.raises(TypeError, match="LossParams"):
+        SampledSoftmaxFunction.apply(h, W, b, ids, logw, y, False)

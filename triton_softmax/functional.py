@@ -25,7 +25,12 @@ import torch
 
 from . import candidates, checks
 from . import custom_ops as _custom
-from .autograd import ChunkedCrossEntropyFunction, SampledSoftmaxFunction, SharedCandidatesFunction
+from .autograd import (
+    ChunkedCrossEntropyFunction,
+    LossParams,
+    SampledSoftmaxFunction,
+    SharedCandidatesFunction,
+)
 from .dispatch import Choice, choose_method
 from .index.factory import Index, make_index
 from .options import (
@@ -119,16 +124,10 @@ def full_loss(hidden, weight, bias, target, loss: LossOptions, grad: GradOptions
             hidden, weight, bias, safe_target, float(loss.label_smoothing)
         )[0]
     else:
-        loss_rows = ChunkedCrossEntropyFunction.apply(
-            hidden,
-            weight,
-            bias,
-            safe_target,
-            float(loss.label_smoothing),
-            loss.z_loss,
-            loss.softcap,
-            bool(grad.sparse),
+        params = LossParams(
+            float(loss.label_smoothing), loss.z_loss, loss.softcap, sparse_grad=bool(grad.sparse)
         )
+        loss_rows = ChunkedCrossEntropyFunction.apply(hidden, weight, bias, safe_target, params)
     return _reduce(loss_rows, row_valid, loss.reduction)
 
 
@@ -181,17 +180,9 @@ def estimator_loss(
                 hidden, weight, bias, cand_ids, cand_logw, safe_target
             )[0]
         else:
+            params = LossParams(0.0, loss.z_loss, loss.softcap, grad.sparse, grad.deterministic)
             loss_rows = SampledSoftmaxFunction.apply(
-                hidden,
-                weight,
-                bias,
-                cand_ids,
-                cand_logw,
-                safe_target,
-                grad.sparse,
-                grad.deterministic,
-                loss.z_loss,
-                loss.softcap,
+                hidden, weight, bias, cand_ids, cand_logw, safe_target, params
             )
     else:
         s_ids, s_logw, sh_ids, sh_logw = candidates.build_shared_candidates(
@@ -213,8 +204,7 @@ def estimator_loss(
             sh_ids,
             sh_logw,
             safe_target,
-            grad.sparse,
-            loss.z_loss,
+            LossParams(z_loss=loss.z_loss, sparse_grad=grad.sparse),
         )
     return _reduce(loss_rows, row_valid, loss.reduction)
 
