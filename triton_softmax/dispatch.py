@@ -11,8 +11,8 @@ come from. A corrupt or foreign cache file is ignored with a warning.
 The choice also respects: method forced by the caller; exact=True; |S| + |T| >= n (sampling
 saves nothing); label smoothing (needs every class); faiss not importable; the full path's
 working set against free device memory (CUDA). It reads no tensor data (no host sync) and is
-made once per shape: callers cache it (functional.cached_choice, an lru_cache keyed by the
-option objects, shape and device).
+made once per shape: callers cache it (functional.cached_choice, a bounded dict keyed by the
+index options, sizes and device).
 """
 
 from __future__ import annotations

@@ -19,7 +19,6 @@ module (loss.py) calls the option-object forms (full_loss, estimator_loss, cache
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import torch
 
@@ -37,7 +36,6 @@ from .options import (
     BUCKET_IMPLS,  # noqa: F401  (re-exported: the old loss.py names)
     SCHEMES,
     GradOptions,
-    IndexOptions,
     LossOptions,
     SamplingOptions,
     check_nonneg_float,
@@ -85,9 +83,12 @@ def _is_uniform(sampler) -> bool:
     return isinstance(sampler, str) and sampler == "uniform"
 
 
-@functools.lru_cache(maxsize=4096)
+_CHOICES: dict[tuple, Choice] = {}
+MAX_CACHED_CHOICES = 4096  # bounded: cleared when full (a plain dict, which Dynamo traces)
+
+
 def cached_choice(
-    index: IndexOptions,
+    method: str,
     num_candidates: int,
     num_uniform: int,
     label_smoothing: float,
@@ -98,20 +99,27 @@ def cached_choice(
     device: torch.device,
     inference: bool = False,
 ) -> Choice:
-    """choose_method once per (index options, sizes, device): the frozen IndexOptions and the
-    sampling sizes are the key (not the sampler, which may hold an (n,) tensor)."""
-    return choose_method(
-        index.method,
-        n,
-        d,
-        batch,
-        dtype,
-        device,
-        num_candidates,
-        num_uniform,
-        float(label_smoothing),
-        inference=inference,
-    )
+    """choose_method once per (method, sizes, device): the option fields the dispatcher reads
+    are the key (plain values: no sampler tensor, and traceable by torch.compile)."""
+    key = (method, num_candidates, num_uniform, label_smoothing, n, d, batch, dtype, device)
+    key = (*key, inference)
+    choice = _CHOICES.get(key)
+    if choice is None:
+        if len(_CHOICES) >= MAX_CACHED_CHOICES:
+            _CHOICES.clear()
+        choice = _CHOICES[key] = choose_method(
+            method,
+            n,
+            d,
+            batch,
+            dtype,
+            device,
+            num_candidates,
+            num_uniform,
+            float(label_smoothing),
+            inference=inference,
+        )
+    return choice
 
 
 def full_loss(hidden, weight, bias, target, loss: LossOptions, grad: GradOptions):
@@ -312,7 +320,7 @@ def sampled_softmax_cross_entropy(
     )
     grad = GradOptions(sparse_grad, deterministic)
     choice = cached_choice(
-        IndexOptions(method),
+        method,
         num_candidates,
         num_uniform,
         float(label_smoothing),

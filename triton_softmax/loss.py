@@ -239,7 +239,7 @@ class SampledSoftmaxLoss(nn.Module):
         dtype = dtype or self.weight.dtype
         device = torch.device(device) if device is not None else self.weight.device
         return cached_choice(
-            self.index_options,
+            self.method,
             self.num_candidates,
             self.num_uniform,
             float(self.label_smoothing),
