@@ -251,24 +251,19 @@ def sampled_softmax_from_candidates(
     (estimated) log partition function (PaLM's z-loss). softcap c > 0: logits c tanh(z / c)
     (per-example scheme; runs the PyTorch twin, also on CUDA: no kernel implements it yet).
     """
-    if softcap and scheme != "per_example":
-        raise ValueError(f"softcap is supported with scheme='per_example' only, got {scheme!r}")
-    if scheme not in SCHEMES[:3]:
-        raise ValueError(
-            f"scheme must be one of {SCHEMES[:3]} here ('bucket_shared' needs the LSH index: "
-            f"SampledSoftmaxLoss(method='lsh', candidate_scheme='bucket_shared')), got {scheme!r}"
-        )
     if isinstance(sampler, torch.Tensor):
         sampler = make_sampler(sampler, weight.shape[0])
     loss = LossOptions(reduction, ignore_index, z_loss=z_loss, softcap=softcap)
     sampling = SamplingOptions(
         num_uniform=num_uniform,
-        scheme=scheme,
+        scheme=scheme if scheme in SCHEMES else "per_example",  # estimator_loss names it
         sampler=sampler,
         remove_accidental_hits=remove_accidental_hits,
     )
     grad = GradOptions(sparse_grad, deterministic)
-    return estimator_loss(hidden, weight, target, retrieved, bias, loss, sampling, grad, generator)
+    return estimator_loss(
+        hidden, weight, target, retrieved, bias, loss, sampling, grad, generator, scheme
+    )
 
 
 def sampled_softmax_cross_entropy(
