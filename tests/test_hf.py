@@ -2,8 +2,9 @@
 
 The oracle is the model's own forward: the patched exact path must give its loss and the
 gradients of every parameter within float32 tolerance, for Llama (tied and untied embeddings),
-Qwen2, Mistral, Gemma and Gemma 2 (soft-capped logits); with num_items_in_batch (gradient
-accumulation), shift_labels, a custom ignore_index; and the same for a sequence classifier.
+Qwen2, Mistral, Gemma, Gemma 2 (soft-capped logits), Granite and Cohere (scaled logits); with
+num_items_in_batch (gradient accumulation), shift_labels, a custom ignore_index; and the same
+for a sequence classifier.
 """
 
 from __future__ import annotations
@@ -47,6 +48,12 @@ def _causal_lm(family: str, seed: int = 0, **overrides):
     elif family == "gemma2":
         cfg = transformers.Gemma2Config(**kw, head_dim=8, final_logit_softcapping=2.0)
         model = transformers.Gemma2ForCausalLM(cfg)
+    elif family == "granite":  # logits divided by logits_scaling
+        cfg = transformers.GraniteConfig(**kw, logits_scaling=4.0)
+        model = transformers.GraniteForCausalLM(cfg)
+    elif family == "cohere":  # logits multiplied by logit_scale
+        cfg = transformers.CohereConfig(**kw, logit_scale=0.5)
+        model = transformers.CohereForCausalLM(cfg)
     else:
         raise AssertionError(family)
     return model.float().train()
@@ -80,7 +87,9 @@ def _assert_same(ref, got):
         torch.testing.assert_close(grads_g[name], grads_r[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
-@pytest.mark.parametrize("family", ["llama", "llama_tied", "qwen2", "mistral", "gemma", "gemma2"])
+@pytest.mark.parametrize(
+    "family", ["llama", "llama_tied", "qwen2", "mistral", "gemma", "gemma2", "granite", "cohere"]
+)
 def test_exact_path_equals_model_loss_and_grads(family):
     model = _causal_lm(family)
     ids, mask, labels = _batch()
@@ -226,6 +235,8 @@ def test_bad_arguments_raise():
         hf.patch(model, method="lsh", num_candidates=0)
     with pytest.raises(ValueError, match="reduction"):
         hf.patch(model, reduction="sum")
+    with pytest.raises(ValueError, match="ignore_index"):
+        hf.patch(model, method="lsh", ignore_index=-1)
     with pytest.raises(ValueError, match="model"):
         hf.patch(torch.nn.Linear(3, 4))
     assert not hf.is_patched(model)

@@ -210,6 +210,9 @@ def _install(
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if return_logits not in (None, True, False):
         raise ValueError(f"return_logits must be None, True or False, got {return_logits!r}")
+    for name in ("weight", "method", "reduction", "bias", "num_classes", "dim", "ignore_index"):
+        if name in loss_options:
+            raise ValueError(f"{name} is set by the patch, not a loss option")
     module_options = dict(
         num_candidates=num_candidates,
         num_uniform=num_uniform,
@@ -217,9 +220,6 @@ def _install(
         ignore_index=-100,
         **loss_options,
     )
-    for name in ("weight", "method", "reduction", "bias", "num_classes", "dim"):
-        if name in loss_options:
-            raise ValueError(f"{name} is set by the patch, not a loss option")
     full_options = {k: loss_options[k] for k in _FULL_OPTIONS if k in loss_options}
     unpatch(model)
     state = _Patch(
@@ -309,6 +309,8 @@ def _head_loss(
     weight, bias = head.weight, head.bias
     scale, softcap = _logit_transform(model)
     if scale != 1.0:  # (s h) W^T = s (h W^T): scaling the input scales the logits
+        if bias is not None:
+            raise ValueError(f"model: {state.head} has a bias and scaled logits (unsupported)")
         hidden = hidden * scale
     target = target.to(hidden.device).long()
     if ignore_index != -100:  # the library's ignore_index is fixed at -100 here
@@ -393,6 +395,8 @@ def _causal_lm_forward(
     num_items_in_batch = kwargs.pop("num_items_in_batch", None)
     ignore_index = kwargs.pop("ignore_index", -100)
     return_dict = kwargs.pop("return_dict", None)
+    if return_dict is None:
+        return_dict = getattr(self.config, "return_dict", True)
     out = _run_backbone(self, input_ids, attention_mask, kwargs)
     hidden = out[0]  # (B, T, d): the backbone's last hidden state (after its final norm)
     if shift_labels is None:  # position t predicts label t+1; the last position predicts nothing
@@ -454,6 +458,8 @@ def _sequence_classification_forward(
     num_items_in_batch = kwargs.pop("num_items_in_batch", None)
     ignore_index = kwargs.pop("ignore_index", -100)
     return_dict = kwargs.pop("return_dict", None)
+    if return_dict is None:
+        return_dict = getattr(self.config, "return_dict", True)
     out = _run_backbone(self, input_ids, attention_mask, kwargs)
     hidden = out[0]  # (B, T, d)
     rows = torch.arange(hidden.shape[0], device=hidden.device)
