@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import site
 import subprocess
 import sys
 import textwrap
@@ -117,6 +118,15 @@ def test_wheel_installs_into_fresh_venv_and_trains(dist, tmp_path):
         [sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, timeout=120
     )
     python = venv / "bin" / "python"
+    if sys.prefix != sys.base_prefix:  # the tests run in a virtualenv: --system-site-packages
+        # would show the base interpreter's packages, not this one's torch; list them instead
+        site_dir = subprocess.run(
+            [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        Path(site_dir, "_parent_env.pth").write_text("\n".join(site.getsitepackages()) + "\n")
     wheel = next(dist.glob("*.whl"))
     proc = subprocess.run(
         [str(python), "-m", "pip", "install", "--no-deps", "--no-index", str(wheel)],
