@@ -41,13 +41,21 @@ def dist(tmp_path_factory) -> Path:
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, src / name)
     out = tmp_path_factory.mktemp("dist")
-    proc = subprocess.run(
-        [sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out), str(src)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=_clean_env(),
-    )
+
+    def build(*flags: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "build", *flags, "--outdir", str(out), str(src)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=_clean_env(),
+        )
+
+    proc = build("--no-isolation")
+    if proc.returncode != 0 and "Unmet dependencies" in proc.stdout + proc.stderr:
+        # this environment's setuptools is too old to build wheels alone: build in an
+        # isolated environment (pip fetches setuptools from PyPI)
+        proc = build()
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out
 
