@@ -134,6 +134,17 @@ def run(method: str, args, train: torch.Tensor, heldout: torch.Tensor, vocab: in
     )
 
 
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown cpu"
+
+
 def plot(records: list[dict], path: str, title: str) -> str:
     import matplotlib
 
@@ -209,6 +220,12 @@ def main(argv: list[str] | None = None) -> str:
         json.dump(
             dict(
                 kind="example-hf-lm",
+                device=dict(
+                    kind="cpu",
+                    name=_cpu_name(),
+                    cpu_count=os.cpu_count(),
+                    torch_threads=torch.get_num_threads(),
+                ),
                 source=source,
                 config=vars(args),
                 load_avg=os.getloadavg(),
