@@ -46,7 +46,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import SampledSoftmaxLoss, sampled_softmax_cross_entropy
+from ..functional import sampled_softmax_cross_entropy
+from ..loss import SampledSoftmaxLoss
 
 __all__ = ["is_patched", "patch", "patch_causal_lm", "patch_sequence_classification", "unpatch"]
 
