@@ -232,14 +232,9 @@ class SharedCandidatesFunction(torch.autograd.Function):
         dW = db = None
         if ctx.needs_input_grad[1]:
             if ctx.sparse_grad:
-                part = _est.sparse_grad_weight_ref(coef, ids, hidden, n, weight.dtype)
-                sh = torch.sparse_coo_tensor(
-                    shared_ids.unsqueeze(0),
-                    rows_sh.to(weight.dtype),
-                    (n, d),
-                    check_invariants=False,
+                dW = _est.sparse_grad_weight_ref(
+                    coef, ids, hidden, n, weight.dtype, shared_ids, rows_sh
                 )
-                dW = part + sh
             else:
                 dW = ops.scatter_grad_weight(coef, ids, hidden, n, False)
                 dW = dW.index_add_(0, shared_ids, rows_sh.to(dW.dtype)).to(weight.dtype)

@@ -240,3 +240,23 @@ def bucket_tile_lse_bwd(
         sorted_ids,
         offsets,
     )
+
+
+def sparse_adam_update(param, exp_avg, exp_avg_sq, rows, values, step_size, beta1, beta2, eps):
+    """In-place sparse Adam row update (optim.FusedSparseAdam); the twin lives in optim.py."""
+    from .optim import sparse_adam_update_ref
+
+    return _route(
+        "sparse_adam_update",
+        sparse_adam_update_ref,
+        param,
+        param,
+        exp_avg,
+        exp_avg_sq,
+        rows,
+        values,
+        step_size,
+        beta1,
+        beta2,
+        eps,
+    )
