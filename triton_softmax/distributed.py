@@ -570,6 +570,8 @@ class ShardedSampledSoftmaxLoss(IndexedLayerMixin, nn.Module):
             faiss_index=faiss_index,
             refresh_every=refresh_every,
         )
+        if method == "uniform":
+            raise ValueError("method='uniform' is not supported by the sharded module yet")
         self.uniform_counts = uniform_split(num_uniform, self.bounds)
         if weight is not None:
             if not isinstance(weight, nn.Parameter) or tuple(weight.shape) != (hi - lo, dim):

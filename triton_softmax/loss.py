@@ -488,6 +488,8 @@ class IndexedLayerMixin:
             text += f"; faiss index {kind}"
             if kind == "ivf":
                 text += f" nlist={self.faiss_nlist or default_nlist(rows)}"
+        if c.method == "uniform" and getattr(self, "candidate_scheme", None) == "shared_samples":
+            text += "; one T shared by the batch (a dense product), hits on the target removed"
         return text
 
     @torch.no_grad()
@@ -807,6 +809,7 @@ class SampledSoftmaxLoss(IndexedLayerMixin, nn.Module):
         """Refresh counts and costs, drift figures."""
         return dict(
             self._refresh_stats(),
+            method=self.method,
             refresh_count_drift=self.refresh_count_drift,
             refresh_count_partial=self.refresh_count_partial,
             last_index_drift=self.last_index_drift,
@@ -848,6 +851,10 @@ class SampledSoftmaxLoss(IndexedLayerMixin, nn.Module):
                 self.softcap,
                 self.sparse_grad,
             )
+        elif method == "uniform":  # S = {target}: no index, no retrieval
+            retrieved = torch.empty((N, 0), dtype=torch.int64, device=hidden.device)
+            gen = self._generator(hidden.device)
+            loss = self._estimator_loss(hidden, target, retrieved, self.reduction, gen)
         else:
             if self._index_stale(method):
                 self.refresh(method)
@@ -980,7 +987,7 @@ class SampledSoftmaxLoss(IndexedLayerMixin, nn.Module):
             raise ValueError(f"hidden must be (N, {self.dim}), got {tuple(hidden.shape)}")
         checks.check_int_option("k", k, 1, self.num_classes)
         method = self.choice(hidden.shape[0], hidden.dtype, hidden.device, inference=True).method
-        if exact or method == "full":
+        if exact or method in ("full", "uniform"):
             return exact_topk(hidden, self.weight, k, self.bias)
         if self._index_missing(method):
             self.refresh(method)
