@@ -24,13 +24,23 @@ class SharedNegativeSoftmax(nn.Module):
 
     forward(hidden (N, d) float, target (N,) int64) -> mean loss (0-d); the weight gradient
     is a sparse COO tensor of the N + K gathered rows (use SGD, SparseAdam, FusedSparseAdam).
+    weight: an (n, d) Parameter to use instead of a fresh one.
     """
 
-    def __init__(self, num_classes: int, dim: int, num_negatives: int, seed: int = 0) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        dim: int,
+        num_negatives: int,
+        seed: int = 0,
+        weight: nn.Parameter | None = None,
+    ) -> None:
         super().__init__()
         self.num_classes, self.num_negatives = num_classes, num_negatives
-        bound = 1.0 / math.sqrt(dim)
-        self.weight = nn.Parameter(torch.empty(num_classes, dim).uniform_(-bound, bound))
+        if weight is None:
+            bound = 1.0 / math.sqrt(dim)
+            weight = nn.Parameter(torch.empty(num_classes, dim).uniform_(-bound, bound))
+        self.weight = weight  # (n, d); may be tied to another module's weight
         self.generator = torch.Generator().manual_seed(seed)
 
     def forward(self, hidden: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,238 @@
+"""Where a sampled training step's time goes, stage by stage, beside the hand-written baseline.
+
+    python3 -m bench.step_profile                       # n = 10^6, N = 256, d = 128, 1 thread
+    python3 -m bench.step_profile --n 1e5 --N 1024 --S 64 --T 64   # the issue's profile size
+
+Part 1, stages of the library's lsh step (per-example S and T, sparse weight gradient), each
+timed on its own (median of --repeats after one warm-up, inputs from the previous stage):
+hashing, lookup (bucket read + collision ranking), candidate build (S + uniform T), logits
+(forward), backward (coefficients and dh), gradient assembly (the sparse dW: the previous
+uncoalesced form and today's coalesced one), optimizer (SGD, torch.optim.SparseAdam on each
+gradient form, FusedSparseAdam on the coalesced one).
+
+Part 2, whole steps (zero_grad, forward, backward, SGD step) side by side: one repeat of every
+configuration per round, rounds interleaved, medians: the hand-written shared-negative
+baseline (bench/baselines.py) at K = |T| and each --K, and the library's lsh / uniform paths
+with per-example and shared T. All configurations share one weight tensor (SGD moves it a
+little every step; the index is built once, before timing, and never refreshed).
+
+One JSON record to bench/results/step_profile-<time>.json, with the machine, the versions and
+the 1-minute load average before and after (the machine is shared: read ratios, not absolutes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import gc
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from triton_softmax import SampledSoftmaxLoss, ops
+from triton_softmax import candidates as _cand
+from triton_softmax import estimator as _est
+from triton_softmax.lsh import default_max_per_bucket, lsh_candidates_ref
+from triton_softmax.optim import FusedSparseAdam
+
+from . import harness
+from .baselines import SharedNegativeSoftmax
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def uncoalesced_grad_weight(coef, ids, hidden, n, dtype):
+    """The sparse dW as the library built it before issue 19: one row per nonzero slot,
+    uncoalesced (kept here as the 'today' of the comparison)."""
+    d = hidden.shape[1]
+    keep = (coef != 0).nonzero()
+    ex, slot = keep[:, 0], keep[:, 1]
+    rows = coef[ex, slot].unsqueeze(1) * hidden.to(coef.dtype)[ex]
+    return torch.sparse_coo_tensor(
+        ids[ex, slot].unsqueeze(0), rows.to(dtype), (n, d), check_invariants=False
+    )
+
+
+def median_ms(fn, repeats: int, warmup: int = 1) -> dict:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return dict(
+        median_ms=1e3 * statistics.median(times), min_ms=1e3 * min(times), repeats=len(times)
+    )
+
+
+def stage_profile(W: nn.Parameter, h, y, args) -> dict:
+    """Part 1: the lsh step's stages, each timed alone."""
+    n = W.shape[0]
+    module = SampledSoftmaxLoss(
+        weight=W, method="lsh", num_candidates=args.S, num_uniform=args.T, sparse_grad=True
+    )
+    t0 = time.perf_counter()
+    module.refresh("lsh")
+    build_s = time.perf_counter() - t0
+    index = module.index
+    B = index.max_per_bucket or default_max_per_bucket(args.S, index.num_tables)
+    gen = torch.Generator().manual_seed(0)
+    hd = h.detach()
+    out: dict = dict(index_build_s=build_s, lsh_bits=index.num_bits, lsh_tables=index.num_tables)
+    r = args.repeats
+
+    codes = index.query_codes(hd)
+    out["hashing"] = median_ms(lambda: index.query_codes(hd), r)
+    retrieved = lsh_candidates_ref(codes, index.sorted_ids, index.offsets, args.S - 1, B)[0]
+    out["lookup"] = median_ms(
+        lambda: lsh_candidates_ref(codes, index.sorted_ids, index.offsets, args.S - 1, B), r
+    )
+    ids, logw = _cand.build_candidates(retrieved, y, n, args.T, gen)
+    out["candidate_build"] = median_ms(
+        lambda: _cand.build_candidates(retrieved, y, n, args.T, gen), r
+    )
+    Wd = W.detach()
+    loss, lse = ops.sampled_logits_fwd(hd, Wd, None, ids, logw, y)
+    out["logits_forward"] = median_ms(lambda: ops.sampled_logits_fwd(hd, Wd, None, ids, logw, y), r)
+    g = torch.full_like(loss, 1.0 / loss.shape[0])
+    coef, cids, dh = ops.sampled_logits_bwd(g, hd, Wd, None, ids, logw, y, lse)
+    out["backward_coef_dh"] = median_ms(
+        lambda: ops.sampled_logits_bwd(g, hd, Wd, None, ids, logw, y, lse), r
+    )
+    old = uncoalesced_grad_weight(coef, cids, hd, n, Wd.dtype)
+    new = _est.sparse_grad_weight_ref(coef, cids, hd, n, Wd.dtype)
+    out["grad_assembly_uncoalesced_before"] = median_ms(
+        lambda: uncoalesced_grad_weight(coef, cids, hd, n, Wd.dtype), r
+    )
+    out["grad_assembly_coalesced_now"] = median_ms(
+        lambda: _est.sparse_grad_weight_ref(coef, cids, hd, n, Wd.dtype), r
+    )
+    out["grad_slots"] = int(old._nnz())
+    out["grad_distinct_rows"] = int(new._nnz())
+    out["grad_max_abs_diff"] = float((old.coalesce().values() - new.values()).abs().max())
+
+    # optimizers: one parameter copy, state freed between optimizers
+    p = nn.Parameter(Wd.clone())
+    for name, make, grad in (
+        ("sgd_uncoalesced_before", lambda: torch.optim.SGD([p], lr=1e-3), old),
+        ("sgd_coalesced_now", lambda: torch.optim.SGD([p], lr=1e-3), new),
+        ("sparse_adam_uncoalesced_before", lambda: torch.optim.SparseAdam([p], lr=1e-3), old),
+        ("sparse_adam_coalesced_now", lambda: torch.optim.SparseAdam([p], lr=1e-3), new),
+        ("fused_sparse_adam_coalesced_now", lambda: FusedSparseAdam([p], lr=1e-3), new),
+    ):
+        opt = make()
+
+        def step(opt=opt, grad=grad):
+            p.grad = grad
+            opt.step()
+
+        out["optimizer_" + name] = median_ms(step, r)
+        del opt
+        gc.collect()
+    del p
+    gc.collect()
+    return out
+
+
+class _Step:
+    """zero_grad, forward, backward, optimizer step of one configuration."""
+
+    def __init__(self, name, module, h, y, opt):
+        self.name, self.module, self.h, self.y, self.opt = name, module, h, y, opt
+
+    def __call__(self):
+        self.opt.zero_grad(set_to_none=True)
+        self.h.grad = None
+        self.module(self.h, self.y).backward()
+        self.opt.step()
+
+
+def step_comparison(W: nn.Parameter, h, y, args) -> dict:
+    """Part 2: whole steps, interleaved rounds, medians."""
+    n, d = W.shape
+    configs = []
+    for K in sorted({args.T, *args.K}):
+        base = SharedNegativeSoftmax(n, d, K, weight=W)
+        configs.append((f"baseline_shared_neg_K{K}", base))
+    common = dict(weight=W, num_candidates=args.S, num_uniform=args.T, sparse_grad=True)
+    for method in args.methods:
+        for scheme in ("per_example", "shared_samples"):
+            m = SampledSoftmaxLoss(method=method, candidate_scheme=scheme, **common)
+            if method != "uniform":
+                m.refresh(method)
+                m.refresh_every = 1 << 62
+            configs.append((f"{method}_{scheme}", m))
+    steps = []
+    for name, module in configs:
+        hh = h.detach().clone().requires_grad_(True)
+        opt = torch.optim.SGD([W], lr=1e-3)
+        steps.append(_Step(name, module, hh, y, opt))
+    for s in steps:  # warm-up
+        s()
+    times: dict[str, list[float]] = {s.name: [] for s in steps}
+    for _ in range(args.repeats):
+        for s in steps:
+            t0 = time.perf_counter()
+            s()
+            times[s.name].append(time.perf_counter() - t0)
+    return {
+        k: dict(median_ms=1e3 * statistics.median(v), min_ms=1e3 * min(v), repeats=len(v))
+        for k, v in times.items()
+    }
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--n", type=float, default=1e6)
+    p.add_argument("--N", type=int, default=256)
+    p.add_argument("--d", type=int, default=128)
+    p.add_argument("--S", type=int, default=512, help="|S| of the library (with the target)")
+    p.add_argument("--T", type=int, default=512, help="|T| of the library")
+    p.add_argument("--K", type=int, nargs="*", default=[1024], help="extra baseline K values")
+    p.add_argument("--methods", nargs="*", default=["lsh", "uniform"])
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--skip-stages", action="store_true")
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    n = int(args.n)
+    load_before = os.getloadavg()[0]
+    W = nn.Parameter(harness.make_weight(n, args.d, torch.float32, "cpu", 0))
+    h, y = harness.make_inputs(W.detach(), args.N, 0)
+    rec = dict(
+        kind="step_profile",
+        time=harness.now_iso(),
+        env=harness.env_info("cpu"),
+        machine="CPU, 2 shared vCPUs (five helpers on one box), torch CPU build",
+        config=dict(
+            n=n, N=args.N, d=args.d, S=args.S, T=args.T, K=args.K, threads=args.threads,
+            repeats=args.repeats, methods=args.methods,
+        ),
+        load_avg_1min_before=load_before,
+    )
+    if not args.skip_stages:
+        rec["stages"] = stage_profile(W, h, y, args)
+        print(json.dumps(rec["stages"], indent=1))
+    rec["steps"] = step_comparison(W, h, y, args)
+    rec["load_avg_1min_after"] = os.getloadavg()[0]
+    for k, v in rec["steps"].items():
+        print(f"{k:40s} {v['median_ms']:9.1f} ms")
+    out = args.out or RESULTS_DIR / (
+        f"step_profile-n{n}-N{args.N}-S{args.S}-T{args.T}-"
+        + _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+        + ".json"
+    )
+    out.write_text(json.dumps(rec, indent=1))
+    print(f"load average {load_before:.2f} -> {rec['load_avg_1min_after']:.2f}; wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
