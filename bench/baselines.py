@@ -19,6 +19,26 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def shared_negative_loss(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    target: torch.Tensor,
+    num_negatives: int,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """hidden (N, d), weight (n, d), target (N,) int64 -> mean loss over target + K negatives."""
+    N, n = hidden.shape[0], weight.shape[0]
+    neg = torch.randint(n, (num_negatives,), generator=generator).to(hidden.device)
+    rows = F.embedding(torch.cat([target, neg]), weight, sparse=True)  # (N + K, d)
+    true_logit = (hidden * rows[:N]).sum(1, keepdim=True)  # (N, 1)
+    neg_logits = hidden @ rows[N:].T  # (N, K): one dense product
+    hit = neg.unsqueeze(0) == target.unsqueeze(1)  # accidental hits
+    neg_logits = neg_logits.masked_fill(hit, float("-inf"))
+    logits = torch.cat([true_logit, neg_logits], 1)
+    zeros = torch.zeros(N, dtype=torch.int64, device=hidden.device)
+    return F.cross_entropy(logits, zeros)
+
+
 class SharedNegativeSoftmax(nn.Module):
     """Output layer (n, d) trained with K uniform negatives shared by the batch.
 
@@ -44,17 +64,7 @@ class SharedNegativeSoftmax(nn.Module):
         self.generator = torch.Generator().manual_seed(seed)
 
     def forward(self, hidden: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        N, K = hidden.shape[0], self.num_negatives
-        neg = torch.randint(self.num_classes, (K,), generator=self.generator)
-        neg = neg.to(hidden.device)
-        rows = F.embedding(torch.cat([target, neg]), self.weight, sparse=True)  # (N + K, d)
-        true_logit = (hidden * rows[:N]).sum(1, keepdim=True)  # (N, 1)
-        neg_logits = hidden @ rows[N:].T  # (N, K): one dense product
-        hit = neg.unsqueeze(0) == target.unsqueeze(1)  # accidental hits
-        neg_logits = neg_logits.masked_fill(hit, float("-inf"))
-        logits = torch.cat([true_logit, neg_logits], 1)
-        zeros = torch.zeros(N, dtype=torch.int64, device=hidden.device)
-        return F.cross_entropy(logits, zeros)
+        return shared_negative_loss(hidden, self.weight, target, self.num_negatives, self.generator)
 
     @torch.no_grad()
     def topk(self, hidden: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -118,25 +118,23 @@ def stage_profile(W: nn.Parameter, h, y, args) -> dict:
     out["grad_max_abs_diff"] = float((old.coalesce().values() - new.values()).abs().max())
 
     # optimizers: one parameter copy, state freed between optimizers
-    p = nn.Parameter(Wd.clone())
+    param = nn.Parameter(Wd.clone())
     for name, make, grad in (
-        ("sgd_uncoalesced_before", lambda: torch.optim.SGD([p], lr=1e-3), old),
-        ("sgd_coalesced_now", lambda: torch.optim.SGD([p], lr=1e-3), new),
-        ("sparse_adam_uncoalesced_before", lambda: torch.optim.SparseAdam([p], lr=1e-3), old),
-        ("sparse_adam_coalesced_now", lambda: torch.optim.SparseAdam([p], lr=1e-3), new),
-        ("fused_sparse_adam_coalesced_now", lambda: FusedSparseAdam([p], lr=1e-3), new),
+        ("sgd_uncoalesced_before", torch.optim.SGD, old),
+        ("sgd_coalesced_now", torch.optim.SGD, new),
+        ("sparse_adam_uncoalesced_before", torch.optim.SparseAdam, old),
+        ("sparse_adam_coalesced_now", torch.optim.SparseAdam, new),
+        ("fused_sparse_adam_coalesced_now", FusedSparseAdam, new),
     ):
-        opt = make()
+        opt = make([param], lr=1e-3)
 
         def step(opt=opt, grad=grad):
-            p.grad = grad
+            param.grad = grad
             opt.step()
 
         out["optimizer_" + name] = median_ms(step, r)
-        del opt
+        del opt, step
         gc.collect()
-    del p
-    gc.collect()
     return out
 
 
@@ -212,8 +210,15 @@ def main(argv=None) -> int:
         env=harness.env_info("cpu"),
         machine="CPU, 2 shared vCPUs (five helpers on one box), torch CPU build",
         config=dict(
-            n=n, N=args.N, d=args.d, S=args.S, T=args.T, K=args.K, threads=args.threads,
-            repeats=args.repeats, methods=args.methods,
+            n=n,
+            N=args.N,
+            d=args.d,
+            S=args.S,
+            T=args.T,
+            K=args.K,
+            threads=args.threads,
+            repeats=args.repeats,
+            methods=args.methods,
         ),
         load_avg_1min_before=load_before,
     )
