@@ -166,6 +166,18 @@ def step_comparison(W: nn.Parameter, h, y, args) -> dict:
                 m.refresh(method)
                 m.refresh_every = 1 << 62
             configs.append((f"{method}_{scheme}", m))
+    for S in args.union_S:  # hard candidates of the whole batch scored as one dense product
+        m = SampledSoftmaxLoss(
+            weight=W,
+            method="lsh",
+            num_candidates=S,
+            num_uniform=args.T,
+            sparse_grad=True,
+            candidate_scheme="batch_union",
+        )
+        m.refresh("lsh")
+        m.refresh_every = 1 << 62
+        configs.append((f"lsh_batch_union_S{S}", m))
     steps = []
     for name, module in configs:
         hh = h.detach().clone().requires_grad_(True)
@@ -194,6 +206,13 @@ def main(argv=None) -> int:
     p.add_argument("--T", type=int, default=512, help="|T| of the library")
     p.add_argument("--K", type=int, nargs="*", default=[1024], help="extra baseline K values")
     p.add_argument("--methods", nargs="*", default=["lsh", "uniform"])
+    p.add_argument(
+        "--union-S",
+        type=int,
+        nargs="*",
+        default=[4, 8],
+        help="|S| per row of the lsh batch_union configurations (union of N |S| ids)",
+    )
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--skip-stages", action="store_true")
@@ -219,6 +238,7 @@ def main(argv=None) -> int:
             threads=args.threads,
             repeats=args.repeats,
             methods=args.methods,
+            union_S=args.union_S,
         ),
         load_avg_1min_before=load_before,
     )

@@ -144,3 +144,17 @@ def test_loss_sparse_gradient_is_coalesced_and_equals_dense(scheme):
     opt.step()
     changed = (sparse.weight.detach() != before).any(1).nonzero().flatten()
     assert set(changed.tolist()) <= set(rows.tolist()) and changed.numel() > 0
+
+
+def test_fused_sparse_adam_bitwise_across_row_blocks():
+    """Wide rows: the twin's blocks hold 3 rows here, so 8 rows cross two block edges."""
+    n, d = 10, 90_000
+    p0 = torch.randn(n, d, generator=torch.Generator().manual_seed(5))
+    ours, ref = torch.nn.Parameter(p0.clone()), torch.nn.Parameter(p0.clone())
+    opt_ours, opt_ref = FusedSparseAdam([ours], lr=0.1), torch.optim.SparseAdam([ref], lr=0.1)
+    for k in range(2):
+        grad = sparse_rows(n, d, [9, 0, 1, 2, 3, 5, 6, 8], seed=k)
+        ours.grad, ref.grad = grad.clone(), grad.clone()
+        opt_ours.step()
+        opt_ref.step()
+    assert torch.equal(ours.detach(), ref.detach())

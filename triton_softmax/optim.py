@@ -40,20 +40,23 @@ def sparse_adam_update_ref(
 
     param, exp_avg, exp_avg_sq: (n, D) float, one dtype; rows: (U,) int64 distinct;
     values: (U, D) gradient rows. step_size = lr sqrt(1 - beta2^t) / (1 - beta1^t).
-    The operations and their order are torch.optim._functional.sparse_adam's, so the result
-    is bitwise SparseAdam's on the same coalesced gradient.
+    The elementwise operations are torch.optim._functional.sparse_adam's, in its order, so
+    the result is bitwise SparseAdam's on the same coalesced gradient. The rows go through
+    in blocks of about 2^18 elements: the temporaries of a block stay in cache, so each
+    touched row of param, exp_avg, exp_avg_sq is read and written about once.
     """
-    old_m = exp_avg.index_select(0, rows)
-    upd_m = values.sub(old_m).mul_(1 - beta1)
-    old_v = exp_avg_sq.index_select(0, rows)
-    upd_v = values.pow(2).sub_(old_v).mul_(1 - beta2)
-    new_m = upd_m.add_(old_m)  # SparseAdam: exp_avg + update, and numer = update + old
-    new_v = upd_v.add_(old_v)
-    exp_avg.index_copy_(0, rows, new_m)
-    exp_avg_sq.index_copy_(0, rows, new_v)
-    denom = new_v.sqrt().add_(eps)
-    step = (-step_size) * new_m.div_(denom)
-    param.index_copy_(0, rows, param.index_select(0, rows).add_(step))
+    D = max(param.shape[1], 1)
+    block = max(1, (1 << 18) // D)
+    for lo in range(0, rows.shape[0], block):
+        r, g = rows[lo : lo + block], values[lo : lo + block]
+        old_m = exp_avg.index_select(0, r)
+        new_m = g.sub(old_m).mul_(1 - beta1).add_(old_m)  # SparseAdam: update + old
+        exp_avg.index_copy_(0, r, new_m)
+        old_v = exp_avg_sq.index_select(0, r)
+        new_v = g.pow(2).sub_(old_v).mul_(1 - beta2).add_(old_v)
+        exp_avg_sq.index_copy_(0, r, new_v)
+        step = new_m.div_(new_v.sqrt_().add_(eps)).mul_(-step_size)
+        param.index_add_(0, r, step)  # rows are distinct: one addition per element
 
 
 class FusedSparseAdam(torch.optim.Optimizer):
