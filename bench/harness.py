@@ -44,7 +44,7 @@ from . import peers
 
 # "<path>_shared": the same path with candidate_scheme="shared_samples" (one T per batch,
 # scored as a dense product) instead of the per-example T of the seeds' method.
-OUR_PATHS = ("full", "faiss", "lsh", "faiss_shared", "lsh_shared")
+OUR_PATHS = ("full", "faiss", "lsh", "faiss_shared", "lsh_shared", "uniform", "uniform_shared")
 PEER_PATHS = ("torch", "torch_compile", "cce", "liger")
 # the hand-written shared-negative sampled softmax (bench/baselines.py): K = 1024 negatives,
 # and K chosen by bench.sweep to match the library's lsh step time in the same run
@@ -357,7 +357,7 @@ class OursRunner(Runner):
             method=base,
             num_candidates=num_candidates,
             num_uniform=num_uniform,
-            sparse_grad=base in ("faiss", "lsh"),
+            sparse_grad=base in ("faiss", "lsh", "uniform"),
             candidate_scheme="shared_samples" if shared else "per_example",
             seed=seed,
         )

@@ -403,8 +403,8 @@ def _recall(runner: OursRunner, problem: Problem, args, rec: dict) -> None:
 
 # ---- roofline: each kernel/op on the runner's own state -----------------------------------
 def _roofline(runner, problem: Problem, args, peaks: dict, emit) -> None:
-    if not isinstance(runner, OursRunner):
-        return
+    if not isinstance(runner, OursRunner) or runner.resolved.startswith("uniform"):
+        return  # uniform: no index, no roofline model of its own
     dev, dname = problem.device, _dtype_name(problem.dtype)
     N, n, d = problem.N, problem.n, problem.d
     s = torch.empty((), dtype=problem.dtype).element_size()
