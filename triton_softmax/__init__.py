@@ -9,6 +9,7 @@ Public API:
   choose_method, explain          the dispatcher behind method="auto"
   ShardedSampledSoftmaxLoss       the class-sharded module (triton_softmax.distributed)
   UniformSampler, LogUniformSampler, CategoricalSampler   proposals for T (log-Q corrected)
+  FusedSparseAdam                 torch.optim.SparseAdam in one fused pass over touched rows
 """
 
 from .dispatch import Choice, choose_method, explain
@@ -24,12 +25,14 @@ from .loss import (
     sampled_softmax_from_candidates,
 )
 from .lsh import LSHIndex
+from .optim import FusedSparseAdam
 from .samplers import CategoricalSampler, LogUniformSampler, UniformSampler
 
 __all__ = [
     "CategoricalSampler",
     "Choice",
     "FaissIndex",
+    "FusedSparseAdam",
     "LSHIndex",
     "LogUniformSampler",
     "SampledSoftmaxLoss",
