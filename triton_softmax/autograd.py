@@ -205,7 +205,7 @@ class SharedCandidatesFunction(torch.autograd.Function):
             z_sh = z_sh + bias[shared_ids].to(acc)
         lse = torch.logaddexp(lse_s, torch.logsumexp(z_sh + shared_logw.to(acc), dim=1))
         ctx.save_for_backward(
-            hidden, weight, bias, s_ids, s_logw, shared_ids, shared_logw, target, lse, z_sh
+            hidden, weight, bias, s_ids, s_logw, shared_ids, shared_logw, target, lse, z_sh, w_sh
         )
         ctx.sparse_grad, ctx.z_loss = sparse_grad, z_loss
         loss = lse - z_y
@@ -213,7 +213,7 @@ class SharedCandidatesFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss):
-        (hidden, weight, bias, s_ids, s_logw, shared_ids, shared_logw, target, lse, z_sh) = (
+        (hidden, weight, bias, s_ids, s_logw, shared_ids, shared_logw, target, lse, z_sh, w_sh) = (
             ctx.saved_tensors
         )
         n, d = weight.shape
@@ -223,11 +223,9 @@ class SharedCandidatesFunction(torch.autograd.Function):
             g_p, hidden, weight, bias, s_ids, s_logw, target, lse
         )
         coef, dh = _fix_target_term(coef, dh, delta, weight, target)
-        coef_sh = g_p.to(acc).unsqueeze(1) * torch.exp(
-            z_sh + shared_logw.to(acc) - lse.unsqueeze(1)
-        )
-        w_sh = weight[shared_ids].to(acc)
-        dh = dh + coef_sh @ w_sh
+        coef_sh = (z_sh + shared_logw.to(acc)).sub_(lse.unsqueeze(1)).exp_()
+        coef_sh.mul_(g_p.to(acc).unsqueeze(1))
+        dh = dh + coef_sh @ w_sh  # w_sh: the shared rows gathered in forward
         rows_sh = coef_sh.T @ hidden.to(acc)  # (M, d)
         dW = db = None
         if ctx.needs_input_grad[1]:
