@@ -12,9 +12,14 @@ gradient form, FusedSparseAdam on the coalesced one).
 
 Part 2, whole steps (zero_grad, forward, backward, SGD step) side by side: one repeat of every
 configuration per round, rounds interleaved, medians: the hand-written shared-negative
-baseline (bench/baselines.py) at K = |T| and each --K, and the library's lsh / uniform paths
-with per-example and shared T. All configurations share one weight tensor (SGD moves it a
+baseline (bench/baselines.py) at K = |T| and each --K, the library's lsh / uniform paths
+with per-example and shared T, and lsh with candidate_scheme="batch_union" at small |S| per
+row (--union-S: the batch's hard candidates and the shared T scored as one dense product,
+per-row estimator weights exact). All configurations share one weight tensor (SGD moves it a
 little every step; the index is built once, before timing, and never refreshed).
+
+Part 3, exact top-k of --topk-N queries over --topk-n classes: exact_topk (chunked), its
+previous form, and plain h @ W.T + topk (an (N, n) buffer), interleaved rounds.
 
 One JSON record to bench/results/step_profile-<time>.json, with the machine, the versions and
 the 1-minute load average before and after (the machine is shared: read ratios, not absolutes).
@@ -34,7 +39,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from triton_softmax import SampledSoftmaxLoss, ops
+from triton_softmax import SampledSoftmaxLoss, exact_topk, ops
 from triton_softmax import candidates as _cand
 from triton_softmax import estimator as _est
 from triton_softmax.lsh import default_max_per_bucket, lsh_candidates_ref
@@ -204,6 +209,45 @@ def step_comparison(W: nn.Parameter, h, y, args) -> dict:
     }
 
 
+def previous_exact_topk(hidden, weight, k, chunk=1 << 16):
+    """exact_topk as it was before issue 19 (top-k over [best | whole chunk] per chunk)."""
+    N, n = hidden.shape[0], weight.shape[0]
+    best_s = torch.full((N, 0), float("-inf"))
+    best_i = torch.zeros((N, 0), dtype=torch.int64)
+    h = hidden.float()
+    for lo in range(0, n, chunk):
+        hi = min(n, lo + chunk)
+        s = torch.cat([best_s, h @ weight[lo:hi].float().T], dim=1)
+        i = torch.cat([best_i, torch.arange(lo, hi).expand(N, -1)], dim=1)
+        best_s, pos = torch.topk(s, min(k, s.shape[1]), dim=1)
+        best_i = torch.gather(i, 1, pos)
+    return best_s, best_i
+
+
+def topk_comparison(args) -> dict:
+    """Part 3: exact top-k of N queries over n classes, three ways, interleaved rounds."""
+    n, N, k = int(args.topk_n), args.topk_N, args.topk_k
+    W = harness.make_weight(n, args.d, torch.float32, "cpu", 1)
+    h = torch.randn(N, args.d, generator=torch.Generator().manual_seed(2))
+    fns = {
+        "plain_matmul_topk": lambda: torch.topk(h @ W.T, k, dim=1),
+        "exact_topk_now": lambda: exact_topk(h, W, k),
+        "exact_topk_before": lambda: previous_exact_topk(h, W, k),
+    }
+    same = torch.equal(fns["plain_matmul_topk"]().indices, fns["exact_topk_now"]()[1])
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(args.repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    out = {
+        name: dict(median_ms=1e3 * statistics.median(v), min_ms=1e3 * min(v), repeats=len(v))
+        for name, v in times.items()
+    }
+    return dict(n=n, N=N, k=k, same_ids_as_plain=same, **out)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=float, default=1e6)
@@ -223,6 +267,9 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--skip-stages", action="store_true")
+    p.add_argument("--topk-n", type=float, default=120_000, help="part 3 classes (0: skip)")
+    p.add_argument("--topk-N", type=int, default=1024)
+    p.add_argument("--topk-k", type=int, default=10)
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -253,6 +300,9 @@ def main(argv=None) -> int:
         rec["stages"] = stage_profile(W, h, y, args)
         print(json.dumps(rec["stages"], indent=1))
     rec["steps"] = step_comparison(W, h, y, args)
+    if args.topk_n:
+        rec["topk"] = topk_comparison(args)
+        print(json.dumps(rec["topk"], indent=1))
     rec["load_avg_1min_after"] = os.getloadavg()[0]
     for k, v in rec["steps"].items():
         print(f"{k:40s} {v['median_ms']:9.1f} ms")
