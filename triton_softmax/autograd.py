@@ -203,7 +203,8 @@ class SharedCandidatesFunction(torch.autograd.Function):
         z_sh = hidden.to(acc) @ w_sh.T  # (N, M)
         if bias is not None:
             z_sh = z_sh + bias[shared_ids].to(acc)
-        lse = torch.logaddexp(lse_s, torch.logsumexp(z_sh + shared_logw.to(acc), dim=1))
+        z_sh = z_sh.add_(shared_logw.to(acc))  # weighted logits: all the backward needs
+        lse = torch.logaddexp(lse_s, torch.logsumexp(z_sh, dim=1))
         ctx.save_for_backward(
             hidden, weight, bias, s_ids, s_logw, shared_ids, shared_logw, target, lse, z_sh, w_sh
         )
@@ -223,7 +224,7 @@ class SharedCandidatesFunction(torch.autograd.Function):
             g_p, hidden, weight, bias, s_ids, s_logw, target, lse
         )
         coef, dh = _fix_target_term(coef, dh, delta, weight, target)
-        coef_sh = (z_sh + shared_logw.to(acc)).sub_(lse.unsqueeze(1)).exp_()
+        coef_sh = torch.sub(z_sh, lse.unsqueeze(1)).exp_()  # z_sh holds z + log w
         coef_sh.mul_(g_p.to(acc).unsqueeze(1))
         dh = dh + coef_sh @ w_sh  # w_sh: the shared rows gathered in forward
         rows_sh = coef_sh.T @ hidden.to(acc)  # (M, d)
