@@ -41,9 +41,10 @@ from torch import nn
 
 from triton_softmax import SampledSoftmaxLoss, exact_topk, ops
 from triton_softmax import candidates as _cand
-from triton_softmax import estimator as _est
-from triton_softmax.lsh import default_max_per_bucket, lsh_candidates_ref
+from triton_softmax.index.simhash import default_max_per_bucket
 from triton_softmax.optim import FusedSparseAdam
+from triton_softmax.reference import sampled_logits as _est
+from triton_softmax.reference.simhash import lsh_candidates_ref
 
 from . import harness
 from .baselines import SharedNegativeSoftmax

@@ -7,9 +7,10 @@ import torch
 from conftest import TOL
 
 from triton_softmax import SampledSoftmaxLoss
-from triton_softmax.estimator import sparse_grad_weight_ref
 from triton_softmax.kernels.sparse_adam import sparse_adam_update
-from triton_softmax.optim import FusedSparseAdam, sparse_adam_update_ref
+from triton_softmax.optim import FusedSparseAdam
+from triton_softmax.reference.sampled_logits import sparse_grad_weight_ref
+from triton_softmax.reference.sparse_adam import sparse_adam_update_ref
 
 
 def sparse_rows(n, d, rows, seed, coalesce=True):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from triton_softmax import SampledSoftmaxLoss, exact_topk
-from triton_softmax.loss import sampled_softmax_from_candidates
+from triton_softmax.loss import sampled_softmax_cross_entropy, sampled_softmax_from_candidates
 
 
 def test_uniform_explain_and_stats_say_uniform():
@@ -97,3 +97,38 @@ def test_uniform_topk_is_exact():
     s, i = m.topk(h, 5)
     s2, i2 = exact_topk(h, m.weight.detach(), 5)
     assert torch.equal(i, i2)
+
+
+def test_functional_uniform_needs_no_index():
+    """sampled_softmax_cross_entropy(method="uniform") is the estimator with nothing retrieved."""
+    torch.manual_seed(4)
+    n, d, N = 400, 6, 7
+    W, h, y = torch.randn(n, d), torch.randn(N, d), torch.randint(0, n, (N,))
+    got = sampled_softmax_cross_entropy(
+        h, W, y, method="uniform", num_uniform=16, generator=torch.Generator().manual_seed(5)
+    )
+    want = sampled_softmax_from_candidates(
+        h,
+        W,
+        y,
+        torch.empty(N, 0, dtype=torch.int64),
+        num_uniform=16,
+        generator=torch.Generator().manual_seed(5),
+    )
+    torch.testing.assert_close(got, want, atol=0, rtol=0)
+
+
+def test_sharding_refuses_uniform():
+    from triton_softmax import ShardSpec
+
+    with pytest.raises(ValueError, match="method='uniform' cannot be used with a shard spec"):
+        SampledSoftmaxLoss(100, 4, method="uniform", shard=ShardSpec())
+
+
+def test_uniform_runs_drift_checks_without_an_index():
+    m = SampledSoftmaxLoss(2000, 8, method="uniform", num_uniform=32, drift_every=1)
+    h, y = torch.randn(16, 8), torch.randint(0, 2000, (16,))
+    for _ in range(2):
+        m(h, y).backward()
+    assert len(m.drift_log) == 2 and m.index is None and m.stats()["refresh_count"] == 0
+    assert all(math.isfinite(r["exact_loss"]) for r in m.drift_log)

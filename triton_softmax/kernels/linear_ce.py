@@ -51,7 +51,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..full import chunked_ce_bwd_ref, chunked_ce_fwd_ref
+from ..reference.linear_ce import chunked_ce_bwd_ref, chunked_ce_fwd_ref
 from . import _utils
 
 # Class splits (forward) start at multiples of this, so no class tile straddles two splits:

@@ -1,7 +1,8 @@
 """Fused sparse Adam row update: one pass over the rows a coalesced sparse gradient touches.
 
-Twin: optim.sparse_adam_update_ref (torch.optim.SparseAdam's arithmetic, op for op). For
-each touched row r (distinct, from a coalesced gradient) and column c, with g = values[k, c]:
+Twin: reference.sparse_adam.sparse_adam_update_ref (torch.optim.SparseAdam's arithmetic, op
+for op). For each touched row r (distinct, from a coalesced gradient) and column c, with
+g = values[k, c]:
 
     m = m + (g - m) (1 - beta1)           v = v + (g^2 - v) (1 - beta2)
     p = p - step_size * m / (sqrt(v) + eps)
@@ -94,7 +95,7 @@ def sparse_adam_update(
     eps: float,
 ) -> None:
     """In place: the Adam update of param/exp_avg/exp_avg_sq rows `rows`; same contract as
-    optim.sparse_adam_update_ref.
+    reference.sparse_adam.sparse_adam_update_ref.
 
     param, exp_avg, exp_avg_sq: (n, D) float, one dtype; rows: (U,) int64, distinct, in
     [0, n); values: (U, D) the gradient rows (a coalesced sparse gradient's values).
