@@ -11,6 +11,7 @@ Public API:
   LossOptions, SamplingOptions, IndexOptions, DriftOptions, GradOptions, ShardSpec
                                   the module's and dispatcher's option objects (options.py)
   UniformSampler, LogUniformSampler, CategoricalSampler   proposals for T (log-Q corrected)
+  FusedSparseAdam                 torch.optim.SparseAdam in one fused pass over touched rows
 """
 
 from . import _compat
@@ -27,6 +28,7 @@ from .loss import (
     sampled_softmax_cross_entropy,
     sampled_softmax_from_candidates,
 )
+from .optim import FusedSparseAdam
 from .options import (
     DriftOptions,
     GradOptions,
@@ -47,6 +49,7 @@ __all__ = [
     "SamplingOptions",
     "ShardSpec",
     "FaissIndex",
+    "FusedSparseAdam",
     "LSHIndex",
     "LogUniformSampler",
     "SampledSoftmaxLoss",

@@ -221,16 +221,17 @@ class SharedCandidatesFunction(torch.autograd.Function):
         z_sh = hidden.to(acc) @ w_sh.T  # (N, M)
         if bias is not None:
             z_sh = z_sh + bias[shared_ids].to(acc)
-        lse = torch.logaddexp(lse_s, torch.logsumexp(z_sh + shared_logw.to(acc), dim=1))
+        z_sh = z_sh.add_(shared_logw.to(acc))  # weighted logits: all the backward needs
+        lse = torch.logaddexp(lse_s, torch.logsumexp(z_sh, dim=1))
         ctx.save_for_backward(
-            hidden, weight, bias, s_ids, s_logw, shared_ids, shared_logw, target, lse, z_sh
+            hidden, weight, bias, s_ids, s_logw, shared_ids, shared_logw, target, lse, z_sh, w_sh
         )
         ctx.sparse_grad, ctx.z_loss, ctx.num_params = p.sparse_grad, p.z_loss, len(params)
         return _add_z_loss(lse - z_y, lse, p.z_loss)
 
     @staticmethod
     def backward(ctx, grad_loss):
-        (hidden, weight, bias, s_ids, s_logw, shared_ids, shared_logw, target, lse, z_sh) = (
+        (hidden, weight, bias, s_ids, s_logw, shared_ids, shared_logw, target, lse, z_sh, w_sh) = (
             ctx.saved_tensors
         )
         n, d = weight.shape
@@ -240,23 +241,16 @@ class SharedCandidatesFunction(torch.autograd.Function):
             g_p, hidden, weight, bias, s_ids, s_logw, target, lse
         )
         coef, dh = _fix_target_term(coef, dh, delta, weight, target)
-        coef_sh = g_p.to(acc).unsqueeze(1) * torch.exp(
-            z_sh + shared_logw.to(acc) - lse.unsqueeze(1)
-        )
-        w_sh = weight[shared_ids].to(acc)
-        dh = dh + coef_sh @ w_sh
+        coef_sh = torch.sub(z_sh, lse.unsqueeze(1)).exp_()  # z_sh holds z + log w
+        coef_sh.mul_(g_p.to(acc).unsqueeze(1))
+        dh = dh + coef_sh @ w_sh  # w_sh: the shared rows gathered in forward
         rows_sh = coef_sh.T @ hidden.to(acc)  # (M, d)
         dW = db = None
         if ctx.needs_input_grad[1]:
             if ctx.sparse_grad:
-                part = _est.sparse_grad_weight_ref(coef, ids, hidden, n, weight.dtype)
-                sh = torch.sparse_coo_tensor(
-                    shared_ids.unsqueeze(0),
-                    rows_sh.to(weight.dtype),
-                    (n, d),
-                    check_invariants=False,
+                dW = _est.sparse_grad_weight_ref(
+                    coef, ids, hidden, n, weight.dtype, shared_ids, rows_sh
                 )
-                dW = part + sh
             else:
                 dW = ops.scatter_grad_weight(coef, ids, hidden, n, False)
                 dW = dW.index_add_(0, shared_ids, rows_sh.to(dW.dtype)).to(weight.dtype)

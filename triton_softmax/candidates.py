@@ -124,6 +124,9 @@ def _in_rows(
     members: torch.Tensor, member_valid: torch.Tensor, queries: torch.Tensor
 ) -> torch.Tensor:
     """(N, Q) bool: is queries[i, q] among the valid members[i, :]?  (sort + searchsorted)"""
+    if members.shape[1] <= 4:  # e.g. S = {target}: a broadcast compare beats a batched search
+        eq = queries.unsqueeze(2) == members.unsqueeze(1)
+        return (eq & member_valid.unsqueeze(1)).any(2)
     big = torch.iinfo(torch.int64).max
     s_sorted, _ = torch.sort(torch.where(member_valid, members, torch.full_like(members, big)), 1)
     pos = torch.searchsorted(s_sorted, queries.contiguous()).clamp_max(s_sorted.shape[1] - 1)

@@ -142,8 +142,8 @@ def check_index_options(
     refresh_every: int = 100,
 ) -> None:
     """Options of the modules that own a candidate index."""
-    if method not in ("auto", "full", "faiss", "lsh"):
-        raise ValueError(f"method must be auto/full/faiss/lsh, got {method!r}")
+    if method not in ("auto", "full", "faiss", "lsh", "uniform"):
+        raise ValueError(f"method must be auto/full/faiss/lsh/uniform, got {method!r}")
     check_int_option("lsh_tables (L)", lsh_tables, 1, 256)
     if lsh_bits is not None:
         check_int_option("lsh_bits (K)", lsh_bits, 1, 20)

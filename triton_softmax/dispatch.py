@@ -29,7 +29,7 @@ import torch
 
 from .index.faiss import FAISS_IMPORT_ERROR, faiss_available
 
-METHODS = ("auto", "full", "faiss", "lsh")
+METHODS = ("auto", "full", "faiss", "lsh", "uniform")
 TABLE_FORMAT = "triton_softmax.crossovers/1"
 DEFAULT_TABLE_PATH = Path(__file__).parent / "crossovers" / "default.json"
 
@@ -158,6 +158,17 @@ def choose_method(
     )
     if exact or requested == "full":
         return Choice("full", "exact loss asked for", inputs)
+    if requested == "uniform":  # S = {target}: |S| = 1 whatever num_candidates says
+        inputs["S"] = 1
+        if 1 + num_uniform >= n:
+            return Choice("full", f"1 + |T| = {1 + num_uniform} >= n = {n}: exact loss", inputs)
+        return Choice(
+            "uniform",
+            f"asked for uniform sampling: S = {{target}}, T = {num_uniform} classes drawn "
+            f"uniformly from the other n - 1, weight (n - 1) / |T|; no index"
+            + ("; top-k is exact (no index to retrieve from)" if inference else ""),
+            inputs,
+        )
     if num_candidates + num_uniform >= n:
         return Choice(
             "full",

@@ -292,9 +292,10 @@ def sampled_softmax_cross_entropy(
     """Softmax cross-entropy of logits hidden @ weight.T (+ bias), exact or sampled.
 
     hidden: (N, d) float32/float16/bfloat16; weight: (n, d); target: (N,) int64;
-    bias: (n,) or None. method: "auto" | "full" | "faiss" | "lsh". For the sampled paths
-    pass the `index` you keep (LSHIndex / FaissIndex, built on `weight`); without one an
-    index is built for this call alone, which costs a full hashing pass or index build.
+    bias: (n,) or None. method: "auto" | "full" | "faiss" | "lsh" | "uniform" (no index:
+    S = {target}, T uniform). For the lsh / faiss paths pass the `index` you keep
+    (LSHIndex / FaissIndex, built on `weight`); without one an index is built for this call
+    alone, which costs a full hashing pass or index build.
     num_candidates: |S| including the target; num_uniform: |T|. z_loss adds z_loss * lse^2
     per row (lse: the exact or estimated log partition function). scheme, sampler and
     remove_accidental_hits: see sampled_softmax_from_candidates. Returns a 0-d float32
@@ -327,13 +328,16 @@ def sampled_softmax_cross_entropy(
     )
     if choice.method == "full":
         return full_loss(hidden, weight, bias, target, loss, grad)
-    if index is None:
-        index = make_index(choice.method, n, d, num_candidates, device=weight.device)
-    if not index.built:
-        index.build(weight, bias)
-    if index.n != n:
-        raise ValueError(f"index was built over {index.n} classes but weight has n={n}")
-    retrieved = index.search(hidden, num_candidates - 1)
+    if choice.method == "uniform":  # S = {target}: nothing to retrieve, no index
+        retrieved = torch.empty((N, 0), dtype=torch.int64, device=hidden.device)
+    else:
+        if index is None:
+            index = make_index(choice.method, n, d, num_candidates, device=weight.device)
+        if not index.built:
+            index.build(weight, bias)
+        if index.n != n:
+            raise ValueError(f"index was built over {index.n} classes but weight has n={n}")
+        retrieved = index.search(hidden, num_candidates - 1)
     return estimator_loss(
         hidden, weight, target, retrieved, bias, loss, sampling, grad, generator, scheme
     )

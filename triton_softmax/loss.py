@@ -81,7 +81,8 @@ class SampledSoftmaxLoss(nn.Module):
     old signature (method=, num_candidates=, lsh_tables=, sparse_grad=, candidate_scheme=,
     drift_every=, group=, bounds=, ...), which overrides that field of a given object.
 
-    method: "auto" | "full" | "faiss" | "lsh"; num_candidates |S| (with the target);
+    method: "auto" | "full" | "faiss" | "lsh" | "uniform" (no index: S = {target}, T uniform,
+    shared by the batch with candidate_scheme="shared_samples"); num_candidates |S|;
     num_uniform |T|; lsh_bits K (None: from n, L, |S|), lsh_tables L; faiss_index "auto" |
     "flat" | "ivf" with faiss_nlist / faiss_nprobe; sparse_grad: the weight gradient is a
     sparse tensor of candidate rows (use torch.optim.SGD or SparseAdam); seed fixes the
@@ -127,7 +128,7 @@ class SampledSoftmaxLoss(nn.Module):
         index_options: IndexOptions = opts["index"]
         self.sharding: ShardedPath | None = None
         if opts["shard"] is not None:
-            check_shardable(self.loss_options, self.sampling_options, self.drift_options)
+            check_shardable(opts)
             if num_classes is None or dim is None:
                 raise ValueError("a sharded module needs num_classes and dim")
             checks.check_int_option("num_classes", num_classes, 1)
@@ -254,7 +255,10 @@ class SampledSoftmaxLoss(nn.Module):
     def explain(self, batch: int = 1, dtype: torch.dtype | None = None) -> str:
         """A short account of which path runs for this batch size, and why."""
         c = self.choice(batch, dtype)
-        return c.explain() + self.manager.explain(c.method)
+        text = c.explain() + self.manager.explain(c.method)
+        if c.method == "uniform" and self.sampling_options.scheme == "shared_samples":
+            text += "; one T shared by the batch (a dense product), hits on the target removed"
+        return text
 
     # ---- index lifecycle -----------------------------------------------------------------
     @torch.no_grad()
@@ -310,7 +314,7 @@ class SampledSoftmaxLoss(nn.Module):
         if method == "full":
             return full_loss(hidden, self.weight, self.bias, target, lo, self.grad_options)
         training = self.training and torch.is_grad_enabled()
-        if m.stale(method, self.weight):
+        if m.stale(method, self.weight):  # method="uniform": always (no index), a no-op
             self.refresh(method)
         elif training and self.drift_monitor.refresh_due(
             m.steps - m.steps_at_refresh, self.index_drift
@@ -324,7 +328,9 @@ class SampledSoftmaxLoss(nn.Module):
         if bucket and self._use_bucket_tiles(hidden):
             loss = self._bucket_tile_loss(hidden, target)
         else:
-            if bucket:  # the whole union of its buckets
+            if method == "uniform":  # S = {target}: nothing retrieved
+                retrieved = torch.empty((N, 0), dtype=torch.int64, device=hidden.device)
+            elif bucket:  # the whole union of its buckets
                 retrieved = m.index.union(hidden)
             else:
                 retrieved = m.index.search(hidden, self.num_candidates - 1)
@@ -440,7 +446,7 @@ class SampledSoftmaxLoss(nn.Module):
             raise ValueError(f"hidden must be (N, {self.dim}), got {tuple(hidden.shape)}")
         checks.check_int_option("k", k, 1, self.num_classes)
         method = self.choice(hidden.shape[0], hidden.dtype, hidden.device, inference=True).method
-        if exact or method == "full":
+        if exact or method in ("full", "uniform"):  # uniform: no index to retrieve from
             s, i = exact_topk(hidden, self.weight, k, self.bias)
         else:
             if self.manager.missing(method, self.weight):

@@ -23,6 +23,7 @@ from .reference import bucket_tiles as _bt
 from .reference import linear_ce as _lce
 from .reference import sampled_logits as _sl
 from .reference import simhash as _sh
+from .reference import sparse_adam as _sa
 
 IMPLS = ("auto", "torch", "triton")
 
@@ -100,6 +101,7 @@ ROUTES: dict[str, Route] = {
     "linear_ce_bwd": Route("linear_ce_bwd", _lce.chunked_ce_bwd_ref, probe=1),
     "bucket_tile_lse": Route("bucket_tile_lse", _bt.bucket_tile_lse_ref),
     "bucket_tile_lse_bwd": Route("bucket_tile_lse_bwd", _bt.bucket_tile_lse_bwd_ref, probe=2),
+    "sparse_adam_update": Route("sparse_adam_update", _sa.sparse_adam_update_ref),
 }
 
 
@@ -229,3 +231,9 @@ def bucket_tile_lse_bwd(
         sorted_ids,
         offsets,
     )
+
+
+def sparse_adam_update(param, exp_avg, exp_avg_sq, rows, values, step_size, beta1, beta2, eps):
+    """In place: SparseAdam's update of the touched rows (optim.FusedSparseAdam)."""
+    args = (param, exp_avg, exp_avg_sq, rows, values, step_size, beta1, beta2, eps)
+    return route("sparse_adam_update", *args)

@@ -103,9 +103,10 @@ class SamplingOptions:
 
 @dataclass(frozen=True)
 class IndexOptions:
-    """method auto/full/faiss/lsh; lsh_bits K (None: from n, L, |S|), lsh_tables L;
-    faiss_index auto/flat/ivf with faiss_nlist / faiss_nprobe; refresh_every training steps;
-    partial_refresh: re-hash only rows with a sparse gradient; seed: hyperplanes and draws."""
+    """method auto/full/faiss/lsh/uniform (uniform: no index, S = {target}); lsh_bits K
+    (None: from n, L, |S|), lsh_tables L; faiss_index auto/flat/ivf with faiss_nlist /
+    faiss_nprobe; refresh_every training steps; partial_refresh: re-hash only rows with a
+    sparse gradient; seed: hyperplanes and draws."""
 
     method: str = "auto"
     lsh_bits: int | None = None

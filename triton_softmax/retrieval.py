@@ -10,23 +10,33 @@ def exact_topk(
     weight: torch.Tensor,
     k: int,
     bias: torch.Tensor | None = None,
-    chunk: int = 1 << 16,
+    chunk: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact top-k logits over all classes, in chunks: (scores (N, k) float32, ids (N, k) int64)."""
+    """Exact top-k logits over all classes, in chunks: (scores (N, k) float32, ids (N, k) int64).
+
+    Per chunk of classes: one product, its own top-k, then a merge with the running best
+    (N, 2k): no (N, n) buffer, and the big top-k runs over a cache-sized (N, chunk) block.
+    chunk: classes per block (default: about 2^20 logits per block, at least k).
+    """
     N, n = hidden.shape[0], weight.shape[0]
     k = min(k, n)
+    if chunk is None:
+        chunk = (1 << 20) // max(N, 1)
+    chunk = max(k, min(n, chunk), 1)
+    h = hidden.float()
     best_s = torch.full((N, 0), float("-inf"), device=hidden.device)
     best_i = torch.zeros((N, 0), dtype=torch.int64, device=hidden.device)
-    h = hidden.float()
     for lo in range(0, n, chunk):
         hi = min(n, lo + chunk)
-        z = h @ weight[lo:hi].float().T
-        if bias is not None:
-            z = z + bias[lo:hi].float()
-        s = torch.cat([best_s, z], dim=1)
-        i = torch.cat([best_i, torch.arange(lo, hi, device=hidden.device).expand(N, -1)], dim=1)
-        best_s, pos = torch.topk(s, min(k, s.shape[1]), dim=1)
-        best_i = torch.gather(i, 1, pos)
+        w = weight[lo:hi].float()
+        z = torch.addmm(bias[lo:hi].float(), h, w.T) if bias is not None else h @ w.T
+        s, i = torch.topk(z, min(k, hi - lo), dim=1)
+        i += lo
+        if best_s.shape[1]:
+            s, i = torch.cat([best_s, s], 1), torch.cat([best_i, i], 1)
+            s, pos = torch.topk(s, k, dim=1)
+            i = torch.gather(i, 1, pos)
+        best_s, best_i = s, i
     return best_s, best_i
 
 

@@ -8,6 +8,8 @@ construction with a ValueError naming the option and why (`check_shardable`).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.distributed as dist
 
@@ -25,6 +27,8 @@ from .options import DriftOptions, LossOptions, SamplingOptions, ShardSpec
 
 # option (as the flat keyword names it) -> why the sharded path cannot take it yet
 NOT_SHARDABLE = {
+    "method='uniform'": "each rank retrieves its shard's share of S from its own index; S = "
+    "{target} with T alone is not split over the shards yet",
     "z_loss": "the sharded Functions combine lse over ranks but add no z-loss term yet",
     "softcap": "the sharded Functions have no soft-capped logits (the twin is single-device)",
     "candidate_scheme": "each rank draws its own T per example (stratified); shared-sample "
@@ -35,8 +39,13 @@ NOT_SHARDABLE = {
 }
 
 
-def check_shardable(loss: LossOptions, sampling: SamplingOptions, drift: DriftOptions) -> None:
+def check_shardable(options: dict[str, Any]) -> None:
+    """options: from_kwargs's {"loss": LossOptions, "sampling": ..., "index": ..., ...}."""
+    loss: LossOptions = options["loss"]
+    sampling: SamplingOptions = options["sampling"]
+    drift: DriftOptions = options["drift"]
     used = {
+        "method='uniform'": options["index"].method == "uniform",
         "z_loss": bool(loss.z_loss),
         "softcap": bool(loss.softcap),
         "candidate_scheme": sampling.scheme != "per_example",

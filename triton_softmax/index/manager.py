@@ -137,6 +137,7 @@ class IndexManager:
             last_refresh_seconds=self.last_refresh_seconds,
             total_refresh_seconds=self.total_refresh_seconds,
             index=self.method,
+            method=self.options.method,  # the configured one ("auto", "uniform", ...)
         )
 
     def state_dict(self) -> dict:

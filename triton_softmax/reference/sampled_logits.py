@@ -166,23 +166,47 @@ def scatter_grad_weight_ref(
 
 
 def sparse_grad_weight_ref(
-    coef: torch.Tensor, ids: torch.Tensor, hidden: torch.Tensor, n: int, dtype: torch.dtype
+    coef: torch.Tensor,
+    ids: torch.Tensor,
+    hidden: torch.Tensor,
+    n: int,
+    dtype: torch.dtype,
+    extra_ids: torch.Tensor | None = None,
+    extra_rows: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Sparse COO dW (n, d): one row per candidate slot (zero coefficients dropped), uncoalesced:
-    torch.optim.SGD adds duplicates as it applies them, SparseAdam/Adagrad coalesce themselves,
-    and skipping the sort here saves an O(N M d) pass per step.
+    """Coalesced sparse COO dW (n, d): one row per distinct candidate class, summed over the
+    slots that hit it (zero coefficients dropped), marked coalesced, so SparseAdam / Adagrad /
+    FusedSparseAdam skip their own sort and work on the distinct rows only.
 
-    Dropping the zero slots makes nnz data-dependent (a host sync); sparse gradients imply one
-    anyway, since the optimizer coalesces them.
+    coef, ids: (N, M) acc dtype / int64; hidden: (N, d). extra_ids (M2,) int64 with
+    extra_rows (M2, d): gradient rows computed elsewhere (the shared T's dense product),
+    summed in. The slots are grouped by class with one stable sort, and the rows are one
+    sparse (U, N) x (N, d) product: no (slots, d) intermediate. Dropping the zero slots makes
+    nnz data-dependent (a host sync); a sparse gradient implies one anyway.
     """
-    d = hidden.shape[1]
-    keep = (coef != 0).nonzero()  # (K, 2): (example, slot) of every nonzero coefficient
-    ex, slot = keep[:, 0], keep[:, 1]
-    rows = coef[ex, slot].unsqueeze(1) * hidden.to(coef.dtype)[ex]  # (K, d), only kept slots
-    out = torch.sparse_coo_tensor(
-        ids[ex, slot].unsqueeze(0), rows.to(dtype), (n, d), check_invariants=False
+    N, d = hidden.shape
+    flat = coef.reshape(-1)
+    keep = flat.nonzero().squeeze(1)  # flat slots (example * M + slot) with coef != 0
+    row_ids, order = torch.sort(ids.reshape(-1)[keep], stable=True)
+    keep = keep[order]
+    uniq, counts = torch.unique_consecutive(row_ids, return_counts=True)
+    crow = torch.zeros(uniq.numel() + 1, dtype=torch.int64, device=coef.device)
+    torch.cumsum(counts, 0, out=crow[1:])
+    A = torch.sparse_csr_tensor(
+        crow, keep // max(coef.shape[1], 1), flat[keep], (uniq.numel(), N), check_invariants=False
     )
-    return out
+    rows = A @ hidden.to(coef.dtype)
+    if extra_ids is not None:
+        uniq, inv = torch.unique(torch.cat([uniq, extra_ids]), return_inverse=True)
+        summed = torch.zeros(uniq.numel(), d, dtype=rows.dtype, device=rows.device)
+        rows = summed.index_add_(0, inv, torch.cat([rows, extra_rows.to(rows.dtype)]))
+    # AccumulateGrad "steals" a sparse gradient with contiguous indices by rebuilding it
+    # without its coalesced flag (torch 2.x, accumulate_grad.h case 1.2); with strided indices
+    # it clones, which keeps the flag, so the optimizer does not sort the rows again.
+    indices = torch.stack([uniq, uniq], 1).T[:1]  # (1, U), stride (1, 2)
+    return torch.sparse_coo_tensor(
+        indices, rows.to(dtype), (n, d), is_coalesced=True, check_invariants=False
+    )
 
 
 def scatter_grad_bias_ref(
