@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections import deque
 from collections.abc import Callable
 
@@ -83,6 +84,38 @@ def _is_uniform(sampler) -> bool:
     return isinstance(sampler, str) and sampler == "uniform"
 
 
+def _check_explicit(hidden, weight, target, retrieved, bias, reduction, ignore_index, num_uniform):
+    """The explicit-candidate entry point's own checks (it is public: bias length, label
+    range and the retrieved ids' shape get a ValueError naming the argument, not an
+    IndexError from a gather)."""
+    N, n, _ = checks.check_loss_inputs(hidden, weight, target, bias)
+    checks.check_loss_options(reduction=reduction, ignore_index=ignore_index, num_uniform=num_uniform)
+    checks.check_tensor("retrieved", retrieved)
+    if retrieved.dim() != 2 or retrieved.shape[0] != N or retrieved.dtype.is_floating_point:
+        raise ValueError(
+            f"retrieved must be (N={N}, R) integer class ids, got shape "
+            f"{tuple(retrieved.shape)}, dtype {retrieved.dtype}"
+        )
+    checks.check_target_values(target, n, ignore_index)
+
+
+_WARNED_NO_UNIFORM = False
+
+
+def _warn_no_uniform(n: int, width: int) -> None:
+    """num_uniform=0 with |S| < n: a softmax over S only, no longer an estimate of the full
+    loss. Allowed (e.g. for a fixed candidate list), said once per process."""
+    global _WARNED_NO_UNIFORM
+    if width < n and not _WARNED_NO_UNIFORM:
+        _WARNED_NO_UNIFORM = True
+        warnings.warn(
+            f"num_uniform=0 with |S| <= {width} of n={n} classes: the loss is a softmax over "
+            "the retrieved candidates only, not an estimate of the full softmax loss (it is "
+            "biased low); set num_uniform > 0 for the estimator",
+            stacklevel=3,
+        )
+
+
 def sampled_softmax_from_candidates(
     hidden: torch.Tensor,
     weight: torch.Tensor,
@@ -105,7 +138,8 @@ def sampled_softmax_from_candidates(
     """The estimator loss for given retrieved classes S (the target is added, T is drawn).
 
     hidden: (N, d) float; weight: (n, d); target: (N,) int; retrieved: (N, R) int64 class ids,
-    -1 for empty slots (duplicates and the target are dropped). Inputs are assumed validated.
+    -1 for empty slots (duplicates and the target are dropped). Shapes, bias length and the
+    label range are checked (ValueError naming the argument).
 
     scheme: "per_example" (each row its own S and T, gathered: the seeds' method),
     "shared_samples" (own S, one T shared by the batch, scored as a dense product),
@@ -113,7 +147,9 @@ def sampled_softmax_from_candidates(
     sampler: proposal of T: "uniform" (per-example scheme: uniform over the complement of S,
     exact weights), "log_uniform", or class weights (n,); non-uniform proposals get the log-Q
     correction, and draws that hit S get weight 0 unless remove_accidental_hits=False.
-    num_uniform is |T| whatever the proposal. z_loss: adds z_loss * lse^2 per row, lse the
+    num_uniform is |T| whatever the proposal; num_uniform=0 makes the loss a softmax over S
+    only, no longer an estimate of the full loss (biased low unless S covers every class):
+    allowed, with a warning once. z_loss: adds z_loss * lse^2 per row, lse the
     (estimated) log partition function (PaLM's z-loss). softcap c > 0: logits c tanh(z / c)
     (per-example scheme; runs the PyTorch twin, also on CUDA: no kernel implements it yet).
     """
@@ -125,12 +161,18 @@ def sampled_softmax_from_candidates(
             f"SampledSoftmaxLoss(method='lsh', candidate_scheme='bucket_shared')), got {scheme!r}"
         )
     n = weight.shape[0]
+    _check_explicit(hidden, weight, target, retrieved, bias, reduction, ignore_index, num_uniform)
+    if num_uniform == 0:
+        _warn_no_uniform(n, retrieved.shape[1] + 1)
+    target = target.long()  # uint8/int16: ignore_index would wrap in the comparison
     row_valid = target != ignore_index
-    safe_target = torch.where(row_valid, target, torch.zeros_like(target)).long()
+    safe_target = torch.where(row_valid, target, torch.zeros_like(target))
+    # log-weights in the accumulation dtype: float64 inputs stay float64 end to end
+    logw_dtype = torch.float64 if hidden.dtype == torch.float64 else torch.float32
     if scheme == "per_example":
         if isinstance(sampler, str) and sampler == "uniform":
             cand_ids, cand_logw = _cand.build_candidates(
-                retrieved, safe_target, n, num_uniform, generator
+                retrieved, safe_target, n, num_uniform, generator, logw_dtype=logw_dtype
             )
         else:
             cand_ids, cand_logw = _cand.build_candidates_q(
@@ -141,6 +183,7 @@ def sampled_softmax_from_candidates(
                 make_sampler(sampler, n),
                 generator,
                 remove_accidental_hits,
+                logw_dtype=logw_dtype,
             )
         if torch.compiler.is_compiling():  # opaque custom op: no graph break (dense grads)
             if sparse_grad or z_loss or softcap:
@@ -173,6 +216,7 @@ def sampled_softmax_from_candidates(
             generator,
             union=scheme == "batch_union",
             remove_accidental_hits=remove_accidental_hits,
+            logw_dtype=logw_dtype,
         )
         loss_rows = SharedCandidatesFunction.apply(
             hidden,
@@ -212,8 +256,9 @@ def _full_loss(
     softcap=0.0,
     sparse_grad=False,
 ):
+    target = target.long()  # uint8/int16: ignore_index would wrap in the comparison
     row_valid = target != ignore_index
-    safe_target = torch.where(row_valid, target, torch.zeros_like(target)).long()
+    safe_target = torch.where(row_valid, target, torch.zeros_like(target))
     if torch.compiler.is_compiling():  # opaque custom op: no graph break
         if z_loss or softcap:
             raise ValueError("z_loss and softcap are not supported inside torch.compile")
@@ -296,6 +341,7 @@ def sampled_softmax_cross_entropy(
     """
     _check_z_loss(z_loss)
     _check_softcap(softcap)
+    ignore_index = checks.as_ignore_index(ignore_index)
     N, n, d = _check_common(
         hidden,
         weight,
@@ -488,6 +534,11 @@ class IndexedLayerMixin:
             text += f"; faiss index {kind}"
             if kind == "ivf":
                 text += f" nlist={self.faiss_nlist or default_nlist(rows)}"
+        if c.method != "full" and self.num_uniform == 0 and self.num_candidates < rows:
+            text += (
+                "; num_uniform=0: a softmax over the retrieved S only, not an estimate of the "
+                "full loss"
+            )
         return text
 
     @torch.no_grad()
@@ -555,6 +606,33 @@ class IndexedLayerMixin:
             total_refresh_seconds=self.total_refresh_seconds,
             index=self.index_method,
         )
+
+    _LOAD_ATTRS = (
+        "steps",
+        "refresh_count",
+        "seed",
+        "index",
+        "index_method",
+        "steps_at_refresh",
+        "_pending_steps_at_refresh",
+        "lsh_bits",
+        "lsh_tables",
+    )
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors
+    ):
+        """torch calls set_extra_state even when this module's tensors failed to load (a
+        size mismatch is reported at the end): put the counters, seed and index back then,
+        so a failed load changes none of them."""
+        saved = {a: getattr(self, a) for a in self._LOAD_ATTRS if hasattr(self, a)}
+        before = len(errors)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors
+        )
+        if len(errors) > before:
+            for a, v in saved.items():
+                setattr(self, a, v)
 
     def _index_state(self) -> dict:
         return dict(
@@ -681,7 +759,7 @@ class SampledSoftmaxLoss(IndexedLayerMixin, nn.Module):
         self.faiss_index = faiss_index
         self.faiss_nlist, self.faiss_nprobe = faiss_nlist, faiss_nprobe
         self.refresh_every = refresh_every
-        self.reduction, self.ignore_index = reduction, ignore_index
+        self.reduction, self.ignore_index = reduction, checks.as_ignore_index(ignore_index)
         self.label_smoothing = label_smoothing
         self.z_loss = _check_z_loss(z_loss)
         self.softcap = _check_softcap(softcap)
@@ -821,6 +899,7 @@ class SampledSoftmaxLoss(IndexedLayerMixin, nn.Module):
     # ---- forward / inference -------------------------------------------------------------
     def forward(self, hidden: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """hidden: (N, d) float; target: (N,) int64 -> loss (0-d, or (N,) for reduction none)."""
+        self._check_weight_size()
         N, n, d = _check_common(
             hidden,
             self.weight,
@@ -879,6 +958,21 @@ class SampledSoftmaxLoss(IndexedLayerMixin, nn.Module):
             self.steps += 1
         return loss
 
+    def _check_weight_size(self) -> None:
+        """weight.data (or bias.data) replaced by a tensor of another size leaves num_classes,
+        dim and the index stale: say so instead of a silent wrong n or an IndexError."""
+        shape = tuple(self.weight.shape)
+        bias_ok = self.bias is None or tuple(self.bias.shape) == (shape[0],)
+        if shape != (self.num_classes, self.dim) or not bias_ok:
+            got = f"weight {shape}" + (
+                f", bias {tuple(self.bias.shape)}" if self.bias is not None else ""
+            )
+            raise ValueError(
+                f"this module was built for weight ({self.num_classes}, {self.dim}) but now "
+                f"has {got}: weight.data was replaced by a tensor of another size; make a "
+                "new SampledSoftmaxLoss for the new number of classes"
+            )
+
     def _use_bucket_tiles(self, hidden: torch.Tensor) -> bool:
         if self.bucket_impl != "auto":
             return self.bucket_impl == "tiles"
@@ -886,8 +980,11 @@ class SampledSoftmaxLoss(IndexedLayerMixin, nn.Module):
 
     def _bucket_tile_loss(self, hidden: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """bucket_shared scored by dense bucket tiles (bucket_tiles.bucket_tile_loss)."""
+        target = target.long()
         valid = target != self.ignore_index
         safe = torch.where(valid, target, torch.zeros_like(target))
+        if self.num_uniform == 0:
+            _warn_no_uniform(self.num_classes, self.num_classes - 1)
         loss, lse = bucket_tile_loss(
             hidden,
             self.weight,
@@ -976,6 +1073,7 @@ class SampledSoftmaxLoss(IndexedLayerMixin, nn.Module):
         exact logits (ids -1 where fewer than k were found); exact=True or the full path
         scores every class (chunked).
         """
+        self._check_weight_size()
         if hidden.dim() != 2 or hidden.shape[1] != self.dim:
             raise ValueError(f"hidden must be (N, {self.dim}), got {tuple(hidden.shape)}")
         checks.check_int_option("k", k, 1, self.num_classes)

@@ -637,8 +637,8 @@ def _check(hidden, weight, bias, target, label_smoothing, filter_eps=None):
         raise ValueError("hidden, weight, target and bias must be on one device")
     if not hidden.is_cuda and not _utils.INTERPRET:
         raise RuntimeError("linear_ce kernels need CUDA tensors, or TRITON_INTERPRET=1 on CPU")
-    if not 0.0 <= float(label_smoothing) < 1.0:
-        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
+    if not 0.0 <= float(label_smoothing) <= 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing!r}")
     if filter_eps is not None and not float(filter_eps) > 0.0:
         raise ValueError(f"filter_eps must be None or > 0, got {filter_eps!r}")
     floats = [hidden, weight] + ([bias] if bias is not None else [])
