@@ -52,8 +52,22 @@ def sampled_logits_fwd_ref(
     h = hidden.to(acc)
     z = _candidate_logits(h, gather_rows(weight, cand_ids).to(acc), bias, cand_ids, softcap)
     z_t = _target_logit(h, weight[target].to(acc), bias, target, softcap)
+    z_t = target_from_candidates(z, cand_ids, target, z_t)
     lse = torch.logsumexp(z + cand_logw.to(acc), dim=1)
     return lse - z_t, lse
+
+
+def target_from_candidates(
+    z: torch.Tensor, cand_ids: torch.Tensor, target: torch.Tensor, z_t: torch.Tensor
+) -> torch.Tensor:
+    """The target's logit read from z (N, M) where the target is a candidate, else z_t (N,).
+
+    The lse sums exactly these values, so a confident row's loss lse - z_y is 0 (as torch's)
+    even where float32 logits near 1e30 make a separately reduced dot product differ from
+    z's entry by ulps of 1e30 (~1e23)."""
+    hit = cand_ids == target.unsqueeze(1)
+    pos = hit.to(torch.uint8).argmax(dim=1, keepdim=True)
+    return torch.where(hit.any(dim=1), z.gather(1, pos).squeeze(1), z_t)
 
 
 def cap_logits(z: torch.Tensor, softcap: float) -> torch.Tensor:
@@ -235,6 +249,7 @@ def shared_logits_fwd_ref(hidden, weight, bias, s_ids, s_logw, shared_ids, share
     z_t = (weight[target].to(acc) * h).sum(1)
     if bias is not None:
         z_t = z_t + bias[target].to(acc)
+    z_t = target_from_candidates(z_s, s_ids, target, z_t)  # the same value the lse sums
     lse = torch.logsumexp(torch.cat([z_s + s_logw.to(acc), z_sh + shared_logw.to(acc)], 1), 1)
     return lse - z_t, lse
 
