@@ -89,7 +89,9 @@ def _check_explicit(hidden, weight, target, retrieved, bias, reduction, ignore_i
     range and the retrieved ids' shape get a ValueError naming the argument, not an
     IndexError from a gather)."""
     N, n, _ = checks.check_loss_inputs(hidden, weight, target, bias)
-    checks.check_loss_options(reduction=reduction, ignore_index=ignore_index, num_uniform=num_uniform)
+    checks.check_loss_options(
+        reduction=reduction, ignore_index=ignore_index, num_uniform=num_uniform
+    )
     checks.check_tensor("retrieved", retrieved)
     if retrieved.dim() != 2 or retrieved.shape[0] != N or retrieved.dtype.is_floating_point:
         raise ValueError(
