@@ -999,6 +999,12 @@ class SampledSoftmaxLoss(IndexedLayerMixin, nn.Module):
         )
         if self.z_loss:
             loss = loss + self.z_loss * lse.square()
+        if self.index.any_nonfinite is not None:  # a NaN/inf class at the build: every row
+            c = self.index.first_nonfinite  # NaN, as the searches' (nonfinite.py)
+            z_bad = hidden.to(loss.dtype) @ self.weight[c].to(loss.dtype)
+            if self.bias is not None:
+                z_bad = z_bad + self.bias[c].to(loss.dtype)
+            loss = loss + torch.where(self.index.any_nonfinite, z_bad * 0.0, 0.0)
         return _reduce(loss, valid, self.reduction)  # zeroes the ignored rows
 
     def _estimator_loss(
