@@ -143,6 +143,27 @@ def test_row05_nan_weight_row_every_path_as_torch(method):
         sampled_softmax_cross_entropy(h, W, y, method=method, validate=True)
 
 
+@pytest.mark.parametrize("where", ["weight", "hidden"])
+@pytest.mark.parametrize("method", METHODS)
+def test_row05_inf_inputs_nan_rows_as_torch(method, where):
+    """A +inf logit makes a row NaN in torch (log_softmax: z - max, max = +inf). Before: +inf
+    on every path; and the sampled paths saw a +inf class row only if they retrieved it."""
+    torch.manual_seed(0)
+    n, d, N = 300, 8, 6
+    W, h, y = torch.randn(n, d), torch.randn(N, d), torch.randint(0, n, (N,))
+    if where == "weight":
+        W[17, 0] = float("inf")
+    else:
+        h[1, 0] = float("inf")
+    ref = F.cross_entropy(h @ W.T, y, reduction="none")
+    loss = sampled_softmax_cross_entropy(
+        h, W, y, method=method, num_candidates=16, num_uniform=16, reduction="none"
+    )
+    assert ref.isnan().any() and not ref.isnan().all()
+    assert torch.equal(loss.isnan(), ref.isnan())
+    assert torch.isfinite(loss[~ref.isnan()]).all()
+
+
 @pytest.mark.parametrize(
     "scheme,impl",
     [("per_example", "auto"), ("shared_samples", "auto"), ("batch_union", "auto")]

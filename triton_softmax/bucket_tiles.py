@@ -28,7 +28,7 @@ import math
 
 import torch
 
-from .estimator import acc_dtype
+from .estimator import acc_dtype, nan_at_inf_lse
 from .lsh import LSHIndex
 
 
@@ -160,5 +160,5 @@ def bucket_tile_loss(
         logw = math.log(n / num_uniform)
         terms.append(torch.logsumexp((z_t + logw).masked_fill(hit, float("-inf")), 1, True))
     lse = torch.logsumexp(torch.cat(terms, dim=1), dim=1)
-    loss = lse - z_y
+    loss = nan_at_inf_lse(lse - z_y, lse)  # NaN at a +inf logit, as torch
     return (loss, lse) if return_lse else loss

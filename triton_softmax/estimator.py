@@ -54,7 +54,13 @@ def sampled_logits_fwd_ref(
     z_t = _target_logit(h, weight[target].to(acc), bias, target, softcap)
     z_t = target_from_candidates(z, cand_ids, target, z_t)
     lse = torch.logsumexp(z + cand_logw.to(acc), dim=1)
-    return lse - z_t, lse
+    return nan_at_inf_lse(lse - z_t, lse), lse
+
+
+def nan_at_inf_lse(loss: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
+    """NaN where lse = +inf, as torch's log_softmax gives (z - max with max = +inf): a row
+    whose softmax includes a +inf logit has loss NaN on every path, not +inf."""
+    return torch.where(lse == float("inf"), torch.full_like(loss, float("nan")), loss)
 
 
 def target_from_candidates(
@@ -251,7 +257,7 @@ def shared_logits_fwd_ref(hidden, weight, bias, s_ids, s_logw, shared_ids, share
         z_t = z_t + bias[target].to(acc)
     z_t = target_from_candidates(z_s, s_ids, target, z_t)  # the same value the lse sums
     lse = torch.logsumexp(torch.cat([z_s + s_logw.to(acc), z_sh + shared_logw.to(acc)], 1), 1)
-    return lse - z_t, lse
+    return nan_at_inf_lse(lse - z_t, lse), lse
 
 
 def shared_logits_bwd_ref(

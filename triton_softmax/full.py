@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from .estimator import _cap_slope, acc_dtype, cap_logits
+from .estimator import _cap_slope, acc_dtype, cap_logits, nan_at_inf_lse
 
 # Logit elements per chunk (N * chunk): 4 Mi fp32 values = 16 MiB.
 CHUNK_ELEMENTS = 1 << 22
@@ -71,7 +71,7 @@ def chunked_ce_fwd_ref(
         if bias is not None:
             z_sum = z_sum + bias.to(acc).sum()
         loss = loss - label_smoothing / n * z_sum
-    return loss, lse
+    return nan_at_inf_lse(loss, lse), lse
 
 
 def chunked_ce_bwd_ref(

@@ -51,6 +51,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..estimator import nan_at_inf_lse
 from ..full import chunked_ce_bwd_ref, chunked_ce_fwd_ref
 from . import _utils
 
@@ -716,7 +717,7 @@ def linear_ce_fwd(
     loss = lse - (1.0 - label_smoothing) * part[1].sum(0)
     if smooth:
         loss = loss - (label_smoothing / n) * part[2].sum(0)
-    return loss, lse
+    return nan_at_inf_lse(loss, lse), lse
 
 
 def linear_ce_bwd(

@@ -158,7 +158,8 @@ def sampled_logits_fwd_kernel(
     lse = m + tl.log(s)  # -inf for a row of padding only, as torch.logsumexp
     z_y = tl.where(hits > 0, z_y_cand, z_y)
     tl.store(lse_ptr + i, lse)
-    tl.store(loss_ptr + i, lse - z_y)
+    # NaN where lse = +inf (a +inf logit), as torch's log_softmax and the twin
+    tl.store(loss_ptr + i, tl.where(lse == float("inf"), float("nan"), lse - z_y))
 
 
 def _check(hidden, weight, bias, cand_ids, cand_logw, target):
