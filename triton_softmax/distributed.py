@@ -335,8 +335,9 @@ def sharded_cross_entropy(
     if n_local != hi - lo:
         raise ValueError(f"weight has {n_local} rows but the shard is [{lo}, {hi})")
     checks.check_reduction(reduction)
+    target = target.long()  # uint8/int16: ignore_index would wrap in the comparison
     row_valid = target != ignore_index
-    safe_target = torch.where(row_valid, target, torch.zeros_like(target)).long()
+    safe_target = torch.where(row_valid, target, torch.zeros_like(target))
     loss_rows = ShardedCrossEntropyFunction.apply(
         hidden, weight, bias, safe_target, lo, num_classes, float(label_smoothing), group, comm
     )
@@ -463,8 +464,9 @@ def sharded_sampled_softmax_from_candidates(
             f"both be (N={N}, M)"
         )
     checks.check_reduction(reduction)
+    target = target.long()  # uint8/int16: ignore_index would wrap in the comparison
     row_valid = target != ignore_index
-    safe_target = torch.where(row_valid, target, torch.zeros_like(target)).long()
+    safe_target = torch.where(row_valid, target, torch.zeros_like(target))
     loss_rows = ShardedSampledSoftmaxFunction.apply(
         hidden,
         weight,
@@ -623,6 +625,7 @@ class ShardedSampledSoftmaxLoss(IndexedLayerMixin, nn.Module):
         if self._index_stale(method):
             self.refresh(method)
         retrieved = self.index.search(hidden, self.num_candidates - 1)
+        target = target.long()
         safe = torch.where(target != self.ignore_index, target, torch.zeros_like(target))
         return build_shard_candidates(
             retrieved,
