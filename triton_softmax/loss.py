@@ -108,7 +108,7 @@ def _warn_no_uniform(n: int, width: int) -> None:
     """num_uniform=0 with |S| < n: a softmax over S only, no longer an estimate of the full
     loss. Allowed (e.g. for a fixed candidate list), said once per process."""
     global _WARNED_NO_UNIFORM
-    if width < n and not _WARNED_NO_UNIFORM:
+    if width < n and not _WARNED_NO_UNIFORM and not torch.compiler.is_compiling():
         _WARNED_NO_UNIFORM = True
         warnings.warn(
             f"num_uniform=0 with |S| <= {width} of n={n} classes: the loss is a softmax over "
