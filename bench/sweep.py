@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import gc
-import inspect
 import json
 import math
 import sys
@@ -38,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from triton_softmax import SampledSoftmaxLoss, ops, recall_at_k
+from triton_softmax import IndexOptions, ops, recall_at_k
 from triton_softmax import candidates as _cand
 from triton_softmax import estimator as _est
 from triton_softmax.lsh import default_max_per_bucket, max_row_norm
@@ -48,7 +47,7 @@ from .harness import ALL_METHODS, BASELINE, OUR_PATHS, OursRunner, Problem
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-DEFAULT_REFRESH_EVERY = inspect.signature(SampledSoftmaxLoss).parameters["refresh_every"].default
+DEFAULT_REFRESH_EVERY = IndexOptions().refresh_every
 STATUSES = ("ok", "skipped", "oom", "failed")
 
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from triton_softmax import SampledSoftmaxLoss, sampled_softmax_cross_entropy
 from triton_softmax import candidates as C
-from triton_softmax import loss as L
+from triton_softmax import functional as Fn
 from triton_softmax.loss import sampled_softmax_from_candidates
 from triton_softmax.samplers import make_sampler
 
@@ -228,7 +228,7 @@ def test_row08_failed_load_state_dict_changes_nothing():
     src = SampledSoftmaxLoss(100, 8, method="lsh", seed=3)
     src.steps = 11
     dst = SampledSoftmaxLoss(50, 8, method="lsh", seed=5)
-    dst.steps, dst.refresh_count = 7, 2
+    dst.steps, dst.manager.refresh_count = 7, 2  # refresh_count: read-only, the manager's
     with pytest.raises(RuntimeError, match="size mismatch"):
         dst.load_state_dict(src.state_dict())
     assert (dst.steps, dst.seed, dst.refresh_count) == (7, 5, 2)
@@ -267,7 +267,7 @@ def test_row10_explicit_candidates_validate_inputs(case, match):
 
 def test_row11_num_uniform_zero_warns_and_explains(monkeypatch):
     """Before: silently a softmax over S only; no warning, explain() said nothing."""
-    monkeypatch.setattr(L, "_WARNED_NO_UNIFORM", False)
+    monkeypatch.setattr(Fn, "_WARNED_NO_UNIFORM", False)
     layer = SampledSoftmaxLoss(1000, 8, method="lsh", num_candidates=8, num_uniform=0)
     assert "not an estimate of the full loss" in layer.explain()
     with pytest.warns(UserWarning, match="num_uniform=0"):

@@ -105,14 +105,6 @@ def build_candidates(
     return cand_ids.contiguous(), cand_logw.contiguous()
 
 
-def all_classes_candidates(
-    N: int, n: int, target: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The degenerate candidate set S = all classes (the estimator is then the exact loss)."""
-    ids = torch.arange(n, device=target.device).unsqueeze(0).expand(N, n).contiguous()
-    return ids, torch.zeros(N, n, dtype=torch.float32, device=target.device)
-
-
 def _prepare_s(
     retrieved: torch.Tensor, target: torch.Tensor, n: int, target_valid: torch.Tensor | None = None
 ):

@@ -167,3 +167,19 @@ def check_index_options(
     if faiss_index not in ("auto", "flat", "ivf"):
         raise ValueError(f"faiss_index must be auto/flat/ivf, got {faiss_index!r}")
     check_int_option("refresh_every", refresh_every, 1)
+
+
+def check_module_weight(
+    weight: torch.Tensor, bias: torch.Tensor | None, rows: int, dim: int
+) -> None:
+    """A module's weight (rows, dim) and bias (rows,) still have the sizes it was built for:
+    weight.data replaced by a tensor of another size would leave num_classes, dim and the
+    index stale (a silent wrong n or an IndexError); say so instead (shapes only, no sync)."""
+    shape = tuple(weight.shape)
+    if shape != (rows, dim) or (bias is not None and tuple(bias.shape) != (rows,)):
+        got = f"weight {shape}" + (f", bias {tuple(bias.shape)}" if bias is not None else "")
+        raise ValueError(
+            f"this module was built for weight ({rows}, {dim}) but now has {got}: "
+            "weight.data was replaced by a tensor of another size; make a new "
+            "SampledSoftmaxLoss for the new number of classes"
+        )

@@ -11,7 +11,8 @@ come from. A corrupt or foreign cache file is ignored with a warning.
 The choice also respects: method forced by the caller; exact=True; |S| + |T| >= n (sampling
 saves nothing); label smoothing (needs every class); faiss not importable; the full path's
 working set against free device memory (CUDA). It reads no tensor data (no host sync) and is
-made once per shape: callers cache it (the module does; `choose_method` is lru-cached).
+made once per shape: callers cache it (functional.cached_choice, a bounded dict keyed by the
+index options, sizes and device).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from .faiss_index import FAISS_IMPORT_ERROR, faiss_available
+from .index.faiss import FAISS_IMPORT_ERROR, faiss_available
 
 METHODS = ("auto", "full", "faiss", "lsh")
 TABLE_FORMAT = "triton_softmax.crossovers/1"
@@ -123,7 +124,7 @@ class Choice:
 
 
 def _full_working_set(n: int, d: int, N: int, elt: int) -> int:
-    from .full import class_chunk
+    from .reference.linear_ce import class_chunk
 
     return n * d * elt + 3 * N * class_chunk(N, n) * 4  # dense dW + logits chunk temporaries
 

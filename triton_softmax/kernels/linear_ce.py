@@ -51,8 +51,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ..estimator import nan_at_inf_lse
-from ..full import chunked_ce_bwd_ref, chunked_ce_fwd_ref
+from ..reference.linear_ce import chunked_ce_bwd_ref, chunked_ce_fwd_ref
+from ..reference.sampled_logits import nan_at_inf_lse
 from . import _utils
 
 # Class splits (forward) start at multiples of this, so no class tile straddles two splits:

@@ -1,8 +1,8 @@
 """Sampled logits: the estimator's forward, and its backward (coefficients and dh), fused.
 
-Twins: estimator.sampled_logits_fwd_ref, sampled_logits_coef_ref and grad_hidden_ref (see
-estimator.py for the math). One program per example i holds h_i (BLOCK_D >= d, fp32) in
-registers and walks its M candidates BLOCK_C at a time, gathering the candidate rows of W
+Twins: sampled_logits_fwd_ref, sampled_logits_coef_ref and grad_hidden_ref (see
+reference/sampled_logits.py for the math). One program per example i holds h_i (BLOCK_D >= d,
+fp32) in registers and walks its M candidates BLOCK_C at a time, gathering the candidate rows of W
 straight into a (BLOCK_C, BLOCK_D) register tile:
 
   forward   z = W_c . h (+ b_c), online log-sum-exp of z + log w; loss = lse - z_y.
@@ -192,10 +192,10 @@ def _check(hidden, weight, bias, cand_ids, cand_logw, target):
 
 
 def sampled_logits_fwd(hidden, weight, bias, cand_ids, cand_logw, target):
-    """(loss (N,), lse (N,)) fp32; same contract as estimator.sampled_logits_fwd_ref."""
+    """(loss (N,), lse (N,)) fp32; same contract as the twin sampled_logits_fwd_ref."""
     _check(hidden, weight, bias, cand_ids, cand_logw, target)
     if hidden.dtype == torch.float64 or weight.dtype == torch.float64:
-        from ..estimator import sampled_logits_fwd_ref
+        from ..reference.sampled_logits import sampled_logits_fwd_ref
 
         return sampled_logits_fwd_ref(hidden, weight, bias, cand_ids, cand_logw, target)
     (N, d), M = hidden.shape, cand_ids.shape[1]
@@ -302,7 +302,7 @@ def sampled_logits_bwd(
 ):
     """(coef (N, M+1) fp32, ids (N, M+1) int64, dh (N, d) fp32 or None) in one pass.
 
-    Same coefficients and ids as estimator.sampled_logits_coef_ref, and dh as
+    Same coefficients and ids as the twin sampled_logits_coef_ref, and dh as
     grad_hidden_ref(coef, ids, weight); grad_loss (N,), lse (N,) from the forward.
     """
     _check(hidden, weight, bias, cand_ids, cand_logw, target)
@@ -310,7 +310,7 @@ def sampled_logits_bwd(
     if grad_loss.shape != (N,) or lse.shape != (N,):
         raise ValueError(f"grad_loss and lse must be ({N},)")
     if hidden.dtype == torch.float64 or weight.dtype == torch.float64 or lse.dtype == torch.float64:
-        from ..estimator import grad_hidden_ref, sampled_logits_coef_ref
+        from ..reference.sampled_logits import grad_hidden_ref, sampled_logits_coef_ref
 
         coef, ids = sampled_logits_coef_ref(
             grad_loss, hidden, weight, bias, cand_ids, cand_logw, target, lse
@@ -361,7 +361,7 @@ def sampled_logits_bwd(
 
 
 def sampled_logits_coef(grad_loss, hidden, weight, bias, cand_ids, cand_logw, target, lse):
-    """Same contract as estimator.sampled_logits_coef_ref (the backward without dh)."""
+    """Same contract as the twin sampled_logits_coef_ref (the backward without dh)."""
     coef, ids, _ = sampled_logits_bwd(
         grad_loss, hidden, weight, bias, cand_ids, cand_logw, target, lse, compute_dh=False
     )
@@ -402,14 +402,14 @@ def grad_hidden_kernel(
 
 
 def grad_hidden(coef, ids, weight):
-    """dh (N, d) fp32 = sum_j coef_ij W_{ids_ij}; same contract as estimator.grad_hidden_ref."""
+    """dh (N, d) fp32 = sum_j coef_ij W_{ids_ij}; same contract as the twin grad_hidden_ref."""
     _utils.check_float("weight", weight)
     if coef.dim() != 2 or ids.shape != coef.shape or weight.dim() != 2:
         raise ValueError("coef and ids must be (N, M+1) and weight (n, d)")
     _utils.check_device("ids", ids, coef.device)
     _utils.check_device("weight", weight, coef.device)
     if coef.dtype == torch.float64 or weight.dtype == torch.float64:
-        from ..estimator import grad_hidden_ref
+        from ..reference.sampled_logits import grad_hidden_ref
 
         return grad_hidden_ref(coef, ids, weight)
     (N, M1), d = coef.shape, weight.shape[1]

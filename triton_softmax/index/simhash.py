@@ -19,8 +19,13 @@ import math
 
 import torch
 
-from . import nonfinite as _nf
-from .checks import check_int_option
+from .. import nonfinite as _nf
+from ..checks import check_int_option
+from ..reference.simhash import (  # noqa: F401  (re-exported: the old lsh.py names)
+    bucket_table_ref,
+    lsh_candidates_ref,
+    simhash_codes_ref,
+)
 
 MAX_BITS = 20  # dense CSR offsets hold 2^K + 1 int64 per table
 NORM_HEADROOM = 1.05  # M = 1.05 max |x_j| at build: room for rows to grow between refreshes
@@ -57,115 +62,6 @@ def max_row_norm(weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tenso
     if bias is not None:
         sq = sq + bias.float().square()
     return sq.max().sqrt()
-
-
-def simhash_codes_ref(
-    x: torch.Tensor,
-    hyperplanes: torch.Tensor,
-    bias: torch.Tensor | float | None = None,
-    max_norm: torch.Tensor | float | None = None,
-    chunk_rows: int = 1 << 14,
-) -> torch.Tensor:
-    """Packed SimHash codes, one int32 per row and table.
-
-    x: (M, d) float; hyperplanes: (L, K, d + 2) float32; bias: (M,) per-row bias (keys), a
-    float for every row (queries: 1.0 when the classes have a bias), or None (0);
-    max_norm: M of the MIPS transform for keys, None for queries (MIPS coordinate 0).
-    Returns (M, L) int32 with bit k of table l = [projection on hyperplane (l, k) > 0].
-    """
-    L, K, D2 = hyperplanes.shape
-    M, d = x.shape
-    assert D2 == d + 2
-    planes = hyperplanes.reshape(L * K, D2).float()
-    # bit k weighs 2^k; packing by a float matmul is exact for K <= 24 (MAX_BITS = 20)
-    pack = (2.0 ** torch.arange(K, device=x.device, dtype=torch.float32)).unsqueeze(1)
-    out = torch.empty(M, L, dtype=torch.int32, device=x.device)
-    b = None
-    for lo in range(0, M, chunk_rows):
-        hi = min(M, lo + chunk_rows)
-        xc = x[lo:hi].float()
-        proj = xc @ planes[:, :d].T
-        if isinstance(bias, torch.Tensor):
-            b = bias[lo:hi].float()
-            proj += b.unsqueeze(1) * planes[:, d]
-        elif bias:
-            proj += float(bias) * planes[:, d]
-        if max_norm is not None:
-            sq = torch.einsum("ij,ij->i", xc, xc)
-            if b is not None:
-                sq = sq + b * b
-            m2 = torch.as_tensor(max_norm, dtype=torch.float32, device=x.device) ** 2
-            proj += (m2 - sq).clamp_min(0).sqrt().unsqueeze(1) * planes[:, d + 1]
-        bits = (proj > 0).to(torch.float32).view(hi - lo, L, K)
-        out[lo:hi] = (bits @ pack).squeeze(2).to(torch.int32)
-    return out
-
-
-def bucket_table_ref(
-    codes: torch.Tensor, num_bits: int, order_seed: int = 0
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sort class ids by code per table: (sorted_ids (L, n) int32, offsets (L, 2^K + 1) int64).
-
-    codes: (n, L) int32 in [0, 2^K). Bucket c of table l holds sorted_ids[l, offsets[l, c]:
-    offsets[l, c + 1]], in a random order fixed by order_seed.
-    """
-    n, L = codes.shape
-    device = codes.device
-    gen = torch.Generator().manual_seed(order_seed)
-    rank = torch.randperm(n, generator=gen).to(device)  # a random order inside every bucket
-    # one sort of unique int64 keys (code, random rank): its permutation is the class ids
-    key = (codes.T.to(torch.int64) << 32) | rank
-    _, order = torch.sort(key, dim=1)
-    sorted_ids = order.to(torch.int32)
-    nb = 1 << num_bits
-    flat = (codes.to(torch.int64) + torch.arange(L, device=device) * nb).reshape(-1)
-    counts = torch.bincount(flat, minlength=L * nb).view(L, nb)
-    offsets = torch.zeros(L, nb + 1, dtype=torch.int64, device=device)
-    offsets[:, 1:] = torch.cumsum(counts, dim=1)
-    return sorted_ids.contiguous(), offsets
-
-
-def lsh_candidates_ref(
-    query_codes: torch.Tensor,
-    sorted_ids: torch.Tensor,
-    offsets: torch.Tensor,
-    num_candidates: int,
-    max_per_bucket: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Union of each query's L buckets, ranked by collision count and capped.
-
-    query_codes: (N, L) int32. Returns (ids (N, C) int64 with -1 for empty slots,
-    collisions (N, C) int32, 0 for empty slots), best first.
-    """
-    N, L = query_codes.shape
-    device = query_codes.device
-    C, B = num_candidates, max_per_bucket
-    codes = query_codes.long()
-    table = torch.arange(L, device=device).unsqueeze(0).expand(N, L)
-    start = offsets[table, codes]  # (N, L)
-    end = offsets[table, codes + 1]
-    pos = start.unsqueeze(2) + torch.arange(B, device=device).view(1, 1, B)  # (N, L, B)
-    ok = pos < end.unsqueeze(2)
-    pos = torch.where(ok, pos, torch.zeros_like(pos))
-    ids = sorted_ids[table.unsqueeze(2).expand(N, L, B), pos].long()
-    sentinel = torch.iinfo(torch.int64).max
-    ids = torch.where(ok, ids, torch.full_like(ids, sentinel)).view(N, L * B)
-    ids, _ = torch.sort(ids, dim=1)
-    # collisions of an id = length of its run in the sorted row; score only the run starts
-    first = torch.ones_like(ids, dtype=torch.bool)
-    first[:, 1:] = ids[:, 1:] != ids[:, :-1]
-    run = torch.cumsum(first, dim=1) - 1  # run index of every slot
-    count = torch.zeros_like(run).scatter_add_(1, run, torch.ones_like(run)).gather(1, run)
-    score = torch.where(first & (ids != sentinel), count, torch.zeros_like(count)).to(torch.int32)
-    k = min(C, L * B)
-    top_score, top_pos = torch.topk(score, k, dim=1)
-    top_ids = torch.gather(ids, 1, top_pos)
-    top_ids = torch.where(top_score > 0, top_ids, torch.full_like(top_ids, -1))
-    if k < C:
-        pad = C - k
-        top_ids = torch.cat([top_ids, top_ids.new_full((N, pad), -1)], dim=1)
-        top_score = torch.cat([top_score, top_score.new_zeros((N, pad))], dim=1)
-    return top_ids, top_score
 
 
 class LSHIndex:
@@ -217,7 +113,7 @@ class LSHIndex:
         return self
 
     def build(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> LSHIndex:
-        from . import ops as kd
+        from .. import ops
 
         weight = weight.detach()
         bias = bias.detach() if bias is not None else None
@@ -231,8 +127,8 @@ class LSHIndex:
         # M with headroom: rows may grow by NORM_HEADROOM before the transform is invalid,
         # so a partial update (update_rows) stays exact while they do
         max_norm = max_row_norm(weight, bias) * NORM_HEADROOM
-        codes = kd.simhash_codes(weight, self.hyperplanes, bias, max_norm)
-        self.sorted_ids, self.offsets = kd.bucket_table(codes, self.num_bits, self.seed)
+        codes = ops.simhash_codes(weight, self.hyperplanes, bias, max_norm)
+        self.sorted_ids, self.offsets = ops.bucket_table(codes, self.num_bits, self.seed)
         self.codes = codes  # (n, L) int32: the bucket-shared scheme dedupes tiles with them
         self.has_bias = bias is not None
         self.n = weight.shape[0]
@@ -248,7 +144,7 @@ class LSHIndex:
         False, changing nothing, when a row outgrew the MIPS scale M (every key's extra
         coordinate would move): the caller then rebuilds. The result equals build() on the
         same weights with the same M."""
-        from . import ops as kd
+        from .. import ops
 
         if not self.built:
             return False
@@ -258,16 +154,16 @@ class LSHIndex:
         self.any_nonfinite, self.first_nonfinite = any_bad, first_bad
         rows = rows.to(self.codes.device).long()
         b = bias.detach()[rows] if bias is not None else None
-        self.codes[rows] = kd.simhash_codes(
+        self.codes[rows] = ops.simhash_codes(
             weight.detach()[rows], self.hyperplanes, b, self.max_norm
         )
-        self.sorted_ids, self.offsets = kd.bucket_table(self.codes, self.num_bits, self.seed)
+        self.sorted_ids, self.offsets = ops.bucket_table(self.codes, self.num_bits, self.seed)
         return True
 
     def query_codes(self, hidden: torch.Tensor) -> torch.Tensor:
-        from . import ops as kd
+        from .. import ops
 
-        return kd.simhash_codes(hidden, self.hyperplanes, 1.0 if self.has_bias else None, None)
+        return ops.simhash_codes(hidden, self.hyperplanes, 1.0 if self.has_bias else None, None)
 
     def search_union(self, hidden: torch.Tensor) -> torch.Tensor:
         """(N, U) int64: every class that shares a bucket with the query in some table, once
@@ -284,17 +180,32 @@ class LSHIndex:
         )
         return _nf.add_nonfinite_class(ids, self.any_nonfinite, self.first_nonfinite)
 
+    def union(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The CandidateIndex name of search_union."""
+        return self.search_union(hidden)
+
+    def state_dict(self) -> dict:
+        """Settings and seed: the tables are rebuilt from the loaded weights (same hyperplanes)."""
+        return dict(
+            kind="simhash",
+            dim=self.dim,
+            num_bits=self.num_bits,
+            num_tables=self.num_tables,
+            seed=self.seed,
+            max_per_bucket=self.max_per_bucket,
+        )
+
     def search(self, hidden: torch.Tensor, num_candidates: int) -> torch.Tensor:
         """(N, num_candidates) int64 class ids, most collisions first, -1 for empty slots
         ((N, 1) for num_candidates = 0). A non-finite class row found at build takes every
         query's last slot (nonfinite.py)."""
-        from . import ops as kd
+        from .. import ops
 
         if not self.built:
             raise RuntimeError("LSHIndex.search before build(): call build(weight, bias) first")
         B = self.max_per_bucket or default_max_per_bucket(num_candidates, self.num_tables)
         bias = 1.0 if self.has_bias else None  # the queries' bias coordinate, as query_codes
-        ids, _ = kd.lsh_query(
+        ids, _ = ops.lsh_query(
             hidden.detach(),
             self.hyperplanes,
             bias,

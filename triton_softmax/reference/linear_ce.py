@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from .estimator import _cap_slope, acc_dtype, cap_logits, nan_at_inf_lse
+from .sampled_logits import _cap_slope, acc_dtype, cap_logits, nan_at_inf_lse
 
 # Logit elements per chunk (N * chunk): 4 Mi fp32 values = 16 MiB.
 CHUNK_ELEMENTS = 1 << 22

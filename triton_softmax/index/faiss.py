@@ -18,8 +18,8 @@ import math
 import numpy as np
 import torch
 
-from . import nonfinite as _nf
-from .checks import check_int_option
+from .. import nonfinite as _nf
+from ..checks import check_int_option
 
 try:  # faiss is optional: the faiss path is unavailable without it
     import faiss
@@ -148,6 +148,23 @@ class FaissIndex:
             index.add(host)
         self.index, self.has_bias, self.n = index, bias is not None, n
         return self
+
+    def update_rows(
+        self, weight: torch.Tensor, bias: torch.Tensor | None, rows: torch.Tensor
+    ) -> bool:
+        """No in-place update (IVF lists would need re-assignment): the caller rebuilds."""
+        return False
+
+    def union(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Not defined for FAISS (no buckets to take the union of): the bucket-shared scheme
+        needs the SimHash index."""
+        raise NotImplementedError(
+            "FaissIndex has no bucket union: candidate_scheme='bucket_shared' needs method='lsh'"
+        )
+
+    def state_dict(self) -> dict:
+        """Settings and seed: the index is rebuilt from the loaded weights."""
+        return dict(kind=self.kind, nlist=self.nlist, nprobe=self.nprobe, seed=self.seed)
 
     def search(self, hidden: torch.Tensor, k: int) -> torch.Tensor:
         """(N, k) int64 class ids by descending inner product, -1 where fewer than k found
