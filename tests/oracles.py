@@ -3,7 +3,12 @@ the batch-shared candidates' maths in float64, the all-classes candidate set."""
 
 import torch
 
-from triton_softmax.reference.sampled_logits import acc_dtype, grad_hidden_ref
+from triton_softmax.reference.sampled_logits import (
+    acc_dtype,
+    grad_hidden_ref,
+    nan_at_inf_lse,
+    target_from_candidates,
+)
 
 
 def sampled_softmax_loss_ref(
@@ -42,8 +47,9 @@ def shared_logits_fwd_ref(hidden, weight, bias, s_ids, s_logw, shared_ids, share
     z_t = (weight[target].to(acc) * h).sum(1)
     if bias is not None:
         z_t = z_t + bias[target].to(acc)
+    z_t = target_from_candidates(z_s, s_ids, target, z_t)  # the same value the lse sums
     lse = torch.logsumexp(torch.cat([z_s + s_logw.to(acc), z_sh + shared_logw.to(acc)], 1), 1)
-    return lse - z_t, lse
+    return nan_at_inf_lse(lse - z_t, lse), lse
 
 
 def shared_logits_bwd_ref(

@@ -116,11 +116,11 @@ def test_z_loss_matches_float64_formula(path, eps):
         if path == "per_example":
             from triton_softmax.candidates import build_candidates
 
-            ids, logw = build_candidates(ret, y, 25, 6, gen)
+            ids, logw = build_candidates(ret, y, 25, 6, gen, logw_dtype=torch.float64)
             _, lse = sampled_logits_fwd_ref(*params[:2], params[2], ids, logw, y)
         else:
             s_ids, s_logw, sh_ids, sh_logw = build_shared_candidates(
-                ret, y, 25, 6, UniformSampler(25), gen
+                ret, y, 25, 6, UniformSampler(25), gen, logw_dtype=torch.float64
             )
             _, lse = shared_logits_fwd_ref(
                 *params[:2], params[2], s_ids, s_logw, sh_ids, sh_logw, y
@@ -173,7 +173,8 @@ def test_softcap_matches_float64_formula(path, z, eps):
             reduction="sum",
             generator=torch.Generator().manual_seed(4),
         )
-        ids, logw = build_candidates(ret, y, 25, 6, torch.Generator().manual_seed(4))
+        gen = torch.Generator().manual_seed(4)
+        ids, logw = build_candidates(ret, y, 25, 6, gen, logw_dtype=torch.float64)
         zc = c * torch.tanh(
             (torch.einsum("nd,nmd->nm", params[0], params[1][ids]) + params[2][ids]) / c
         )

@@ -16,6 +16,7 @@ ALLOWED = {
     "kernels": ("kernels", "reference"),
     "checks": (),
     "samplers": (),
+    "nonfinite": (),
     "ops": ("reference", "kernels"),
 }
 

@@ -42,7 +42,8 @@ def test_options_are_frozen_hashable_and_equal_by_value():
     "make, name",
     [
         (lambda: LossOptions(reduction="avg"), "reduction"),
-        (lambda: LossOptions(label_smoothing=1.0), "label_smoothing"),
+        (lambda: LossOptions(label_smoothing=1.5), "label_smoothing"),
+        (lambda: LossOptions(ignore_index=1.0), "ignore_index"),
         (lambda: LossOptions(z_loss=-1.0), "z_loss"),
         (lambda: LossOptions(softcap=True), "softcap"),
         (lambda: SamplingOptions(num_candidates=0), "num_candidates"),
@@ -57,6 +58,16 @@ def test_options_are_frozen_hashable_and_equal_by_value():
 def test_options_validate_themselves_naming_the_option(make, name):
     with pytest.raises(ValueError, match=name):
         make()
+
+
+def test_loss_options_take_numpy_ignore_index_and_full_smoothing():
+    """issue 20: any integer ignore_index (numpy's too, stored as a Python int), and
+    label_smoothing = 1 (torch accepts it: the loss is then the uniform-target term)."""
+    import numpy as np
+
+    opts = LossOptions(ignore_index=np.int64(-1), label_smoothing=1.0)
+    assert opts.ignore_index == -1 and type(opts.ignore_index) is int
+    assert opts == LossOptions(ignore_index=-1, label_smoothing=1.0)
 
 
 def test_constructor_takes_at_most_12_parameters_given_option_objects():

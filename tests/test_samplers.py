@@ -68,7 +68,7 @@ def test_accidental_hits_removed_or_kept():
 
 
 def test_categorical_sampler_validates():
-    with pytest.raises(ValueError, match="non-negative"):
+    with pytest.raises(ValueError, match="> 0 for every class"):
         CategoricalSampler(torch.tensor([1.0, -1.0]))
     with pytest.raises(ValueError, match="shape"):
         SampledSoftmaxLoss(10, 4, sampler=torch.ones(9))

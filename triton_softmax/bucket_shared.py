@@ -9,9 +9,10 @@ import math
 import torch
 
 from .autograd import BucketTileFunction
+from .functional import warn_no_uniform
 from .index.simhash import LSHIndex
 from .reference.bucket_tiles import bucket_tile_lse_bwd_ref, bucket_tile_lse_ref  # noqa: F401
-from .reference.sampled_logits import acc_dtype
+from .reference.sampled_logits import acc_dtype, nan_at_inf_lse
 
 
 def bucket_tile_loss(
@@ -30,7 +31,9 @@ def bucket_tile_loss(
     LSHIndex built on weight (its codes, tables and hyperplanes). The tiles run through
     BucketTileFunction (the Triton kernels on CUDA, the twins above elsewhere); the target and
     shared-T terms are plain torch. Accumulates in fp32 (fp64 for fp64 inputs). With
-    return_lse, returns (loss, log Z-hat) for a z-loss.
+    return_lse, returns (loss, log Z-hat) for a z-loss. A non-finite class row found at the
+    index build makes every row's loss NaN where its logit is NaN/inf, as the searches'
+    candidates do (nonfinite.py). num_uniform=0 warns once (a softmax over S only).
     """
     acc = acc_dtype(hidden.dtype)
     n = weight.shape[0]
@@ -55,6 +58,14 @@ def bucket_tile_loss(
         hit = hit | (t == y.unsqueeze(1))
         logw = math.log(n / num_uniform)
         terms.append(torch.logsumexp((z_t + logw).masked_fill(hit, float("-inf")), 1, True))
+    else:
+        warn_no_uniform(n, n - 1)
     lse = torch.logsumexp(torch.cat(terms, dim=1), dim=1)
-    loss = lse - z_y
+    loss = nan_at_inf_lse(lse - z_y, lse)  # NaN at a +inf logit, as torch
+    if index.any_nonfinite is not None:  # a NaN/inf class at the build: in every row's S
+        c = index.first_nonfinite
+        z_bad = h @ weight[c].to(acc)
+        if bias is not None:
+            z_bad = z_bad + bias[c].to(acc)
+        loss = loss + torch.where(index.any_nonfinite, z_bad * 0.0, 0.0)
     return (loss, lse) if return_lse else loss

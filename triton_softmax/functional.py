@@ -19,6 +19,7 @@ module (loss.py) calls the option-object forms (full_loss, estimator_loss, cache
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import torch
 
@@ -45,8 +46,9 @@ from .samplers import Sampler, make_sampler
 
 def valid_rows(target: torch.Tensor, ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(row_valid (N,) bool, safe_target (N,) int64: ignored rows point at class 0)."""
+    target = target.long()  # uint8/int16: ignore_index would wrap in the comparison
     row_valid = target != ignore_index
-    return row_valid, torch.where(row_valid, target, torch.zeros_like(target)).long()
+    return row_valid, torch.where(row_valid, target, torch.zeros_like(target))
 
 
 def _reduce(loss_rows: torch.Tensor, row_valid: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -81,6 +83,36 @@ def _check_z_loss(z_loss: float) -> float:
 
 def _is_uniform(sampler) -> bool:
     return isinstance(sampler, str) and sampler == "uniform"
+
+
+def _check_explicit(hidden, weight, target, retrieved, bias, loss: LossOptions):
+    """The explicit-candidate entry point's own checks (it is public: bias length, label
+    range and the retrieved ids' shape get a ValueError naming the argument, not an
+    IndexError from a gather)."""
+    N, _, _ = check_inputs(hidden, weight, target, bias, loss)
+    checks.check_tensor("retrieved", retrieved)
+    if retrieved.dim() != 2 or retrieved.shape[0] != N or retrieved.dtype.is_floating_point:
+        raise ValueError(
+            f"retrieved must be (N={N}, R) integer class ids, got shape "
+            f"{tuple(retrieved.shape)}, dtype {retrieved.dtype}"
+        )
+
+
+_WARNED_NO_UNIFORM = False
+
+
+def warn_no_uniform(n: int, width: int) -> None:
+    """num_uniform=0 with |S| < n: a softmax over S only, no longer an estimate of the full
+    loss. Allowed (e.g. for a fixed candidate list), said once per process."""
+    global _WARNED_NO_UNIFORM
+    if width < n and not _WARNED_NO_UNIFORM and not torch.compiler.is_compiling():
+        _WARNED_NO_UNIFORM = True
+        warnings.warn(
+            f"num_uniform=0 with |S| <= {width} of n={n} classes: the loss is a softmax over "
+            "the retrieved candidates only, not an estimate of the full softmax loss (it is "
+            "biased low); set num_uniform > 0 for the estimator",
+            stacklevel=4,
+        )
 
 
 _CHOICES: dict[tuple, Choice] = {}
@@ -164,10 +196,14 @@ def estimator_loss(
     n = weight.shape[0]
     row_valid, safe_target = valid_rows(target, loss.ignore_index)
     num_uniform, sampler = sampling.num_uniform, sampling.sampler
+    if num_uniform == 0:
+        warn_no_uniform(n, retrieved.shape[1] + 1)
+    # log-weights in the accumulation dtype: float64 inputs stay float64 end to end
+    logw_dtype = torch.float64 if hidden.dtype == torch.float64 else torch.float32
     if scheme == "per_example":
         if _is_uniform(sampler):
             cand_ids, cand_logw = candidates.build_candidates(
-                retrieved, safe_target, n, num_uniform, generator
+                retrieved, safe_target, n, num_uniform, generator, logw_dtype=logw_dtype
             )
         else:
             cand_ids, cand_logw = candidates.build_candidates_q(
@@ -178,6 +214,7 @@ def estimator_loss(
                 make_sampler(sampler, n),
                 generator,
                 sampling.remove_accidental_hits,
+                logw_dtype=logw_dtype,
             )
         if torch.compiler.is_compiling():  # opaque custom op: no graph break (dense grads)
             if grad.sparse or loss.z_loss or loss.softcap:
@@ -202,6 +239,7 @@ def estimator_loss(
             generator,
             union=scheme == "batch_union",
             remove_accidental_hits=sampling.remove_accidental_hits,
+            logw_dtype=logw_dtype,
         )
         loss_rows = SharedCandidatesFunction.apply(
             hidden,
@@ -239,7 +277,8 @@ def sampled_softmax_from_candidates(
     """The estimator loss for given retrieved classes S (the target is added, T is drawn).
 
     hidden: (N, d) float; weight: (n, d); target: (N,) int; retrieved: (N, R) int64 class ids,
-    -1 for empty slots (duplicates and the target are dropped). Inputs are assumed validated.
+    -1 for empty slots (duplicates and the target are dropped). Shapes, bias length and the
+    label range are checked (ValueError naming the argument).
 
     scheme: "per_example" (each row its own S and T, gathered: the seeds' method),
     "shared_samples" (own S, one T shared by the batch, scored as a dense product),
@@ -247,13 +286,16 @@ def sampled_softmax_from_candidates(
     sampler: proposal of T: "uniform" (per-example scheme: uniform over the complement of S,
     exact weights), "log_uniform", or class weights (n,); non-uniform proposals get the log-Q
     correction, and draws that hit S get weight 0 unless remove_accidental_hits=False.
-    num_uniform is |T| whatever the proposal. z_loss: adds z_loss * lse^2 per row, lse the
+    num_uniform is |T| whatever the proposal; num_uniform=0 makes the loss a softmax over S
+    only, no longer an estimate of the full loss (biased low unless S covers every class):
+    allowed, with a warning once. z_loss: adds z_loss * lse^2 per row, lse the
     (estimated) log partition function (PaLM's z-loss). softcap c > 0: logits c tanh(z / c)
     (per-example scheme; runs the PyTorch twin, also on CUDA: no kernel implements it yet).
     """
+    loss = LossOptions(reduction, ignore_index, z_loss=z_loss, softcap=softcap)
+    _check_explicit(hidden, weight, target, retrieved, bias, loss)
     if isinstance(sampler, torch.Tensor):
         sampler = make_sampler(sampler, weight.shape[0])
-    loss = LossOptions(reduction, ignore_index, z_loss=z_loss, softcap=softcap)
     sampling = SamplingOptions(
         num_uniform=num_uniform,
         scheme=scheme if scheme in SCHEMES else "per_example",  # estimator_loss names it

@@ -237,6 +237,7 @@ class SampledSoftmaxLoss(nn.Module):
     ) -> Choice:
         """The path this module takes for a batch of `batch` rows (cached per options and
         shape); inference=True: the path `topk` takes."""
+        checks.check_module_weight(self.weight, self.bias, self.manager.rows, self.dim)
         dtype = dtype or self.weight.dtype
         device = torch.device(device) if device is not None else self.weight.device
         return cached_choice(
@@ -255,10 +256,9 @@ class SampledSoftmaxLoss(nn.Module):
     def explain(self, batch: int = 1, dtype: torch.dtype | None = None) -> str:
         """A short account of which path runs for this batch size, and why."""
         c = self.choice(batch, dtype)
-        text = c.explain() + self.manager.explain(c.method)
-        if c.method == "uniform" and self.sampling_options.scheme == "shared_samples":
-            text += "; one T shared by the batch (a dense product), hits on the target removed"
-        return text
+        return c.explain() + self.manager.explain(
+            c.method, self.num_uniform, self.sampling_options.scheme
+        )
 
     # ---- index lifecycle -----------------------------------------------------------------
     @torch.no_grad()
@@ -458,6 +458,10 @@ class SampledSoftmaxLoss(nn.Module):
         return s, i
 
     # ---- state ---------------------------------------------------------------------------
+    def _load_from_state_dict(self, state_dict, prefix, *args) -> None:
+        with self.manager.kept_on_error(args[-1]):  # args[-1]: torch's list of load errors
+            super()._load_from_state_dict(state_dict, prefix, *args)
+
     def get_extra_state(self) -> dict:
         state = dict(self.manager.state_dict(), lsh_bits=self.lsh_bits, lsh_tables=self.lsh_tables)
         if self.sharding is not None:

@@ -15,6 +15,7 @@ SampledSoftmaxLoss and sampled_softmax_cross_entropy are mapped onto them by `fr
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -41,7 +42,7 @@ def _set(obj, name: str, value) -> None:
 @dataclass(frozen=True)
 class LossOptions:
     """reduction none/mean/sum; rows with target == ignore_index get zero loss and gradient;
-    label_smoothing in [0, 1); z_loss >= 0 adds z_loss * lse^2 per row; softcap c > 0 caps
+    label_smoothing in [0, 1]; z_loss >= 0 adds z_loss * lse^2 per row; softcap c > 0 caps
     logits to c tanh(z / c); validate=True checks inputs for NaN/inf (reads them: a sync)."""
 
     reduction: str = "mean"
@@ -53,11 +54,11 @@ class LossOptions:
 
     def __post_init__(self) -> None:
         checks.check_reduction(self.reduction)
-        if isinstance(self.ignore_index, bool) or not isinstance(self.ignore_index, int):
-            raise ValueError(f"ignore_index must be an int, got {self.ignore_index!r}")
+        # any integer (numpy's too, as torch takes), stored as a Python int
+        _set(self, "ignore_index", checks.as_ignore_index(self.ignore_index))
         ls = self.label_smoothing
-        if not (isinstance(ls, (int, float)) and 0.0 <= ls < 1.0):
-            raise ValueError(f"label_smoothing must be a float in [0, 1), got {ls!r}")
+        if not (isinstance(ls, numbers.Real) and not isinstance(ls, bool) and 0.0 <= ls <= 1.0):
+            raise ValueError(f"label_smoothing must be a float in [0, 1], got {ls!r}")
         _set(self, "z_loss", check_nonneg_float("z_loss", self.z_loss))
         _set(self, "softcap", check_nonneg_float("softcap", self.softcap))
 

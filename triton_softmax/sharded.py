@@ -99,6 +99,7 @@ class ShardedPath:
 
     def candidates(self, retrieved, target, ignore_index: int, generator):
         """This rank's (cand_ids local, cand_logw) from its retrieved ids."""
+        target = target.long()  # uint8/int16: ignore_index would wrap in the comparison
         safe = torch.where(target != ignore_index, target, torch.zeros_like(target))
         return build_shard_candidates(
             retrieved, safe, self.shard, self.uniform_counts[self.rank], generator

@@ -9,9 +9,10 @@ only through the CandidateIndex protocol (base.py), so a new generator needs no 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -47,8 +48,18 @@ class IndexManager:
     def seed(self) -> int:
         return self.options.seed
 
-    def explain(self, method: str) -> str:
-        return describe(method, self.rows, self.num_candidates, self.options)
+    def explain(
+        self, method: str, num_uniform: int | None = None, scheme: str | None = None
+    ) -> str:
+        text = describe(method, self.rows, self.num_candidates, self.options)
+        if method == "uniform" and scheme == "shared_samples":
+            text += "; one T shared by the batch (a dense product), hits on the target removed"
+        if method != "full" and num_uniform == 0 and self.num_candidates < self.rows:
+            text += (
+                "; num_uniform=0: a softmax over the retrieved S only, not an estimate of the "
+                "full loss"
+            )
+        return text
 
     # ---- refresh -------------------------------------------------------------------------
     @torch.no_grad()
@@ -147,6 +158,21 @@ class IndexManager:
             refresh_count=self.refresh_count,
             seed=self.seed,
         )
+
+    @contextlib.contextmanager
+    def kept_on_error(self, errors: list) -> Iterator[None]:
+        """Undo a checkpoint load that failed: torch calls set_extra_state even when the
+        module's tensors failed to load (a size mismatch is reported at the end, through
+        `errors`), so the counters, seed, options and index are put back then, and when the
+        load raises: a failed load changes none of them."""
+        saved, before = dict(self.__dict__), len(errors)
+        try:
+            yield
+        except BaseException:
+            self.__dict__.update(saved)
+            raise
+        if len(errors) > before:
+            self.__dict__.update(saved)
 
     def load_state_dict(self, state: dict) -> None:
         self.steps = int(state["steps"])

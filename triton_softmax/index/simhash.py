@@ -19,6 +19,7 @@ import math
 
 import torch
 
+from .. import nonfinite as _nf
 from ..checks import check_int_option
 from ..reference.simhash import (  # noqa: F401  (re-exported: the old lsh.py names)
     bucket_table_ref,
@@ -89,6 +90,8 @@ class LSHIndex:
         self.offsets: torch.Tensor | None = None
         self.has_bias = False
         self.n = 0
+        self.any_nonfinite: torch.Tensor | None = None  # see nonfinite.py
+        self.first_nonfinite: torch.Tensor | None = None
 
     @property
     def built(self) -> bool:
@@ -105,6 +108,8 @@ class LSHIndex:
             self.offsets = self.offsets.to(device)
             self.codes = self.codes.to(device)
             self.max_norm = self.max_norm.to(device)
+            self.any_nonfinite = self.any_nonfinite.to(device)
+            self.first_nonfinite = self.first_nonfinite.to(device)
         return self
 
     def build(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> LSHIndex:
@@ -116,6 +121,9 @@ class LSHIndex:
             raise ValueError(f"weight has d={weight.shape[1]}, index was made for d={self.dim}")
         if self.hyperplanes.device != weight.device:
             self.hyperplanes = self.hyperplanes.to(weight.device)
+        # a NaN/inf class row is hashed as zeros (it would spoil M for every row) and added
+        # to every search instead (nonfinite.py)
+        weight, bias, self.any_nonfinite, self.first_nonfinite = _nf.finite_rows(weight, bias)
         # M with headroom: rows may grow by NORM_HEADROOM before the transform is invalid,
         # so a partial update (update_rows) stays exact while they do
         max_norm = max_row_norm(weight, bias) * NORM_HEADROOM
@@ -140,8 +148,10 @@ class LSHIndex:
 
         if not self.built:
             return False
+        weight, bias, any_bad, first_bad = _nf.finite_rows(weight.detach(), bias)
         if bool(max_row_norm(weight, bias) > self.max_norm):  # one host read per refresh
             return False
+        self.any_nonfinite, self.first_nonfinite = any_bad, first_bad
         rows = rows.to(self.codes.device).long()
         b = bias.detach()[rows] if bias is not None else None
         self.codes[rows] = ops.simhash_codes(
@@ -168,7 +178,7 @@ class LSHIndex:
         ids, _ = lsh_candidates_ref(
             codes.int(), self.sorted_ids, self.offsets, self.num_tables * B, B
         )
-        return ids
+        return _nf.add_nonfinite_class(ids, self.any_nonfinite, self.first_nonfinite)
 
     def union(self, hidden: torch.Tensor) -> torch.Tensor:
         """The CandidateIndex name of search_union."""
@@ -186,7 +196,9 @@ class LSHIndex:
         )
 
     def search(self, hidden: torch.Tensor, num_candidates: int) -> torch.Tensor:
-        """(N, num_candidates) int64 class ids, most collisions first, -1 for empty slots."""
+        """(N, num_candidates) int64 class ids, most collisions first, -1 for empty slots
+        ((N, 1) for num_candidates = 0). A non-finite class row found at build takes every
+        query's last slot (nonfinite.py)."""
         from .. import ops
 
         if not self.built:
@@ -202,4 +214,4 @@ class LSHIndex:
             num_candidates,
             B,
         )
-        return ids
+        return _nf.add_nonfinite_class(ids, self.any_nonfinite, self.first_nonfinite)

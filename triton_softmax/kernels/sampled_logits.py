@@ -134,6 +134,10 @@ def sampled_logits_fwd_kernel(
         z_y += tl.load(b_ptr + y * stride_b).to(tl.float32)
     m = tl.full((), float("-inf"), tl.float32)
     s = tl.zeros((), tl.float32)
+    # the target's logit as the lse sums it (its candidate slot), so a confident row's loss
+    # is exactly 0 even for logits near 1e30; z_y above where the target is no candidate
+    z_y_cand = tl.full((), float("-inf"), tl.float32)
+    hits = tl.zeros((), tl.int32)
     for c0 in range(0, M, BLOCK_C):
         cc = c0 + tl.arange(0, BLOCK_C)
         c_ok = cc < M
@@ -143,14 +147,19 @@ def sampled_logits_fwd_kernel(
         _, z = _candidate_logits(
             h, w_ptr, b_ptr, ids, live, dd, d_ok, stride_wn, stride_wd, stride_b, HAS_BIAS
         )
+        hit = live & (ids == y)
+        z_y_cand = tl.maximum(z_y_cand, tl.max(tl.where(hit, z, float("-inf")), axis=0))
+        hits += tl.sum(hit.to(tl.int32), axis=0)
         zl = tl.where(live, z + logw, float("-inf"))
         m_new = tl.maximum(m, tl.max(zl, axis=0))
         m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # all -inf so far: no rescale
         s = s * tl.exp(m - m_ref) + tl.sum(tl.exp(zl - m_ref), axis=0)
         m = m_new
     lse = m + tl.log(s)  # -inf for a row of padding only, as torch.logsumexp
+    z_y = tl.where(hits > 0, z_y_cand, z_y)
     tl.store(lse_ptr + i, lse)
-    tl.store(loss_ptr + i, lse - z_y)
+    # NaN where lse = +inf (a +inf logit), as torch's log_softmax and the twin
+    tl.store(loss_ptr + i, tl.where(lse == float("inf"), float("nan"), lse - z_y))
 
 
 def _check(hidden, weight, bias, cand_ids, cand_logw, target):

@@ -52,8 +52,28 @@ def sampled_logits_fwd_ref(
     h = hidden.to(acc)
     z = _candidate_logits(h, gather_rows(weight, cand_ids).to(acc), bias, cand_ids, softcap)
     z_t = _target_logit(h, weight[target].to(acc), bias, target, softcap)
+    z_t = target_from_candidates(z, cand_ids, target, z_t)
     lse = torch.logsumexp(z + cand_logw.to(acc), dim=1)
-    return lse - z_t, lse
+    return nan_at_inf_lse(lse - z_t, lse), lse
+
+
+def nan_at_inf_lse(loss: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
+    """NaN where lse = +inf, as torch's log_softmax gives (z - max with max = +inf): a row
+    whose softmax includes a +inf logit has loss NaN on every path, not +inf."""
+    return torch.where(lse == float("inf"), torch.full_like(loss, float("nan")), loss)
+
+
+def target_from_candidates(
+    z: torch.Tensor, cand_ids: torch.Tensor, target: torch.Tensor, z_t: torch.Tensor
+) -> torch.Tensor:
+    """The target's logit read from z (N, M) where the target is a candidate, else z_t (N,).
+
+    The lse sums exactly these values, so a confident row's loss lse - z_y is 0 (as torch's)
+    even where float32 logits near 1e30 make a separately reduced dot product differ from
+    z's entry by ulps of 1e30 (~1e23)."""
+    hit = cand_ids == target.unsqueeze(1)
+    pos = hit.to(torch.uint8).argmax(dim=1, keepdim=True)
+    return torch.where(hit.any(dim=1), z.gather(1, pos).squeeze(1), z_t)
 
 
 def cap_logits(z: torch.Tensor, softcap: float) -> torch.Tensor:
