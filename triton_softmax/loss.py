@@ -22,9 +22,6 @@ from .drift import DriftMonitor
 from .functional import (  # noqa: F401  (re-exported: the old loss.py names)
     BUCKET_IMPLS,
     SCHEMES,
-    _check_softcap,
-    _check_z_loss,
-    _is_uniform,
     _reduce,
     cached_choice,
     check_inputs,
