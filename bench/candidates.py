@@ -38,7 +38,7 @@ from triton_softmax import faiss_available
 from triton_softmax.faiss_index import FaissIndex, default_nlist
 from triton_softmax.index.clusters import ClusterIndex
 from triton_softmax.index.query_clusters import QueryClusterIndex
-from triton_softmax.index.simhash import SimHashIndex
+from triton_softmax.index.simhash_rerank import SimHashIndex
 from triton_softmax.loss import make_index
 
 S_MINUS_1 = 63  # |S| - 1 ids per query, as the accuracy recipe (|S| = 64 with the target)

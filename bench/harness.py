@@ -44,9 +44,12 @@ from . import peers
 
 # "<path>_shared": the same path with candidate_scheme="shared_samples" (one T per batch,
 # scored as a dense product) instead of the per-example T of the seeds' method.
-OUR_PATHS = ("full", "faiss", "lsh", "faiss_shared", "lsh_shared")
+OUR_PATHS = ("full", "faiss", "lsh", "faiss_shared", "lsh_shared", "uniform", "uniform_shared")
 PEER_PATHS = ("torch", "torch_compile", "cce", "liger")
-ALL_METHODS = OUR_PATHS + PEER_PATHS
+# the hand-written shared-negative sampled softmax (bench/baselines.py): K = 1024 negatives,
+# and K chosen by bench.sweep to match the library's lsh step time in the same run
+BASELINE_PATHS = ("shared_neg1024", "shared_neg_matched")
+ALL_METHODS = OUR_PATHS + PEER_PATHS + BASELINE_PATHS
 BASELINE = "torch"
 # Hidden states are planted near their target's weight row (h = PLANT * w_y / |w_y| + noise),
 # as in a trained model where the target is among the top logits; see make_problem.
@@ -354,7 +357,7 @@ class OursRunner(Runner):
             method=base,
             num_candidates=num_candidates,
             num_uniform=num_uniform,
-            sparse_grad=base in ("faiss", "lsh"),
+            sparse_grad=base in ("faiss", "lsh", "uniform"),
             candidate_scheme="shared_samples" if shared else "per_example",
             seed=seed,
         )
@@ -457,8 +460,11 @@ def make_runner(
     num_uniform: int = 512,
     lr: float = 0.1,
     seed: int = 0,
+    num_negatives: int | None = None,
 ):
-    """(runner, None, None), or (None, "skipped", reason) for a peer that cannot run here."""
+    """(runner, None, None), or (None, "skipped", reason) for a peer that cannot run here.
+
+    num_negatives: K of the shared-negative baselines (default 1024, at most n - 1)."""
     if method in OUR_PATHS:
         return (
             OursRunner(
@@ -472,6 +478,18 @@ def make_runner(
             None,
             None,
         )
+    if method in BASELINE_PATHS:
+        from .baselines import shared_negative_loss
+
+        K = min(num_negatives or 1024, problem.n - 1)
+        gen = torch.Generator().manual_seed(seed)
+
+        def loss_fn(h, w, y):
+            return shared_negative_loss(h, w, y, K, gen)
+
+        runner = PeerRunner(method, loss_fn, problem, lr=lr)
+        runner.num_negatives = K
+        return runner, None, None
     if method == "torch":
         return PeerRunner(method, peers.plain_torch_loss, problem, lr=lr), None, None
     if method == "torch_compile":

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import gc
-import inspect
 import json
 import math
 import sys
@@ -38,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from triton_softmax import SampledSoftmaxLoss, make_index, ops, recall_at_k
+from triton_softmax import IndexOptions, make_index, ops, recall_at_k
 from triton_softmax import candidates as _cand
 from triton_softmax import estimator as _est
 from triton_softmax.lsh import LSHIndex, default_max_per_bucket, max_row_norm
@@ -48,7 +47,7 @@ from .harness import ALL_METHODS, BASELINE, OUR_PATHS, OursRunner, Problem
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-DEFAULT_REFRESH_EVERY = inspect.signature(SampledSoftmaxLoss).parameters["refresh_every"].default
+DEFAULT_REFRESH_EVERY = IndexOptions().refresh_every
 STATUSES = ("ok", "skipped", "oom", "failed")
 
 
@@ -262,6 +261,14 @@ def run_method(method: str, problem: Problem, args, peaks: dict | None, emit) ->
         return emit(rec)
     runner = None
     try:
+        K = None
+        if method == "shared_neg_matched":
+            target_ms = getattr(args, "lsh_ms", {}).get((problem.n, problem.d, problem.N))
+            if target_ms is None:
+                rec.update(status="skipped", reason="no lsh step time in this run to match")
+                return emit(rec)
+            K = match_negatives(problem, target_ms, args)
+            rec.update(matched_to="lsh", matched_to_ms=target_ms)
         runner, status, reason = harness.make_runner(
             method,
             problem,
@@ -269,10 +276,13 @@ def run_method(method: str, problem: Problem, args, peaks: dict | None, emit) ->
             num_uniform=args.num_uniform,
             lr=args.lr,
             seed=args.seed,
+            num_negatives=K,
         )
         if runner is None:
             rec.update(status=status, reason=reason)
             return emit(rec)
+        if method in harness.BASELINE_PATHS:
+            rec["num_negatives"] = runner.num_negatives
         rec.update(
             resolved_method=runner.resolved, explain=runner.explain, compile_s=runner.compile_s
         )
@@ -330,6 +340,29 @@ def run_method(method: str, problem: Problem, args, peaks: dict | None, emit) ->
     return emit(rec)
 
 
+def match_negatives(problem: Problem, target_ms: float, args) -> int:
+    """K at which the shared-negative baseline's step takes target_ms: its step time at
+    K = 1024, 2048, ... (3 repeats each) until it passes target_ms or K reaches n - 1, then
+    linear interpolation between the last two points."""
+    pts: list[tuple[int, float]] = []
+    K = min(1024, problem.n - 1)
+    while True:
+        runner = harness.make_runner(
+            "shared_neg1024", problem, lr=args.lr, seed=args.seed, num_negatives=K
+        )[0]
+        t = harness.time_fn(runner.step, problem.device, warmup=1, repeats=3)["median_ms"]
+        pts.append((K, t))
+        del runner
+        if t >= target_ms or K >= problem.n - 1:
+            break
+        K = min(2 * K, problem.n - 1)
+    if len(pts) == 1 or pts[-1][1] < target_ms:
+        return pts[-1][0] if pts[-1][1] < target_ms else pts[0][0]
+    (k0, t0), (k1, t1) = pts[-2], pts[-1]
+    frac = (target_ms - t0) / max(t1 - t0, 1e-9)
+    return int(min(problem.n - 1, max(1, round(k0 + frac * (k1 - k0)))))
+
+
 def _time_refresh(runner: OursRunner, problem: Problem, args, rec: dict) -> None:
     """Index build time (first build, then repeats while under the budget)."""
     times = []
@@ -369,8 +402,8 @@ def _recall(runner: OursRunner, problem: Problem, args, rec: dict) -> None:
 
 # ---- roofline: each kernel/op on the runner's own state -----------------------------------
 def _roofline(runner, problem: Problem, args, peaks: dict, emit) -> None:
-    if not isinstance(runner, OursRunner):
-        return
+    if not isinstance(runner, OursRunner) or runner.resolved.startswith("uniform"):
+        return  # uniform: no index, no roofline model of its own
     dev, dname = problem.device, _dtype_name(problem.dtype)
     N, n, d = problem.N, problem.n, problem.d
     s = torch.empty((), dtype=problem.dtype).element_size()
@@ -604,6 +637,8 @@ def main(argv=None) -> int:
         for m in args.methods:
             bar.set_description(f"{dt} d={d} N={N} n={n:.0e} {m}")
             rec = run_method(m, problem, args, peaks, emit)
+            if m == "lsh" and rec["status"] == "ok":  # what shared_neg_matched matches
+                args.lsh_ms = {**getattr(args, "lsh_ms", {}), (n, d, N): rec["median_ms"]}
             bar.update(1)
             if rec["status"] != "ok":
                 bar.write(f"[bench] n={n} {m}: {rec['status']}: {rec.get('reason')}")

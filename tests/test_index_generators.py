@@ -1,4 +1,4 @@
-"""The reranked candidate generators of issue 18 (index/clusters.py, index/simhash.py)."""
+"""The reranked candidate generators of issue 18 (index/clusters.py, index/simhash_rerank.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from triton_softmax.index.clusters import ClusterIndex
 from triton_softmax.index.generators import make_generator
 from triton_softmax.index.query_clusters import QueryClusterIndex
 from triton_softmax.index.rerank import dedupe_rows, rerank_union
-from triton_softmax.index.simhash import SimHashIndex
+from triton_softmax.index.simhash_rerank import SimHashIndex
 from triton_softmax.loss import exact_topk, make_index
 
 GENERATORS = {
@@ -95,7 +95,9 @@ def test_masked_classes_never_enter_s(name):
 
 
 @pytest.mark.parametrize("name", list(GENERATORS))
-def test_nan_row_raises_with_validate_and_is_left_out_otherwise(name):
+def test_nan_row_raises_with_validate_and_is_in_every_search_otherwise(name):
+    """Left out of the lists, and (nonfinite.py: every index's rule) put into every search and
+    union, in the last slot, so a row's loss is NaN where torch's is."""
     w = torch.randn(300, 8)
     w[7, 3] = float("nan")
     with pytest.raises(ValueError, match="weight"):
@@ -105,7 +107,8 @@ def test_nan_row_raises_with_validate_and_is_left_out_otherwise(name):
     h = torch.randn(6, 8)
     ids = index.search(h, 64)
     _valid_distinct(ids, 300, 64)
-    assert not bool((ids == 7).any())
+    assert bool((ids[:, -1] == 7).all()) and not bool((ids[:, :-1] == 7).any())
+    assert bool((index.union(h) == 7).any(dim=1).all())
 
 
 def test_rerank_union_is_the_exact_top_k_of_the_union():
@@ -270,14 +273,17 @@ def test_module_masked_bias_and_nan_rows():
     assert bool((ids >= 300).all())
     with torch.no_grad():
         layer.weight[400, 0] = float("nan")
-    layer.refresh()  # without validate: the row is left out and explain() says so
-    assert not bool((layer.index.search(h, 15) == 400).any())
+    layer.refresh()  # without validate: out of the lists, explain() says so, and (nonfinite.py,
+    # the rule of every index) the NaN class is in every search, so the loss is NaN as torch's
+    found = layer.index.search(h, 15)
+    assert bool((found[:, -1] == 400).all()) and int((found == 400).sum()) == 8
     assert "301 rows non-finite or masked" in layer.explain(8)
+    assert torch.isnan(layer(h, y))
     strict = SampledSoftmaxLoss(n, d, method="lsh", num_candidates=16, validate=True)
     with torch.no_grad():
         strict.weight[3, 1] = float("nan")
     with pytest.raises(ValueError, match="weight"):
-        strict.refresh()
+        strict(h, y)
 
 
 def test_clusters_checkpoint_restores_warm_refreshed_lists():

@@ -12,7 +12,6 @@ from collections import Counter
 import pytest
 import torch
 
-from triton_softmax import ops
 from triton_softmax.kernels import _utils
 from triton_softmax.kernels.bucket_lookup import lsh_candidates, lsh_query
 from triton_softmax.lsh import (
@@ -21,6 +20,7 @@ from triton_softmax.lsh import (
     make_hyperplanes,
     simhash_codes_ref,
 )
+from triton_softmax.reference.simhash import lsh_query_ref
 
 
 @pytest.fixture(autouse=True)
@@ -132,7 +132,7 @@ def test_fused_lsh_query_matches_hash_then_lookup(dtype, bias):
     q = simhash_codes_ref(h, planes, bias, None)
     want_ids, want_coll = direct(q, sorted_ids, offsets, C, B)
     assert torch.equal(ids, want_ids) and torch.equal(coll, want_coll)
-    check_against_twin(ids, coll, *ops._lsh_query_ref(h, planes, bias, sorted_ids, offsets, C, B))
+    check_against_twin(ids, coll, *lsh_query_ref(h, planes, bias, sorted_ids, offsets, C, B))
 
 
 def test_lsh_query_rejects_mismatched_tables():

@@ -7,15 +7,20 @@ Public API:
   LSHIndex, FaissIndex            the candidate indexes
   exact_topk, rerank_topk, recall_at_k   inference helpers
   choose_method, explain          the dispatcher behind method="auto"
-  ShardedSampledSoftmaxLoss       the class-sharded module (triton_softmax.distributed)
+  ShardedSampledSoftmaxLoss       SampledSoftmaxLoss(shard=ShardSpec(group)) under its old name
+  LossOptions, SamplingOptions, IndexOptions, DriftOptions, GradOptions, ShardSpec
+                                  the module's and dispatcher's option objects (options.py)
   UniformSampler, LogUniformSampler, CategoricalSampler   proposals for T (log-Q corrected)
+  FusedSparseAdam                 torch.optim.SparseAdam in one fused pass over touched rows
 """
 
+from . import _compat
 from .dispatch import Choice, choose_method, explain
-from .distributed import ShardedSampledSoftmaxLoss
-from .faiss_index import FaissIndex, faiss_available
+from .index.faiss import FaissIndex, faiss_available
+from .index.simhash import LSHIndex
 from .loss import (
     SampledSoftmaxLoss,
+    ShardedSampledSoftmaxLoss,
     exact_topk,
     make_index,
     recall_at_k,
@@ -23,13 +28,28 @@ from .loss import (
     sampled_softmax_cross_entropy,
     sampled_softmax_from_candidates,
 )
-from .lsh import LSHIndex
+from .optim import FusedSparseAdam
+from .options import (
+    DriftOptions,
+    GradOptions,
+    IndexOptions,
+    LossOptions,
+    SamplingOptions,
+    ShardSpec,
+)
 from .samplers import CategoricalSampler, LogUniformSampler, UniformSampler
 
 __all__ = [
     "CategoricalSampler",
     "Choice",
+    "DriftOptions",
+    "GradOptions",
+    "IndexOptions",
+    "LossOptions",
+    "SamplingOptions",
+    "ShardSpec",
     "FaissIndex",
+    "FusedSparseAdam",
     "LSHIndex",
     "LogUniformSampler",
     "SampledSoftmaxLoss",
@@ -46,3 +66,5 @@ __all__ = [
     "sampled_softmax_from_candidates",
 ]
 __version__ = "0.1.0"
+
+_compat.install(__name__)  # triton_softmax.lsh, .faiss_index, .estimator, .full, .bucket_tiles

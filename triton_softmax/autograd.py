@@ -1,12 +1,45 @@
-"""torch.autograd.Functions tying the kernels (or their twins, see ops.py) into the graph."""
+"""torch.autograd.Functions tying the kernels (or their twins, see ops.py) into the graph.
+
+Each loss Function takes its tensors and one LossParams (label smoothing, z-loss, softcap,
+sparse / deterministic gradients); the old trailing positional flags are still accepted
+(LossParams.from_flags). The z-loss is added in one place (_add_z_loss) and its gradient
+fixed up in one place per gradient layout (_z_loss_scale, then _fix_target_term on candidate
+coefficients or _fix_dense_target_terms on dense gradients).
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from . import estimator as _est
-from . import full as _full
 from . import ops
+from .reference import sampled_logits as _est
+
+
+@dataclass(frozen=True)
+class LossParams:
+    """The non-tensor inputs of the loss Functions."""
+
+    label_smoothing: float = 0.0
+    z_loss: float = 0.0
+    softcap: float = 0.0
+    sparse_grad: bool = False
+    deterministic: bool = False
+
+    @classmethod
+    def from_flags(cls, flags: tuple, names: tuple[str, ...]) -> LossParams:
+        """(params,) or the old positional flags, named by `names`, as one LossParams."""
+        if len(flags) == 1 and isinstance(flags[0], LossParams):
+            return flags[0]
+        if len(flags) != len(names):
+            raise TypeError(f"expected a LossParams or the flags {names}, got {len(flags)}")
+        return cls(**dict(zip(names, flags)))
+
+
+def _add_z_loss(loss: torch.Tensor, lse: torch.Tensor, z_loss: float) -> torch.Tensor:
+    """PaLM's z-loss: loss + z_loss * lse^2 per row (nothing when z_loss is 0)."""
+    return loss + z_loss * lse.square() if z_loss else loss
 
 
 class SampledSoftmaxFunction(torch.autograd.Function):
@@ -18,30 +51,19 @@ class SampledSoftmaxFunction(torch.autograd.Function):
     deterministic: dense dW by sort + segment-reduce instead of atomics (Triton path).
     """
 
+    FLAGS = ("sparse_grad", "deterministic", "z_loss", "softcap")  # the old positional flags
+
     @staticmethod
-    def forward(
-        ctx,
-        hidden,
-        weight,
-        bias,
-        cand_ids,
-        cand_logw,
-        target,
-        sparse_grad,
-        deterministic,
-        z_loss,
-        softcap,
-    ):
-        if softcap:  # soft-capping runs the twin (the kernels do not implement it)
-            loss, lse = _est.sampled_logits_fwd_ref(
-                hidden, weight, bias, cand_ids, cand_logw, target, softcap
-            )
-        else:
-            loss, lse = ops.sampled_logits_fwd(hidden, weight, bias, cand_ids, cand_logw, target)
+    def forward(ctx, hidden, weight, bias, cand_ids, cand_logw, target, *params):
+        p = LossParams.from_flags(params, SampledSoftmaxFunction.FLAGS)
+        # soft-capping runs the twin (ops: no kernel implements it)
+        loss, lse = ops.sampled_logits_fwd(
+            hidden, weight, bias, cand_ids, cand_logw, target, p.softcap
+        )
         ctx.save_for_backward(hidden, weight, bias, cand_ids, cand_logw, target, lse)
-        ctx.sparse_grad, ctx.deterministic, ctx.z_loss = sparse_grad, deterministic, z_loss
-        ctx.softcap = softcap
-        return loss + z_loss * lse.square() if z_loss else loss
+        ctx.sparse_grad, ctx.deterministic, ctx.z_loss = p.sparse_grad, p.deterministic, p.z_loss
+        ctx.softcap, ctx.num_params = p.softcap, len(params)
+        return _add_z_loss(loss, lse, p.z_loss)
 
     @staticmethod
     def backward(ctx, grad_loss):
@@ -50,7 +72,7 @@ class SampledSoftmaxFunction(torch.autograd.Function):
         dh = dW = db = None
         g_p, delta = _z_loss_scale(grad_loss, lse, ctx.z_loss)
         if ctx.softcap:  # the twin takes the target term's gradient directly
-            coef, ids, dh = _est.sampled_logits_bwd_ref(
+            coef, ids, dh = ops.sampled_logits_bwd(
                 g_p,
                 hidden,
                 weight,
@@ -82,7 +104,7 @@ class SampledSoftmaxFunction(torch.autograd.Function):
                 dW = dW.to(weight.dtype)
         if bias is not None and ctx.needs_input_grad[2]:
             db = _est.scatter_grad_bias_ref(coef, ids, n, ctx.sparse_grad).to(bias.dtype)
-        return dh, dW, db, None, None, None, None, None, None, None
+        return (dh, dW, db, None, None, None) + (None,) * ctx.num_params
 
 
 def _z_loss_scale(grad_loss, lse, z_loss):
@@ -108,21 +130,40 @@ def _fix_target_term(coef, dh, delta, weight, target):
     return coef, dh
 
 
+def _fix_dense_target_terms(dh, dW, db, delta, hidden, weight, target, eps):
+    """_fix_target_term for dense gradients: the kernels scaled the one-hot and smoothing
+    terms by g_p too; they take g: add delta ((1 - eps) 1[j = y] + eps / n) back to dz."""
+    if delta is None:
+        return dh, dW, db
+    n = weight.shape[0]
+    acc = dh.dtype
+    h = hidden.to(acc)
+    dh = dh + (1.0 - eps) * delta.unsqueeze(1) * weight[target].to(acc)
+    dW = dW.index_add(0, target, (1.0 - eps) * delta.unsqueeze(1) * h)
+    if db is not None:
+        db = db.index_add(0, target, (1.0 - eps) * delta)
+    if eps:
+        dh = dh + (eps / n) * delta.unsqueeze(1) * weight.to(acc).sum(0)
+        dW = dW + (eps / n) * (delta.unsqueeze(1) * h).sum(0)
+        if db is not None:
+            db = db + (eps / n) * delta.sum()
+    return dh, dW, db
+
+
 class ChunkedCrossEntropyFunction(torch.autograd.Function):
     """Exact per-example cross-entropy (N,) fp32 (fp64 for fp64) without an (N, n) logits tensor."""
 
+    FLAGS = ("label_smoothing", "z_loss", "softcap", "sparse_grad")  # the old positional flags
+
     @staticmethod
-    def forward(ctx, hidden, weight, bias, target, label_smoothing, z_loss, softcap, sparse_grad):
-        if softcap:  # soft-capping runs the chunked twin (the fused kernel does not implement it)
-            loss, lse = _full.chunked_ce_fwd_ref(
-                hidden, weight, bias, target, label_smoothing, softcap=softcap
-            )
-        else:
-            loss, lse = ops.chunked_ce_fwd(hidden, weight, bias, target, label_smoothing)
+    def forward(ctx, hidden, weight, bias, target, *params):
+        p = LossParams.from_flags(params, ChunkedCrossEntropyFunction.FLAGS)
+        # soft-capping runs the chunked twin (ops: the fused kernel does not implement it)
+        loss, lse = ops.linear_ce_fwd(hidden, weight, bias, target, p.label_smoothing, p.softcap)
         ctx.save_for_backward(hidden, weight, bias, target, lse)
-        ctx.label_smoothing, ctx.z_loss, ctx.softcap = label_smoothing, z_loss, softcap
-        ctx.sparse_grad = sparse_grad
-        return loss + z_loss * lse.square() if z_loss else loss
+        ctx.label_smoothing, ctx.z_loss, ctx.softcap = p.label_smoothing, p.z_loss, p.softcap
+        ctx.sparse_grad, ctx.num_params = p.sparse_grad, len(params)
+        return _add_z_loss(loss, lse, p.z_loss)
 
     @staticmethod
     def backward(ctx, grad_loss):
@@ -130,7 +171,7 @@ class ChunkedCrossEntropyFunction(torch.autograd.Function):
         eps = ctx.label_smoothing
         g_p, delta = _z_loss_scale(grad_loss, lse, ctx.z_loss)
         if ctx.softcap:  # the twin takes the one-hot terms' gradient directly
-            dh, dW, db = _full.chunked_ce_bwd_ref(
+            dh, dW, db = ops.linear_ce_bwd(
                 g_p,
                 hidden,
                 weight,
@@ -143,29 +184,15 @@ class ChunkedCrossEntropyFunction(torch.autograd.Function):
             )
             delta = None
         else:
-            dh, dW, db = ops.chunked_ce_bwd(g_p, hidden, weight, bias, target, lse, eps)
-        if delta is not None:
-            # the kernels scaled the one-hot and smoothing terms by g_p too; they take g:
-            # add delta ((1 - eps) 1[j = y] + eps / n) back to dz
-            n = weight.shape[0]
-            acc = dh.dtype
-            h = hidden.to(acc)
-            dh = dh + (1.0 - eps) * delta.unsqueeze(1) * weight[target].to(acc)
-            dW = dW.index_add(0, target, (1.0 - eps) * delta.unsqueeze(1) * h)
-            if db is not None:
-                db = db.index_add(0, target, (1.0 - eps) * delta)
-            if eps:
-                dh = dh + (eps / n) * delta.unsqueeze(1) * weight.to(acc).sum(0)
-                dW = dW + (eps / n) * (delta.unsqueeze(1) * h).sum(0)
-                if db is not None:
-                    db = db + (eps / n) * delta.sum()
+            dh, dW, db = ops.linear_ce_bwd(g_p, hidden, weight, bias, target, lse, eps)
+        dh, dW, db = _fix_dense_target_terms(dh, dW, db, delta, hidden, weight, target, eps)
         dh = dh.to(hidden.dtype) if ctx.needs_input_grad[0] else None
         dW = dW.to(weight.dtype) if ctx.needs_input_grad[1] else None
         db = db.to(bias.dtype) if (bias is not None and ctx.needs_input_grad[2]) else None
         if ctx.sparse_grad:  # every row: sparse only so that sparse optimizers accept it
             dW = dW.to_sparse() if dW is not None else None
             db = db.to_sparse() if db is not None else None
-        return dh, dW, db, None, None, None, None, None
+        return (dh, dW, db, None) + (None,) * ctx.num_params
 
 
 class SharedCandidatesFunction(torch.autograd.Function):
@@ -180,20 +207,11 @@ class SharedCandidatesFunction(torch.autograd.Function):
     sparse like SampledSoftmaxFunction.
     """
 
+    FLAGS = ("sparse_grad", "z_loss")  # the old positional flags
+
     @staticmethod
-    def forward(
-        ctx,
-        hidden,
-        weight,
-        bias,
-        s_ids,
-        s_logw,
-        shared_ids,
-        shared_logw,
-        target,
-        sparse_grad,
-        z_loss,
-    ):
+    def forward(ctx, hidden, weight, bias, s_ids, s_logw, shared_ids, shared_logw, target, *params):
+        p = LossParams.from_flags(params, SharedCandidatesFunction.FLAGS)
         _, lse_s = ops.sampled_logits_fwd(hidden, weight, bias, s_ids, s_logw, target)
         acc = lse_s.dtype
         z_y = (weight[target].to(acc) * hidden.to(acc)).sum(1)  # direct: lse_S may be -inf
@@ -203,17 +221,17 @@ class SharedCandidatesFunction(torch.autograd.Function):
         z_sh = hidden.to(acc) @ w_sh.T  # (N, M)
         if bias is not None:
             z_sh = z_sh + bias[shared_ids].to(acc)
-        lse = torch.logaddexp(lse_s, torch.logsumexp(z_sh + shared_logw.to(acc), dim=1))
+        z_sh = z_sh.add_(shared_logw.to(acc))  # weighted logits: all the backward needs
+        lse = torch.logaddexp(lse_s, torch.logsumexp(z_sh, dim=1))
         ctx.save_for_backward(
-            hidden, weight, bias, s_ids, s_logw, shared_ids, shared_logw, target, lse, z_sh
+            hidden, weight, bias, s_ids, s_logw, shared_ids, shared_logw, target, lse, z_sh, w_sh
         )
-        ctx.sparse_grad, ctx.z_loss = sparse_grad, z_loss
-        loss = lse - z_y
-        return loss + z_loss * lse.square() if z_loss else loss
+        ctx.sparse_grad, ctx.z_loss, ctx.num_params = p.sparse_grad, p.z_loss, len(params)
+        return _add_z_loss(lse - z_y, lse, p.z_loss)
 
     @staticmethod
     def backward(ctx, grad_loss):
-        (hidden, weight, bias, s_ids, s_logw, shared_ids, shared_logw, target, lse, z_sh) = (
+        (hidden, weight, bias, s_ids, s_logw, shared_ids, shared_logw, target, lse, z_sh, w_sh) = (
             ctx.saved_tensors
         )
         n, d = weight.shape
@@ -223,23 +241,16 @@ class SharedCandidatesFunction(torch.autograd.Function):
             g_p, hidden, weight, bias, s_ids, s_logw, target, lse
         )
         coef, dh = _fix_target_term(coef, dh, delta, weight, target)
-        coef_sh = g_p.to(acc).unsqueeze(1) * torch.exp(
-            z_sh + shared_logw.to(acc) - lse.unsqueeze(1)
-        )
-        w_sh = weight[shared_ids].to(acc)
-        dh = dh + coef_sh @ w_sh
+        coef_sh = torch.sub(z_sh, lse.unsqueeze(1)).exp_()  # z_sh holds z + log w
+        coef_sh.mul_(g_p.to(acc).unsqueeze(1))
+        dh = dh + coef_sh @ w_sh  # w_sh: the shared rows gathered in forward
         rows_sh = coef_sh.T @ hidden.to(acc)  # (M, d)
         dW = db = None
         if ctx.needs_input_grad[1]:
             if ctx.sparse_grad:
-                part = _est.sparse_grad_weight_ref(coef, ids, hidden, n, weight.dtype)
-                sh = torch.sparse_coo_tensor(
-                    shared_ids.unsqueeze(0),
-                    rows_sh.to(weight.dtype),
-                    (n, d),
-                    check_invariants=False,
+                dW = _est.sparse_grad_weight_ref(
+                    coef, ids, hidden, n, weight.dtype, shared_ids, rows_sh
                 )
-                dW = part + sh
             else:
                 dW = ops.scatter_grad_weight(coef, ids, hidden, n, False)
                 dW = dW.index_add_(0, shared_ids, rows_sh.to(dW.dtype)).to(weight.dtype)
@@ -253,7 +264,7 @@ class SharedCandidatesFunction(torch.autograd.Function):
             else:
                 db = db.index_add_(0, shared_ids, db_sh)
             db = db.to(bias.dtype)
-        return dh.to(hidden.dtype), dW, db, None, None, None, None, None, None, None
+        return (dh.to(hidden.dtype), dW, db) + (None,) * (5 + ctx.num_params)
 
 
 class BucketTileFunction(torch.autograd.Function):

@@ -4,6 +4,7 @@ Every example gets a fixed-width row of candidates, so nothing downstream is rag
 
     cand_ids  (N, R + 1 + T) int64   [ retrieved S (R, deduped) | target | T uniform draws ]
     cand_logw (N, R + 1 + T) float32 log of the estimator weight; -inf marks padding
+                                     (logw_dtype=torch.float64 for float64 inputs)
 
 with weight 1 on S and (n - |S_i|) / |T| on T, where |S_i| counts the valid entries of S for
 example i (the target included). T is drawn uniformly *with replacement* from the classes not
@@ -78,6 +79,7 @@ def build_candidates(
     num_uniform: int,
     generator: torch.Generator | None = None,
     target_valid: torch.Tensor | None = None,
+    logw_dtype: torch.dtype = torch.float32,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Assemble (cand_ids, cand_logw) from retrieved ids; see the module docstring.
 
@@ -90,25 +92,17 @@ def build_candidates(
     device = retrieved.device
     s_ids, s_valid = _prepare_s(retrieved, target, n, target_valid)
     t_ids, comp = sample_complement(s_ids, s_valid, n, num_uniform, generator)
-    zero = torch.zeros((), dtype=torch.float32, device=device)
-    ninf = torch.full((), float("-inf"), dtype=torch.float32, device=device)
+    zero = torch.zeros((), dtype=logw_dtype, device=device)
+    ninf = torch.full((), float("-inf"), dtype=logw_dtype, device=device)
     s_logw = torch.where(s_valid, zero, ninf)
     if num_uniform:
-        t_logw = torch.log(comp.float() / num_uniform).unsqueeze(1).expand(N, num_uniform)
+        t_logw = torch.log(comp.to(logw_dtype) / num_uniform).unsqueeze(1).expand(N, num_uniform)
         t_ids = torch.where(comp.unsqueeze(1) > 0, t_ids, s_ids[:, -1:])
         cand_ids = torch.cat([s_ids, t_ids], dim=1)
         cand_logw = torch.cat([s_logw, t_logw], dim=1)
     else:
         cand_ids, cand_logw = s_ids, s_logw
     return cand_ids.contiguous(), cand_logw.contiguous()
-
-
-def all_classes_candidates(
-    N: int, n: int, target: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The degenerate candidate set S = all classes (the estimator is then the exact loss)."""
-    ids = torch.arange(n, device=target.device).unsqueeze(0).expand(N, n).contiguous()
-    return ids, torch.zeros(N, n, dtype=torch.float32, device=target.device)
 
 
 def _prepare_s(
@@ -132,6 +126,9 @@ def _in_rows(
     members: torch.Tensor, member_valid: torch.Tensor, queries: torch.Tensor
 ) -> torch.Tensor:
     """(N, Q) bool: is queries[i, q] among the valid members[i, :]?  (sort + searchsorted)"""
+    if members.shape[1] <= 4:  # e.g. S = {target}: a broadcast compare beats a batched search
+        eq = queries.unsqueeze(2) == members.unsqueeze(1)
+        return (eq & member_valid.unsqueeze(1)).any(2)
     big = torch.iinfo(torch.int64).max
     s_sorted, _ = torch.sort(torch.where(member_valid, members, torch.full_like(members, big)), 1)
     pos = torch.searchsorted(s_sorted, queries.contiguous()).clamp_max(s_sorted.shape[1] - 1)
@@ -152,6 +149,7 @@ def build_candidates_q(
     sampler,
     generator: torch.Generator | None = None,
     remove_accidental_hits: bool = True,
+    logw_dtype: torch.dtype = torch.float32,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-example S + T drawn i.i.d. from a proposal q, log-Q corrected (see samplers.py).
 
@@ -159,10 +157,10 @@ def build_candidates_q(
     """
     s_ids, s_valid = _prepare_s(retrieved, target, n)
     N = s_ids.shape[0]
-    zero = torch.zeros((), dtype=torch.float32, device=s_ids.device)
+    zero = torch.zeros((), dtype=logw_dtype, device=s_ids.device)
     s_logw = torch.where(s_valid, zero, torch.full_like(zero, float("-inf")))
     t_ids = sampler.sample((N, num_samples), generator=generator, device=s_ids.device)
-    t_logw = sampler.log_q(t_ids).neg() - math.log(max(num_samples, 1))
+    t_logw = sampler.log_q(t_ids).to(logw_dtype).neg() - math.log(max(num_samples, 1))
     t_logw = _hit_logw(t_logw, _in_rows(s_ids, s_valid, t_ids), remove_accidental_hits)
     return torch.cat([s_ids, t_ids], 1).contiguous(), torch.cat([s_logw, t_logw], 1).contiguous()
 
@@ -176,6 +174,7 @@ def build_shared_candidates(
     generator: torch.Generator | None = None,
     union: bool = False,
     remove_accidental_hits: bool = True,
+    logw_dtype: torch.dtype = torch.float32,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Candidates shared by the whole batch, scored as one dense (N, M) product.
 
@@ -189,19 +188,21 @@ def build_shared_candidates(
     s_ids, s_valid = _prepare_s(retrieved, target, n)
     N, device = s_ids.shape[0], s_ids.device
     t_ids = sampler.sample((num_samples,), generator=generator, device=device)
-    t_logw = (sampler.log_q(t_ids).neg() - math.log(max(num_samples, 1))).expand(N, -1)
-    ninf = torch.full((), float("-inf"), device=device)
+    t_logw = sampler.log_q(t_ids).to(logw_dtype).neg() - math.log(max(num_samples, 1))
+    t_logw = t_logw.expand(N, -1)
+    ninf = torch.full((), float("-inf"), dtype=logw_dtype, device=device)
+    zero = torch.zeros((), dtype=logw_dtype, device=device)
     if not union:
         hit = _in_rows(s_ids, s_valid, t_ids.expand(N, -1))
-        s_logw = torch.where(s_valid, torch.zeros((), device=device), ninf)
+        s_logw = torch.where(s_valid, zero, ninf)
         return s_ids, s_logw, t_ids, _hit_logw(t_logw, hit, remove_accidental_hits)
     u_ids = s_ids.reshape(1, -1)
     u_valid = dedupe_rows(u_ids, s_valid.reshape(1, -1))
     hit = _in_rows(u_ids, u_valid, t_ids.unsqueeze(0)).expand(N, -1)
-    u_logw = torch.where(u_valid, torch.zeros((), device=device), ninf).expand(N, -1)
+    u_logw = torch.where(u_valid, zero, ninf).expand(N, -1)
     shared_ids = torch.cat([u_ids[0], t_ids])
     shared_logw = torch.cat([u_logw, _hit_logw(t_logw, hit, remove_accidental_hits)], 1)
     # no per-example part: one masked slot (the target, weight 0) keeps the shapes non-empty
     t_col = target.long().unsqueeze(1)
-    t_logw = torch.full((N, 1), float("-inf"), device=device)
+    t_logw = torch.full((N, 1), float("-inf"), dtype=logw_dtype, device=device)
     return t_col, t_logw, shared_ids.contiguous(), shared_logw.contiguous()

@@ -7,6 +7,9 @@ finite inputs) are separate and opt-in, see ``check_target_values`` / ``check_fi
 
 from __future__ import annotations
 
+import numbers
+import operator
+
 import torch
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -97,6 +100,7 @@ def check_target_values(target: torch.Tensor, n: int, ignore_index: int) -> None
     label then surfaces as a CUDA assertion at the next synchronisation. Inside torch.compile
     it is an asynchronous assert on every device (no data-dependent Python branch).
     """
+    target = target.long()  # uint8/int16 would wrap n and ignore_index in the comparison
     bad = ((target < 0) | (target >= n)) & (target != ignore_index)
     if target.device.type == "cuda" or torch.compiler.is_compiling():
         torch._assert_async(~bad.any(), "target outside [0, n) and not ignore_index")
@@ -110,9 +114,19 @@ def check_target_values(target: torch.Tensor, n: int, ignore_index: int) -> None
 
 
 def check_finite(name: str, t: torch.Tensor) -> None:
-    """Raise ValueError if t holds NaN or inf (reads the data: opt-in via validate=True)."""
+    """Raise ValueError if t holds NaN or inf, naming the first bad row (reads the data:
+    opt-in via validate=True)."""
     if t.numel() and not bool(torch.isfinite(t).all()):
-        raise ValueError(f"{name} contains NaN or inf ({_desc(t)})")
+        bad = ~torch.isfinite(t.reshape(t.shape[0], -1)).all(dim=1) if t.dim() else None
+        where = f" at row {int(bad.nonzero()[0, 0])}" if bad is not None else ""
+        raise ValueError(f"{name} contains NaN or inf{where} ({_desc(t)})")
+
+
+def as_ignore_index(ignore_index: object) -> int:
+    """ignore_index as a Python int: any integer (numpy's too, as torch takes), not a bool."""
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
+        raise ValueError(f"ignore_index must be an int, got {ignore_index!r}")
+    return operator.index(ignore_index)
 
 
 def check_loss_options(
@@ -125,10 +139,13 @@ def check_loss_options(
 ) -> None:
     """Options of every loss call (functional and modules)."""
     check_reduction(reduction)
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
-        raise ValueError(f"ignore_index must be an int, got {ignore_index!r}")
-    if not (isinstance(label_smoothing, (int, float)) and 0.0 <= label_smoothing < 1.0):
-        raise ValueError(f"label_smoothing must be a float in [0, 1), got {label_smoothing!r}")
+    as_ignore_index(ignore_index)
+    if not (
+        isinstance(label_smoothing, numbers.Real)
+        and not isinstance(label_smoothing, bool)
+        and 0.0 <= label_smoothing <= 1.0
+    ):
+        raise ValueError(f"label_smoothing must be a float in [0, 1], got {label_smoothing!r}")
     check_int_option("num_candidates (|S|)", num_candidates, 1)
     check_int_option("num_uniform (|T|)", num_uniform, 0)
 
@@ -142,11 +159,27 @@ def check_index_options(
     refresh_every: int = 100,
 ) -> None:
     """Options of the modules that own a candidate index."""
-    if method not in ("auto", "full", "faiss", "lsh"):
-        raise ValueError(f"method must be auto/full/faiss/lsh, got {method!r}")
+    if method not in ("auto", "full", "faiss", "lsh", "uniform"):
+        raise ValueError(f"method must be auto/full/faiss/lsh/uniform, got {method!r}")
     check_int_option("lsh_tables (L)", lsh_tables, 1, 256)
     if lsh_bits is not None:
         check_int_option("lsh_bits (K)", lsh_bits, 1, 20)
     if faiss_index not in ("auto", "flat", "ivf"):
         raise ValueError(f"faiss_index must be auto/flat/ivf, got {faiss_index!r}")
     check_int_option("refresh_every", refresh_every, 1)
+
+
+def check_module_weight(
+    weight: torch.Tensor, bias: torch.Tensor | None, rows: int, dim: int
+) -> None:
+    """A module's weight (rows, dim) and bias (rows,) still have the sizes it was built for:
+    weight.data replaced by a tensor of another size would leave num_classes, dim and the
+    index stale (a silent wrong n or an IndexError); say so instead (shapes only, no sync)."""
+    shape = tuple(weight.shape)
+    if shape != (rows, dim) or (bias is not None and tuple(bias.shape) != (rows,)):
+        got = f"weight {shape}" + (f", bias {tuple(bias.shape)}" if bias is not None else "")
+        raise ValueError(
+            f"this module was built for weight ({rows}, {dim}) but now has {got}: "
+            "weight.data was replaced by a tensor of another size; make a new "
+            "SampledSoftmaxLoss for the new number of classes"
+        )

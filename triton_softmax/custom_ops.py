@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from . import ops
-from .estimator import acc_dtype
+from .reference.sampled_logits import acc_dtype
 
 
 def _empty_like_bias(weight: Tensor) -> Tensor:
@@ -55,7 +55,7 @@ def sampled_softmax_bwd(
     target: Tensor,
     lse: Tensor,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    from . import estimator as _est
+    from .reference import sampled_logits as _est
 
     n = weight.shape[0]
     coef, ids, dh = ops.sampled_logits_bwd(
@@ -96,7 +96,7 @@ sampled_softmax_fwd.register_autograd(_sampled_backward, setup_context=_sampled_
 def chunked_ce_fwd(
     hidden: Tensor, weight: Tensor, bias: Tensor | None, target: Tensor, label_smoothing: float
 ) -> tuple[Tensor, Tensor]:
-    loss, lse = ops.chunked_ce_fwd(hidden, weight, bias, target, label_smoothing)
+    loss, lse = ops.linear_ce_fwd(hidden, weight, bias, target, label_smoothing)
     return loss, lse
 
 
@@ -117,7 +117,7 @@ def chunked_ce_bwd(
     lse: Tensor,
     label_smoothing: float,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    dh, dW, db = ops.chunked_ce_bwd(grad_loss, hidden, weight, bias, target, lse, label_smoothing)
+    dh, dW, db = ops.linear_ce_bwd(grad_loss, hidden, weight, bias, target, lse, label_smoothing)
     db = db.to(bias.dtype) if bias is not None else _empty_like_bias(weight)
     return dh.to(hidden.dtype), dW.to(weight.dtype), db
 

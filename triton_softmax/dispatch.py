@@ -11,7 +11,8 @@ come from. A corrupt or foreign cache file is ignored with a warning.
 The choice also respects: method forced by the caller; exact=True; |S| + |T| >= n (sampling
 saves nothing); label smoothing (needs every class); faiss not importable; the full path's
 working set against free device memory (CUDA). It reads no tensor data (no host sync) and is
-made once per shape: callers cache it (the module does; `choose_method` is lru-cached).
+made once per shape: callers cache it (functional.cached_choice, a bounded dict keyed by the
+index options, sizes and device).
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ from pathlib import Path
 
 import torch
 
-from .faiss_index import FAISS_IMPORT_ERROR, faiss_available
+from .index.faiss import FAISS_IMPORT_ERROR, faiss_available
 
-METHODS = ("auto", "full", "faiss", "lsh")
+METHODS = ("auto", "full", "faiss", "lsh", "uniform")
 TABLE_FORMAT = "triton_softmax.crossovers/1"
 DEFAULT_TABLE_PATH = Path(__file__).parent / "crossovers" / "default.json"
 
@@ -123,7 +124,7 @@ class Choice:
 
 
 def _full_working_set(n: int, d: int, N: int, elt: int) -> int:
-    from .full import class_chunk
+    from .reference.linear_ce import class_chunk
 
     return n * d * elt + 3 * N * class_chunk(N, n) * 4  # dense dW + logits chunk temporaries
 
@@ -157,6 +158,17 @@ def choose_method(
     )
     if exact or requested == "full":
         return Choice("full", "exact loss asked for", inputs)
+    if requested == "uniform":  # S = {target}: |S| = 1 whatever num_candidates says
+        inputs["S"] = 1
+        if 1 + num_uniform >= n:
+            return Choice("full", f"1 + |T| = {1 + num_uniform} >= n = {n}: exact loss", inputs)
+        return Choice(
+            "uniform",
+            f"asked for uniform sampling: S = {{target}}, T = {num_uniform} classes drawn "
+            f"uniformly from the other n - 1, weight (n - 1) / |T|; no index"
+            + ("; top-k is exact (no index to retrieve from)" if inference else ""),
+            inputs,
+        )
     if num_candidates + num_uniform >= n:
         return Choice(
             "full",

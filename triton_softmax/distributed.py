@@ -84,18 +84,16 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
-from torch import nn
 
 from . import checks, ops
-from . import estimator as _est
 from .candidates import build_candidates
-from .loss import IndexedLayerMixin, _reduce, exact_topk, rerank_topk
+from .functional import _reduce, valid_rows
+from .reference import sampled_logits as _est
 
 __all__ = [
     "CommCounter",
     "ShardedCrossEntropyFunction",
     "ShardedSampledSoftmaxFunction",
-    "ShardedSampledSoftmaxLoss",
     "build_shard_candidates",
     "check_bounds",
     "init_shard_rows",
@@ -245,7 +243,7 @@ class ShardedCrossEntropyFunction(torch.autograd.Function):
 
     hidden (N, d) replicated; weight (n_r, d) and bias (n_r,) | None: this rank's rows
     [lo, lo + n_r); target (N,) int64 global ids in [0, n). The local forward and backward
-    are ops.chunked_ce_fwd / ops.chunked_ce_bwd on the shard (chunked, Triton where routed)
+    are ops.linear_ce_fwd / ops.linear_ce_bwd on the shard (chunked, Triton where routed)
     with the target clamped into the shard; the backward then puts right the two things the
     shard-local call cannot know, both O(N d + n_r d):
       - rows whose target is not in this shard: chunked_ce_bwd subtracted g at the clamped
@@ -259,7 +257,7 @@ class ShardedCrossEntropyFunction(torch.autograd.Function):
         n_local = weight.shape[0]
         acc = _est.acc_dtype(hidden.dtype)
         owned, t_local = _local_target(target, lo, n_local)
-        _, lse_r = ops.chunked_ce_fwd(hidden, weight, bias, t_local, 0.0)
+        _, lse_r = ops.linear_ce_fwd(hidden, weight, bias, t_local, 0.0)
         zt_r = _target_logit(hidden, weight, bias, t_local, owned, acc)
         extra = [zt_r]
         if label_smoothing:
@@ -283,7 +281,7 @@ class ShardedCrossEntropyFunction(torch.autograd.Function):
         acc = lse.dtype
         g = grad_loss.to(acc)
         h = hidden.to(acc)
-        dh, dW, db = ops.chunked_ce_bwd(grad_loss, hidden, weight, bias, t_local, lse, 0.0)
+        dh, dW, db = ops.linear_ce_bwd(grad_loss, hidden, weight, bias, t_local, lse, 0.0)
         dh, dW = dh.to(acc), dW.to(acc)
         # dz_true - dz_local = a 1[j = t_local] - eps/n g   (see the class docstring)
         a = g * (1.0 - (1.0 - eps) * owned.to(acc))
@@ -335,8 +333,7 @@ def sharded_cross_entropy(
     if n_local != hi - lo:
         raise ValueError(f"weight has {n_local} rows but the shard is [{lo}, {hi})")
     checks.check_reduction(reduction)
-    row_valid = target != ignore_index
-    safe_target = torch.where(row_valid, target, torch.zeros_like(target)).long()
+    row_valid, safe_target = valid_rows(target, ignore_index)
     loss_rows = ShardedCrossEntropyFunction.apply(
         hidden, weight, bias, safe_target, lo, num_classes, float(label_smoothing), group, comm
     )
@@ -463,8 +460,7 @@ def sharded_sampled_softmax_from_candidates(
             f"both be (N={N}, M)"
         )
     checks.check_reduction(reduction)
-    row_valid = target != ignore_index
-    safe_target = torch.where(row_valid, target, torch.zeros_like(target)).long()
+    row_valid, safe_target = valid_rows(target, ignore_index)
     loss_rows = ShardedSampledSoftmaxFunction.apply(
         hidden,
         weight,
@@ -499,228 +495,3 @@ def init_shard_rows(
         s, e = max(lo, b_lo), min(hi, b_hi)
         out[s - lo : e - lo] = rows[s - b_lo : e - b_lo]
     return out.to(device=device, dtype=dtype or torch.get_default_dtype())
-
-
-class ShardedSampledSoftmaxLoss(IndexedLayerMixin, nn.Module):
-    """Output layer + softmax cross-entropy with the n classes sharded over a process group.
-
-    This rank owns weight (n_r, d) (and bias (n_r,)) for classes [lo, hi) = `self.shard`, and
-    its index over them. forward(hidden (N, d), target (N,) global ids), called on every rank
-    of `group` with the same hidden and target, returns the same loss on every rank; each
-    rank's backward fills only its own rows (see the module docstring for the maths, the cost
-    and how to combine with data parallelism).
-
-    group: the class-parallel process group (None: the world; without torch.distributed
-    initialised the module runs as a single shard). bounds: [(lo, hi)] per rank of the group
-    (default shard_bounds(n, world)). The other options are those of SampledSoftmaxLoss:
-    num_candidates |S| is retrieved per shard (num_candidates - 1 ids, plus the target on
-    its owner), num_uniform |T| is split over the shards by uniform_split. seed fixes the
-    initial weight (init_shard_rows: identical for any sharding), the hyperplanes (identical
-    on every rank) and the uniform draws (different on every rank, repeatable per step).
-    """
-
-    def __init__(
-        self,
-        num_classes: int,
-        dim: int,
-        *,
-        group=None,
-        bounds: Bounds | None = None,
-        method: str = "auto",
-        num_candidates: int = 512,
-        num_uniform: int = 512,
-        lsh_bits: int | None = None,
-        lsh_tables: int = 8,
-        faiss_index: str = "auto",
-        faiss_nlist: int | None = None,
-        faiss_nprobe: int = 16,
-        refresh_every: int = 100,
-        reduction: str = "mean",
-        ignore_index: int = -100,
-        label_smoothing: float = 0.0,
-        bias: bool = False,
-        sparse_grad: bool = False,
-        deterministic: bool = False,
-        seed: int = 0,
-        weight: nn.Parameter | None = None,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        super().__init__()
-        checks.check_int_option("num_classes", num_classes, 1)
-        checks.check_int_option("dim", dim, 1)
-        self.group = group
-        self.rank, self.world_size = _group_rank_world(group)
-        if bounds is None:
-            bounds = shard_bounds(num_classes, self.world_size)
-        self.bounds = check_bounds(bounds, num_classes, self.world_size)
-        self.shard = self.bounds[self.rank]
-        lo, hi = self.shard
-        checks.check_loss_options(
-            reduction=reduction,
-            ignore_index=ignore_index,
-            label_smoothing=label_smoothing,
-            num_candidates=num_candidates,
-            num_uniform=num_uniform,
-        )
-        checks.check_index_options(
-            method=method,
-            lsh_bits=lsh_bits,
-            lsh_tables=lsh_tables,
-            faiss_index=faiss_index,
-            refresh_every=refresh_every,
-        )
-        self.uniform_counts = uniform_split(num_uniform, self.bounds)
-        if weight is not None:
-            if not isinstance(weight, nn.Parameter) or tuple(weight.shape) != (hi - lo, dim):
-                raise ValueError(f"weight must be an nn.Parameter of shape ({hi - lo}, {dim})")
-            self.weight = weight
-        else:
-            self.weight = nn.Parameter(init_shard_rows(lo, hi, dim, seed, device, dtype))
-        self.bias = (
-            nn.Parameter(torch.zeros(hi - lo, device=self.weight.device, dtype=self.weight.dtype))
-            if bias
-            else None
-        )
-        self.num_classes, self.dim = num_classes, dim
-        self.method, self.num_candidates, self.num_uniform = method, num_candidates, num_uniform
-        self.lsh_bits, self.lsh_tables = lsh_bits, lsh_tables
-        self.faiss_index, self.faiss_nlist = faiss_index, faiss_nlist
-        self.faiss_nprobe, self.refresh_every = faiss_nprobe, refresh_every
-        self.reduction, self.ignore_index = reduction, ignore_index
-        self.label_smoothing, self.sparse_grad = label_smoothing, sparse_grad
-        self.deterministic, self.seed = deterministic, seed
-        self.comm = CommCounter()
-        self.index_rows = hi - lo
-        self._init_index_state()
-
-    # method choice (the same on every rank: it sees only global sizes), index lifecycle and
-    # refresh schedule: IndexedLayerMixin; refresh() rebuilds this rank's index over its shard
-
-    def stats(self) -> dict:
-        return dict(
-            self._refresh_stats(),
-            shard=self.shard,
-            comm_calls=self.comm.calls,
-            comm_bytes=self.comm.bytes,
-        )
-
-    def _generator(self, device: torch.device) -> torch.Generator:
-        gen = torch.Generator(device=device)
-        key = ((self.seed * 1_000_003 + self.steps) * 1_000_033 + self.rank) % (1 << 63)
-        gen.manual_seed(key)
-        return gen
-
-    def shard_candidates(
-        self, hidden: torch.Tensor, target: torch.Tensor, method: str | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """This rank's (cand_ids local, cand_logw) for this step; forward uses exactly these.
-
-        Refreshes the index first if the schedule says so. target: global ids (ignore_index
-        rows may hold anything).
-        """
-        method = method or self.choice(hidden.shape[0], hidden.dtype, hidden.device).method
-        if self._index_stale(method):
-            self.refresh(method)
-        retrieved = self.index.search(hidden, self.num_candidates - 1)
-        safe = torch.where(target != self.ignore_index, target, torch.zeros_like(target))
-        return build_shard_candidates(
-            retrieved,
-            safe,
-            self.shard,
-            self.uniform_counts[self.rank],
-            self._generator(hidden.device),
-        )
-
-    # ---- forward / inference -----------------------------------------------------------------
-    def forward(self, hidden: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """hidden: (N, d) float; target: (N,) int64 global ids -> loss (0-d, or (N,) for none)."""
-        N, _, _ = checks.check_loss_inputs(hidden, self.weight, target, self.bias)
-        checks.check_target_values(target, self.num_classes, self.ignore_index)
-        method = self.choice(N, hidden.dtype, hidden.device).method
-        if method == "full":
-            loss = sharded_cross_entropy(
-                hidden,
-                self.weight,
-                target,
-                self.bias,
-                shard=self.shard,
-                num_classes=self.num_classes,
-                group=self.group,
-                reduction=self.reduction,
-                ignore_index=self.ignore_index,
-                label_smoothing=self.label_smoothing,
-                comm=self.comm,
-            )
-        else:
-            cand_ids, cand_logw = self.shard_candidates(hidden, target, method)
-            loss = sharded_sampled_softmax_from_candidates(
-                hidden,
-                self.weight,
-                target,
-                cand_ids,
-                cand_logw,
-                self.bias,
-                shard=self.shard,
-                group=self.group,
-                reduction=self.reduction,
-                ignore_index=self.ignore_index,
-                sparse_grad=self.sparse_grad,
-                deterministic=self.deterministic,
-                comm=self.comm,
-            )
-        if self.training and torch.is_grad_enabled():
-            self.steps += 1
-        return loss
-
-    @torch.no_grad()
-    def topk(
-        self, hidden: torch.Tensor, k: int, exact: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Top-k classes over all shards: (scores (N, k) float32, global ids (N, k) int64).
-
-        Each rank finds its shard's top-k (exact, or from its index and reranked exactly),
-        the (N, k) scores and ids are all-gathered over the group and merged. Ids are -1
-        where fewer than k were found.
-        """
-        checks.check_int_option("k", k, 1, self.num_classes)
-        N = hidden.shape[0]
-        method = self.choice(N, hidden.dtype, hidden.device, inference=True).method
-        if exact or method == "full":
-            s, i = exact_topk(hidden, self.weight, k, self.bias)
-        else:
-            if self._index_missing(method):
-                self.refresh(method)
-            cand = self.index.search(hidden, max(self.num_candidates, k))
-            s, i = rerank_topk(hidden, self.weight, cand, k, self.bias)
-        i = torch.where(i >= 0, i + self.shard[0], i)
-        pad = k - s.shape[1]  # a shard smaller than k
-        s = torch.cat([s.float(), s.new_full((N, pad), float("-inf")).float()], 1)
-        i = torch.cat([i, i.new_full((N, pad), -1)], 1)
-        if self.world_size > 1:
-            s_all = [torch.empty_like(s) for _ in range(self.world_size)]
-            i_all = [torch.empty_like(i) for _ in range(self.world_size)]
-            dist.all_gather(s_all, s.contiguous(), group=self.group)
-            dist.all_gather(i_all, i.contiguous(), group=self.group)
-            s, i = torch.cat(s_all, 1), torch.cat(i_all, 1)
-        s, pos = torch.topk(s, k, dim=1)
-        i = torch.gather(i, 1, pos)
-        return s, torch.where(torch.isfinite(s), i, torch.full_like(i, -1))
-
-    # ---- state -------------------------------------------------------------------------------
-    def get_extra_state(self) -> dict:
-        return dict(self._index_state(), bounds=self.bounds)
-
-    def set_extra_state(self, state: dict) -> None:
-        if [tuple(b) for b in state["bounds"]] != self.bounds:
-            raise ValueError(f"checkpoint has shards {state['bounds']}, module has {self.bounds}")
-        self._load_index_state(state)  # rebuilt from the loaded weights on every rank alike
-
-    def extra_repr(self) -> str:
-        return (
-            f"num_classes={self.num_classes}, dim={self.dim}, shard={self.shard}, "
-            f"rank={self.rank}/{self.world_size}, method={self.method!r}, "
-            f"num_candidates={self.num_candidates}, num_uniform={self.num_uniform} "
-            f"(this shard {self.uniform_counts[self.rank]}), bias={self.bias is not None}, "
-            f"sparse_grad={self.sparse_grad}"
-        )

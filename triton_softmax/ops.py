@@ -1,22 +1,29 @@
-"""One entry per kernel: the Triton launcher on CUDA (or when forced), its PyTorch twin elsewhere.
+"""The one place that picks kernel or twin: a routing table, op -> (launcher, twin, fallback).
 
-Choice per call, by the tensor's device and TRITON_SOFTMAX_IMPL:
+Choice per call, by the probe tensor's device and TRITON_SOFTMAX_IMPL:
   auto   (default) Triton on CUDA tensors when triton imports, the PyTorch twin otherwise
   torch  always the twin
   triton always Triton (on CPU this needs TRITON_INTERPRET=1: for tests, not for speed)
+and, whatever the setting, the twin where the route's fallback rule says the kernel does not
+apply: float64 operands (the kernels compute in fp32) and soft-capped logits (no kernel
+implements softcap yet). The launchers live in triton_softmax.kernels (imported lazily: no
+triton, no kernels), the twins in triton_softmax.reference; neither imports this module.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
-from . import candidates as _cand
-from . import estimator as _est
-from . import full as _full
-from . import lsh as _lsh
+from .reference import bucket_tiles as _bt
+from .reference import linear_ce as _lce
+from .reference import sampled_logits as _sl
+from .reference import simhash as _sh
+from .reference import sparse_adam as _sa
 
 IMPLS = ("auto", "torch", "triton")
 
@@ -60,175 +67,159 @@ def _kernel(name: str):
     return getattr(kernels, name, None)
 
 
-def _route(name: str, ref, probe: torch.Tensor, *args, **kwargs):
-    if use_triton(probe):
-        fn = _kernel(name)
-        if fn is not None:
-            return fn(*args, **kwargs)
-    return ref(*args, **kwargs)
-
-
-def simhash_codes(x, hyperplanes, bias=None, max_norm=None):
-    return _route("simhash_codes", _lsh.simhash_codes_ref, x, x, hyperplanes, bias, max_norm)
-
-
-def bucket_table(codes, num_bits, order_seed=0):
-    return _route("bucket_table", _lsh.bucket_table_ref, codes, codes, num_bits, order_seed)
-
-
-def lsh_candidates(query_codes, sorted_ids, offsets, num_candidates, max_per_bucket):
-    return _route(
-        "lsh_candidates",
-        _lsh.lsh_candidates_ref,
-        query_codes,
-        query_codes,
-        sorted_ids,
-        offsets,
-        num_candidates,
-        max_per_bucket,
+def _any_fp64(*args, **kwargs) -> bool:
+    """Fallback rule: a float64 tensor among the operands (the kernels accumulate in fp32)."""
+    return any(
+        isinstance(a, torch.Tensor) and a.dtype == torch.float64 for a in (*args, *kwargs.values())
     )
 
 
-def _lsh_query_ref(hidden, hyperplanes, bias, sorted_ids, offsets, num_candidates, max_per_bucket):
-    codes = _lsh.simhash_codes_ref(hidden, hyperplanes, bias, None)
-    return _lsh.lsh_candidates_ref(codes, sorted_ids, offsets, num_candidates, max_per_bucket)
+@dataclass(frozen=True)
+class Route:
+    """kernel: launcher name in triton_softmax.kernels; twin: the PyTorch function with the
+    same contract; probe: index of the argument whose device decides; fallback(*args,
+    **kwargs) -> True: run the twin even where Triton would run."""
+
+    kernel: str
+    twin: Callable
+    probe: int = 0
+    fallback: Callable[..., bool] | None = _any_fp64
+
+
+ROUTES: dict[str, Route] = {
+    "simhash_codes": Route("simhash_codes", _sh.simhash_codes_ref, fallback=None),
+    # no bucket_table launcher: the refresh-time table build stays in torch (bucket_lookup.py)
+    "bucket_table": Route("bucket_table", _sh.bucket_table_ref, fallback=None),
+    "lsh_candidates": Route("lsh_candidates", _sh.lsh_candidates_ref, fallback=None),
+    "lsh_query": Route("lsh_query", _sh.lsh_query_ref, fallback=None),
+    "sampled_logits_fwd": Route("sampled_logits_fwd", _sl.sampled_logits_fwd_ref),
+    "sampled_logits_coef": Route("sampled_logits_coef", _sl.sampled_logits_coef_ref, probe=1),
+    "sampled_logits_bwd": Route("sampled_logits_bwd", _sl.sampled_logits_bwd_ref, probe=1),
+    "grad_hidden": Route("grad_hidden", _sl.grad_hidden_ref, probe=2),
+    "scatter_grad_weight": Route("scatter_grad_weight", _sl.scatter_grad_weight_ref, probe=2),
+    "linear_ce_fwd": Route("linear_ce_fwd", _lce.chunked_ce_fwd_ref),
+    "linear_ce_bwd": Route("linear_ce_bwd", _lce.chunked_ce_bwd_ref, probe=1),
+    "bucket_tile_lse": Route("bucket_tile_lse", _bt.bucket_tile_lse_ref),
+    "bucket_tile_lse_bwd": Route("bucket_tile_lse_bwd", _bt.bucket_tile_lse_bwd_ref, probe=2),
+    "sparse_adam_update": Route("sparse_adam_update", _sa.sparse_adam_update_ref),
+}
+
+
+def route(op: str, *args, kernel_kwargs: dict | None = None, **kwargs):
+    """Run `op` on the launcher or the twin (see the module docstring). kernel_kwargs: extra
+    keyword arguments only the launcher takes."""
+    r = ROUTES[op]
+    if use_triton(args[r.probe]) and not (r.fallback and r.fallback(*args, **kwargs)):
+        fn = _kernel(r.kernel)
+        if fn is not None:
+            return fn(*args, **kwargs, **(kernel_kwargs or {}))
+    return r.twin(*args, **kwargs)
+
+
+def simhash_codes(x, hyperplanes, bias=None, max_norm=None):
+    return route("simhash_codes", x, hyperplanes, bias, max_norm)
+
+
+def bucket_table(codes, num_bits, order_seed=0):
+    return route("bucket_table", codes, num_bits, order_seed)
+
+
+def lsh_candidates(query_codes, sorted_ids, offsets, num_candidates, max_per_bucket):
+    return route("lsh_candidates", query_codes, sorted_ids, offsets, num_candidates, max_per_bucket)
 
 
 def lsh_query(hidden, hyperplanes, bias, sorted_ids, offsets, num_candidates, max_per_bucket):
     """Hash the queries and look them up (one fused launch on the Triton path):
     simhash_codes(hidden, hyperplanes, bias, None) then lsh_candidates(...)."""
-    return _route(
-        "lsh_query",
-        _lsh_query_ref,
-        hidden,
-        hidden,
-        hyperplanes,
-        bias,
-        sorted_ids,
-        offsets,
-        num_candidates,
-        max_per_bucket,
+    return route(
+        "lsh_query", hidden, hyperplanes, bias, sorted_ids, offsets, num_candidates, max_per_bucket
     )
 
 
-def build_candidates(retrieved, target, n, num_uniform, generator=None):
-    return _cand.build_candidates(retrieved, target, n, num_uniform, generator)
-
-
-def sampled_logits_fwd(hidden, weight, bias, cand_ids, cand_logw, target):
-    return _route(
-        "sampled_logits_fwd",
-        _est.sampled_logits_fwd_ref,
-        hidden,
-        hidden,
-        weight,
-        bias,
-        cand_ids,
-        cand_logw,
-        target,
-    )
+def sampled_logits_fwd(hidden, weight, bias, cand_ids, cand_logw, target, softcap=0.0):
+    """(loss (N,), lse (N,)); softcap > 0 runs the twin (no kernel implements it)."""
+    if softcap:
+        return _sl.sampled_logits_fwd_ref(
+            hidden, weight, bias, cand_ids, cand_logw, target, softcap
+        )
+    return route("sampled_logits_fwd", hidden, weight, bias, cand_ids, cand_logw, target)
 
 
 def sampled_logits_coef(grad_loss, hidden, weight, bias, cand_ids, cand_logw, target, lse):
-    return _route(
-        "sampled_logits_coef",
-        _est.sampled_logits_coef_ref,
-        hidden,
-        grad_loss,
-        hidden,
-        weight,
-        bias,
-        cand_ids,
-        cand_logw,
-        target,
-        lse,
+    return route(
+        "sampled_logits_coef", grad_loss, hidden, weight, bias, cand_ids, cand_logw, target, lse
     )
 
 
-def sampled_logits_bwd(grad_loss, hidden, weight, bias, cand_ids, cand_logw, target, lse):
-    """(coef, ids, dh): sampled_logits_coef and grad_hidden in one pass on the Triton path."""
-    return _route(
-        "sampled_logits_bwd",
-        _est.sampled_logits_bwd_ref,
-        hidden,
-        grad_loss,
-        hidden,
-        weight,
-        bias,
-        cand_ids,
-        cand_logw,
-        target,
-        lse,
+def sampled_logits_bwd(
+    grad_loss, hidden, weight, bias, cand_ids, cand_logw, target, lse, softcap=0.0, target_grad=None
+):
+    """(coef, ids, dh): sampled_logits_coef and grad_hidden in one pass on the Triton path;
+    softcap > 0 runs the twin (target_grad: the target term's own gradient, see the twin)."""
+    if softcap:
+        return _sl.sampled_logits_bwd_ref(
+            grad_loss, hidden, weight, bias, cand_ids, cand_logw, target, lse, softcap, target_grad
+        )
+    return route(
+        "sampled_logits_bwd", grad_loss, hidden, weight, bias, cand_ids, cand_logw, target, lse
     )
 
 
 def grad_hidden(coef, ids, weight):
-    return _route("grad_hidden", _est.grad_hidden_ref, weight, coef, ids, weight)
+    return route("grad_hidden", coef, ids, weight)
 
 
 def scatter_grad_weight(coef, ids, hidden, n, deterministic=False):
-    if use_triton(hidden):
-        fn = _kernel("scatter_grad_weight")
-        if fn is not None:
-            return fn(coef, ids, hidden, n, deterministic=deterministic)
-    return _est.scatter_grad_weight_ref(coef, ids, hidden, n)
-
-
-def chunked_ce_fwd(hidden, weight, bias, target, label_smoothing=0.0):
-    return _route(
-        "linear_ce_fwd",
-        _full.chunked_ce_fwd_ref,
-        hidden,
-        hidden,
-        weight,
-        bias,
-        target,
-        label_smoothing,
+    # deterministic only selects between two kernels: the twin (index_add) takes no such flag
+    return route(
+        "scatter_grad_weight", coef, ids, hidden, n, kernel_kwargs={"deterministic": deterministic}
     )
 
 
-def chunked_ce_bwd(grad_loss, hidden, weight, bias, target, lse, label_smoothing=0.0):
-    return _route(
-        "linear_ce_bwd",
-        _full.chunked_ce_bwd_ref,
-        hidden,
-        grad_loss,
-        hidden,
-        weight,
-        bias,
-        target,
-        lse,
-        label_smoothing,
-    )
+def linear_ce_fwd(hidden, weight, bias, target, label_smoothing=0.0, softcap=0.0):
+    """(loss (N,), lse (N,)) of the exact cross-entropy, chunked; softcap > 0 runs the twin."""
+    if softcap:
+        return _lce.chunked_ce_fwd_ref(
+            hidden, weight, bias, target, label_smoothing, softcap=softcap
+        )
+    return route("linear_ce_fwd", hidden, weight, bias, target, label_smoothing)
+
+
+def linear_ce_bwd(
+    grad_loss, hidden, weight, bias, target, lse, label_smoothing=0.0, softcap=0.0, target_grad=None
+):
+    """(dh, dW, db) of sum grad_loss * loss; softcap > 0 runs the twin (target_grad: see it)."""
+    if softcap:
+        return _lce.chunked_ce_bwd_ref(
+            grad_loss,
+            hidden,
+            weight,
+            bias,
+            target,
+            lse,
+            label_smoothing,
+            softcap=softcap,
+            target_grad=target_grad,
+        )
+    return route("linear_ce_bwd", grad_loss, hidden, weight, bias, target, lse, label_smoothing)
+
+
+# the old names of the full-path ops (the kernel file is linear_ce.py)
+chunked_ce_fwd = linear_ce_fwd
+chunked_ce_bwd = linear_ce_bwd
 
 
 def bucket_tile_lse(hidden, weight, bias, target, query_codes, key_codes, sorted_ids, offsets):
-    from . import bucket_tiles as _bt
-
-    return _route(
-        "bucket_tile_lse",
-        _bt.bucket_tile_lse_ref,
-        hidden,
-        hidden,
-        weight,
-        bias,
-        target,
-        query_codes,
-        key_codes,
-        sorted_ids,
-        offsets,
+    return route(
+        "bucket_tile_lse", hidden, weight, bias, target, query_codes, key_codes, sorted_ids, offsets
     )
 
 
 def bucket_tile_lse_bwd(
     grad_lse, lse, hidden, weight, bias, target, query_codes, key_codes, sorted_ids, offsets
 ):
-    from . import bucket_tiles as _bt
-
-    return _route(
+    return route(
         "bucket_tile_lse_bwd",
-        _bt.bucket_tile_lse_bwd_ref,
-        hidden,
         grad_lse,
         lse,
         hidden,
@@ -240,3 +231,9 @@ def bucket_tile_lse_bwd(
         sorted_ids,
         offsets,
     )
+
+
+def sparse_adam_update(param, exp_avg, exp_avg_sq, rows, values, step_size, beta1, beta2, eps):
+    """In place: SparseAdam's update of the touched rows (optim.FusedSparseAdam)."""
+    args = (param, exp_avg, exp_avg_sq, rows, values, step_size, beta1, beta2, eps)
+    return route("sparse_adam_update", *args)

@@ -11,6 +11,13 @@ TensorFlow's sampled_softmax_loss(remove_accidental_hits=False)).
 
 The default per-example scheme draws T uniformly from the complement of S instead (exact
 weights (n - |S|)/|T|, no hits possible); see candidates.py.
+
+Class weights must be positive and finite for every class: a class with q = 0 is never drawn,
+so its mass would be missing from every estimate (Z biased low). Zero weights (e.g. frequency
+counts with unseen classes) raise ValueError; smooth them yourself (counts + 1, or
+counts.clamp_min(floor)). Tiny positive weights keep Z unbiased, at a variance that grows as
+1/q for those classes. Sampling is an inverse-CDF search (torch.searchsorted on a float64
+cumulative sum), so any n works (torch.multinomial stops at 2^24 categories); log q is float64.
 """
 
 from __future__ import annotations
@@ -21,7 +28,8 @@ import torch
 
 
 class Sampler:
-    """q over [0, n): `sample(shape, generator, device)` -> int64 ids; `log_q(ids)` -> float32."""
+    """q over [0, n): `sample(shape, generator, device)` -> int64 ids; `log_q(ids)` -> float64
+    (callers cast to their log-weight dtype)."""
 
     n: int
 
@@ -40,7 +48,7 @@ class UniformSampler(Sampler):
         return torch.randint(0, self.n, shape, generator=generator, device=device)
 
     def log_q(self, ids: torch.Tensor) -> torch.Tensor:
-        return torch.full(ids.shape, -math.log(self.n), dtype=torch.float32, device=ids.device)
+        return torch.full(ids.shape, -math.log(self.n), dtype=torch.float64, device=ids.device)
 
 
 class LogUniformSampler(Sampler):
@@ -57,24 +65,57 @@ class LogUniformSampler(Sampler):
 
     def log_q(self, ids: torch.Tensor) -> torch.Tensor:
         j = ids.double()
-        return (torch.log1p(1.0 / (j + 1.0)) / self.log_n1).log().float()
+        return (torch.log1p(1.0 / (j + 1.0)) / self.log_n1).log()
 
 
 class CategoricalSampler(Sampler):
-    """q proportional to given non-negative class weights (e.g. frequencies ** 0.75)."""
+    """q proportional to given positive class weights (e.g. frequencies ** 0.75).
+
+    weights: (n,) float, every entry finite and > 0 (see the module docstring: zeros raise).
+    Draws by inverse CDF: u ~ U[0, total) in float64, the class whose cumulative-weight
+    interval holds u (torch.searchsorted), so n may pass torch.multinomial's 2^24 limit.
+    """
 
     def __init__(self, weights: torch.Tensor) -> None:
-        if weights.dim() != 1 or not bool((weights >= 0).all()) or not bool(weights.sum() > 0):
-            raise ValueError("sampler weights must be a 1-D non-negative tensor with positive sum")
-        self.n = weights.shape[0]
-        self.probs = (weights.double() / weights.double().sum()).float()
-        self._log_probs = self.probs.log()
+        if weights.dim() != 1 or weights.dtype == torch.bool or weights.dtype.is_complex:
+            raise ValueError(
+                f"sampler weights must be a 1-D real tensor, got shape "
+                f"{tuple(weights.shape)}, dtype {weights.dtype}"
+            )
+        w = weights.detach().double()
+        if not bool(torch.isfinite(w).all()):
+            raise ValueError("sampler weights must be finite (found NaN or inf)")
+        zero = (w <= 0).nonzero()
+        if zero.numel():
+            raise ValueError(
+                f"sampler weights must be > 0 for every class: {zero.numel()} of {w.numel()} "
+                f"are <= 0 (first: class {int(zero[0, 0])}); such classes would never be drawn "
+                "and the estimate of Z would be biased low. Smooth them, e.g. counts + 1 or "
+                "counts.clamp_min(floor)"
+            )
+        self.n = w.shape[0]
+        total = w.sum()
+        self._log_probs = (w / total).log()  # float64
+        cdf = torch.cumsum(w, 0)
+        self._cdf = cdf / cdf[-1]  # float64, last entry exactly 1
+        self._cdf_on: dict[torch.device, torch.Tensor] = {}
+
+    @property
+    def probs(self) -> torch.Tensor:
+        return self._log_probs.exp()
+
+    def _cdf_for(self, device) -> torch.Tensor:
+        device = torch.device(device) if device is not None else self._cdf.device
+        if device not in self._cdf_on:
+            self._cdf_on[device] = self._cdf.to(device)
+        return self._cdf_on[device]
 
     def sample(self, shape, generator=None, device=None) -> torch.Tensor:
-        numel = math.prod(shape)
-        probs = self.probs.to(device) if device is not None else self.probs
-        flat = torch.multinomial(probs, max(numel, 1), replacement=True, generator=generator)
-        return flat[:numel].view(shape)
+        cdf = self._cdf_for(device)
+        u = torch.rand(shape, generator=generator, device=cdf.device, dtype=torch.float64)
+        # class i holds u in [cdf[i-1], cdf[i]): searchsorted(right=True) gives i
+        ids = torch.searchsorted(cdf, u.reshape(-1), right=True).view(shape)
+        return ids.clamp_(max=self.n - 1)
 
     def log_q(self, ids: torch.Tensor) -> torch.Tensor:
         return self._log_probs.to(ids.device)[ids]

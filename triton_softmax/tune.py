@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from .dispatch import TABLE_FORMAT, cache_path, device_class, validate_table
-from .faiss_index import faiss_available
+from .index.faiss import faiss_available
 
 
 def _sync(device: torch.device) -> None:

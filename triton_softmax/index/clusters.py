@@ -23,8 +23,9 @@ from typing import Any
 
 import torch
 
+from .. import nonfinite as _nf
 from ..checks import check_int_option
-from .rerank import check_rows, rerank_union
+from .rerank import check_rows, nonfinite_class, rerank_union
 
 MODES = ("mips", "spherical")
 ASSIGN_CHUNK = 1 << 14  # rows per assignment matmul
@@ -121,6 +122,8 @@ class ClusterIndex:
         self.weight: torch.Tensor | None = None  # the live weights (a view), for the rerank
         self.bias: torch.Tensor | None = None
         self.num_excluded = 0  # rows left out (non-finite weight, masked bias)
+        self.any_nonfinite: torch.Tensor | None = None  # added to every search (nonfinite.py)
+        self.first_nonfinite: torch.Tensor | None = None
 
     @property
     def built(self) -> bool:
@@ -147,6 +150,7 @@ class ClusterIndex:
         if weight.shape[1] != self.dim:
             raise ValueError(f"weight has d={weight.shape[1]}, index was made for d={self.dim}")
         ok = check_rows(weight, bias, self.validate)
+        self.any_nonfinite, self.first_nonfinite = nonfinite_class(weight, bias)
         rows = ok.nonzero().flatten()
         x = self._rows(weight, bias)[rows]
         warm = self.built and self.n == weight.shape[0] and (bias is None) == (self.bias is None)
@@ -297,10 +301,18 @@ class ClusterIndex:
         pos = start.unsqueeze(2) + torch.arange(self.max_list, device=start.device)
         ok = pos < end.unsqueeze(2)
         ids = self.order[torch.where(ok, pos, torch.zeros_like(pos))]
-        ids = torch.where(ok, ids, torch.full_like(ids, -1))
-        return ids.reshape(N, -1)
+        ids = torch.where(ok, ids, torch.full_like(ids, -1)).reshape(N, -1)
+        return _nf.add_nonfinite_class(ids, self.any_nonfinite, self.first_nonfinite)
 
     def search(
+        self, hidden: torch.Tensor, k: int, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """search_lists, with the first non-finite class row (if any) in every row's last
+        slot (nonfinite.py: the rule every index keeps)."""
+        top = self.search_lists(hidden, k, generator)
+        return _nf.add_nonfinite_class(top, self.any_nonfinite, self.first_nonfinite)
+
+    def search_lists(
         self, hidden: torch.Tensor, k: int, generator: torch.Generator | None = None
     ) -> torch.Tensor:
         """(N, k) int64: the k best classes of the probed lists by exact logit, best first;

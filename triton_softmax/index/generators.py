@@ -1,15 +1,15 @@
-"""The lsh path's candidate generators by name (make_index's lsh_generator option).
+"""The lsh path's candidate generators by name (IndexOptions.lsh_generator; factory.make_index).
 
-"tables": lsh.LSHIndex (SimHash tables ranked by collision count; the bucket_shared scheme
-needs its codes and tables). "clusters": index.clusters.ClusterIndex. "simhash":
-index.simhash.SimHashIndex. Defaults chosen from bench/candidates.py's frontier on the trained
-WordNet synset snapshot (see README, issue 18).
+"tables": index.simhash.LSHIndex (SimHash tables ranked by collision count; the bucket_shared
+scheme needs its codes and tables). "clusters": index.clusters.ClusterIndex. "simhash":
+index.simhash_rerank.SimHashIndex. Defaults chosen from bench/candidates.py's frontier on the
+trained WordNet synset snapshot (see README, issue 18).
 """
 
 from __future__ import annotations
 
 from .clusters import ClusterIndex
-from .simhash import SimHashIndex
+from .simhash_rerank import SimHashIndex
 
 LSH_GENERATORS = ("clusters", "simhash", "tables")
 DEFAULT_LSH_GENERATOR = "clusters"

@@ -21,7 +21,7 @@ import torch
 
 from ..checks import check_int_option
 from .clusters import ClusterIndex, _assign, _lloyd
-from .rerank import check_rows
+from .rerank import check_rows, nonfinite_class
 
 
 class QueryClusterIndex(ClusterIndex):
@@ -62,6 +62,7 @@ class QueryClusterIndex(ClusterIndex):
         if weight.shape[1] != self.dim:
             raise ValueError(f"weight has d={weight.shape[1]}, index was made for d={self.dim}")
         ok = check_rows(weight, bias, self.validate)
+        self.any_nonfinite, self.first_nonfinite = nonfinite_class(weight, bias)
         self.weight = weight.detach()
         self.bias = bias.detach() if bias is not None else None
         self.has_bias = bias is not None

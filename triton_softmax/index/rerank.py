@@ -5,7 +5,9 @@ exact logits under the current weights (the generator keeps a reference to the l
 bias, so the rerank never uses the stale copy the buckets were built from). Every search
 returns k valid distinct ids whenever at least k classes can be chosen: a short union is padded
 with uniform classes, and rows that still fall short are answered by an exact pass over all
-classes. A class whose bias is -inf (masked) or whose logit is NaN is never returned.
+classes. A class whose bias is -inf (masked) or whose logit is NaN is never ranked; a class
+row that is non-finite at build time (NaN/inf weight, NaN/+inf bias) is left out of the lists
+and, as for every index (nonfinite.py, README "NaN and inf"), added to every search and union.
 """
 
 from __future__ import annotations
@@ -30,6 +32,17 @@ def check_rows(weight: torch.Tensor, bias: torch.Tensor | None, validate: bool) 
             raise ValueError("bias holds NaN or +inf; mask a class with bias = -inf only")
         row_ok = row_ok & torch.isfinite(bias)
     return row_ok
+
+
+def nonfinite_class(
+    weight: torch.Tensor, bias: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(any_bad 0-d bool, first_bad 0-d int64): the first class whose logit can be NaN or +inf
+    (a NaN/inf weight entry, a NaN/+inf bias; a -inf bias only masks). No host read."""
+    bad = ~(torch.isfinite(weight.amax(dim=1)) & torch.isfinite(weight.amin(dim=1)))
+    if bias is not None:
+        bad = bad | torch.isnan(bias) | (bias == float("inf"))
+    return bad.any(), bad.to(torch.uint8).argmax()
 
 
 def dedupe_rows(ids: torch.Tensor) -> torch.Tensor:

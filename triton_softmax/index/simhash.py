@@ -1,190 +1,217 @@
-"""SimHash tables whose bucket union is scored with exact logits (multi-probe, centred keys).
+"""SimHash (random-hyperplane) LSH tables over the class weights, in PyTorch (the kernels' twin).
 
-The lsh path of lsh.py ranks a capped read of each bucket by collision count, which on a
-trained model keeps almost none of the classes with the largest logits (issue 18). Here:
-  - keys are centred rows x - mu (q . mu is the same for every class: free for ranking),
-    hashed either normalised ("normalized": the angle of x - mu) or through the MIPS
-    transform ("mips": [x - mu, sqrt(M^2 - |x - mu|^2)] / M, lsh.py's transform);
-  - a query probes, in each of L tables, its own bucket and the `probes - 1` buckets one bit
-    flip away on its lowest-margin bits (multi-probe);
-  - the union of the probed buckets (each read up to `max_per_bucket` ids, in the random
-    within-bucket order of lsh.bucket_table_ref) is scored with exact logits under the live
-    weights (rerank.py) and search keeps the k best.
-Hashing and bucket tables go through ops.simhash_codes / ops.bucket_table (Triton on a GPU,
-the lsh.py twins on CPU).
+Maximum inner product -> angular search (Neyshabur & Srebro's "simple LSH"): a class row
+x = [w, b] becomes P(x) = [x / M, sqrt(1 - |x|^2 / M^2)] with M = max_j |x_j|, a query
+q = [h, 1] becomes Q(q) = [q / |q|, 0]; then cos(P(x), Q(q)) = q . x / (M |q|), so the angle
+ranks classes by their logit. Positive scaling does not change a sign bit, so the hash of a
+key only needs r . x + r_mips * sqrt(M^2 - |x|^2), and of a query r . q: hyperplanes are
+(L, K, d + 2) over [x | bias coordinate | MIPS coordinate], and nothing else is materialised.
+
+Tables: per table, class ids sorted by code (within a bucket in a fixed random order, so a
+capped read of a large bucket is a uniform subsample), with CSR offsets over all 2^K codes.
+A query reads at most `max_per_bucket` ids from each of its L buckets, counts how many
+tables each id collided in, and keeps the `num_candidates` ids with most collisions.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 
-from .. import ops
+from .. import nonfinite as _nf
 from ..checks import check_int_option
-from ..lsh import MAX_BITS, make_hyperplanes
-from .rerank import check_rows, rerank_union
+from ..reference.simhash import (  # noqa: F401  (re-exported: the old lsh.py names)
+    bucket_table_ref,
+    lsh_candidates_ref,
+    simhash_codes_ref,
+)
 
-KEYS = ("normalized", "mips")
+MAX_BITS = 20  # dense CSR offsets hold 2^K + 1 int64 per table
+NORM_HEADROOM = 1.05  # M = 1.05 max |x_j| at build: room for rows to grow between refreshes
 
 
-def default_bits(n: int) -> int:
-    """K with about 2 classes per bucket (16 bits at n = 117,659)."""
-    return int(min(MAX_BITS, max(1, round(math.log2(max(2.0, n / 2))))))
+def default_num_bits(n: int, num_tables: int, num_candidates: int) -> int:
+    """K so that a bucket holds about as many ids as a query reads from it (4 |S| / L).
+
+    The MIPS transform squeezes the angles between queries and keys towards 90 degrees, so
+    it wants fewer bits than plain SimHash would (measured in tests/test_lsh.py).
+    """
+    target = n * num_tables / max(4 * num_candidates, 1)
+    return int(min(MAX_BITS, max(1, round(math.log2(max(target, 2.0))))))
 
 
-class SimHashIndex:
-    """Multi-probe SimHash over centred keys, union reranked exactly.
+def default_max_per_bucket(num_candidates: int, num_tables: int) -> int:
+    return max(16, math.ceil(4 * num_candidates / num_tables))
 
-    dim: d; num_bits K (None: default_bits(n)); num_tables L; probes per table (1 = own
-    bucket only); keys: "normalized" | "mips"; max_per_bucket: ids read per probed bucket
-    (None: 8 x the mean bucket size, at least 16).
+
+def make_hyperplanes(
+    dim: int, num_bits: int, num_tables: int, seed: int, device=None
+) -> torch.Tensor:
+    """(L, K, dim + 2) float32 Gaussian hyperplanes, identical on every device for one seed."""
+    gen = torch.Generator().manual_seed(seed)
+    planes = torch.randn(num_tables, num_bits, dim + 2, generator=gen, dtype=torch.float32)
+    return planes.to(device)
+
+
+def max_row_norm(weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """M = max_j |[w_j, b_j]| as a 0-d float32 tensor (stays on the device: no sync)."""
+    low = weight.dtype in (torch.float16, torch.bfloat16)  # accumulate those in fp32
+    sq = torch.linalg.vector_norm(weight, dim=1, dtype=torch.float32 if low else None)
+    sq = sq.float().square()
+    if bias is not None:
+        sq = sq + bias.float().square()
+    return sq.max().sqrt()
+
+
+class LSHIndex:
+    """SimHash LSH tables over a weight matrix; rebuilt by `build` (the refresh).
+
+    num_bits K (<= 20), num_tables L, hyperplanes from `seed` (identical on every device and
+    every rank). `build(weight, bias)` hashes all n rows and sorts them into tables;
+    `search(hidden, num_candidates)` returns ranked candidate ids.
     """
 
     def __init__(
         self,
         dim: int,
-        num_bits: int | None = None,
-        num_tables: int = 8,
-        probes: int = 8,
-        keys: str = "normalized",
-        center: bool = True,
-        max_per_bucket: int | None = None,
+        num_bits: int,
+        num_tables: int,
         seed: int = 0,
-        validate: bool = False,
+        max_per_bucket: int | None = None,
+        device: torch.device | str | None = None,
     ) -> None:
-        if num_bits is not None:
-            check_int_option("num_bits", num_bits, 1, MAX_BITS)
-        check_int_option("num_tables", num_tables, 1, 256)
-        check_int_option("probes", probes, 1)
-        if keys not in KEYS:
-            raise ValueError(f"keys must be one of {KEYS}, got {keys!r}")
-        self.dim, self.num_bits, self.num_tables, self.probes = dim, num_bits, num_tables, probes
-        self.keys, self.center, self.max_per_bucket = keys, center, max_per_bucket
-        self.seed, self.validate = seed, validate
-        self.n = 0
+        check_int_option("lsh_bits (K)", num_bits, 1, MAX_BITS)
+        check_int_option("lsh_tables (L)", num_tables, 1, 256)
+        self.dim, self.num_bits, self.num_tables, self.seed = dim, num_bits, num_tables, seed
+        self.max_per_bucket = max_per_bucket
+        self.hyperplanes = make_hyperplanes(dim, num_bits, num_tables, seed, device)
         self.sorted_ids: torch.Tensor | None = None
-        self.weight: torch.Tensor | None = None
-        self.bias: torch.Tensor | None = None
-        self.num_excluded = 0
+        self.offsets: torch.Tensor | None = None
+        self.has_bias = False
+        self.n = 0
+        self.any_nonfinite: torch.Tensor | None = None  # see nonfinite.py
+        self.first_nonfinite: torch.Tensor | None = None
 
     @property
     def built(self) -> bool:
         return self.sorted_ids is not None
 
-    def _hash_rows(self, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        """(m, L) int32 codes of rows [w, b] under the index's centring and key transform."""
-        x = weight.detach().float() - self.mu_w
-        b = bias.detach().float() - self.mu_b if bias is not None else None
-        if self.keys == "normalized":
-            sq = (x * x).sum(1) + (b * b if b is not None else 0)
-            scale = sq.sqrt().clamp_min(1e-12)
-            x = x / scale.unsqueeze(1)
-            b = b / scale if b is not None else None
-            return ops.simhash_codes(x, self.hyperplanes, b, None)
-        return ops.simhash_codes(x, self.hyperplanes, b, self.max_norm)
+    @property
+    def device(self) -> torch.device:
+        return self.hyperplanes.device
 
-    @torch.no_grad()
-    def build(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> SimHashIndex:
-        if weight.shape[1] != self.dim:
-            raise ValueError(f"weight has d={weight.shape[1]}, index was made for d={self.dim}")
-        ok = check_rows(weight, bias, self.validate)
-        rows = ok.nonzero().flatten()
-        self.weight = weight.detach()
-        self.bias = bias.detach() if bias is not None else None
-        self.n = weight.shape[0]
-        self.num_excluded = int(self.n - rows.numel())
-        self.has_bias = bias is not None
-        m = max(1, rows.numel())
-        K = self.num_bits or default_bits(m)
-        self.K = K
-        self.hyperplanes = make_hyperplanes(self.dim, K, self.num_tables, self.seed, weight.device)
-        w = self.weight[rows].float()
-        b = self.bias[rows].float() if bias is not None else None
-        self.mu_w = w.mean(0) if self.center and rows.numel() else torch.zeros_like(w[0:1][0])
-        self.mu_b = b.mean() if (b is not None and self.center and rows.numel()) else 0.0
-        sq = ((w - self.mu_w) ** 2).sum(1)
-        if b is not None:
-            sq = sq + (b - self.mu_b) ** 2
-        self.max_norm = sq.max().sqrt() * 1.05 if rows.numel() else torch.tensor(1.0)
-        codes = self._hash_rows(w, b) if rows.numel() else torch.zeros(0, self.num_tables)
-        sorted_pos, self.offsets = ops.bucket_table(codes.int(), K, self.seed)
-        self.rows = rows
-        self.sorted_ids = rows[sorted_pos.long()] if rows.numel() else sorted_pos.long()
-        self.bucket_read = self.max_per_bucket or max(16, math.ceil(8 * m / (1 << K)))
+    def to(self, device) -> LSHIndex:
+        self.hyperplanes = self.hyperplanes.to(device)
+        if self.built:
+            self.sorted_ids = self.sorted_ids.to(device)
+            self.offsets = self.offsets.to(device)
+            self.codes = self.codes.to(device)
+            self.max_norm = self.max_norm.to(device)
+            self.any_nonfinite = self.any_nonfinite.to(device)
+            self.first_nonfinite = self.first_nonfinite.to(device)
         return self
 
+    def build(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> LSHIndex:
+        from .. import ops
+
+        weight = weight.detach()
+        bias = bias.detach() if bias is not None else None
+        if weight.shape[1] != self.dim:
+            raise ValueError(f"weight has d={weight.shape[1]}, index was made for d={self.dim}")
+        if self.hyperplanes.device != weight.device:
+            self.hyperplanes = self.hyperplanes.to(weight.device)
+        # a NaN/inf class row is hashed as zeros (it would spoil M for every row) and added
+        # to every search instead (nonfinite.py)
+        weight, bias, self.any_nonfinite, self.first_nonfinite = _nf.finite_rows(weight, bias)
+        # M with headroom: rows may grow by NORM_HEADROOM before the transform is invalid,
+        # so a partial update (update_rows) stays exact while they do
+        max_norm = max_row_norm(weight, bias) * NORM_HEADROOM
+        codes = ops.simhash_codes(weight, self.hyperplanes, bias, max_norm)
+        self.sorted_ids, self.offsets = ops.bucket_table(codes, self.num_bits, self.seed)
+        self.codes = codes  # (n, L) int32: the bucket-shared scheme dedupes tiles with them
+        self.has_bias = bias is not None
+        self.n = weight.shape[0]
+        self.max_norm = max_norm  # kept: drift checks re-hash rows with the same transform
+        return self
+
+    @torch.no_grad()
     def update_rows(
         self, weight: torch.Tensor, bias: torch.Tensor | None, rows: torch.Tensor
     ) -> bool:
-        """Not in place: the centring and M move with every row; the caller rebuilds."""
-        return False
+        """Re-hash only `rows` (the classes whose weights changed since the build) and re-sort
+        the tables: the refresh without the O(n d K L) hashing of unchanged rows. Returns
+        False, changing nothing, when a row outgrew the MIPS scale M (every key's extra
+        coordinate would move): the caller then rebuilds. The result equals build() on the
+        same weights with the same M."""
+        from .. import ops
 
-    def probe_codes(self, hidden: torch.Tensor) -> torch.Tensor:
-        """(N, L, P) int64 bucket codes: the query's own, then single flips of its
-        lowest-margin bits."""
-        L, K, _ = self.hyperplanes.shape
-        q = hidden.detach().float()
-        planes = self.hyperplanes.reshape(L * K, -1)
-        proj = q @ planes[:, : self.dim].T
-        if self.has_bias:
-            proj = proj + planes[:, self.dim]
-        proj = proj.view(-1, L, K)
-        bits = (proj > 0).long()
-        weights = 2 ** torch.arange(K, device=q.device)
-        base = (bits * weights).sum(2)  # (N, L)
-        P = min(self.probes, K + 1)
-        if P == 1:
-            return base.unsqueeze(2)
-        low = proj.abs().topk(P - 1, dim=2, largest=False).indices  # (N, L, P - 1)
-        flips = base.unsqueeze(2) ^ (1 << low)
-        return torch.cat([base.unsqueeze(2), flips], dim=2)
+        if not self.built:
+            return False
+        weight, bias, any_bad, first_bad = _nf.finite_rows(weight.detach(), bias)
+        if bool(max_row_norm(weight, bias) > self.max_norm):  # one host read per refresh
+            return False
+        self.any_nonfinite, self.first_nonfinite = any_bad, first_bad
+        rows = rows.to(self.codes.device).long()
+        b = bias.detach()[rows] if bias is not None else None
+        self.codes[rows] = ops.simhash_codes(
+            weight.detach()[rows], self.hyperplanes, b, self.max_norm
+        )
+        self.sorted_ids, self.offsets = ops.bucket_table(self.codes, self.num_bits, self.seed)
+        return True
+
+    def query_codes(self, hidden: torch.Tensor) -> torch.Tensor:
+        from .. import ops
+
+        return ops.simhash_codes(hidden, self.hyperplanes, 1.0 if self.has_bias else None, None)
+
+    def search_union(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(N, U) int64: every class that shares a bucket with the query in some table, once
+        each, -1 padded (no ranking, no cap). U = L x the largest bucket read, found with one
+        host read: the bucket-shared scheme's candidate sets."""
+        if not self.built:
+            raise RuntimeError("LSHIndex.search_union before build()")
+        codes = self.query_codes(hidden.detach()).long()
+        table = torch.arange(self.num_tables, device=codes.device).unsqueeze(0)
+        sizes = self.offsets[table, codes + 1] - self.offsets[table, codes]
+        B = max(1, int(sizes.max())) if sizes.numel() else 1
+        ids, _ = lsh_candidates_ref(
+            codes.int(), self.sorted_ids, self.offsets, self.num_tables * B, B
+        )
+        return _nf.add_nonfinite_class(ids, self.any_nonfinite, self.first_nonfinite)
 
     def union(self, hidden: torch.Tensor) -> torch.Tensor:
-        """(N, L x P x B) int64: the ids of every probed bucket (B read each), -1 padded."""
-        if not self.built:
-            raise RuntimeError("SimHashIndex.union before build()")
-        N = hidden.shape[0]
-        codes = self.probe_codes(hidden)
-        L = self.num_tables
-        table = torch.arange(L, device=codes.device).view(1, L, 1)
-        start = self.offsets[table, codes]
-        end = self.offsets[table, codes + 1]
-        B = self.bucket_read
-        pos = start.unsqueeze(3) + torch.arange(B, device=codes.device)
-        ok = pos < end.unsqueeze(3)
-        pos = torch.where(ok, pos, torch.zeros_like(pos))
-        tab = table.unsqueeze(3).expand_as(pos)
-        ids = self.sorted_ids.view(L, -1)[tab, pos] if self.sorted_ids.numel() else pos
-        ids = torch.where(ok, ids, torch.full_like(ids, -1))
-        return ids.reshape(N, -1)
+        """The CandidateIndex name of search_union."""
+        return self.search_union(hidden)
 
-    def search(
-        self, hidden: torch.Tensor, k: int, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
-        """(N, k) int64: the k best of the probed union by exact logit, best first."""
-        if not self.built:
-            raise RuntimeError("SimHashIndex.search before build(): call build(weight, bias)")
-        return rerank_union(
-            hidden.detach(), self.weight, self.bias, self.union(hidden), k, generator
-        )
-
-    def fraction_scored(self, hidden: torch.Tensor) -> float:
-        u = self.union(hidden)
-        from .rerank import dedupe_rows
-
-        return float((dedupe_rows(u) >= 0).sum(1).float().mean()) / max(1, self.n)
-
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self) -> dict:
+        """Settings and seed: the tables are rebuilt from the loaded weights (same hyperplanes)."""
         return dict(
             kind="simhash",
             dim=self.dim,
             num_bits=self.num_bits,
             num_tables=self.num_tables,
-            probes=self.probes,
-            keys=self.keys,
-            center=self.center,
-            max_per_bucket=self.max_per_bucket,
             seed=self.seed,
+            max_per_bucket=self.max_per_bucket,
         )
+
+    def search(self, hidden: torch.Tensor, num_candidates: int) -> torch.Tensor:
+        """(N, num_candidates) int64 class ids, most collisions first, -1 for empty slots
+        ((N, 1) for num_candidates = 0). A non-finite class row found at build takes every
+        query's last slot (nonfinite.py)."""
+        from .. import ops
+
+        if not self.built:
+            raise RuntimeError("LSHIndex.search before build(): call build(weight, bias) first")
+        B = self.max_per_bucket or default_max_per_bucket(num_candidates, self.num_tables)
+        bias = 1.0 if self.has_bias else None  # the queries' bias coordinate, as query_codes
+        ids, _ = ops.lsh_query(
+            hidden.detach(),
+            self.hyperplanes,
+            bias,
+            self.sorted_ids,
+            self.offsets,
+            num_candidates,
+            B,
+        )
+        return _nf.add_nonfinite_class(ids, self.any_nonfinite, self.first_nonfinite)

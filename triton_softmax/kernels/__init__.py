@@ -15,3 +15,4 @@ from .sampled_logits import (  # noqa: F401
 )
 from .scatter_grad import scatter_grad_weight  # noqa: F401
 from .simhash import simhash_codes  # noqa: F401
+from .sparse_adam import sparse_adam_update  # noqa: F401

@@ -18,13 +18,13 @@ Nothing of size N x L x B is materialised (the twin builds and sorts that tensor
 the cut-off may keep different ids than the twin, whose torch.topk order within ties is
 unspecified; the kept collision counts are the same.
 
-The bucket table build on refresh (lsh.bucket_table_ref) stays in torch: it is a stable sort
-of L rows of n codes plus one searchsorted, which torch runs as a device-wide radix sort
-(CUB) at memory bandwidth. A Triton version would be a counting sort (histogram atomics, a
-prefix scan, then a scatter) whose scatter must also keep the randomised order inside a
-bucket that makes a capped read a uniform subsample: atomics give no order, so it would need
-the same stable sort anyway. It runs once per refresh, not per step. So no kernel here, and
-ops.bucket_table keeps the twin on every device.
+The bucket table build on refresh (reference/simhash.py bucket_table_ref) stays in torch:
+it is a stable sort of L rows of n codes plus one searchsorted, which torch runs as a
+device-wide radix sort (CUB) at memory bandwidth. A Triton version would be a counting
+sort (histogram atomics, a prefix scan, then a scatter) whose scatter must also keep the
+randomised order inside a bucket that makes a capped read a uniform subsample: atomics
+give no order, so it would need the same stable sort anyway. It runs once per refresh, not
+per step. So no kernel here, and ops.bucket_table keeps the twin on every device.
 
 The uniform samples T and the target are added by candidates.build_candidates in torch: its
 draws come from the caller's torch.Generator, so the Triton and torch paths (and resumed
@@ -186,7 +186,7 @@ def lsh_lookup(
 ):
     """The launcher behind lsh_candidates (query_codes given) and lsh_query (hidden given:
     hash and look up in one launch). Returns (ids (N, C) int64, collisions (N, C) int32)."""
-    from ..lsh import lsh_candidates_ref, simhash_codes_ref
+    from ..reference.simhash import lsh_candidates_ref, simhash_codes_ref
 
     if sorted_ids.dim() != 2 or offsets.dim() != 2 or offsets.shape[0] != sorted_ids.shape[0]:
         raise ValueError("sorted_ids must be (L, n) and offsets (L, 2^K + 1)")

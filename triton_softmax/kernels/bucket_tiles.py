@@ -36,7 +36,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..bucket_tiles import bucket_tile_lse_bwd_ref, bucket_tile_lse_ref
+from ..reference.bucket_tiles import bucket_tile_lse_bwd_ref, bucket_tile_lse_ref
 from . import _utils
 from .linear_ce import _KERNEL_DTYPES, _dot_setup, _logits_tile, _tile_grad_update, _zero_grads
 
@@ -411,7 +411,8 @@ def bucket_tile_lse(
     hidden (N, d), weight (n, d): float32/float16/bfloat16, any strides; bias (n,) | None;
     target (N,) integer in [0, n) (ignored rows: pass any valid id and a zero gradient);
     query_codes (N, L), key_codes (n, L): int32 codes in [0, 2^K); sorted_ids (L, n) and
-    offsets (L, 2^K + 1): the index's bucket tables (lsh.bucket_table_ref). float64 -> twin.
+    offsets (L, 2^K + 1): the index's bucket tables (reference/simhash.py bucket_table_ref).
+    float64 -> twin.
     """
     if not _check(hidden, weight, bias, target, query_codes, key_codes, sorted_ids, offsets):
         return bucket_tile_lse_ref(

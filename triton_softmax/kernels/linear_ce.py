@@ -51,7 +51,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ..full import chunked_ce_bwd_ref, chunked_ce_fwd_ref
+from ..reference.linear_ce import chunked_ce_bwd_ref, chunked_ce_fwd_ref
+from ..reference.sampled_logits import nan_at_inf_lse
 from . import _utils
 
 # Class splits (forward) start at multiples of this, so no class tile straddles two splits:
@@ -637,8 +638,8 @@ def _check(hidden, weight, bias, target, label_smoothing, filter_eps=None):
         raise ValueError("hidden, weight, target and bias must be on one device")
     if not hidden.is_cuda and not _utils.INTERPRET:
         raise RuntimeError("linear_ce kernels need CUDA tensors, or TRITON_INTERPRET=1 on CPU")
-    if not 0.0 <= float(label_smoothing) < 1.0:
-        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
+    if not 0.0 <= float(label_smoothing) <= 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing!r}")
     if filter_eps is not None and not float(filter_eps) > 0.0:
         raise ValueError(f"filter_eps must be None or > 0, got {filter_eps!r}")
     floats = [hidden, weight] + ([bias] if bias is not None else [])
@@ -716,7 +717,7 @@ def linear_ce_fwd(
     loss = lse - (1.0 - label_smoothing) * part[1].sum(0)
     if smooth:
         loss = loss - (label_smoothing / n) * part[2].sum(0)
-    return loss, lse
+    return nan_at_inf_lse(loss, lse), lse
 
 
 def linear_ce_bwd(

@@ -1,8 +1,8 @@
 """Sampled logits: the estimator's forward, and its backward (coefficients and dh), fused.
 
-Twins: estimator.sampled_logits_fwd_ref, sampled_logits_coef_ref and grad_hidden_ref (see
-estimator.py for the math). One program per example i holds h_i (BLOCK_D >= d, fp32) in
-registers and walks its M candidates BLOCK_C at a time, gathering the candidate rows of W
+Twins: sampled_logits_fwd_ref, sampled_logits_coef_ref and grad_hidden_ref (see
+reference/sampled_logits.py for the math). One program per example i holds h_i (BLOCK_D >= d,
+fp32) in registers and walks its M candidates BLOCK_C at a time, gathering the candidate rows of W
 straight into a (BLOCK_C, BLOCK_D) register tile:
 
   forward   z = W_c . h (+ b_c), online log-sum-exp of z + log w; loss = lse - z_y.
@@ -134,6 +134,10 @@ def sampled_logits_fwd_kernel(
         z_y += tl.load(b_ptr + y * stride_b).to(tl.float32)
     m = tl.full((), float("-inf"), tl.float32)
     s = tl.zeros((), tl.float32)
+    # the target's logit as the lse sums it (its candidate slot), so a confident row's loss
+    # is exactly 0 even for logits near 1e30; z_y above where the target is no candidate
+    z_y_cand = tl.full((), float("-inf"), tl.float32)
+    hits = tl.zeros((), tl.int32)
     for c0 in range(0, M, BLOCK_C):
         cc = c0 + tl.arange(0, BLOCK_C)
         c_ok = cc < M
@@ -143,14 +147,19 @@ def sampled_logits_fwd_kernel(
         _, z = _candidate_logits(
             h, w_ptr, b_ptr, ids, live, dd, d_ok, stride_wn, stride_wd, stride_b, HAS_BIAS
         )
+        hit = live & (ids == y)
+        z_y_cand = tl.maximum(z_y_cand, tl.max(tl.where(hit, z, float("-inf")), axis=0))
+        hits += tl.sum(hit.to(tl.int32), axis=0)
         zl = tl.where(live, z + logw, float("-inf"))
         m_new = tl.maximum(m, tl.max(zl, axis=0))
         m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # all -inf so far: no rescale
         s = s * tl.exp(m - m_ref) + tl.sum(tl.exp(zl - m_ref), axis=0)
         m = m_new
     lse = m + tl.log(s)  # -inf for a row of padding only, as torch.logsumexp
+    z_y = tl.where(hits > 0, z_y_cand, z_y)
     tl.store(lse_ptr + i, lse)
-    tl.store(loss_ptr + i, lse - z_y)
+    # NaN where lse = +inf (a +inf logit), as torch's log_softmax and the twin
+    tl.store(loss_ptr + i, tl.where(lse == float("inf"), float("nan"), lse - z_y))
 
 
 def _check(hidden, weight, bias, cand_ids, cand_logw, target):
@@ -183,10 +192,10 @@ def _check(hidden, weight, bias, cand_ids, cand_logw, target):
 
 
 def sampled_logits_fwd(hidden, weight, bias, cand_ids, cand_logw, target):
-    """(loss (N,), lse (N,)) fp32; same contract as estimator.sampled_logits_fwd_ref."""
+    """(loss (N,), lse (N,)) fp32; same contract as the twin sampled_logits_fwd_ref."""
     _check(hidden, weight, bias, cand_ids, cand_logw, target)
     if hidden.dtype == torch.float64 or weight.dtype == torch.float64:
-        from ..estimator import sampled_logits_fwd_ref
+        from ..reference.sampled_logits import sampled_logits_fwd_ref
 
         return sampled_logits_fwd_ref(hidden, weight, bias, cand_ids, cand_logw, target)
     (N, d), M = hidden.shape, cand_ids.shape[1]
@@ -293,7 +302,7 @@ def sampled_logits_bwd(
 ):
     """(coef (N, M+1) fp32, ids (N, M+1) int64, dh (N, d) fp32 or None) in one pass.
 
-    Same coefficients and ids as estimator.sampled_logits_coef_ref, and dh as
+    Same coefficients and ids as the twin sampled_logits_coef_ref, and dh as
     grad_hidden_ref(coef, ids, weight); grad_loss (N,), lse (N,) from the forward.
     """
     _check(hidden, weight, bias, cand_ids, cand_logw, target)
@@ -301,7 +310,7 @@ def sampled_logits_bwd(
     if grad_loss.shape != (N,) or lse.shape != (N,):
         raise ValueError(f"grad_loss and lse must be ({N},)")
     if hidden.dtype == torch.float64 or weight.dtype == torch.float64 or lse.dtype == torch.float64:
-        from ..estimator import grad_hidden_ref, sampled_logits_coef_ref
+        from ..reference.sampled_logits import grad_hidden_ref, sampled_logits_coef_ref
 
         coef, ids = sampled_logits_coef_ref(
             grad_loss, hidden, weight, bias, cand_ids, cand_logw, target, lse
@@ -352,7 +361,7 @@ def sampled_logits_bwd(
 
 
 def sampled_logits_coef(grad_loss, hidden, weight, bias, cand_ids, cand_logw, target, lse):
-    """Same contract as estimator.sampled_logits_coef_ref (the backward without dh)."""
+    """Same contract as the twin sampled_logits_coef_ref (the backward without dh)."""
     coef, ids, _ = sampled_logits_bwd(
         grad_loss, hidden, weight, bias, cand_ids, cand_logw, target, lse, compute_dh=False
     )
@@ -393,14 +402,14 @@ def grad_hidden_kernel(
 
 
 def grad_hidden(coef, ids, weight):
-    """dh (N, d) fp32 = sum_j coef_ij W_{ids_ij}; same contract as estimator.grad_hidden_ref."""
+    """dh (N, d) fp32 = sum_j coef_ij W_{ids_ij}; same contract as the twin grad_hidden_ref."""
     _utils.check_float("weight", weight)
     if coef.dim() != 2 or ids.shape != coef.shape or weight.dim() != 2:
         raise ValueError("coef and ids must be (N, M+1) and weight (n, d)")
     _utils.check_device("ids", ids, coef.device)
     _utils.check_device("weight", weight, coef.device)
     if coef.dtype == torch.float64 or weight.dtype == torch.float64:
-        from ..estimator import grad_hidden_ref
+        from ..reference.sampled_logits import grad_hidden_ref
 
         return grad_hidden_ref(coef, ids, weight)
     (N, M1), d = coef.shape, weight.shape[1]

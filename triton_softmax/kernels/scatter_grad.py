@@ -1,6 +1,6 @@
 """Dense weight gradient of the sampled softmax: dW[ids_ij] += coef_ij h_i, candidate rows only.
 
-Twin: estimator.scatter_grad_weight_ref (index_add). Two kernels, one launcher:
+Twin: reference.sampled_logits.scatter_grad_weight_ref (index_add). Two kernels, one launcher:
 
   atomics (default)   one program per (example, block of BLOCK_C slots) adds the
                       (BLOCK_C, BLOCK_D) tile coef h into dW with fp32 atomics; slots with
@@ -117,7 +117,7 @@ def scatter_grad_weight_segment_kernel(
 
 
 def scatter_grad_weight(coef, ids, hidden, n, deterministic=False):
-    """Dense dW (n, d) fp32; same contract as estimator.scatter_grad_weight_ref.
+    """Dense dW (n, d) fp32; same contract as the twin scatter_grad_weight_ref.
 
     coef: (N, M+1) float; ids: (N, M+1) int; hidden: (N, d) float. deterministic=True
     selects the sort + segment-reduce kernel (bitwise reproducible) instead of atomics.
@@ -136,7 +136,7 @@ def scatter_grad_weight(coef, ids, hidden, n, deterministic=False):
     _utils.check_device("ids", ids, coef.device)
     _utils.check_device("hidden", hidden, coef.device)
     if coef.dtype == torch.float64 or hidden.dtype == torch.float64:
-        from ..estimator import scatter_grad_weight_ref
+        from ..reference.sampled_logits import scatter_grad_weight_ref
 
         return scatter_grad_weight_ref(coef, ids, hidden, n)
     (N, M1), d = coef.shape, hidden.shape[1]

@@ -2,11 +2,12 @@
 
 For each table l and each bucket c that holds at least one query, the tile is
 H[queries in c] @ W[classes in c]^T: a dense product instead of per-example gathers (on a
-GPU, tensor-core work: kernels/bucket_tiles.py; this module holds its PyTorch twins and the
-loss built on them). Query i's candidate set S_i is the whole union of its L buckets (no
-ranking, no cap: the hit test below must see exactly the classes that were scored). A class
-that shares several buckets with a query is counted once, in the first table where they
-collide: tile entry (i, j) of table l is masked when code_l'(i) = code_l'(j) for some l' < l.
+GPU, tensor-core work: kernels/bucket_tiles.py; this module holds its PyTorch twins; the
+loss built on them is triton_softmax/bucket_shared.py). Query i's candidate set S_i is the
+whole union of its L buckets (no ranking, no cap: the hit test below must see exactly the
+classes that were scored). A class that shares several buckets with a query is counted
+once, in the first table where they collide: tile entry (i, j) of table l is masked when
+code_l'(i) = code_l'(j) for some l' < l.
 The target is masked out of the tiles and added as its own term, and one uniform T per batch
 (weight n/|T|; draws that share a bucket with the query or are its target removed) estimates
 the rest:
@@ -19,17 +20,14 @@ the rest:
 
 The twins below enumerate the tiles in Python (one host read per table, one small matmul per
 tile): they are the oracle for the kernels and the CPU path of the tiled scheme, whose speed
-against the per-example gather on the bucket union is measured in bench/bucket_tiles_cpu.py.
+against the per-example gather on the bucket union is measured in bench/bucket_tiles.py.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from .estimator import acc_dtype
-from .lsh import LSHIndex
+from .sampled_logits import acc_dtype
 
 
 def _tiles(query_codes: torch.Tensor, offsets: torch.Tensor):
@@ -114,51 +112,3 @@ def bucket_tile_lse_bwd_ref(
         if db is not None:
             db.index_put_((cls,), p.sum(0), accumulate=True)
     return dh, dw, db
-
-
-def bucket_tile_loss(
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    target: torch.Tensor,
-    index: LSHIndex,
-    num_uniform: int,
-    generator: torch.Generator | None = None,
-    return_lse: bool = False,
-):
-    """Per-row estimator loss (N,) over bucket tiles, differentiable (dense gradients).
-
-    hidden (N, d), weight (n, d), bias (n,) | None, target (N,) int64 in [0, n); index: an
-    LSHIndex built on weight (its codes, tables and hyperplanes). The tiles run through
-    BucketTileFunction (the Triton kernels on CUDA, the twins above elsewhere); the target and
-    shared-T terms are plain torch. Accumulates in fp32 (fp64 for fp64 inputs). With
-    return_lse, returns (loss, log Z-hat) for a z-loss.
-    """
-    from .autograd import BucketTileFunction
-
-    acc = acc_dtype(hidden.dtype)
-    n = weight.shape[0]
-    q_codes = index.query_codes(hidden.detach())  # (N, L) int32
-    k_codes = index.codes  # (n, L) int32
-    y = target.long()
-    tiles = BucketTileFunction.apply(
-        hidden, weight, bias, y, q_codes, k_codes, index.sorted_ids, index.offsets
-    ).to(acc)  # (L, N)
-    h = hidden.to(acc)
-    z_y = (h * weight[y].to(acc)).sum(1)
-    if bias is not None:
-        z_y = z_y + bias[y].to(acc)
-    terms = [tiles.T, z_y.unsqueeze(1)]
-    if num_uniform:
-        t = torch.randint(0, n, (num_uniform,), generator=generator, device=hidden.device)
-        z_t = h @ weight[t].to(acc).T  # the dense N x |T| product
-        if bias is not None:
-            z_t = z_t + bias[t].to(acc)
-        # a draw is a hit when it shares a bucket with the query (it is in S_i) or is the target
-        hit = (q_codes.long().unsqueeze(1) == k_codes[t].long().unsqueeze(0)).any(2)
-        hit = hit | (t == y.unsqueeze(1))
-        logw = math.log(n / num_uniform)
-        terms.append(torch.logsumexp((z_t + logw).masked_fill(hit, float("-inf")), 1, True))
-    lse = torch.logsumexp(torch.cat(terms, dim=1), dim=1)
-    loss = lse - z_y
-    return (loss, lse) if return_lse else loss

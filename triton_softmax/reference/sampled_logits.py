@@ -52,8 +52,28 @@ def sampled_logits_fwd_ref(
     h = hidden.to(acc)
     z = _candidate_logits(h, gather_rows(weight, cand_ids).to(acc), bias, cand_ids, softcap)
     z_t = _target_logit(h, weight[target].to(acc), bias, target, softcap)
+    z_t = target_from_candidates(z, cand_ids, target, z_t)
     lse = torch.logsumexp(z + cand_logw.to(acc), dim=1)
-    return lse - z_t, lse
+    return nan_at_inf_lse(lse - z_t, lse), lse
+
+
+def nan_at_inf_lse(loss: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
+    """NaN where lse = +inf, as torch's log_softmax gives (z - max with max = +inf): a row
+    whose softmax includes a +inf logit has loss NaN on every path, not +inf."""
+    return torch.where(lse == float("inf"), torch.full_like(loss, float("nan")), loss)
+
+
+def target_from_candidates(
+    z: torch.Tensor, cand_ids: torch.Tensor, target: torch.Tensor, z_t: torch.Tensor
+) -> torch.Tensor:
+    """The target's logit read from z (N, M) where the target is a candidate, else z_t (N,).
+
+    The lse sums exactly these values, so a confident row's loss lse - z_y is 0 (as torch's)
+    even where float32 logits near 1e30 make a separately reduced dot product differ from
+    z's entry by ulps of 1e30 (~1e23)."""
+    hit = cand_ids == target.unsqueeze(1)
+    pos = hit.to(torch.uint8).argmax(dim=1, keepdim=True)
+    return torch.where(hit.any(dim=1), z.gather(1, pos).squeeze(1), z_t)
 
 
 def cap_logits(z: torch.Tensor, softcap: float) -> torch.Tensor:
@@ -166,23 +186,47 @@ def scatter_grad_weight_ref(
 
 
 def sparse_grad_weight_ref(
-    coef: torch.Tensor, ids: torch.Tensor, hidden: torch.Tensor, n: int, dtype: torch.dtype
+    coef: torch.Tensor,
+    ids: torch.Tensor,
+    hidden: torch.Tensor,
+    n: int,
+    dtype: torch.dtype,
+    extra_ids: torch.Tensor | None = None,
+    extra_rows: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Sparse COO dW (n, d): one row per candidate slot (zero coefficients dropped), uncoalesced:
-    torch.optim.SGD adds duplicates as it applies them, SparseAdam/Adagrad coalesce themselves,
-    and skipping the sort here saves an O(N M d) pass per step.
+    """Coalesced sparse COO dW (n, d): one row per distinct candidate class, summed over the
+    slots that hit it (zero coefficients dropped), marked coalesced, so SparseAdam / Adagrad /
+    FusedSparseAdam skip their own sort and work on the distinct rows only.
 
-    Dropping the zero slots makes nnz data-dependent (a host sync); sparse gradients imply one
-    anyway, since the optimizer coalesces them.
+    coef, ids: (N, M) acc dtype / int64; hidden: (N, d). extra_ids (M2,) int64 with
+    extra_rows (M2, d): gradient rows computed elsewhere (the shared T's dense product),
+    summed in. The slots are grouped by class with one stable sort, and the rows are one
+    sparse (U, N) x (N, d) product: no (slots, d) intermediate. Dropping the zero slots makes
+    nnz data-dependent (a host sync); a sparse gradient implies one anyway.
     """
-    d = hidden.shape[1]
-    keep = (coef != 0).nonzero()  # (K, 2): (example, slot) of every nonzero coefficient
-    ex, slot = keep[:, 0], keep[:, 1]
-    rows = coef[ex, slot].unsqueeze(1) * hidden.to(coef.dtype)[ex]  # (K, d), only kept slots
-    out = torch.sparse_coo_tensor(
-        ids[ex, slot].unsqueeze(0), rows.to(dtype), (n, d), check_invariants=False
+    N, d = hidden.shape
+    flat = coef.reshape(-1)
+    keep = flat.nonzero().squeeze(1)  # flat slots (example * M + slot) with coef != 0
+    row_ids, order = torch.sort(ids.reshape(-1)[keep], stable=True)
+    keep = keep[order]
+    uniq, counts = torch.unique_consecutive(row_ids, return_counts=True)
+    crow = torch.zeros(uniq.numel() + 1, dtype=torch.int64, device=coef.device)
+    torch.cumsum(counts, 0, out=crow[1:])
+    A = torch.sparse_csr_tensor(
+        crow, keep // max(coef.shape[1], 1), flat[keep], (uniq.numel(), N), check_invariants=False
     )
-    return out
+    rows = A @ hidden.to(coef.dtype)
+    if extra_ids is not None:
+        uniq, inv = torch.unique(torch.cat([uniq, extra_ids]), return_inverse=True)
+        summed = torch.zeros(uniq.numel(), d, dtype=rows.dtype, device=rows.device)
+        rows = summed.index_add_(0, inv, torch.cat([rows, extra_rows.to(rows.dtype)]))
+    # AccumulateGrad "steals" a sparse gradient with contiguous indices by rebuilding it
+    # without its coalesced flag (torch 2.x, accumulate_grad.h case 1.2); with strided indices
+    # it clones, which keeps the flag, so the optimizer does not sort the rows again.
+    indices = torch.stack([uniq, uniq], 1).T[:1]  # (1, U), stride (1, 2)
+    return torch.sparse_coo_tensor(
+        indices, rows.to(dtype), (n, d), is_coalesced=True, check_invariants=False
+    )
 
 
 def scatter_grad_bias_ref(
@@ -197,58 +241,3 @@ def scatter_grad_bias_ref(
     db = torch.zeros(n, dtype=coef.dtype, device=coef.device)
     db.index_add_(0, ids.reshape(-1), coef.reshape(-1))
     return db
-
-
-def sampled_softmax_loss_ref(
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    cand_ids: torch.Tensor,
-    cand_logw: torch.Tensor,
-    target: torch.Tensor,
-) -> torch.Tensor:
-    """The estimator written with plain autograd ops (for gradcheck against the Function)."""
-    z = torch.einsum("nd,nmd->nm", hidden, weight[cand_ids])
-    z_t = (hidden * weight[target]).sum(1)
-    if bias is not None:
-        z = z + bias[cand_ids]
-        z_t = z_t + bias[target]
-    return torch.logsumexp(z + cand_logw.to(z.dtype), dim=1) - z_t
-
-
-# ---- batch-shared candidates: per-example S (gathered) + shared ids scored as one matmul ----
-def _shared_logits(hidden, weight, bias, s_ids, shared_ids, acc):
-    h = hidden.to(acc)
-    z_s = torch.bmm(weight[s_ids].to(acc), h.unsqueeze(2)).squeeze(2)  # (N, R)
-    w_sh = weight[shared_ids].to(acc)  # (M, d): one gather for the whole batch
-    z_sh = h @ w_sh.T  # (N, M) dense product
-    if bias is not None:
-        z_s = z_s + bias[s_ids].to(acc)
-        z_sh = z_sh + bias[shared_ids].to(acc)
-    return h, z_s, w_sh, z_sh
-
-
-def shared_logits_fwd_ref(hidden, weight, bias, s_ids, s_logw, shared_ids, shared_logw, target):
-    """Estimator loss (N,) and lse (N,) over S_i (gathered) and shared ids (dense)."""
-    acc = acc_dtype(hidden.dtype)
-    h, z_s, _, z_sh = _shared_logits(hidden, weight, bias, s_ids, shared_ids, acc)
-    z_t = (weight[target].to(acc) * h).sum(1)
-    if bias is not None:
-        z_t = z_t + bias[target].to(acc)
-    lse = torch.logsumexp(torch.cat([z_s + s_logw.to(acc), z_sh + shared_logw.to(acc)], 1), 1)
-    return lse - z_t, lse
-
-
-def shared_logits_bwd_ref(
-    grad_loss, hidden, weight, bias, s_ids, s_logw, shared_ids, shared_logw, target, lse
-):
-    """(coef (N, R+1) over ids (N, R+1) = [S | target], shared_coef (N, M), dh (N, d))."""
-    acc = lse.dtype
-    h, z_s, w_sh, z_sh = _shared_logits(hidden, weight, bias, s_ids, shared_ids, acc)
-    g = grad_loss.to(acc).unsqueeze(1)
-    coef_s = g * torch.exp(z_s + s_logw.to(acc) - lse.unsqueeze(1))
-    coef_sh = g * torch.exp(z_sh + shared_logw.to(acc) - lse.unsqueeze(1))
-    coef = torch.cat([coef_s, -g], 1)
-    ids = torch.cat([s_ids, target.unsqueeze(1)], 1)
-    dh = grad_hidden_ref(coef, ids, weight) + coef_sh @ w_sh
-    return coef, ids, coef_sh, dh

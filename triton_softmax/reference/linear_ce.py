@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from .estimator import _cap_slope, acc_dtype, cap_logits
+from .sampled_logits import _cap_slope, acc_dtype, cap_logits, nan_at_inf_lse
 
 # Logit elements per chunk (N * chunk): 4 Mi fp32 values = 16 MiB.
 CHUNK_ELEMENTS = 1 << 22
@@ -50,15 +50,18 @@ def chunked_ce_fwd_ref(
     h = hidden.to(acc)
     lse = torch.full((N,), float("-inf"), dtype=acc, device=hidden.device)
     z_sum = torch.zeros(N, dtype=acc, device=hidden.device)
+    # The target logit is read from its chunk's logits, the values the lse sums: a confident
+    # row's loss is then exactly 0, as torch's, even for float32 logits near 1e30.
+    z_t = torch.zeros(N, dtype=acc, device=hidden.device)
     for lo in range(0, n, chunk):
-        z = _chunk_logits(h, weight, bias, lo, min(n, lo + chunk), acc, softcap)
+        hi = min(n, lo + chunk)
+        z = _chunk_logits(h, weight, bias, lo, hi, acc, softcap)
         lse = torch.logaddexp(lse, torch.logsumexp(z, dim=1))
+        in_chunk = (target >= lo) & (target < hi)
+        col = (target - lo).clamp(0, hi - lo - 1).unsqueeze(1)
+        z_t = torch.where(in_chunk, z.gather(1, col).squeeze(1), z_t)
         if label_smoothing and softcap:
             z_sum += z.sum(1)
-    z_t = (weight[target].to(acc) * h).sum(1)
-    if bias is not None:
-        z_t = z_t + bias[target].to(acc)
-    z_t = cap_logits(z_t, softcap)
     loss = lse - (1.0 - label_smoothing) * z_t
     if label_smoothing and softcap:
         loss = loss - label_smoothing / n * z_sum
@@ -68,7 +71,7 @@ def chunked_ce_fwd_ref(
         if bias is not None:
             z_sum = z_sum + bias.to(acc).sum()
         loss = loss - label_smoothing / n * z_sum
-    return loss, lse
+    return nan_at_inf_lse(loss, lse), lse
 
 
 def chunked_ce_bwd_ref(

@@ -18,7 +18,8 @@ import math
 import numpy as np
 import torch
 
-from .checks import check_int_option
+from .. import nonfinite as _nf
+from ..checks import check_int_option
 
 try:  # faiss is optional: the faiss path is unavailable without it
     import faiss
@@ -59,11 +60,19 @@ def _augment(x: torch.Tensor, col: torch.Tensor | float | None) -> torch.Tensor:
     return torch.cat([x, col.detach().float().unsqueeze(1)], dim=1).contiguous()
 
 
+def _follow_torch_threads() -> None:
+    """FAISS's OpenMP pool follows torch.get_num_threads() (set before every build and
+    search): torch.set_num_threads(k) is the one knob for both."""
+    faiss.omp_set_num_threads(torch.get_num_threads())
+
+
 class FaissIndex:
     """Top-k inner-product search over class rows with FAISS.
 
-    kind: "flat" or "ivf"; nlist (ivf, default ~4 sqrt(n)); nprobe (ivf, default 16);
-    use_gpu: None = GPU index when faiss-gpu imports and weights are on CUDA.
+    kind: "flat" or "ivf"; nlist (ivf, default default_nlist(n): about sqrt(n), at least 39
+    rows per list); nprobe (ivf, default 16); use_gpu: None = GPU index when faiss-gpu
+    imports and weights are on CUDA. FAISS's CPU threads follow torch.get_num_threads().
+    A NaN/inf class row is indexed as zeros and added to every search (nonfinite.py).
     """
 
     def __init__(
@@ -95,12 +104,18 @@ class FaissIndex:
         self.has_bias = False
         self.n = 0
         self.on_gpu = False
+        self.any_nonfinite: torch.Tensor | None = None
+        self.first_nonfinite: torch.Tensor | None = None
 
     @property
     def built(self) -> bool:
         return self.index is not None
 
     def build(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> FaissIndex:
+        _follow_torch_threads()
+        weight, bias, self.any_nonfinite, self.first_nonfinite = _nf.finite_rows(
+            weight.detach(), bias.detach() if bias is not None else None
+        )
         rows = _augment(weight, bias)
         n, dim = rows.shape
         self.on_gpu = bool(
@@ -134,14 +149,34 @@ class FaissIndex:
         self.index, self.has_bias, self.n = index, bias is not None, n
         return self
 
+    def update_rows(
+        self, weight: torch.Tensor, bias: torch.Tensor | None, rows: torch.Tensor
+    ) -> bool:
+        """No in-place update (IVF lists would need re-assignment): the caller rebuilds."""
+        return False
+
+    def union(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Not defined for FAISS (no buckets to take the union of): the bucket-shared scheme
+        needs the SimHash index."""
+        raise NotImplementedError(
+            "FaissIndex has no bucket union: candidate_scheme='bucket_shared' needs method='lsh'"
+        )
+
+    def state_dict(self) -> dict:
+        """Settings and seed: the index is rebuilt from the loaded weights."""
+        return dict(kind=self.kind, nlist=self.nlist, nprobe=self.nprobe, seed=self.seed)
+
     def search(self, hidden: torch.Tensor, k: int) -> torch.Tensor:
-        """(N, k) int64 class ids by descending inner product, -1 where fewer than k found."""
+        """(N, k) int64 class ids by descending inner product, -1 where fewer than k found
+        ((N, 1) for k = 0: S = the target alone, and the slot a non-finite class takes)."""
         if self.index is None:
             raise RuntimeError("FaissIndex.search before build(): call build(weight, bias) first")
+        _follow_torch_threads()
         queries = _augment(hidden, 1.0 if self.has_bias else None)
         k_eff = min(k, self.n)
-        if queries.shape[0] == 0:
-            return torch.full((0, k), -1, dtype=torch.int64, device=hidden.device)
+        if queries.shape[0] == 0 or k_eff == 0:  # faiss asserts k > 0
+            ids = torch.full((queries.shape[0], k), -1, dtype=torch.int64, device=hidden.device)
+            return _nf.add_nonfinite_class(ids, self.any_nonfinite, self.first_nonfinite)
         if self.on_gpu:  # pragma: no cover - needs faiss-gpu
             _, ids = self.index.search(queries, k_eff)
             ids = ids.long()
@@ -150,4 +185,4 @@ class FaissIndex:
             ids = torch.from_numpy(ids).to(hidden.device)
         if k_eff < k:
             ids = torch.cat([ids, ids.new_full((ids.shape[0], k - k_eff), -1)], dim=1)
-        return ids
+        return _nf.add_nonfinite_class(ids, self.any_nonfinite, self.first_nonfinite)

@@ -1,0 +1,68 @@
+"""make_index: the unbuilt index for a method, with the library's defaults (one place)."""
+
+from __future__ import annotations
+
+import torch
+
+from .clusters import ClusterIndex
+from .faiss import FaissIndex, default_nlist
+from .generators import make_generator
+from .simhash import LSHIndex, default_num_bits
+from .simhash_rerank import SimHashIndex
+
+Index = LSHIndex | FaissIndex | ClusterIndex | SimHashIndex
+
+
+def faiss_kind(faiss_index: str, n: int) -> str:
+    """ "auto" -> "ivf" from 10^5 classes, "flat" below; an explicit kind stays."""
+    if faiss_index != "auto":
+        return faiss_index
+    return "ivf" if n >= 100_000 else "flat"
+
+
+def make_index(
+    method: str,
+    n: int,
+    d: int,
+    num_candidates: int,
+    *,
+    lsh_bits: int | None = None,
+    lsh_tables: int = 8,
+    faiss_index: str = "auto",
+    faiss_nlist: int | None = None,
+    faiss_nprobe: int = 16,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+    lsh_generator: str | None = "tables",
+    validate: bool = False,
+) -> Index:
+    """An unbuilt index for `method` ("lsh" or "faiss") with the library's defaults.
+
+    lsh_generator (issue 18): "tables" (or None) = LSHIndex (ranked by collision count), or
+    "clusters" / "simhash" (index/generators.py: unions reranked by exact logits)."""
+    if method == "lsh" and lsh_generator not in (None, "tables"):
+        return make_generator(lsh_generator, n, d, seed=seed, validate=validate)
+    if method == "lsh":
+        K = lsh_bits if lsh_bits is not None else default_num_bits(n, lsh_tables, num_candidates)
+        return LSHIndex(d, K, lsh_tables, seed=seed, device=device)
+    if method == "faiss":
+        kind = faiss_kind(faiss_index, n)
+        return FaissIndex(kind, nlist=faiss_nlist, nprobe=faiss_nprobe, seed=seed)
+    raise ValueError(f"no index for method {method!r}")
+
+
+def describe(method: str, n: int, num_candidates: int, options) -> str:
+    """The explain() suffix for the index `method` over n rows (options: IndexOptions)."""
+    gen = getattr(options, "lsh_generator", None)
+    if method == "lsh" and gen not in (None, "tables"):
+        return f"; lsh generator {gen} (union reranked by exact logits)"
+    if method == "lsh":
+        K = options.lsh_bits or default_num_bits(n, options.lsh_tables, num_candidates)
+        return f"; lsh K={K} bits x L={options.lsh_tables} tables"
+    if method == "faiss":
+        kind = faiss_kind(options.faiss_index, n)
+        text = f"; faiss index {kind}"
+        if kind == "ivf":
+            text += f" nlist={options.faiss_nlist or default_nlist(n)}"
+        return text
+    return ""

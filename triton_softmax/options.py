@@ -1,0 +1,291 @@
+"""Option objects: frozen dataclasses that validate themselves, one per concern.
+
+Every layer takes these instead of re-plumbing loose keyword arguments, and they are
+hashable, so (shape, options) is the dispatcher's cache key. The flat keyword arguments of
+SampledSoftmaxLoss and sampled_softmax_cross_entropy are mapped onto them by `from_kwargs`.
+
+  LossOptions      what the loss is: reduction, ignore_index, label smoothing, z-loss, softcap
+  SamplingOptions  the estimator: |S|, |T|, candidate scheme, proposal of T, accidental hits
+  IndexOptions     the candidate generator: method, LSH / FAISS settings, refresh policy, seed
+  DriftOptions     drift checks (exact vs estimated loss) and drift-triggered refreshes
+  GradOptions      how gradients are written: sparse rows, deterministic accumulation
+  ShardSpec        class sharding over a process group (see distributed.py)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import numbers
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from . import checks
+from .index.generators import DEFAULT_LSH_GENERATOR, LSH_GENERATORS
+from .samplers import CategoricalSampler, Sampler
+
+SCHEMES = ("per_example", "shared_samples", "batch_union", "bucket_shared")
+BUCKET_IMPLS = ("auto", "gather", "tiles")
+
+
+def check_nonneg_float(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ValueError(f"{name} must be a float >= 0 (0: off), got {value!r}")
+    return float(value)
+
+
+def _set(obj, name: str, value) -> None:
+    object.__setattr__(obj, name, value)  # normalising a field of a frozen dataclass
+
+
+@dataclass(frozen=True)
+class LossOptions:
+    """reduction none/mean/sum; rows with target == ignore_index get zero loss and gradient;
+    label_smoothing in [0, 1]; z_loss >= 0 adds z_loss * lse^2 per row; softcap c > 0 caps
+    logits to c tanh(z / c); validate=True checks inputs for NaN/inf (reads them: a sync)."""
+
+    reduction: str = "mean"
+    ignore_index: int = -100
+    label_smoothing: float = 0.0
+    z_loss: float = 0.0
+    softcap: float = 0.0
+    validate: bool = False
+
+    def __post_init__(self) -> None:
+        checks.check_reduction(self.reduction)
+        # any integer (numpy's too, as torch takes), stored as a Python int
+        _set(self, "ignore_index", checks.as_ignore_index(self.ignore_index))
+        ls = self.label_smoothing
+        if not (isinstance(ls, numbers.Real) and not isinstance(ls, bool) and 0.0 <= ls <= 1.0):
+            raise ValueError(f"label_smoothing must be a float in [0, 1], got {ls!r}")
+        _set(self, "z_loss", check_nonneg_float("z_loss", self.z_loss))
+        _set(self, "softcap", check_nonneg_float("softcap", self.softcap))
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """num_candidates |S| (with the target); num_uniform |T|; scheme: per_example /
+    shared_samples / batch_union / bucket_shared; bucket_impl (bucket_shared): auto / gather /
+    tiles; sampler: "uniform" | "log_uniform" | (n,) class weights | a Sampler (a weight
+    tensor is wrapped in a CategoricalSampler, so the options stay hashable)."""
+
+    num_candidates: int = 512
+    num_uniform: int = 512
+    scheme: str = "per_example"
+    bucket_impl: str = "auto"
+    sampler: str | Sampler = "uniform"
+    remove_accidental_hits: bool = True
+
+    def __post_init__(self) -> None:
+        checks.check_int_option("num_candidates (|S|)", self.num_candidates, 1)
+        checks.check_int_option("num_uniform (|T|)", self.num_uniform, 0)
+        if self.scheme not in SCHEMES:
+            raise ValueError(f"candidate_scheme must be one of {SCHEMES}, got {self.scheme!r}")
+        if self.bucket_impl not in BUCKET_IMPLS:
+            raise ValueError(f"bucket_impl must be one of {BUCKET_IMPLS}, got {self.bucket_impl!r}")
+        if isinstance(self.sampler, torch.Tensor):
+            _set(self, "sampler", CategoricalSampler(self.sampler))
+        elif not isinstance(self.sampler, (str, Sampler)):
+            raise ValueError(
+                "sampler must be 'uniform', 'log_uniform', a weight tensor or a Sampler, "
+                f"got {self.sampler!r}"
+            )
+        elif isinstance(self.sampler, str) and self.sampler not in ("uniform", "log_uniform"):
+            raise ValueError(
+                "sampler must be 'uniform', 'log_uniform', a weight tensor or a Sampler, "
+                f"got {self.sampler!r}"
+            )
+
+    @property
+    def uniform(self) -> bool:
+        return isinstance(self.sampler, str) and self.sampler == "uniform"
+
+
+@dataclass(frozen=True)
+class IndexOptions:
+    """method auto/full/faiss/lsh/uniform (uniform: no index, S = {target}); lsh_bits K
+    (None: from n, L, |S|), lsh_tables L; faiss_index auto/flat/ivf with faiss_nlist /
+    faiss_nprobe; refresh_every training steps; partial_refresh: re-hash only rows with a
+    sparse gradient; seed: hyperplanes and draws; lsh_generator: what the lsh path retrieves
+    S with, "clusters" | "simhash" (unions reranked by exact logits) | "tables" (LSHIndex,
+    ranked by collision count); None: "tables" under bucket_shared, else "clusters"."""
+
+    method: str = "auto"
+    lsh_bits: int | None = None
+    lsh_tables: int = 8
+    faiss_index: str = "auto"
+    faiss_nlist: int | None = None
+    faiss_nprobe: int = 16
+    refresh_every: int = 100
+    partial_refresh: bool = False
+    seed: int = 0
+    lsh_generator: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.lsh_generator is not None and self.lsh_generator not in LSH_GENERATORS:
+            raise ValueError(
+                f"lsh_generator must be one of {LSH_GENERATORS}, got {self.lsh_generator!r}"
+            )
+        checks.check_index_options(
+            method=self.method,
+            lsh_bits=self.lsh_bits,
+            lsh_tables=self.lsh_tables,
+            faiss_index=self.faiss_index,
+            refresh_every=self.refresh_every,
+        )
+
+    def resolved(self, sampling: SamplingOptions, shard: ShardSpec | None) -> IndexOptions:
+        """These options with lsh_generator chosen: None -> "tables" for the bucket_shared
+        scheme and for a sharded module (its ranks' tables, tested as such), else "clusters"."""
+        if self.lsh_generator is not None:
+            return self
+        tables = sampling.scheme == "bucket_shared" or shard is not None
+        gen = "tables" if tables else DEFAULT_LSH_GENERATOR
+        return dataclasses.replace(self, lsh_generator=gen)
+
+
+@dataclass(frozen=True)
+class DriftOptions:
+    """every: a drift check (exact vs estimated loss on `rows` rows) every that many training
+    steps (None: off), reported to `hook`; refresh_drift: rebuild the index when the probe
+    rows' drift exceeds it (checked every check_every steps on probe_rows rows)."""
+
+    every: int | None = None
+    rows: int = 8
+    hook: Callable[[dict], None] | None = None
+    refresh_drift: float | None = None
+    check_every: int = 10
+    probe_rows: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.every is not None:
+            checks.check_int_option("drift_every", self.every, 1)
+        checks.check_int_option("drift_rows", self.rows, 1)
+        checks.check_int_option("drift_check_every", self.check_every, 1)
+        checks.check_int_option("drift_probe_rows", self.probe_rows, 1)
+        if self.refresh_drift is not None and not self.refresh_drift > 0:
+            raise ValueError(f"refresh_drift must be a positive float, got {self.refresh_drift!r}")
+
+
+@dataclass(frozen=True)
+class GradOptions:
+    """sparse: the weight gradient is a sparse COO tensor of the rows touched (SGD, SparseAdam);
+    deterministic: dense dW by sort + segment-reduce instead of atomics (Triton path)."""
+
+    sparse: bool = False
+    deterministic: bool = False
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """Classes sharded over `group` (None: the world; without torch.distributed initialised, one
+    shard); bounds: [(lo, hi)] per rank (None: distributed.shard_bounds, sizes within 1)."""
+
+    group: Any = None
+    bounds: tuple[tuple[int, int], ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.bounds is not None:
+            _set(self, "bounds", tuple((int(lo), int(hi)) for lo, hi in self.bounds))
+
+
+def check_combination(
+    loss: LossOptions, sampling: SamplingOptions, index: IndexOptions, grad: GradOptions
+) -> None:
+    """The rules that span several option objects (one ValueError naming the options)."""
+    if sampling.scheme == "bucket_shared" and (index.method != "lsh" or loss.softcap):
+        raise ValueError(
+            "candidate_scheme='bucket_shared' needs the lsh index (method='lsh') and does "
+            "not support softcap yet"
+        )
+    if sampling.scheme == "bucket_shared" and index.lsh_generator not in (None, "tables"):
+        raise ValueError(
+            "candidate_scheme='bucket_shared' scores whole SimHash buckets: it needs "
+            f"lsh_generator='tables', got {index.lsh_generator!r}"
+        )
+    if sampling.bucket_impl == "tiles" and (grad.sparse or not sampling.uniform):
+        raise ValueError(
+            "bucket_impl='tiles' gives dense gradients with a uniform T: it takes neither "
+            "sparse_grad=True nor a non-uniform sampler (use bucket_impl='gather')"
+        )
+    if index.partial_refresh and not grad.sparse:
+        raise ValueError(
+            "partial_refresh needs sparse_grad=True (it re-hashes the rows that "
+            "received a sparse gradient since the last refresh)"
+        )
+
+
+# flat keyword -> (option object, field): the compatibility layer of the old signatures
+FLAT_KWARGS: dict[str, tuple[str, str]] = {
+    "reduction": ("loss", "reduction"),
+    "ignore_index": ("loss", "ignore_index"),
+    "label_smoothing": ("loss", "label_smoothing"),
+    "z_loss": ("loss", "z_loss"),
+    "softcap": ("loss", "softcap"),
+    "validate": ("loss", "validate"),
+    "num_candidates": ("sampling", "num_candidates"),
+    "num_uniform": ("sampling", "num_uniform"),
+    "candidate_scheme": ("sampling", "scheme"),
+    "scheme": ("sampling", "scheme"),
+    "bucket_impl": ("sampling", "bucket_impl"),
+    "sampler": ("sampling", "sampler"),
+    "remove_accidental_hits": ("sampling", "remove_accidental_hits"),
+    "method": ("index", "method"),
+    "lsh_bits": ("index", "lsh_bits"),
+    "lsh_tables": ("index", "lsh_tables"),
+    "faiss_index": ("index", "faiss_index"),
+    "faiss_nlist": ("index", "faiss_nlist"),
+    "faiss_nprobe": ("index", "faiss_nprobe"),
+    "refresh_every": ("index", "refresh_every"),
+    "partial_refresh": ("index", "partial_refresh"),
+    "seed": ("index", "seed"),
+    "lsh_generator": ("index", "lsh_generator"),
+    "drift_every": ("drift", "every"),
+    "drift_rows": ("drift", "rows"),
+    "drift_hook": ("drift", "hook"),
+    "refresh_drift": ("drift", "refresh_drift"),
+    "drift_check_every": ("drift", "check_every"),
+    "drift_probe_rows": ("drift", "probe_rows"),
+    "sparse_grad": ("grad", "sparse"),
+    "deterministic": ("grad", "deterministic"),
+    "group": ("shard", "group"),
+    "bounds": ("shard", "bounds"),
+}
+OPTION_TYPES = {
+    "loss": LossOptions,
+    "sampling": SamplingOptions,
+    "index": IndexOptions,
+    "drift": DriftOptions,
+    "grad": GradOptions,
+    "shard": ShardSpec,
+}
+
+
+def from_kwargs(given: dict[str, Any], flat: dict[str, Any], owner: str) -> dict[str, Any]:
+    """Merge flat keyword arguments into option objects.
+
+    given: {"loss": LossOptions | None, ...} as passed; flat: the other keyword arguments.
+    A flat keyword overrides that field of a given object. Unknown keywords raise TypeError
+    naming `owner`, as Python would. Returns {"loss": LossOptions(...), ...} ("shard" is
+    None unless a shard spec or group/bounds was given).
+    """
+    fields: dict[str, dict[str, Any]] = {k: {} for k in OPTION_TYPES}
+    for key, value in flat.items():
+        if key not in FLAT_KWARGS:
+            raise TypeError(f"{owner} got an unexpected keyword argument {key!r}")
+        group, field = FLAT_KWARGS[key]
+        fields[group][field] = value
+    out: dict[str, Any] = {}
+    for name, cls in OPTION_TYPES.items():
+        obj = given.get(name)
+        if obj is not None and not isinstance(obj, cls):
+            raise TypeError(f"{name} must be a {cls.__name__}, got {type(obj).__name__}")
+        if name == "shard" and obj is None and not fields[name]:
+            out[name] = None
+        elif fields[name]:
+            out[name] = dataclasses.replace(obj if obj is not None else cls(), **fields[name])
+        else:
+            out[name] = obj if obj is not None else cls()
+    return out
