@@ -2,9 +2,10 @@
 
 Compares two source trees of the package side by side (run it alternately from each):
 
-    cd TREE && PYTHONPATH=TREE python3 scripts/step_compare.py LABEL
+    cd TREE && PYTHONPATH=TREE python3 scripts/step_compare.py LABEL [N_CLASSES [METHOD ...]]
 
-n = 10^5, N = 256, d = 128, |S| = |T| = 512, fp32, 1 thread, default options; prints one JSON
+n = 10^5 (or N_CLASSES), methods full faiss lsh (or those given) and plain torch, N = 256,
+d = 128, |S| = |T| = 512, fp32, 1 thread, default options; prints one JSON
 line with the tree's label, the package file it imported, the load average and ms per step.
 """
 
@@ -19,7 +20,7 @@ import torch
 import triton_softmax
 from triton_softmax import SampledSoftmaxLoss
 
-N_CLASSES, BATCH, DIM = 100_000, 256, 128
+BATCH, DIM = 256, 128
 
 
 def median_ms(step, repeats: int = 7, warmup: int = 2) -> float:
@@ -32,14 +33,17 @@ def median_ms(step, repeats: int = 7, warmup: int = 2) -> float:
 
 
 def main() -> None:
+    n = int(float(sys.argv[2])) if len(sys.argv) > 2 else 100_000
+    methods = sys.argv[3:] or ["full", "faiss", "lsh"]
     torch.set_num_threads(1)
     torch.manual_seed(0)
     h = torch.randn(BATCH, DIM)
-    y = torch.randint(0, N_CLASSES, (BATCH,))
+    y = torch.randint(0, n, (BATCH,))
     out = {"tree": sys.argv[1], "file": triton_softmax.__file__, "load": os.getloadavg()[0]}
-    for method in ("full", "faiss", "lsh"):
+    out["n"] = n
+    for method in methods:
         layer = SampledSoftmaxLoss(
-            N_CLASSES, DIM, method=method, num_candidates=512, num_uniform=512,
+            n, DIM, method=method, num_candidates=512, num_uniform=512,
             sparse_grad=method != "full", refresh_every=100, seed=0,
         )  # fmt: skip
         opt = torch.optim.SGD(layer.parameters(), lr=0.1)
@@ -50,7 +54,7 @@ def main() -> None:
             opt.step()
 
         out[method] = median_ms(step)
-    W = torch.randn(N_CLASSES, DIM, requires_grad=True)
+    W = torch.randn(n, DIM, requires_grad=True)
 
     def torch_step():
         torch.nn.functional.cross_entropy(h @ W.T, y).backward()
