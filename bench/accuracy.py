@@ -56,6 +56,7 @@ import torch
 from torch import nn
 
 import triton_softmax
+from bench.harness import cpu_model
 from triton_softmax import SampledSoftmaxLoss, exact_topk, sampled_softmax_from_candidates
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -289,15 +290,7 @@ def _versions() -> dict:
 
 
 def _device() -> dict:
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
-    except OSError:  # pragma: no cover
-        pass
+    name = cpu_model()
     return dict(
         kind="cpu",
         name=name,

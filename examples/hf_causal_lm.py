@@ -39,6 +39,7 @@ if (ROOT / "triton_softmax").is_dir():  # run from a checkout: use its package
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from bench.harness import cpu_model  # noqa: E402
 from triton_softmax.integrations.hf import patch  # noqa: E402
 
 
@@ -134,17 +135,6 @@ def run(method: str, args, train: torch.Tensor, heldout: torch.Tensor, vocab: in
     )
 
 
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown cpu"
-
-
 def plot(records: list[dict], path: str, title: str) -> str:
     import matplotlib
 
@@ -222,7 +212,7 @@ def main(argv: list[str] | None = None) -> str:
                 kind="example-hf-lm",
                 device=dict(
                     kind="cpu",
-                    name=_cpu_name(),
+                    name=cpu_model(),
                     cpu_count=os.cpu_count(),
                     torch_threads=torch.get_num_threads(),
                 ),

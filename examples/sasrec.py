@@ -36,7 +36,6 @@ import datetime
 import json
 import math
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -49,6 +48,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from bench.harness import cpu_model  # noqa: E402
 from triton_softmax import SampledSoftmaxLoss, exact_topk, sampled_softmax_cross_entropy  # noqa: E402
 
 
@@ -191,17 +191,6 @@ def run(method: str, args, train: torch.Tensor, heldout: torch.Tensor) -> dict:
     )
 
 
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def plot(records: list[dict], oracle: float, unigram: float, path: str, title: str) -> str:
     import matplotlib
 
@@ -303,7 +292,7 @@ def main(argv: list[str] | None = None) -> str:
         kind="example-sasrec",
         device=dict(
             kind="cpu",
-            name=_cpu_name(),
+            name=cpu_model(),
             cpu_count=os.cpu_count(),
             torch_threads=torch.get_num_threads(),
         ),
