@@ -56,12 +56,13 @@ import torch
 from torch import nn
 
 import triton_softmax
+from bench.baselines import shared_negative_loss
 from bench.harness import cpu_model
 from triton_softmax import SampledSoftmaxLoss, exact_topk, sampled_softmax_from_candidates
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 TASKS = ("wordnet-synset", "wordnet-lemma", "teacher")
-METHODS = ("full", "faiss", "lsh", "uniform")
+METHODS = ("full", "faiss", "lsh", "uniform", "shared_neg")
 
 
 # ---- data ------------------------------------------------------------------------------------
@@ -181,18 +182,21 @@ class Model(nn.Module):
         self.method = method
         # sampled methods give a sparse output gradient only for --output-optimizer sparse-adam
         self.sparse = method != "full" and args.output_optimizer == "sparse-adam"
+        self.shared_negatives = getattr(args, "shared_negatives", 1024)
         self.output = SampledSoftmaxLoss(
             data.num_classes,
             args.dim,
-            method="full" if method == "uniform" else method,
+            method="full" if method in ("uniform", "shared_neg") else method,
             num_candidates=args.num_candidates,
             num_uniform=args.num_uniform,
             refresh_every=refresh_every,
             lsh_generator=getattr(args, "lsh_generator", None),
+            candidate_scheme=getattr(args, "candidate_scheme", "per_example"),
             sparse_grad=self.sparse,
             seed=args.seed,
         )
         self.num_uniform_only = args.num_candidates - 1 + args.num_uniform
+        self.neg_generator = torch.Generator().manual_seed(args.seed + 7)
         self.seed = args.seed
         self.steps = 0
 
@@ -202,6 +206,11 @@ class Model(nn.Module):
 
     def loss(self, inputs, target: torch.Tensor) -> torch.Tensor:
         h = self.hidden(*inputs)
+        if self.method == "shared_neg":  # the hand-written baseline (bench/baselines.py)
+            return shared_negative_loss(
+                h, self.output.weight, target, self.shared_negatives, self.neg_generator,
+                sparse=self.sparse,
+            )  # fmt: skip
         if self.method != "uniform":
             return self.output(h, target)
         gen = torch.Generator().manual_seed((self.seed * 1_000_003 + self.steps) % (1 << 63))
@@ -362,6 +371,10 @@ def run_one(data: Data, data_info: dict, spec: str, args, session: str) -> dict:
     stopped = None
     loss_sum, loss_n = 0.0, 0
     label = f"{method}@{refresh}" if method in ("faiss", "lsh") else method
+    if method == "shared_neg":
+        label = f"shared_neg-K{args.shared_negatives}"
+    elif getattr(args, "candidate_scheme", "per_example") != "per_example" and method != "uniform":
+        label += f"-{args.candidate_scheme}"
     for epoch in range(args.epochs):
         order = torch.randperm(N, generator=torch.Generator().manual_seed(args.seed * 1000 + epoch))
         e_wall = 0.0
@@ -448,7 +461,10 @@ def run_one(data: Data, data_info: dict, spec: str, args, session: str) -> dict:
         refresh=dict(count=out.refresh_count, total_seconds=out.total_refresh_seconds)
         if method in ("faiss", "lsh")
         else None,
-        explain=out.explain(batch=args.batch_size)
+        explain=f"shared_neg: one set of K = {args.shared_negatives} uniform negatives shared "
+        "by the batch, cross-entropy over target + K (bench/baselines.py)"
+        if method == "shared_neg"
+        else out.explain(batch=args.batch_size)
         if method != "uniform"
         else f"uniform: S = target only, |T| = {model.num_uniform_only} uniform, weight (n-1)/|T|",
         final=dict(curve[-1]),
@@ -630,6 +646,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--num-candidates", type=int, default=64, help="|S| with the target")
     p.add_argument("--num-uniform", type=int, default=64, help="|T|")
+    p.add_argument(
+        "--shared-negatives", type=int, default=1024, help="K of the shared_neg baseline"
+    )
+    p.add_argument(
+        "--candidate-scheme",
+        default="per_example",
+        help="SampledSoftmaxLoss candidate_scheme of the faiss/lsh runs",
+    )
     p.add_argument("--eval-examples", type=int, default=8192)
     p.add_argument("--evals-per-epoch", type=int, default=2)
     p.add_argument(

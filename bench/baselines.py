@@ -25,11 +25,14 @@ def shared_negative_loss(
     target: torch.Tensor,
     num_negatives: int,
     generator: torch.Generator | None = None,
+    sparse: bool = True,
 ) -> torch.Tensor:
-    """hidden (N, d), weight (n, d), target (N,) int64 -> mean loss over target + K negatives."""
+    """hidden (N, d), weight (n, d), target (N,) int64 -> mean loss over target + K negatives.
+
+    sparse=False gives a dense weight gradient (for torch.optim.Adam)."""
     N, n = hidden.shape[0], weight.shape[0]
     neg = torch.randint(n, (num_negatives,), generator=generator).to(hidden.device)
-    rows = F.embedding(torch.cat([target, neg]), weight, sparse=True)  # (N + K, d)
+    rows = F.embedding(torch.cat([target, neg]), weight, sparse=sparse)  # (N + K, d)
     true_logit = (hidden * rows[:N]).sum(1, keepdim=True)  # (N, 1)
     neg_logits = hidden @ rows[N:].T  # (N, K): one dense product
     hit = neg.unsqueeze(0) == target.unsqueeze(1)  # accidental hits

@@ -34,6 +34,7 @@ STYLE = {
     "faiss": ("tab:blue", "-"),
     "lsh": ("tab:orange", "-"),
     "uniform": ("tab:gray", ":"),
+    "shared_neg": ("tab:green", "--"),
 }
 DASHES = ["-", "--", "-.", (0, (1, 1))]
 
