@@ -132,3 +132,17 @@ def test_uniform_runs_drift_checks_without_an_index():
         m(h, y).backward()
     assert len(m.drift_log) == 2 and m.index is None and m.stats()["refresh_count"] == 0
     assert all(math.isfinite(r["exact_loss"]) for r in m.drift_log)
+
+
+def test_sparse_gradient_step_emits_no_torch_beta_warning():
+    """The coalesced sparse gradient is built through a CSR product; torch's "CSR support is
+    in beta" UserWarning is ours to absorb, not a message for the user's training loop."""
+    import warnings
+
+    m = SampledSoftmaxLoss(5000, 16, method="uniform", num_uniform=64, sparse_grad=True)
+    h = torch.randn(8, 16, requires_grad=True)
+    y = torch.randint(0, 5000, (8,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m(h, y).backward()
+    assert m.weight.grad.is_sparse

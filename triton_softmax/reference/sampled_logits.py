@@ -19,6 +19,8 @@ All arithmetic is fp32 (fp64 for fp64 inputs) whatever the input dtype.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 
@@ -212,9 +214,12 @@ def sparse_grad_weight_ref(
     uniq, counts = torch.unique_consecutive(row_ids, return_counts=True)
     crow = torch.zeros(uniq.numel() + 1, dtype=torch.int64, device=coef.device)
     torch.cumsum(counts, 0, out=crow[1:])
-    A = torch.sparse_csr_tensor(
-        crow, keep // max(coef.shape[1], 1), flat[keep], (uniq.numel(), N), check_invariants=False
-    )
+    cols = keep // max(coef.shape[1], 1)
+    with warnings.catch_warnings():  # torch's "CSR support is in beta" note is not the user's
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        A = torch.sparse_csr_tensor(
+            crow, cols, flat[keep], (uniq.numel(), N), check_invariants=False
+        )
     rows = A @ hidden.to(coef.dtype)
     if extra_ids is not None:
         uniq, inv = torch.unique(torch.cat([uniq, extra_ids]), return_inverse=True)
