@@ -169,7 +169,8 @@ def test_choose_by_quality_never_takes_a_faster_path_below_the_target():
     assert c.method == "faiss" and "lsh (faster) misses the target" in c.reason
     c = choose_by_quality(speed, {"lsh": 0.4, "faiss": 0.45}, 0.5)
     assert c.method == "full" and "exact" in c.reason
-    c = choose_by_quality(Choice("lsh", "mem", {}, ("lsh", "faiss")), {"lsh": 0.3, "faiss": 0.2}, 0.5)
+    no_full = Choice("lsh", "memory", {}, ("lsh", "faiss"))
+    c = choose_by_quality(no_full, {"lsh": 0.3, "faiss": 0.2}, 0.5)
     assert c.method == "lsh" and "full does not fit" in c.reason
 
 
@@ -197,7 +198,7 @@ def test_auto_falls_back_to_faiss_when_lsh_misses(fast_table):
 
 
 def test_auto_falls_back_to_full_on_a_flat_softmax_and_trains(fast_table):
-    W, h, y = flat()
+    W, h, y = flat(rows=16)
     layer = layer_for(W, target_mass=0.9)
     opt = torch.optim.SGD(layer.parameters(), lr=0.1)
     for _ in range(3):
@@ -206,10 +207,10 @@ def test_auto_falls_back_to_full_on_a_flat_softmax_and_trains(fast_table):
         loss.backward()
         opt.step()
     st = layer.stats()
-    assert layer.choice(64).method == "full" and st["auto_choice"] == "full"
+    assert layer.choice(16).method == "full" and st["auto_choice"] == "full"
     assert layer.index is None and st["index"] is None  # the exact path keeps no index
     assert all(m < 0.9 for m in st["auto_masses"].values()) and "lsh" in st["auto_masses"]
-    text = layer.explain(64)
+    text = layer.explain(16)
     assert "lsh (faster) misses the target 0.9" in text and "full is exact" in text
     exact = torch.nn.functional.cross_entropy(h @ layer.weight.T, y)
     assert torch.allclose(layer(h, y), exact, atol=1e-5)  # it is the exact loss
@@ -230,29 +231,29 @@ def _train(layer, batches, lr=0.05):
 
 def test_switching_paths_mid_training_keeps_steps_and_checkpoints(fast_table):
     W, _, _ = planted()
-    batches = [planted(seed=s)[1:] for s in range(12)]
-    layer = layer_for(W, target_mass=0.98)  # unreachable: the exact path
-    _train(layer, batches[:5])
-    assert layer.choice(64).method == "full" and layer.steps == 5
-    layer.target_mass = 0.5  # lsh meets it: the select due at step 5 switches
-    _train(layer, batches[5:7])
-    assert layer.choice(64).method == "lsh" and layer.steps == 7
+    batches = [planted(seed=s, rows=16)[1:] for s in range(9)]
+    layer = layer_for(W, target_mass=0.98, refresh_every=3)  # unreachable: the exact path
+    _train(layer, batches[:3])
+    assert layer.choice(16).method == "full" and layer.steps == 3
+    layer.target_mass = 0.5  # lsh meets it: the select due at step 3 switches
+    _train(layer, batches[3:5])
+    assert layer.choice(16).method == "lsh" and layer.steps == 5
     assert layer.stats()["auto_choice"] == "lsh" and layer.index_method == "lsh"
     state = layer.state_dict()
 
-    resumed = layer_for(W, target_mass=0.5)
+    resumed = layer_for(W, target_mass=0.5, refresh_every=3)
     resumed.load_state_dict(state)
-    assert resumed.steps == 7 and resumed.choice(64).method == "lsh"
+    assert resumed.steps == 5 and resumed.choice(16).method == "lsh"
     assert resumed.stats()["auto_choice"] == "lsh"
     # the two continue identically: same path, same lists and nprobe, same draws
-    assert _train(resumed, batches[7:9]) == _train(layer, batches[7:9])
+    assert _train(resumed, batches[5:6]) == _train(layer, batches[5:6])
     assert resumed.index.nprobe == layer.index.nprobe
-    # and back to the exact path at the next select (step 10), in both
+    # and back to the exact path at the next select (step 6), in both
     for m in (layer, resumed):
         m.target_mass = 0.98
-    a, b = _train(layer, batches[9:12]), _train(resumed, batches[9:12])
-    assert a == b and layer.choice(64).method == "full" == resumed.choice(64).method
-    assert layer.steps == resumed.steps == 12 and layer.index is None
+    a, b = _train(layer, batches[6:8]), _train(resumed, batches[6:8])
+    assert a == b and layer.choice(16).method == "full" == resumed.choice(16).method
+    assert layer.steps == resumed.steps == 8 and layer.index is None
 
 
 # ---- (d) the reports -------------------------------------------------------------------------

@@ -126,7 +126,8 @@ def tune_probes(
 ) -> dict:
     """Measure the mean captured mass of index.search(hidden, k) on the probe rows; with a
     target and a tunable generator, set the smallest nprobe of probe_ladder whose mean mass
-    is >= target_mass (the widest when none is: met=False). Reads results on the host.
+    is >= target_mass (the widest when none is: met=False; the widest is measured first, so
+    an unreachable target costs one search). Reads results on the host.
 
     Returns dict(mass, nprobe (None: not tunable), met (None without a target), ladder
     {nprobe: mass} of the rungs tried, rows)."""
@@ -145,11 +146,17 @@ def tune_probes(
     if ladder is None:
         m = mass()
     else:
-        for p in ladder:
+        index.set_nprobe(ladder[-1])  # the widest first: an unreachable target costs one search
+        tried[ladder[-1]] = m = mass()
+        for p in ladder[:-1] if m >= target_mass else ():
             index.set_nprobe(p)
             tried[p] = m = mass()
             if m >= target_mass:
                 break
+        else:
+            index.set_nprobe(ladder[-1])
+            m = tried[ladder[-1]]
+        tried = dict(sorted(tried.items()))
     return dict(
         mass=m,
         nprobe=current_nprobe(index),
