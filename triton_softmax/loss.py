@@ -237,7 +237,7 @@ class SampledSoftmaxLoss(nn.Module):
         return (
             c.explain()
             + self.manager.explain(c.method, self.num_uniform, self.sampling_options.scheme)
-            + self.quality.explain(self.index_options)
+            + self.quality.explain(self.index_options, c)
         )
 
     # ---- index lifecycle -----------------------------------------------------------------

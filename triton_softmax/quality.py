@@ -147,9 +147,11 @@ class QualityMonitor:
             auto_select_seconds=self.select_seconds,
         )
 
-    def explain(self, options: IndexOptions) -> str:
+    def explain(self, options: IndexOptions, choice: Choice) -> str:
+        """The explain() suffix: the last measurement; nothing where no target is in force
+        (or auto runs the exact path by speed alone: nothing to measure)."""
         target = target_of(options)
-        if not self.enabled or target is None:
+        if not self.enabled or target is None or (not choice.ranked and not options.target_mass):
             return ""
         r = self.last
         if not r:

@@ -132,6 +132,7 @@ def tune_probes(
     Returns dict(mass, nprobe (None: not tunable), met (None without a target), ladder
     {nprobe: mass} of the rungs tried, rows)."""
     lse = lse_without_target(hidden, weight, bias, target)
+
     # short rows are padded with random ids: drawn from a private generator, so the probe
     # is repeatable and leaves the global RNG (dropout, the user's draws) untouched
     def mass() -> float:
