@@ -235,8 +235,13 @@ def test_switching_paths_mid_training_keeps_steps_and_checkpoints(fast_table):
     layer = layer_for(W, target_mass=0.98, refresh_every=3)  # unreachable: the exact path
     _train(layer, batches[:3])
     assert layer.choice(16).method == "full" and layer.steps == 3
+    saved_on_full = layer.state_dict()
     layer.target_mass = 0.5  # lsh meets it: the select due at step 3 switches
-    _train(layer, batches[3:5])
+    from_full = layer_for(W, target_mass=0.5, refresh_every=3)
+    from_full.load_state_dict(saved_on_full)
+    assert from_full.choice(16).method == "full" and from_full.steps == 3
+    assert _train(from_full, batches[3:5]) == _train(layer, batches[3:5])
+    assert from_full.choice(16).method == "lsh" and from_full.index.nprobe == layer.index.nprobe
     assert layer.choice(16).method == "lsh" and layer.steps == 5
     assert layer.stats()["auto_choice"] == "lsh" and layer.index_method == "lsh"
     state = layer.state_dict()
@@ -245,6 +250,7 @@ def test_switching_paths_mid_training_keeps_steps_and_checkpoints(fast_table):
     resumed.load_state_dict(state)
     assert resumed.steps == 5 and resumed.choice(16).method == "lsh"
     assert resumed.stats()["auto_choice"] == "lsh"
+    assert resumed.stats()["auto_masses"] == layer.stats()["auto_masses"]
     # the two continue identically: same path, same lists and nprobe, same draws
     assert _train(resumed, batches[5:6]) == _train(layer, batches[5:6])
     assert resumed.index.nprobe == layer.index.nprobe

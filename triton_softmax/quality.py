@@ -107,7 +107,7 @@ class QualityMonitor:
         the target; keep the first that does (full if none), dispatch.choose_by_quality."""
         t0 = time.perf_counter()
         m, target = module.manager, target_of(module.manager.options)
-        self.measured = {}
+        self.measured, self._restore = {}, None  # every path measured anew
         for path in speed.ranked:
             if path == "full":
                 break
@@ -120,6 +120,9 @@ class QualityMonitor:
             m.index, m.method = None, None
         elif choice.method != m.method:  # none met, full does not fit: the best one
             m.refresh(module.weight, module.bias, choice.method)
+        # a scheduled refresh at this step, also the first after a checkpoint load (whose
+        # schedule the manager would otherwise continue from the saved step)
+        m.steps_at_refresh = m.steps
         self.choice, self.steps_at_select = choice, m.steps
         self.select_seconds = time.perf_counter() - t0
         return choice
@@ -171,20 +174,19 @@ class QualityMonitor:
         return dict(
             choice=None if c is None else dict(c.__dict__, inputs=dict(c.inputs)),
             steps_at_select=self.steps_at_select,
-            nprobe={p: r.get("nprobe") for p, r in self.measured.items()},
             last=dict(self.last),
+            measured={p: dict(r) for p, r in self.measured.items()},
         )
 
     def load_state_dict(self, state: dict | None) -> None:
-        """Restore the auto choice and the measured widths: the index rebuilt after the load
-        gets the saved nprobe, and the next select comes when the schedule says."""
+        """Restore the auto choice and the last measurement: the index rebuilt after the load
+        gets the saved nprobe (not a new probe), and the next select comes when the schedule
+        says (a select measures every path anew)."""
         state = state or {}
         c = state.get("choice")
         self.choice = None if c is None else Choice(**dict(c, ranked=tuple(c["ranked"])))
         self.steps_at_select = int(state.get("steps_at_select", -1))
         self.last = dict(state.get("last") or {})
-        nprobe = dict(state.get("nprobe") or {})
-        if self.last.get("method") is not None:
-            nprobe.setdefault(self.last["method"], self.last.get("nprobe"))
-        self._restore = nprobe or None
-        self.measured = {}
+        method = self.last.get("method")  # the index in use at the save and its width
+        self._restore = {method: self.last.get("nprobe")} if method is not None else None
+        self.measured = {p: dict(r) for p, r in (state.get("measured") or {}).items()}
