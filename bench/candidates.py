@@ -37,6 +37,7 @@ from bench.candidates_snapshot import DEFAULT_SNAPSHOT
 from triton_softmax import faiss_available
 from triton_softmax.faiss_index import FaissIndex, default_nlist
 from triton_softmax.index.clusters import ClusterIndex
+from triton_softmax.index.quality import captured_mass, distinct_candidates
 from triton_softmax.index.query_clusters import QueryClusterIndex
 from triton_softmax.index.simhash_rerank import SimHashIndex
 from triton_softmax.loss import make_index
@@ -57,20 +58,13 @@ def exact_reference(h: torch.Tensor, W: torch.Tensor, y: torch.Tensor, chunk: in
 
 
 def quality(ids, h, W, y, top, lse_noty) -> dict:
-    """recall of the exact top-32 and captured mass of the returned ids (target dropped)."""
-    valid = (ids >= 0) & (ids != y.unsqueeze(1))
-    safe = ids.clamp_min(0)
-    # drop duplicate ids within a row so the mass counts each class once
-    srt, _ = torch.sort(torch.where(valid, safe, torch.full_like(safe, -1)), dim=1)
-    dup = torch.zeros_like(srt, dtype=torch.bool)
-    dup[:, 1:] = (srt[:, 1:] == srt[:, :-1]) & (srt[:, 1:] >= 0)
-    ok = (srt >= 0) & ~dup
-    z = torch.einsum("nkd,nd->nk", W[srt.clamp_min(0)].float(), h.float())
-    p = torch.where(ok, torch.exp(z - lse_noty.unsqueeze(1)), torch.zeros_like(z))
+    """recall of the exact top-32 and captured mass of the returned ids (target dropped;
+    the mass is the library's index.quality.captured_mass, which target_mass measures)."""
+    srt, ok = distinct_candidates(ids, y)
     hit = (top.unsqueeze(2) == torch.where(ok, srt, -1).unsqueeze(1)).any(2)
     return dict(
         recall_top32=float(hit.float().mean()),
-        mass=float(p.sum(1).mean()),
+        mass=float(captured_mass(ids, h, W, None, y, lse_noty).mean()),
         filled=float(ok.float().sum(1).mean()) / ids.shape[1],
     )
 

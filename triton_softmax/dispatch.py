@@ -13,6 +13,12 @@ saves nothing); label smoothing (needs every class); faiss not importable; the f
 working set against free device memory (CUDA). It reads no tensor data (no host sync) and is
 made once per shape: callers cache it (functional.cached_choice, a bounded dict keyed by the
 index options, sizes and device).
+
+Speed alone is not the rule: a Choice made from the table carries `ranked`, the paths that
+beat the exact one here, fastest first, then "full". The module (quality.py) measures the
+captured softmax mass of each sampled path's candidates on a probe batch at its refreshes and
+`choose_by_quality` keeps the fastest whose mass meets the target (AUTO_TARGET_MASS unless
+target_mass is given), never a faster one below it; full is exact (mass 1).
 """
 
 from __future__ import annotations
@@ -32,6 +38,9 @@ from .index.faiss import FAISS_IMPORT_ERROR, faiss_available
 METHODS = ("auto", "full", "faiss", "lsh", "uniform")
 TABLE_FORMAT = "triton_softmax.crossovers/1"
 DEFAULT_TABLE_PATH = Path(__file__).parent / "crossovers" / "default.json"
+# method="auto"'s quality floor when target_mass is not given: the sampled S must hold at least
+# half of the exact non-target softmax mass on the probe batch, else a slower path runs
+AUTO_TARGET_MASS = 0.5
 
 
 def cache_path() -> Path:
@@ -117,6 +126,7 @@ class Choice:
     method: str
     reason: str
     inputs: dict = field(default_factory=dict)
+    ranked: tuple[str, ...] = ()  # auto, from the table: paths by speed here, "full" last
 
     def explain(self) -> str:
         seen = ", ".join(f"{k}={v}" for k, v in self.inputs.items())
@@ -204,6 +214,7 @@ def choose_method(
                 f"the full path needs ~{need / 2**30:.1f} GiB, more than the "
                 f"{free / 2**30:.1f} GiB free on {dclass}",
                 inputs,
+                ("lsh", "faiss") if faiss_available() else ("lsh",),
             )
     if entry is None:
         return Choice("full", f"{source}; exact path by default", inputs)
@@ -223,7 +234,9 @@ def choose_method(
     note = ("; " + "; ".join(notes)) if notes else ""
     if over:
         x, m = over[0]
-        return Choice(m, f"n = {n} >= {m} crossover {x} measured at {at}{note}", inputs)
+        ranked = (*(name for _, name in over), "full")
+        reason = f"n = {n} >= {m} crossover {x} measured at {at}{note}"
+        return Choice(m, reason, inputs, ranked)
     if options:
         first = min(x for _, x in options)
         return Choice(
@@ -232,6 +245,29 @@ def choose_method(
     return Choice(
         "full", f"no sampled path overtook the exact one where measured at {at}{note}", inputs
     )
+
+
+def choose_by_quality(speed: Choice, masses: dict[str, float], target: float) -> Choice:
+    """The first path of speed.ranked (fastest first) whose measured captured mass is >=
+    target ("full": exact, mass 1); masses: {method: mean mass on the probe batch} of the
+    paths measured (a path missing from it is not chosen). Where none meets the target and
+    full is not among the ranked (it does not fit), the path of largest mass, said so."""
+    said = [f"{m} {masses[m]:.3f}" for m in speed.ranked if m in masses and m != "full"]
+    seen = f"captured mass on the probe batch: {', '.join(said) or 'none measured'}"
+    for m in speed.ranked:
+        mass = 1.0 if m == "full" else masses.get(m)
+        if mass is not None and mass >= target:
+            faster = speed.ranked[: speed.ranked.index(m)]
+            why = "".join(f"{x} (faster) misses the target {target}; " for x in faster)
+            what = "exact (mass 1)" if m == "full" else f"the fastest with mass >= {target}"
+            reason = f"{why}{m} is {what}; {seen} [speed: {speed.reason}]"
+            return Choice(m, reason, speed.inputs, speed.ranked)
+    best = max((x for x in speed.ranked if x in masses), key=masses.get, default=speed.method)
+    reason = (
+        f"no path meets target {target} and full does not fit: {best} has the largest mass "
+        f"({seen}) [speed: {speed.reason}]"
+    )
+    return Choice(best, reason, speed.inputs, speed.ranked)
 
 
 def explain(

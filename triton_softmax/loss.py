@@ -10,7 +10,7 @@ re-exported here under their old names.
 from __future__ import annotations
 
 import dataclasses
-import math
+import functools
 
 import torch
 from torch import nn
@@ -44,6 +44,8 @@ from .options import (
     check_combination,
     from_kwargs,
 )
+from .params import init_parameters
+from .quality import QualityMonitor
 from .retrieval import exact_topk, recall_at_k, rerank_topk  # noqa: F401
 from .samplers import make_sampler
 from .sharded import ShardedPath, check_shardable
@@ -84,6 +86,13 @@ class SampledSoftmaxLoss(nn.Module):
     "flat" | "ivf" with faiss_nlist / faiss_nprobe; sparse_grad: the weight gradient is a
     sparse tensor of candidate rows (use torch.optim.SGD or SparseAdam); seed fixes the
     hyperplanes and the uniform draws of every step (so runs and resumed runs repeat).
+
+    target_mass t in (0, 1): at each refresh, the captured softmax mass of the retrieved S
+    (its share of the exact non-target mass) is measured on <= 64 rows of the last training
+    batch and the clusters / FAISS IVF nprobe set to the smallest rung of 1, 2, 4, ... that
+    holds t. method="auto" (default t = dispatch.AUTO_TARGET_MASS = 0.5) runs the fastest path
+    by the crossover table whose measured mass meets t, the exact one if none does
+    (quality.py); stats() and explain() report the masses, the widths and the probe's cost.
 
     candidate_scheme="bucket_shared" (method="lsh") scores the whole union of each query's
     buckets plus one uniform T shared by the batch. bucket_impl picks how: "gather" (per-row
@@ -133,7 +142,9 @@ class SampledSoftmaxLoss(nn.Module):
             self.sharding = ShardedPath(
                 opts["shard"], num_classes, self.sampling_options.num_uniform
             )
-        self._init_parameters(num_classes, dim, bias, weight, device, dtype, index_options.seed)
+        self.weight, self.bias, self.num_classes, self.dim = init_parameters(
+            self.sharding, num_classes, dim, bias, weight, device, dtype, index_options.seed
+        )
         check_combination(
             self.loss_options, self.sampling_options, index_options, self.grad_options
         )
@@ -146,46 +157,10 @@ class SampledSoftmaxLoss(nn.Module):
         self.drift_monitor = DriftMonitor(self.drift_options)
         if self.drift_options.refresh_drift is not None:
             self.manager.on_refresh.append(self._record_probe)
+        self.quality = QualityMonitor(enabled=self.sharding is None)  # quality.py
+        self.manager.on_refresh.append(functools.partial(self.quality.on_refresh, self))
         if index_options.partial_refresh:
             self.weight.register_hook(self.manager.mark_touched)
-
-    def _init_parameters(self, num_classes, dim, bias, weight, device, dtype, seed) -> None:
-        if self.sharding is not None:
-            from .distributed import init_shard_rows
-
-            lo, hi = self.sharding.shard
-            if weight is not None:
-                if not isinstance(weight, nn.Parameter) or tuple(weight.shape) != (hi - lo, dim):
-                    raise ValueError(f"weight must be an nn.Parameter of shape ({hi - lo}, {dim})")
-                self.weight = weight
-            else:
-                self.weight = nn.Parameter(init_shard_rows(lo, hi, dim, seed, device, dtype))
-            rows = hi - lo
-        elif weight is not None:
-            if not isinstance(weight, nn.Parameter) or weight.dim() != 2:
-                raise ValueError("weight must be a 2-D nn.Parameter (n, d) to tie to")
-            if num_classes is not None and num_classes != weight.shape[0]:
-                raise ValueError(f"num_classes={num_classes} but weight has n={weight.shape[0]}")
-            if dim is not None and dim != weight.shape[1]:
-                raise ValueError(f"dim={dim} but weight has d={weight.shape[1]}")
-            num_classes, dim = weight.shape
-            self.weight = weight
-            rows = num_classes
-        else:
-            if num_classes is None or dim is None:
-                raise ValueError("give num_classes and dim, or a weight Parameter to tie to")
-            checks.check_int_option("num_classes", num_classes, 1)
-            checks.check_int_option("dim", dim, 1)
-            bound = 1.0 / math.sqrt(dim)
-            w = torch.empty(num_classes, dim, device=device, dtype=dtype).uniform_(-bound, bound)
-            self.weight = nn.Parameter(w)
-            rows = num_classes
-        self.bias = (
-            nn.Parameter(torch.zeros(rows, device=self.weight.device, dtype=self.weight.dtype))
-            if bias
-            else None
-        )
-        self.num_classes, self.dim = int(num_classes), int(dim)
 
     # ---- the options and state under their old attribute names ---------------------------
     @property
@@ -225,14 +200,20 @@ class SampledSoftmaxLoss(nn.Module):
         return super().__getattr__(name)
 
     # ---- dispatch ------------------------------------------------------------------------
-    def choice(
+    def choice(self, batch: int = 1, dtype=None, device=None, inference: bool = False) -> Choice:
+        """The path this module takes for a batch of `batch` rows: speed_choice, or under
+        method="auto" the one the last measured quality chose (quality.py)."""
+        speed = self.speed_choice(batch, dtype, device, inference)
+        return speed if inference else self.quality.adjust(speed)
+
+    def speed_choice(
         self,
         batch: int = 1,
         dtype: torch.dtype | None = None,
         device: torch.device | None = None,
         inference: bool = False,
     ) -> Choice:
-        """The path this module takes for a batch of `batch` rows (cached per options and
+        """The path the crossover table picks for `batch` rows (cached per options and
         shape); inference=True: the path `topk` takes."""
         checks.check_module_weight(self.weight, self.bias, self.manager.rows, self.dim)
         dtype = dtype or self.weight.dtype
@@ -253,8 +234,10 @@ class SampledSoftmaxLoss(nn.Module):
     def explain(self, batch: int = 1, dtype: torch.dtype | None = None) -> str:
         """A short account of which path runs for this batch size, and why."""
         c = self.choice(batch, dtype)
-        return c.explain() + self.manager.explain(
-            c.method, self.num_uniform, self.sampling_options.scheme
+        return (
+            c.explain()
+            + self.manager.explain(c.method, self.num_uniform, self.sampling_options.scheme)
+            + self.quality.explain(self.index_options, c)
         )
 
     # ---- index lifecycle -----------------------------------------------------------------
@@ -278,8 +261,10 @@ class SampledSoftmaxLoss(nn.Module):
         return self.drift_monitor.index_drift(self.weight, self.bias, m.index, m.method)
 
     def stats(self) -> dict:
-        """Refresh counts and costs, drift figures (and shard and traffic, sharded)."""
+        """Refresh counts and costs, captured mass and its probe's cost (quality.py), drift
+        figures (and shard and traffic, sharded)."""
         out = dict(self.manager.stats(), refresh_count_partial=self.refresh_count_partial)
+        out.update(self.quality.stats(self.index_options))
         out.update(self.drift_monitor.stats())
         if self.sharding is not None:
             out.update(self.sharding.stats())
@@ -307,10 +292,12 @@ class SampledSoftmaxLoss(nn.Module):
     def _forward(self, hidden: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         lo, m = self.loss_options, self.manager
         N, _, _ = check_inputs(hidden, self.weight, target, self.bias, lo)
+        training = self.training and torch.is_grad_enabled()
+        if training:  # the probe rows; under auto, the path chosen by measured quality
+            self.quality.step(self, hidden, target)
         method = self.choice(N, hidden.dtype, hidden.device).method
         if method == "full":
             return full_loss(hidden, self.weight, self.bias, target, lo, self.grad_options)
-        training = self.training and torch.is_grad_enabled()
         if m.stale(method, self.weight):  # method="uniform": always (no index), a no-op
             self.refresh(method)
         elif training and self.drift_monitor.refresh_due(
@@ -461,6 +448,7 @@ class SampledSoftmaxLoss(nn.Module):
 
     def get_extra_state(self) -> dict:
         state = dict(self.manager.state_dict(), lsh_bits=self.lsh_bits, lsh_tables=self.lsh_tables)
+        state["quality"] = self.quality.state_dict()
         if self.sharding is not None:
             state["bounds"] = self.sharding.bounds
         return state
@@ -472,6 +460,7 @@ class SampledSoftmaxLoss(nn.Module):
                     f"checkpoint has shards {state['bounds']}, module has {self.bounds}"
                 )
         self.manager.load_state_dict(state)  # rebuilt from the loaded weights at next use
+        self.quality.load_state_dict(state.get("quality"))
         if "lsh_bits" in state:
             self.manager.options = dataclasses.replace(
                 self.manager.options, lsh_bits=state["lsh_bits"], lsh_tables=state["lsh_tables"]

@@ -110,7 +110,11 @@ class IndexOptions:
     faiss_nprobe; refresh_every training steps; partial_refresh: re-hash only rows with a
     sparse gradient; seed: hyperplanes and draws; lsh_generator: what the lsh path retrieves
     S with, "clusters" | "simhash" (unions reranked by exact logits) | "tables" (LSHIndex,
-    ranked by collision count); None: "tables" under bucket_shared, else "clusters"."""
+    ranked by collision count); None: "tables" under bucket_shared, else "clusters";
+    target_mass in (0, 1) (sampled paths): at each refresh the captured softmax mass of the
+    retrieved S is measured on the last training batch (up to 64 rows) and the clusters /
+    FAISS IVF nprobe set to the smallest rung meeting it (quality.py); method="auto" then
+    runs the fastest path whose measured mass meets it (None: dispatch.AUTO_TARGET_MASS)."""
 
     method: str = "auto"
     lsh_bits: int | None = None
@@ -122,8 +126,14 @@ class IndexOptions:
     partial_refresh: bool = False
     seed: int = 0
     lsh_generator: str | None = None
+    target_mass: float | None = None
 
     def __post_init__(self) -> None:
+        t = self.target_mass
+        if t is not None:
+            if isinstance(t, bool) or not isinstance(t, numbers.Real) or not 0.0 < t < 1.0:
+                raise ValueError(f"target_mass must be a float in (0, 1) or None, got {t!r}")
+            _set(self, "target_mass", float(t))
         if self.lsh_generator is not None and self.lsh_generator not in LSH_GENERATORS:
             raise ValueError(
                 f"lsh_generator must be one of {LSH_GENERATORS}, got {self.lsh_generator!r}"
@@ -210,6 +220,11 @@ def check_combination(
             "bucket_impl='tiles' gives dense gradients with a uniform T: it takes neither "
             "sparse_grad=True nor a non-uniform sampler (use bucket_impl='gather')"
         )
+    if index.target_mass is not None and index.method in ("full", "uniform"):
+        raise ValueError(
+            f"target_mass is measured on the retrieved candidates of a sampled path "
+            f"(method 'auto', 'lsh' or 'faiss'), not with method={index.method!r}"
+        )
     if index.partial_refresh and not grad.sparse:
         raise ValueError(
             "partial_refresh needs sparse_grad=True (it re-hashes the rows that "
@@ -242,6 +257,7 @@ FLAT_KWARGS: dict[str, tuple[str, str]] = {
     "partial_refresh": ("index", "partial_refresh"),
     "seed": ("index", "seed"),
     "lsh_generator": ("index", "lsh_generator"),
+    "target_mass": ("index", "target_mass"),
     "drift_every": ("drift", "every"),
     "drift_rows": ("drift", "rows"),
     "drift_hook": ("drift", "hook"),

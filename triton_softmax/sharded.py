@@ -36,6 +36,7 @@ NOT_SHARDABLE = {
     "sampler": "the stratified T of the sharded estimator is uniform per shard",
     "drift_every": "the drift check's exact pass is single-device",
     "refresh_drift": "drift-triggered refreshes would need every rank to agree on the drift",
+    "target_mass": "the probe's exact pass and the probe widths would need every rank's rows",
 }
 
 
@@ -52,6 +53,7 @@ def check_shardable(options: dict[str, Any]) -> None:
         "sampler": not sampling.uniform,
         "drift_every": drift.every is not None,
         "refresh_drift": drift.refresh_drift is not None,
+        "target_mass": options["index"].target_mass is not None,
     }
     for name, on in used.items():
         if on:

@@ -279,6 +279,18 @@ class ClusterIndex:
         self._set_lists(keys, assign)
         return True
 
+    @property
+    def effective_nprobe(self) -> int:
+        """Lists a search reads: nprobe (None: default_nprobe), at most the lists built."""
+        c = self.centroids.shape[0] if self.centroids is not None else 1
+        return int(min(self.nprobe or default_nprobe(c), c))
+
+    def set_nprobe(self, nprobe: int | None) -> None:
+        """Lists read per query from now on (None: default_nprobe); target_mass tunes it."""
+        if nprobe is not None:
+            check_int_option("nprobe", nprobe, 1)
+        self.nprobe = nprobe
+
     def probe_lists(self, hidden: torch.Tensor) -> torch.Tensor:
         """(N, p) int64: each query's `nprobe` best lists by centroid score."""
         q = hidden.detach().float()

@@ -149,6 +149,18 @@ class FaissIndex:
         self.index, self.has_bias, self.n = index, bias is not None, n
         return self
 
+    @property
+    def tunable(self) -> bool:
+        """An IVF index on the host: its nprobe can be set between searches (target_mass)."""
+        return self.kind == "ivf" and self.index is not None and not self.on_gpu
+
+    def set_nprobe(self, nprobe: int) -> None:
+        """Lists read per query from now on (IVF on the host; kept for the next build)."""
+        check_int_option("faiss_nprobe", nprobe, 1)
+        self.nprobe = nprobe
+        if self.tunable:
+            self.index.nprobe = min(nprobe, self.index.nlist)
+
     def update_rows(
         self, weight: torch.Tensor, bias: torch.Tensor | None, rows: torch.Tensor
     ) -> bool:

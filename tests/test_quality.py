@@ -1,0 +1,301 @@
+"""target_mass and method="auto"'s quality rule (quality.py, index/quality.py, issue 18 part 3).
+
+The planted problem: 40 tight groups of 50 rows; a query near a row of a group has the
+group's other rows as its largest non-target logits, so a candidate set that finds the
+group captures most of the non-target softmax mass, and the clusters generator's lists find
+groups (widening nprobe adds more of them). The flat problem: random rows and queries at a
+small scale, where no 63 ids hold half of the mass.
+"""
+
+import json
+
+import pytest
+import torch
+
+from triton_softmax import SampledSoftmaxLoss, functional
+from triton_softmax.dispatch import AUTO_TARGET_MASS, Choice, choose_by_quality
+from triton_softmax.index.clusters import ClusterIndex
+from triton_softmax.index.quality import (
+    captured_mass,
+    lse_without_target,
+    probe_ladder,
+    tune_probes,
+)
+from triton_softmax.options import IndexOptions
+
+N_CLASSES, DIM, S = 2000, 16, 64
+
+
+def planted(seed=0, rows=64):
+    g = torch.Generator().manual_seed(seed)
+    cent = torch.nn.functional.normalize(torch.randn(40, DIM, generator=g), dim=1)
+    W = cent.repeat_interleave(N_CLASSES // 40, 0) + 0.3 * torch.randn(N_CLASSES, DIM, generator=g)
+    y = torch.randint(N_CLASSES, (rows,), generator=g)
+    h = 6 * W[y] + 0.5 * torch.randn(rows, DIM, generator=g)
+    return W, h, y
+
+
+def flat(seed=0, rows=64):
+    g = torch.Generator().manual_seed(seed)
+    W = 0.1 * torch.randn(N_CLASSES, DIM, generator=g)
+    return W, torch.randn(rows, DIM, generator=g), torch.randint(N_CLASSES, (rows,), generator=g)
+
+
+def layer_for(W, **kw):
+    kw = dict(dict(num_candidates=S, num_uniform=S, refresh_every=5), **kw)
+    return SampledSoftmaxLoss(weight=torch.nn.Parameter(W.clone()), **kw)
+
+
+def mass_of(ids, h, W, y):
+    return float(captured_mass(ids, h, W, None, y, lse_without_target(h, W, None, y)).mean())
+
+
+@pytest.fixture
+def fast_table(tmp_path, monkeypatch):
+    """A crossover table where lsh, then faiss, beat the exact path from n = 500 on (so
+    method="auto" ranks lsh, faiss, full at n = 2000), and a fresh choice cache."""
+    table = {
+        "format": "triton_softmax.crossovers/1",
+        "devices": {
+            "cpu": {
+                "source": "test table",
+                "entries": [dict(d=DIM, N=64, dtype="float32", lsh=500, faiss=1000)],
+            }
+        },
+    }
+    path = tmp_path / "triton_softmax" / "crossovers.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(table))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(functional, "_CHOICES", {})
+
+
+# ---- (a) validation --------------------------------------------------------------------
+@pytest.mark.parametrize("bad", [0, 0.0, 1, 1.0, -0.5, 1.5, True, "0.5", float("nan")])
+def test_target_mass_must_be_in_the_open_unit_interval(bad):
+    with pytest.raises(ValueError, match="target_mass"):
+        IndexOptions(target_mass=bad)
+    with pytest.raises(ValueError, match="target_mass"):
+        SampledSoftmaxLoss(100, 8, target_mass=bad)
+
+
+def test_target_mass_is_for_sampled_paths_and_unsharded_modules():
+    assert IndexOptions(target_mass=0.9).target_mass == 0.9
+    assert SampledSoftmaxLoss(100, 8, method="lsh", target_mass=0.25).target_mass == 0.25
+    for method in ("full", "uniform"):
+        with pytest.raises(ValueError, match="target_mass"):
+            SampledSoftmaxLoss(100, 8, method=method, target_mass=0.5)
+    with pytest.raises(ValueError, match="target_mass cannot be used with a shard"):
+        SampledSoftmaxLoss(100, 8, group=None, bounds=[(0, 100)], target_mass=0.5)
+
+
+# ---- the measure ---------------------------------------------------------------------------
+def test_captured_mass_against_a_direct_softmax():
+    W, h, y = planted(rows=8)
+    b = torch.randn(N_CLASSES)
+    ids = torch.randint(-1, N_CLASSES, (8, 30))
+    ids[:, 0] = y  # the target is never counted
+    ids[:, 1] = ids[:, 2]  # a duplicate counts once
+    p = torch.softmax((h @ W.T + b).double(), dim=1)
+    want = []
+    for i in range(8):
+        keep = {int(j) for j in ids[i] if j >= 0 and j != y[i]}
+        want.append(float(sum(p[i, j] for j in keep) / (1 - p[i, y[i]])))
+    lse = lse_without_target(h, W, b, y, chunk=300)  # several class blocks
+    got = captured_mass(ids, h, W, b, y, lse)
+    assert torch.allclose(got.double(), torch.tensor(want, dtype=torch.float64), atol=1e-5)
+
+
+# ---- (b) the clusters generator holds the target with the smallest rung ---------------------
+@pytest.mark.parametrize("target", [0.6, 0.85])
+def test_refresh_sets_the_smallest_nprobe_that_meets_the_target(target):
+    W, h, y = planted()
+    layer = layer_for(W, method="lsh", target_mass=target)
+    layer(h, y).backward()
+    st = layer.stats()
+    assert st["target_mass"] == target and st["target_met"] is True
+    assert st["captured_mass"] >= target and st["probe_rows"] == 64
+    assert st["probe_seconds"] > 0 and st["captured_mass_index"] == "lsh"
+    # recompute the ladder on a separate index built the same way
+    index = ClusterIndex(DIM, seed=layer.seed).build(W)
+    ladder = probe_ladder(index)
+    assert ladder[0] == 1 and ladder[-1] == index.centroids.shape[0]
+    masses = {}
+    for p in ladder:
+        index.set_nprobe(p)
+        gen = torch.Generator().manual_seed(0)  # the probe's padding draws
+        masses[p] = mass_of(index.search(h, S - 1, gen), h, W, y)
+    smallest = min(p for p in ladder if masses[p] >= target)
+    assert smallest > 1  # the default-less ladder had to widen
+    assert st["nprobe"] == smallest == layer.index.nprobe
+    assert st["captured_mass"] == pytest.approx(masses[smallest], abs=1e-6)
+
+
+def test_an_unreachable_target_keeps_the_widest_setting_and_says_so():
+    W, h, y = planted()
+    layer = layer_for(W, method="lsh", target_mass=0.99)
+    layer(h, y).backward()
+    st = layer.stats()
+    assert st["target_met"] is False and st["nprobe"] == layer.index.centroids.shape[0]
+    assert "NOT met at the widest setting" in layer.explain(64)
+
+
+def test_simhash_tables_are_measured_not_tuned():
+    W, h, y = planted()
+    layer = layer_for(W, method="lsh", lsh_generator="tables", target_mass=0.5)
+    layer(h, y).backward()
+    st = layer.stats()
+    assert st["nprobe"] is None and 0 <= st["captured_mass"] < 1
+    ids = layer.index.search(h, S - 1)
+    assert st["captured_mass"] == pytest.approx(mass_of(ids, h, W, y), abs=1e-6)
+
+
+def test_faiss_ivf_nprobe_is_tuned():
+    pytest.importorskip("faiss")
+    W, h, y = planted()
+    layer = layer_for(W, method="faiss", faiss_index="ivf", faiss_nlist=40, target_mass=0.85)
+    layer(h, y).backward()
+    st = layer.stats()
+    r = tune_probes(layer.index, h, W, None, y, S - 1, 0.85)  # the same ladder again
+    assert st["nprobe"] == r["nprobe"] and st["target_met"] == r["met"]
+    assert st["nprobe"] in probe_ladder(layer.index)
+
+
+# ---- (c) method="auto" chooses by measured quality -------------------------------------------
+def test_choose_by_quality_never_takes_a_faster_path_below_the_target():
+    speed = Choice("lsh", "speed", {}, ("lsh", "faiss", "full"))
+    assert choose_by_quality(speed, {"lsh": 0.6}, 0.5).method == "lsh"
+    c = choose_by_quality(speed, {"lsh": 0.4, "faiss": 0.7}, 0.5)
+    assert c.method == "faiss" and "lsh (faster) misses the target" in c.reason
+    c = choose_by_quality(speed, {"lsh": 0.4, "faiss": 0.45}, 0.5)
+    assert c.method == "full" and "exact" in c.reason
+    no_full = Choice("lsh", "memory", {}, ("lsh", "faiss"))
+    c = choose_by_quality(no_full, {"lsh": 0.3, "faiss": 0.2}, 0.5)
+    assert c.method == "lsh" and "full does not fit" in c.reason
+
+
+def test_auto_keeps_lsh_where_it_meets_the_target(fast_table):
+    W, h, y = planted()
+    layer = layer_for(W)  # method="auto", target AUTO_TARGET_MASS
+    assert layer.speed_choice(64).ranked == ("lsh", "faiss", "full")
+    layer(h, y).backward()
+    st = layer.stats()
+    assert layer.choice(64).method == "lsh" and st["auto_choice"] == "lsh"
+    assert st["target_mass"] == AUTO_TARGET_MASS and st["auto_masses"]["lsh"] >= AUTO_TARGET_MASS
+    assert "faiss" not in st["auto_masses"]  # slower paths are not measured
+    assert "lsh is the fastest with mass >= 0.5" in layer.explain(64)
+
+
+def test_auto_falls_back_to_faiss_when_lsh_misses(fast_table):
+    pytest.importorskip("faiss")
+    W, h, y = planted()
+    layer = layer_for(W, lsh_generator="tables", target_mass=0.6)  # collision-count ranking
+    layer(h, y).backward()
+    st = layer.stats()
+    assert st["auto_masses"]["lsh"] < 0.6 <= st["auto_masses"]["faiss"]
+    assert layer.choice(64).method == "faiss" and layer.index_method == "faiss"
+    assert "lsh (faster) misses the target 0.6" in layer.explain(64)
+
+
+def test_auto_falls_back_to_full_on_a_flat_softmax_and_trains(fast_table):
+    W, h, y = flat(rows=16)
+    layer = layer_for(W, target_mass=0.9)
+    opt = torch.optim.SGD(layer.parameters(), lr=0.1)
+    for _ in range(3):
+        opt.zero_grad()
+        loss = layer(h, y)
+        loss.backward()
+        opt.step()
+    st = layer.stats()
+    assert layer.choice(16).method == "full" and st["auto_choice"] == "full"
+    assert layer.index is None and st["index"] is None  # the exact path keeps no index
+    assert all(m < 0.9 for m in st["auto_masses"].values()) and "lsh" in st["auto_masses"]
+    text = layer.explain(16)
+    assert "lsh (faster) misses the target 0.9" in text and "full is exact" in text
+    exact = torch.nn.functional.cross_entropy(h @ layer.weight.T, y)
+    assert torch.allclose(layer(h, y), exact, atol=1e-5)  # it is the exact loss
+    assert layer.steps == 4
+
+
+def _train(layer, batches, lr=0.05):
+    opt = torch.optim.SGD(layer.parameters(), lr=lr)
+    losses = []
+    for h, y in batches:
+        opt.zero_grad()
+        loss = layer(h, y)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    return losses
+
+
+def test_switching_paths_mid_training_keeps_steps_and_checkpoints(fast_table):
+    W, _, _ = planted()
+    batches = [planted(seed=s, rows=16)[1:] for s in range(9)]
+    layer = layer_for(W, target_mass=0.98, refresh_every=3)  # unreachable: the exact path
+    _train(layer, batches[:3])
+    assert layer.choice(16).method == "full" and layer.steps == 3
+    saved_on_full = layer.state_dict()
+    layer.target_mass = 0.5  # lsh meets it: the select due at step 3 switches
+    from_full = layer_for(W, target_mass=0.5, refresh_every=3)
+    from_full.load_state_dict(saved_on_full)
+    assert from_full.choice(16).method == "full" and from_full.steps == 3
+    assert _train(from_full, batches[3:5]) == _train(layer, batches[3:5])
+    assert from_full.choice(16).method == "lsh" and from_full.index.nprobe == layer.index.nprobe
+    assert layer.choice(16).method == "lsh" and layer.steps == 5
+    assert layer.stats()["auto_choice"] == "lsh" and layer.index_method == "lsh"
+    state = layer.state_dict()
+
+    resumed = layer_for(W, target_mass=0.5, refresh_every=3)
+    resumed.load_state_dict(state)
+    assert resumed.steps == 5 and resumed.choice(16).method == "lsh"
+    assert resumed.stats()["auto_choice"] == "lsh"
+    assert resumed.stats()["auto_masses"] == layer.stats()["auto_masses"]
+    # the two continue identically: same path, same lists and nprobe, same draws
+    assert _train(resumed, batches[5:6]) == _train(layer, batches[5:6])
+    assert resumed.index.nprobe == layer.index.nprobe
+    # and back to the exact path at the next select (step 6), in both
+    for m in (layer, resumed):
+        m.target_mass = 0.98
+    a, b = _train(layer, batches[6:8]), _train(resumed, batches[6:8])
+    assert a == b and layer.choice(16).method == "full" == resumed.choice(16).method
+    assert layer.steps == resumed.steps == 8 and layer.index is None
+
+
+# ---- (d) the reports -------------------------------------------------------------------------
+def test_stats_and_explain_before_and_after_a_refresh():
+    W, h, y = planted()
+    layer = layer_for(W, method="lsh", target_mass=0.6)
+    st = layer.stats()
+    assert st["target_mass"] == 0.6 and st["target_met"] is None and st["probe_rows"] == 0
+    assert "target_mass 0.6: not measured yet" in layer.explain(64)
+    layer.refresh()  # no training batch yet: built, not measured
+    assert layer.stats()["target_met"] is None
+    layer(h, y).backward()  # the first training step was a refresh already: no probe
+    layer.refresh()  # with the probe rows of that step
+    st = layer.stats()
+    assert set(st) >= {
+        "captured_mass",
+        "nprobe",
+        "target_met",
+        "probe_seconds",
+        "probe_seconds_total",
+        "auto_choice",
+        "auto_masses",
+    }
+    assert st["target_met"] is True and st["auto_choice"] is None and st["auto_masses"] == {}
+    assert st["probe_seconds_total"] >= st["probe_seconds"] > 0
+    text = layer.explain(64)
+    assert f"captured mass {st['captured_mass']:.3f}" in text and f"nprobe={st['nprobe']}" in text
+    assert "target 0.6 met" in text
+    plain = layer_for(W, method="lsh")  # no target: nothing measured, nothing said
+    plain(h, y).backward()
+    assert plain.stats()["target_mass"] is None and "captured mass" not in plain.explain(64)
+
+
+def test_auto_on_the_exact_path_by_speed_says_nothing_of_mass():
+    small = SampledSoftmaxLoss(1000, 8, num_candidates=16, num_uniform=16)  # below crossovers
+    text = small.explain(4)
+    assert small.choice(4).method == "full" and "captured mass" not in text
+    assert "target_mass" not in text
+    assert small.stats()["auto_choice"] is None

@@ -1,0 +1,167 @@
+"""Captured softmax mass: how much of the exact softmax a candidate set holds (issue 18).
+
+For a query row with target y and candidate ids S, the captured mass is
+
+    sum_{j in S, j != y} p_j / sum_{j != y} p_j,   p = softmax(h W^T + b)  (exact)
+
+the share of the non-target mass the sampled estimator sees exactly; the uniform T estimates
+the rest, so the estimator's variance grows with 1 - mass. Used by bench/candidates.py (the
+frontier) and, at index refreshes, by quality.py (target_mass, method="auto").
+
+`tune_probes` widens a generator's probes on a doubling ladder (1, 2, 4, ... up to all lists)
+until the mean mass on a probe batch meets a target: ClusterIndex (nprobe) and an IVF
+FaissIndex on the CPU (nprobe); other generators are measured, not tuned.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .clusters import ClusterIndex
+from .faiss import FaissIndex
+from .simhash_rerank import SimHashIndex
+
+CLASS_CHUNK = 1 << 16  # classes per block of the exact pass
+
+
+def _logits(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    z = h @ w.float().T
+    if b is not None:
+        z = z + b.float()
+    return torch.nan_to_num(z, nan=float("-inf"))  # a NaN row is no mass, not a NaN total
+
+
+@torch.no_grad()
+def lse_without_target(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    target: torch.Tensor,
+    chunk: int = CLASS_CHUNK,
+) -> torch.Tensor:
+    """(N,) float32: log sum_{j != y} exp(z_j), the exact pass over all n classes in blocks
+    of `chunk` classes. hidden (N, d); weight (n, d); bias (n,) or None; target (N,) int64."""
+    h = hidden.detach().float()
+    parts = []
+    for lo in range(0, weight.shape[0], chunk):
+        hi = min(weight.shape[0], lo + chunk)
+        z = _logits(h, weight[lo:hi].detach(), None if bias is None else bias[lo:hi].detach())
+        mine = (target >= lo) & (target < hi)
+        col = (target - lo).clamp(0, hi - lo - 1).unsqueeze(1)
+        z.scatter_(1, col, torch.where(mine.unsqueeze(1), float("-inf"), z.gather(1, col)))
+        parts.append(torch.logsumexp(z, dim=1))
+    return torch.logsumexp(torch.stack(parts, dim=1), dim=1)
+
+
+def distinct_candidates(
+    ids: torch.Tensor, target: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids sorted per row (N, k) int64, ok (N, k) bool): ok marks each valid (>= 0),
+    non-target class once (a duplicate id counts once)."""
+    valid = (ids >= 0) & (ids != target.unsqueeze(1))
+    srt, _ = torch.sort(torch.where(valid, ids, torch.full_like(ids, -1)), dim=1)
+    dup = torch.zeros_like(srt, dtype=torch.bool)
+    dup[:, 1:] = (srt[:, 1:] == srt[:, :-1]) & (srt[:, 1:] >= 0)
+    return srt, (srt >= 0) & ~dup
+
+
+@torch.no_grad()
+def captured_mass(
+    ids: torch.Tensor,
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    target: torch.Tensor,
+    lse_noty: torch.Tensor,
+) -> torch.Tensor:
+    """(N,) float32: each row's captured mass of the candidate ids (N, k) (-1: empty slot;
+    the target and duplicates are dropped). lse_noty: lse_without_target of the same rows."""
+    srt, ok = distinct_candidates(ids, target)
+    safe = srt.clamp_min(0)
+    z = torch.einsum("nkd,nd->nk", weight.detach()[safe].float(), hidden.detach().float())
+    if bias is not None:
+        z = z + bias.detach()[safe].float()
+    p = torch.exp(torch.nan_to_num(z, nan=float("-inf")) - lse_noty.unsqueeze(1))
+    return torch.where(ok, p, torch.zeros_like(p)).sum(dim=1)
+
+
+def _padded(index) -> bool:
+    return isinstance(index, (ClusterIndex, SimHashIndex))
+
+
+def probe_ladder(index) -> list[int] | None:
+    """The nprobe settings tune_probes tries (1, 2, 4, ..., all lists), or None where the
+    generator has no probe width to tune (SimHash tables, FAISS flat, FAISS on a GPU)."""
+    if isinstance(index, ClusterIndex) and index.built:
+        top = int(index.centroids.shape[0])
+    elif isinstance(index, FaissIndex) and index.tunable:
+        top = int(index.index.nlist)
+    else:
+        return None
+    ladder, p = [], 1
+    while p < top:
+        ladder.append(p)
+        p *= 2
+    return ladder + [top]
+
+
+def current_nprobe(index) -> int | None:
+    """The probe width a search uses now (ClusterIndex: None -> its default), else None."""
+    if isinstance(index, ClusterIndex) and index.built:
+        return index.effective_nprobe
+    if isinstance(index, FaissIndex) and index.tunable:
+        return int(index.index.nprobe)
+    return None
+
+
+@torch.no_grad()
+def tune_probes(
+    index,
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    target: torch.Tensor,
+    k: int,
+    target_mass: float | None,
+) -> dict:
+    """Measure the mean captured mass of index.search(hidden, k) on the probe rows; with a
+    target and a tunable generator, set the smallest nprobe of probe_ladder whose mean mass
+    is >= target_mass (the widest when none is: met=False; the widest is measured first, so
+    an unreachable target costs one search). Reads results on the host.
+
+    Returns dict(mass, nprobe (None: not tunable), met (None without a target), ladder
+    {nprobe: mass} of the rungs tried, rows)."""
+    lse = lse_without_target(hidden, weight, bias, target)
+
+    # short rows are padded with random ids: drawn from a private generator, so the probe
+    # is repeatable and leaves the global RNG (dropout, the user's draws) untouched
+    def mass() -> float:
+        if k == 0:  # S = {target}: nothing retrieved, nothing captured
+            return 0.0
+        extra = {"generator": torch.Generator().manual_seed(0)} if _padded(index) else {}
+        ids = index.search(hidden, k, **extra)
+        return float(captured_mass(ids, hidden, weight, bias, target, lse).mean())
+
+    ladder = probe_ladder(index) if target_mass is not None else None
+    tried: dict[int, float] = {}
+    if ladder is None:
+        m = mass()
+    else:
+        index.set_nprobe(ladder[-1])  # the widest first: an unreachable target costs one search
+        tried[ladder[-1]] = m = mass()
+        for p in ladder[:-1] if m >= target_mass else ():
+            index.set_nprobe(p)
+            tried[p] = m = mass()
+            if m >= target_mass:
+                break
+        else:
+            index.set_nprobe(ladder[-1])
+            m = tried[ladder[-1]]
+        tried = dict(sorted(tried.items()))
+    return dict(
+        mass=m,
+        nprobe=current_nprobe(index),
+        met=None if target_mass is None else m >= target_mass,
+        ladder=tried,
+        rows=int(hidden.shape[0]),
+    )

@@ -1,0 +1,192 @@
+"""Quality as the knob: target_mass and method="auto"'s quality rule (issue 18, part 3).
+
+The module keeps references to the first PROBE_ROWS rows of its last training batch (a view:
+no copy, no host sync per step). With a target (IndexOptions.target_mass, or
+dispatch.AUTO_TARGET_MASS under method="auto"), every index refresh ends with `on_refresh`:
+one exact pass over the probe rows, then the captured softmax mass of the |S| - 1 ids the
+forward retrieves, with the clusters (or FAISS IVF) nprobe set to the smallest rung of the
+doubling ladder that meets the target (index/quality.tune_probes; the widest when none does).
+
+Under method="auto", `step` runs `select` at the first training step and every refresh_every
+steps after: the sampled paths the crossover table ranks faster than the exact one are
+refreshed and measured in turn, fastest first, until one meets the target
+(dispatch.choose_by_quality); if none does, the exact path runs (mass 1). The choice, the
+masses and the probe's cost are in stats() and explain(), and checkpoints carry them.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from .dispatch import AUTO_TARGET_MASS, Choice, choose_by_quality
+from .index.quality import tune_probes
+from .options import IndexOptions
+
+PROBE_ROWS = 64  # rows of the last training batch the probe measures on
+
+
+def target_of(options: IndexOptions) -> float | None:
+    """The mass to hold: target_mass, else AUTO_TARGET_MASS under method="auto", else None."""
+    if options.target_mass is not None:
+        return options.target_mass
+    return AUTO_TARGET_MASS if options.method == "auto" else None
+
+
+class QualityMonitor:
+    """Measures the captured mass at refreshes; under method="auto" chooses the path.
+
+    enabled=False (a sharded module): nothing is measured and auto stays speed-only."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.probe: tuple[torch.Tensor, torch.Tensor] | None = None  # (hidden, target) views
+        self.choice: Choice | None = None  # auto: the path chosen by quality
+        self.steps_at_select = -1
+        self.last: dict = {}  # the last measurement (method, mass, nprobe, met, ladder, rows)
+        self.measured: dict[str, dict] = {}  # auto: the paths the last select measured
+        self.last_seconds = float("nan")
+        self.total_seconds = 0.0
+        self.select_seconds = float("nan")
+        self._restore: dict[str, int | None] | None = None  # a checkpoint's nprobe per path
+
+    # ---- the probe batch and the refresh hook ------------------------------------------------
+    def remember(self, hidden: torch.Tensor, target: torch.Tensor) -> None:
+        """Keep the first PROBE_ROWS rows of this training batch (views, detached)."""
+        self.probe = (hidden[:PROBE_ROWS].detach(), target[:PROBE_ROWS])
+
+    @torch.no_grad()
+    def on_refresh(self, module) -> None:
+        """After each refresh of module.manager: measure (and tune) the captured mass."""
+        m = module.manager
+        target = target_of(m.options)
+        if not self.enabled or target is None or m.index is None:
+            return
+        restore, self._restore = self._restore, None
+        if restore is not None and m.method in restore:  # resumed: the saved width
+            if restore[m.method] is not None and hasattr(m.index, "set_nprobe"):
+                m.index.set_nprobe(restore[m.method])
+            return
+        if self.probe is None:  # no training batch yet: measured at the next refresh
+            return
+        t0 = time.perf_counter()
+        h, y = self.probe
+        keep = (y >= 0) & (y < module.weight.shape[0])  # ignored rows carry no target
+        h, y = h[keep], y[keep]
+        if h.shape[0] == 0:
+            return
+        k = module.sampling_options.num_candidates - 1  # the ids the forward retrieves
+        r = tune_probes(m.index, h, module.weight, module.bias, y, k, target)
+        r.update(method=m.method, target=target)
+        self.last = self.measured[m.method] = r
+        self.last_seconds = time.perf_counter() - t0
+        self.total_seconds += self.last_seconds
+
+    # ---- method="auto" -----------------------------------------------------------------------
+    def step(self, module, hidden: torch.Tensor, target: torch.Tensor) -> None:
+        """A training step: remember the probe rows; under auto, select the path when due."""
+        self.remember(hidden, target)
+        m = module.manager
+        if not self.enabled or m.options.method != "auto":
+            return
+        speed = module.speed_choice(hidden.shape[0], hidden.dtype, hidden.device)
+        if not speed.ranked:  # the exact path, or no table: nothing to choose between
+            return
+        due = (
+            self.choice is None
+            or self.choice.ranked != speed.ranked
+            or m.steps - self.steps_at_select >= m.options.refresh_every
+        )
+        if due:
+            self.select(module, speed)
+
+    @torch.no_grad()
+    def select(self, module, speed: Choice) -> Choice:
+        """Refresh and measure speed.ranked's sampled paths, fastest first, until one meets
+        the target; keep the first that does (full if none), dispatch.choose_by_quality."""
+        t0 = time.perf_counter()
+        m, target = module.manager, target_of(module.manager.options)
+        self.measured, self._restore = {}, None  # every path measured anew
+        for path in speed.ranked:
+            if path == "full":
+                break
+            m.refresh(module.weight, module.bias, path)  # on_refresh measures it
+            if self.measured.get(path, {}).get("met"):
+                break
+        masses = {p: r["mass"] for p, r in self.measured.items()}
+        choice = choose_by_quality(speed, masses, target)
+        if choice.method == "full":  # no index on the exact path: free the last one tried
+            m.index, m.method = None, None
+        elif choice.method != m.method:  # none met, full does not fit: the best one
+            m.refresh(module.weight, module.bias, choice.method)
+        # a scheduled refresh at this step, also the first after a checkpoint load (whose
+        # schedule the manager would otherwise continue from the saved step)
+        m.steps_at_refresh = m.steps
+        self.choice, self.steps_at_select = choice, m.steps
+        self.select_seconds = time.perf_counter() - t0
+        return choice
+
+    def adjust(self, speed: Choice) -> Choice:
+        """The path that runs: the quality choice when it was made for this speed ranking."""
+        if self.choice is not None and speed.ranked and speed.ranked == self.choice.ranked:
+            return self.choice
+        return speed
+
+    # ---- reporting and checkpoints -----------------------------------------------------------
+    def stats(self, options: IndexOptions) -> dict:
+        r = self.last
+        return dict(
+            target_mass=target_of(options) if self.enabled else None,
+            captured_mass=r.get("mass", float("nan")),
+            captured_mass_index=r.get("method"),
+            nprobe=r.get("nprobe"),
+            target_met=r.get("met"),
+            probe_rows=r.get("rows", 0),
+            probe_seconds=self.last_seconds,
+            probe_seconds_total=self.total_seconds,
+            auto_choice=self.choice.method if self.choice is not None else None,
+            auto_masses={p: x["mass"] for p, x in self.measured.items()} if self.choice else {},
+            auto_select_seconds=self.select_seconds,
+        )
+
+    def explain(self, options: IndexOptions, choice: Choice) -> str:
+        """The explain() suffix: the last measurement; nothing where no target is in force
+        (or auto runs the exact path by speed alone: nothing to measure)."""
+        target = target_of(options)
+        if not self.enabled or target is None or (not choice.ranked and not options.target_mass):
+            return ""
+        r = self.last
+        if not r:
+            return f"; target_mass {target}: not measured yet (measured at refreshes in training)"
+        met = "met" if r["met"] else "NOT met at the widest setting"
+        width = ""
+        if r["nprobe"] is not None:
+            ladder = ", ".join(f"{p}: {x:.3f}" for p, x in r["ladder"].items())
+            width = f" at nprobe={r['nprobe']} (ladder {ladder})"
+        return (
+            f"; captured mass {r['mass']:.3f} of the {r['method']} candidates on {r['rows']} "
+            f"probe rows{width}, target {target} {met}; probe {self.last_seconds:.4f} s"
+        )
+
+    def state_dict(self) -> dict:
+        c = self.choice
+        return dict(
+            choice=None if c is None else dict(c.__dict__, inputs=dict(c.inputs)),
+            steps_at_select=self.steps_at_select,
+            last=dict(self.last),
+            measured={p: dict(r) for p, r in self.measured.items()},
+        )
+
+    def load_state_dict(self, state: dict | None) -> None:
+        """Restore the auto choice and the last measurement: the index rebuilt after the load
+        gets the saved nprobe (not a new probe), and the next select comes when the schedule
+        says (a select measures every path anew)."""
+        state = state or {}
+        c = state.get("choice")
+        self.choice = None if c is None else Choice(**dict(c, ranked=tuple(c["ranked"])))
+        self.steps_at_select = int(state.get("steps_at_select", -1))
+        self.last = dict(state.get("last") or {})
+        method = self.last.get("method")  # the index in use at the save and its width
+        self._restore = {method: self.last.get("nprobe")} if method is not None else None
+        self.measured = {p: dict(r) for p, r in (state.get("measured") or {}).items()}
