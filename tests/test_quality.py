@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from triton_softmax import SampledSoftmaxLoss, functional
-from triton_softmax.dispatch import AUTO_TARGET_MASS, Choice, choose_by_quality
+from triton_softmax.dispatch import AUTO_TARGET_SHARE, Choice, choose_by_quality
 from triton_softmax.index.clusters import ClusterIndex
 from triton_softmax.index.quality import (
     captured_mass,
@@ -176,14 +176,16 @@ def test_choose_by_quality_never_takes_a_faster_path_below_the_target():
 
 def test_auto_keeps_lsh_where_it_meets_the_target(fast_table):
     W, h, y = planted()
-    layer = layer_for(W)  # method="auto", target AUTO_TARGET_MASS
+    layer = layer_for(W)  # method="auto", target AUTO_TARGET_SHARE of the ceiling
     assert layer.speed_choice(64).ranked == ("lsh", "faiss", "full")
     layer(h, y).backward()
     st = layer.stats()
     assert layer.choice(64).method == "lsh" and st["auto_choice"] == "lsh"
-    assert st["target_mass"] == AUTO_TARGET_MASS and st["auto_masses"]["lsh"] >= AUTO_TARGET_MASS
+    assert st["target_mass"] == AUTO_TARGET_SHARE and st["target_relative"]
+    assert 0 < st["mass_ceiling"] <= 1 and st["mass_goal"] == AUTO_TARGET_SHARE * st["mass_ceiling"]
+    assert st["auto_masses"]["lsh"] >= st["mass_goal"]
     assert "faiss" not in st["auto_masses"]  # slower paths are not measured
-    assert "lsh is the fastest with mass >= 0.5" in layer.explain(64)
+    assert f"lsh is the fastest with mass >= {st['mass_goal']:.3g}" in layer.explain(64)
 
 
 def test_auto_falls_back_to_faiss_when_lsh_misses(fast_table):
@@ -299,3 +301,34 @@ def test_auto_on_the_exact_path_by_speed_says_nothing_of_mass():
     assert small.choice(4).method == "full" and "captured mass" not in text
     assert "target_mass" not in text
     assert small.stats()["auto_choice"] is None
+
+
+def test_the_ceiling_is_the_mass_of_the_exact_top_k():
+    W, h, y = planted(rows=8)
+    b = 0.1 * torch.randn(N_CLASSES)
+    lse, ceiling = lse_without_target(h, W, b, y, chunk=300, top=10)  # several class blocks
+    z = (h @ W.T + b).double()
+    z[torch.arange(8), y] = float("-inf")
+    p = torch.softmax(z, dim=1)
+    want = p.topk(10, dim=1).values.sum(1)
+    assert torch.allclose(ceiling.double(), want, atol=1e-5)
+    assert torch.allclose(lse.double(), torch.logsumexp(z, 1), atol=1e-4)
+
+
+def test_auto_default_target_is_relative_so_an_untrained_model_keeps_its_sampled_path(
+    fast_table,
+):
+    """A flat softmax (an untrained model): no 63 classes hold half the mass, so an absolute
+    0.5 would send auto to the exact path; the default asks for half of what the exact top-63
+    holds, which the clusters lists find. An explicit target_mass stays absolute."""
+    W, h, y = flat(rows=16)
+    layer = layer_for(W)
+    layer(h, y).backward()
+    st = layer.stats()
+    assert st["target_relative"] and st["mass_ceiling"] < 0.5  # absolute 0.5: unreachable
+    assert st["auto_masses"]["lsh"] >= st["mass_goal"] == AUTO_TARGET_SHARE * st["mass_ceiling"]
+    assert layer.choice(16).method == "lsh"
+    assert "of the exact top-63 mass" in layer.explain(16)
+    absolute = layer_for(W, target_mass=AUTO_TARGET_SHARE)
+    absolute(h, y).backward()
+    assert not absolute.stats()["target_relative"] and absolute.choice(16).method == "full"

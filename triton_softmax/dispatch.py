@@ -17,8 +17,9 @@ index options, sizes and device).
 Speed alone is not the rule: a Choice made from the table carries `ranked`, the paths that
 beat the exact one here, fastest first, then "full". The module (quality.py) measures the
 captured softmax mass of each sampled path's candidates on a probe batch at its refreshes and
-`choose_by_quality` keeps the fastest whose mass meets the target (AUTO_TARGET_MASS unless
-target_mass is given), never a faster one below it; full is exact (mass 1).
+`choose_by_quality` keeps the fastest whose mass meets the target (target_mass when given,
+else AUTO_TARGET_SHARE of the exact top-(|S| - 1) mass), never a faster one below it; full
+is exact (mass 1).
 """
 
 from __future__ import annotations
@@ -40,7 +41,9 @@ TABLE_FORMAT = "triton_softmax.crossovers/1"
 DEFAULT_TABLE_PATH = Path(__file__).parent / "crossovers" / "default.json"
 # method="auto"'s quality floor when target_mass is not given: the sampled S must hold at least
 # half of the exact non-target softmax mass on the probe batch, else a slower path runs
-AUTO_TARGET_MASS = 0.5
+# method="auto" without a target_mass: its candidates must capture this share of the mass the
+# exact top-(|S| - 1) classes hold on the probe rows (quality.relative_target says why)
+AUTO_TARGET_SHARE = 0.5
 
 
 def cache_path() -> Path:
@@ -258,13 +261,13 @@ def choose_by_quality(speed: Choice, masses: dict[str, float], target: float) ->
         mass = 1.0 if m == "full" else masses.get(m)
         if mass is not None and mass >= target:
             faster = speed.ranked[: speed.ranked.index(m)]
-            why = "".join(f"{x} (faster) misses the target {target}; " for x in faster)
-            what = "exact (mass 1)" if m == "full" else f"the fastest with mass >= {target}"
+            why = "".join(f"{x} (faster) misses the target {target:.3g}; " for x in faster)
+            what = "exact (mass 1)" if m == "full" else f"the fastest with mass >= {target:.3g}"
             reason = f"{why}{m} is {what}; {seen} [speed: {speed.reason}]"
             return Choice(m, reason, speed.inputs, speed.ranked)
     best = max((x for x in speed.ranked if x in masses), key=masses.get, default=speed.method)
     reason = (
-        f"no path meets target {target} and full does not fit: {best} has the largest mass "
+        f"no path meets target {target:.3g} and full does not fit: {best} has the largest mass "
         f"({seen}) [speed: {speed.reason}]"
     )
     return Choice(best, reason, speed.inputs, speed.ranked)

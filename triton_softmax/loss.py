@@ -90,8 +90,8 @@ class SampledSoftmaxLoss(nn.Module):
     target_mass t in (0, 1): at each refresh, the captured softmax mass of the retrieved S
     (its share of the exact non-target mass) is measured on <= 64 rows of the last training
     batch and the clusters / FAISS IVF nprobe set to the smallest rung of 1, 2, 4, ... that
-    holds t. method="auto" (default t = dispatch.AUTO_TARGET_MASS = 0.5) runs the fastest path
-    by the crossover table whose measured mass meets t, the exact one if none does
+    holds t. method="auto" runs the fastest path by the crossover table whose measured mass
+    meets t (default: half the mass of the exact top-(|S| - 1)), the exact one if none does
     (quality.py); stats() and explain() report the masses, the widths and the probe's cost.
 
     candidate_scheme="bucket_shared" (method="lsh") scores the whole union of each query's

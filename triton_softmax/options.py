@@ -114,7 +114,8 @@ class IndexOptions:
     target_mass in (0, 1) (sampled paths): at each refresh the captured softmax mass of the
     retrieved S is measured on the last training batch (up to 64 rows) and the clusters /
     FAISS IVF nprobe set to the smallest rung meeting it (quality.py); method="auto" then
-    runs the fastest path whose measured mass meets it (None: dispatch.AUTO_TARGET_MASS)."""
+    runs the fastest path whose measured mass meets it (None: dispatch.AUTO_TARGET_SHARE =
+    0.5 of the mass the exact top-(|S| - 1) classes hold on the same rows)."""
 
     method: str = "auto"
     lsh_bits: int | None = None

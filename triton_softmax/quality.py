@@ -1,10 +1,10 @@
 """Quality as the knob: target_mass and method="auto"'s quality rule (issue 18, part 3).
 
 The module keeps references to the first PROBE_ROWS rows of its last training batch (a view:
-no copy, no host sync per step). With a target (IndexOptions.target_mass, or
-dispatch.AUTO_TARGET_MASS under method="auto"), every index refresh ends with `on_refresh`:
-one exact pass over the probe rows, then the captured softmax mass of the |S| - 1 ids the
-forward retrieves, with the clusters (or FAISS IVF) nprobe set to the smallest rung of the
+no copy, no host sync per step). With a target (IndexOptions.target_mass, or under
+method="auto" dispatch.AUTO_TARGET_SHARE of the exact top-(|S| - 1) mass), every index
+refresh ends with `on_refresh`: one exact pass over the probe rows, then the captured
+softmax mass of the |S| - 1 ids the forward retrieves, with the clusters (or FAISS IVF) nprobe set to the smallest rung of the
 doubling ladder that meets the target (index/quality.tune_probes; the widest when none does).
 
 Under method="auto", `step` runs `select` at the first training step and every refresh_every
@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from .dispatch import AUTO_TARGET_MASS, Choice, choose_by_quality
+from .dispatch import AUTO_TARGET_SHARE, Choice, choose_by_quality
 from .index.quality import tune_probes
 from .options import IndexOptions
 
@@ -28,10 +28,19 @@ PROBE_ROWS = 64  # rows of the last training batch the probe measures on
 
 
 def target_of(options: IndexOptions) -> float | None:
-    """The mass to hold: target_mass, else AUTO_TARGET_MASS under method="auto", else None."""
+    """The mass to hold: target_mass, else AUTO_TARGET_SHARE under method="auto" (a share of
+    the ceiling, see relative_target), else None."""
     if options.target_mass is not None:
         return options.target_mass
-    return AUTO_TARGET_MASS if options.method == "auto" else None
+    return AUTO_TARGET_SHARE if options.method == "auto" else None
+
+
+def relative_target(options: IndexOptions) -> bool:
+    """auto's default target is a share of the mass the exact top-(|S| - 1) holds on the probe
+    rows, not an absolute mass: an untrained model's flat softmax puts little mass in any |S|
+    classes (and the uniform T estimates it well there), so an absolute default would send
+    every new model to the exact path. A target_mass the user gives is absolute."""
+    return options.target_mass is None and options.method == "auto"
 
 
 class QualityMonitor:
@@ -77,7 +86,9 @@ class QualityMonitor:
         if h.shape[0] == 0:
             return
         k = module.sampling_options.num_candidates - 1  # the ids the forward retrieves
-        r = tune_probes(m.index, h, module.weight, module.bias, y, k, target)
+        r = tune_probes(
+            m.index, h, module.weight, module.bias, y, k, target, relative_target(m.options)
+        )
         r.update(method=m.method, target=target)
         self.last = self.measured[m.method] = r
         self.last_seconds = time.perf_counter() - t0
@@ -115,7 +126,9 @@ class QualityMonitor:
             if self.measured.get(path, {}).get("met"):
                 break
         masses = {p: r["mass"] for p, r in self.measured.items()}
-        choice = choose_by_quality(speed, masses, target)
+        # one probe batch and |S| for every path: one goal (target x ceiling when relative)
+        goals = [r["goal"] for r in self.measured.values() if r.get("goal") is not None]
+        choice = choose_by_quality(speed, masses, goals[-1] if goals else target)
         if choice.method == "full":  # no index on the exact path: free the last one tried
             m.index, m.method = None, None
         elif choice.method != m.method:  # none met, full does not fit: the best one
@@ -138,6 +151,9 @@ class QualityMonitor:
         r = self.last
         return dict(
             target_mass=target_of(options) if self.enabled else None,
+            target_relative=relative_target(options),
+            mass_ceiling=r.get("ceiling", float("nan")),
+            mass_goal=r.get("goal"),
             captured_mass=r.get("mass", float("nan")),
             captured_mass_index=r.get("method"),
             nprobe=r.get("nprobe"),
@@ -160,6 +176,11 @@ class QualityMonitor:
         if not r:
             return f"; target_mass {target}: not measured yet (measured at refreshes in training)"
         met = "met" if r["met"] else "NOT met at the widest setting"
+        if relative_target(options) and r.get("goal") is not None:
+            target = (
+                f"{target} of the exact top-{r.get('k')} mass {r['ceiling']:.3f} "
+                f"(= {r['goal']:.3f})"
+            )
         width = ""
         if r["nprobe"] is not None:
             ladder = ", ".join(f"{p}: {x:.3f}" for p, x in r["ladder"].items())

@@ -38,11 +38,15 @@ def lse_without_target(
     bias: torch.Tensor | None,
     target: torch.Tensor,
     chunk: int = CLASS_CHUNK,
-) -> torch.Tensor:
+    top: int = 0,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """(N,) float32: log sum_{j != y} exp(z_j), the exact pass over all n classes in blocks
-    of `chunk` classes. hidden (N, d); weight (n, d); bias (n,) or None; target (N,) int64."""
+    of `chunk` classes. hidden (N, d); weight (n, d); bias (n,) or None; target (N,) int64.
+
+    top > 0: also the mass ceiling (N,) float32, the captured mass of the exact top-`top`
+    non-target classes: what the best possible S of that size would capture."""
     h = hidden.detach().float()
-    parts = []
+    parts, best = [], h.new_empty(h.shape[0], 0)
     for lo in range(0, weight.shape[0], chunk):
         hi = min(weight.shape[0], lo + chunk)
         z = _logits(h, weight[lo:hi].detach(), None if bias is None else bias[lo:hi].detach())
@@ -50,7 +54,13 @@ def lse_without_target(
         col = (target - lo).clamp(0, hi - lo - 1).unsqueeze(1)
         z.scatter_(1, col, torch.where(mine.unsqueeze(1), float("-inf"), z.gather(1, col)))
         parts.append(torch.logsumexp(z, dim=1))
-    return torch.logsumexp(torch.stack(parts, dim=1), dim=1)
+        if top:
+            both = torch.cat([best, z], dim=1)
+            best = both.topk(min(top, both.shape[1]), dim=1).values
+    lse = torch.logsumexp(torch.stack(parts, dim=1), dim=1)
+    if not top:
+        return lse
+    return lse, torch.exp(best - lse.unsqueeze(1)).sum(dim=1)
 
 
 def distinct_candidates(
@@ -123,15 +133,23 @@ def tune_probes(
     target: torch.Tensor,
     k: int,
     target_mass: float | None,
+    relative: bool = False,
 ) -> dict:
     """Measure the mean captured mass of index.search(hidden, k) on the probe rows; with a
     target and a tunable generator, set the smallest nprobe of probe_ladder whose mean mass
     is >= target_mass (the widest when none is: met=False; the widest is measured first, so
     an unreachable target costs one search). Reads results on the host.
 
-    Returns dict(mass, nprobe (None: not tunable), met (None without a target), ladder
+    relative: target_mass is a share of the ceiling (the mass of the exact top-k on the same
+    rows: on a flat softmax no k ids hold much, and the uniform T estimates the rest well), so
+    the mass to reach is target_mass x ceiling.
+
+    Returns dict(mass, ceiling (mean mass of the exact top-k), goal (the mass to reach; None
+    without a target), nprobe (None: not tunable), met (None without a target), ladder
     {nprobe: mass} of the rungs tried, rows)."""
-    lse = lse_without_target(hidden, weight, bias, target)
+    lse, ceiling = lse_without_target(hidden, weight, bias, target, top=max(k, 1))
+    ceiling = float(ceiling.mean()) if k else 0.0
+    goal = target_mass * ceiling if target_mass is not None and relative else target_mass
 
     # short rows are padded with random ids: drawn from a private generator, so the probe
     # is repeatable and leaves the global RNG (dropout, the user's draws) untouched
@@ -142,17 +160,17 @@ def tune_probes(
         ids = index.search(hidden, k, **extra)
         return float(captured_mass(ids, hidden, weight, bias, target, lse).mean())
 
-    ladder = probe_ladder(index) if target_mass is not None else None
+    ladder = probe_ladder(index) if goal is not None else None
     tried: dict[int, float] = {}
     if ladder is None:
         m = mass()
     else:
         index.set_nprobe(ladder[-1])  # the widest first: an unreachable target costs one search
         tried[ladder[-1]] = m = mass()
-        for p in ladder[:-1] if m >= target_mass else ():
+        for p in ladder[:-1] if m >= goal else ():
             index.set_nprobe(p)
             tried[p] = m = mass()
-            if m >= target_mass:
+            if m >= goal:
                 break
         else:
             index.set_nprobe(ladder[-1])
@@ -160,8 +178,11 @@ def tune_probes(
         tried = dict(sorted(tried.items()))
     return dict(
         mass=m,
+        ceiling=ceiling,
+        goal=goal,
+        k=k,
         nprobe=current_nprobe(index),
-        met=None if target_mass is None else m >= target_mass,
+        met=None if goal is None else m >= goal,
         ladder=tried,
         rows=int(hidden.shape[0]),
     )
