@@ -4,8 +4,9 @@ The module keeps references to the first PROBE_ROWS rows of its last training ba
 no copy, no host sync per step). With a target (IndexOptions.target_mass, or under
 method="auto" dispatch.AUTO_TARGET_SHARE of the exact top-(|S| - 1) mass), every index
 refresh ends with `on_refresh`: one exact pass over the probe rows, then the captured
-softmax mass of the |S| - 1 ids the forward retrieves, with the clusters (or FAISS IVF) nprobe set to the smallest rung of the
-doubling ladder that meets the target (index/quality.tune_probes; the widest when none does).
+softmax mass of the |S| - 1 ids the forward retrieves, with the clusters (or FAISS IVF)
+nprobe set to the smallest rung of the doubling ladder that meets the target
+(index/quality.tune_probes; the widest when none does).
 
 Under method="auto", `step` runs `select` at the first training step and every refresh_every
 steps after: the sampled paths the crossover table ranks faster than the exact one are
