@@ -3,6 +3,7 @@ print ptxas's register and spill report for each: a compile error is a GPU bug t
 interpreter cannot see, and a tile config that spills is a bad default.
 
     python3 scripts/check_sm90.py [--no-bias]   # every kernel and config, bf16 and fp32
+    python3 scripts/check_sm90.py --only list_topk,grad_hidden   # names starting so
 
 Uses triton's own compiler and its bundled ptxas (ptxas-blackwell reads the PTX version
 triton 3.9 emits). Arguments are specialised as the JIT does at launch: pointers, sizes and
@@ -35,6 +36,7 @@ from triton_softmax.kernels import scatter_grad as sg  # noqa: E402
 from triton_softmax.kernels import simhash as sh  # noqa: E402
 
 HAS_BIAS = "--no-bias" not in sys.argv
+ONLY = sys.argv[sys.argv.index("--only") + 1].split(",") if "--only" in sys.argv else None
 DIV16 = {"d", "N", "n", "stride_hm", "stride_wn"}
 I32, I64 = "*i32", "*i64"
 
@@ -196,6 +198,8 @@ def main() -> int:
     failed = 0
     with tempfile.TemporaryDirectory() as workdir:
         for name, kernel, extra, ptrs, floats in KERNELS:
+            if ONLY and not any(name.startswith(prefix) for prefix in ONLY):
+                continue
             configs = getattr(kernel, "configs", None) or [triton.Config({}, num_warps=4)]
             for config in configs:
                 for dtype in ("bf16", "fp32"):

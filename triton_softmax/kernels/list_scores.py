@@ -49,6 +49,49 @@ def _unpack(key):
     return bits.to(tl.float32, bitcast=True), low
 
 
+@triton.jit
+def _merge_chunk(
+    best,
+    h_ptr,
+    w_ptr,
+    b_ptr,
+    order_ptr,
+    i,
+    c0,
+    end,
+    d,
+    stride_hn,
+    stride_hd,
+    stride_wn,
+    stride_wd,
+    stride_b,
+    HAS_BIAS: tl.constexpr,
+    BLOCK_L: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    """best (BLOCK_L,) keys sorted descending, merged with list members c0 .. c0 + BLOCK_L
+    (positions in `order`, those past `end` empty)."""
+    pos = c0 + tl.arange(0, BLOCK_L)
+    ok = pos < end
+    ids = tl.load(order_ptr + pos, mask=ok, other=0).to(tl.int64)
+    z = tl.zeros((BLOCK_L,), tl.float32)
+    for d0 in range(0, d, BLOCK_D):
+        cols = d0 + tl.arange(0, BLOCK_D)
+        d_ok = cols < d
+        h = tl.load(h_ptr + i * stride_hn + cols * stride_hd, mask=d_ok, other=0.0)
+        w = tl.load(
+            w_ptr + ids[:, None] * stride_wn + cols[None, :] * stride_wd,
+            mask=ok[:, None] & d_ok[None, :],
+            other=0.0,
+        )
+        z += tl.sum(w.to(tl.float32) * h.to(tl.float32)[None, :], axis=1)
+    if HAS_BIAS:
+        z += tl.load(b_ptr + ids * stride_b, mask=ok, other=0.0).to(tl.float32)
+    z = tl.where(ok & (z == z), z, float("-inf"))  # z != z: a NaN logit
+    chunk = tl.sort(_pack(z, ids))  # ascending: max with the descending best = top set
+    return tl.sort(tl.maximum(best, chunk), descending=True)
+
+
 @triton.autotune(
     # 8 warps first: at k' = 1024 (fp32) 4 warps need 254 registers on sm_90a (check_sm90.py)
     configs=_utils.configs([triton.Config({}, num_warps=8), triton.Config({}, num_warps=4)]),
@@ -90,29 +133,27 @@ def list_topk_kernel(
     start = tl.load(offsets_ptr + lst)
     end = tl.load(offsets_ptr + lst + 1)
     slots = tl.arange(0, BLOCK_L)
-    dd = tl.arange(0, BLOCK_D)
-    neg_inf = tl.full((BLOCK_L,), float("-inf"), tl.float32)
-    best = _pack(neg_inf, slots.to(tl.int64) * 0)  # sorted descending
-    for c0 in range(start, end, BLOCK_L):
-        pos = c0 + slots
-        ok = pos < end
-        ids = tl.load(order_ptr + pos, mask=ok, other=0).to(tl.int64)
-        z = tl.zeros((BLOCK_L,), tl.float32)
-        for d0 in range(0, d, BLOCK_D):
-            cols = d0 + dd
-            d_ok = cols < d
-            h = tl.load(h_ptr + i * stride_hn + cols * stride_hd, mask=d_ok, other=0.0)
-            w = tl.load(
-                w_ptr + ids[:, None] * stride_wn + cols[None, :] * stride_wd,
-                mask=ok[:, None] & d_ok[None, :],
-                other=0.0,
-            )
-            z += tl.sum(w.to(tl.float32) * h.to(tl.float32)[None, :], axis=1)
-        if HAS_BIAS:
-            z += tl.load(b_ptr + ids * stride_b, mask=ok, other=0.0).to(tl.float32)
-        z = tl.where(ok & (z == z), z, neg_inf)  # z != z: a NaN logit
-        chunk = tl.sort(_pack(z, ids))  # ascending: max with the descending best = top set
-        best = tl.sort(tl.maximum(best, chunk), descending=True)
+    best = _pack(tl.full((BLOCK_L,), float("-inf"), tl.float32), slots.to(tl.int64) * 0)
+    for c0 in range(start, end, BLOCK_L):  # sorted descending: the best so far
+        best = _merge_chunk(
+            best,
+            h_ptr,
+            w_ptr,
+            b_ptr,
+            order_ptr,
+            i,
+            c0,
+            end,
+            d,
+            stride_hn,
+            stride_hd,
+            stride_wn,
+            stride_wd,
+            stride_b,
+            HAS_BIAS,
+            BLOCK_L,
+            BLOCK_D,
+        )
     score, cls = _unpack(best)
     cls = tl.where(score == float("-inf"), -1, cls)
     keep = slots < k_out
