@@ -3,6 +3,7 @@ print ptxas's register and spill report for each: a compile error is a GPU bug t
 interpreter cannot see, and a tile config that spills is a bad default.
 
     python3 scripts/check_sm90.py [--no-bias]   # every kernel and config, bf16 and fp32
+    python3 scripts/check_sm90.py --only list_topk,grad_hidden   # names starting so
 
 Uses triton's own compiler and its bundled ptxas (ptxas-blackwell reads the PTX version
 triton 3.9 emits). Arguments are specialised as the JIT does at launch: pointers, sizes and
@@ -29,11 +30,13 @@ from triton.compiler import ASTSource  # noqa: E402
 from triton_softmax.kernels import bucket_lookup as bl  # noqa: E402
 from triton_softmax.kernels import bucket_tiles as bt  # noqa: E402
 from triton_softmax.kernels import linear_ce as lce  # noqa: E402
+from triton_softmax.kernels import list_scores as ls  # noqa: E402
 from triton_softmax.kernels import sampled_logits as sl  # noqa: E402
 from triton_softmax.kernels import scatter_grad as sg  # noqa: E402
 from triton_softmax.kernels import simhash as sh  # noqa: E402
 
 HAS_BIAS = "--no-bias" not in sys.argv
+ONLY = sys.argv[sys.argv.index("--only") + 1].split(",") if "--only" in sys.argv else None
 DIV16 = {"d", "N", "n", "stride_hm", "stride_wn"}
 I32, I64 = "*i32", "*i64"
 
@@ -80,6 +83,9 @@ LOOKUP_PTRS = dict(
     out_coll_ptr=I32,
 )
 LOOKUP_PADS = dict(BIAS_MODE=1, K_PAD=16, L_PAD=8, B_PAD=32)
+LIST_PTRS = dict(
+    h_ptr="IN", w_ptr="IN", b_ptr="IN", order_ptr=I64, offsets_ptr=I64, lists_ptr=I64, ids_ptr=I64
+)
 
 # (name, kernel, constexprs beyond the config's, pointer element types, fp32 scalars)
 KERNELS = [
@@ -122,6 +128,9 @@ KERNELS = [
         CAND_PTRS,
         (),
     ),
+    # the launcher's blocks for k' = 63 (d = 128) and for k' = 1024 (the kept set widest)
+    ("list_topk(k'=63)", ls.list_topk_kernel, dict(BLOCK_L=64, BLOCK_D=128), LIST_PTRS, ()),
+    ("list_topk(k'=1024)", ls.list_topk_kernel, dict(BLOCK_L=1024, BLOCK_D=8), LIST_PTRS, ()),
     ("grad_hidden", sl.grad_hidden_kernel, dict(BLOCK_D=128), CAND_PTRS, ()),
     ("scatter_grad_atomic", sg.scatter_grad_weight_atomic_kernel, {}, CAND_PTRS, ()),
     (
@@ -189,6 +198,8 @@ def main() -> int:
     failed = 0
     with tempfile.TemporaryDirectory() as workdir:
         for name, kernel, extra, ptrs, floats in KERNELS:
+            if ONLY and not any(name.startswith(prefix) for prefix in ONLY):
+                continue
             configs = getattr(kernel, "configs", None) or [triton.Config({}, num_warps=4)]
             for config in configs:
                 for dtype in ("bf16", "fp32"):

@@ -21,6 +21,7 @@ import torch
 
 from .reference import bucket_tiles as _bt
 from .reference import linear_ce as _lce
+from .reference import list_scores as _ls
 from .reference import sampled_logits as _sl
 from .reference import simhash as _sh
 from .reference import sparse_adam as _sa
@@ -102,6 +103,7 @@ ROUTES: dict[str, Route] = {
     "bucket_tile_lse": Route("bucket_tile_lse", _bt.bucket_tile_lse_ref),
     "bucket_tile_lse_bwd": Route("bucket_tile_lse_bwd", _bt.bucket_tile_lse_bwd_ref, probe=2),
     "sparse_adam_update": Route("sparse_adam_update", _sa.sparse_adam_update_ref),
+    "list_topk": Route("list_topk", _ls.list_topk_ref),
 }
 
 
@@ -231,6 +233,12 @@ def bucket_tile_lse_bwd(
         sorted_ids,
         offsets,
     )
+
+
+def list_topk(hidden, weight, bias, order, offsets, lists, k, max_list):
+    """(scores (N, p, k') float32, ids (N, p, k') int64): the best k' = min(k, max_list)
+    members of every probed list of a CSR list index (index/clusters.py), best first."""
+    return route("list_topk", hidden, weight, bias, order, offsets, lists, k, max_list)
 
 
 def sparse_adam_update(param, exp_avg, exp_avg_sq, rows, values, step_size, beta1, beta2, eps):

@@ -25,7 +25,7 @@ import torch
 
 from .. import nonfinite as _nf
 from ..checks import check_int_option
-from .rerank import check_rows, nonfinite_class, rerank_union
+from .rerank import check_rows, nonfinite_class, pad_short_rows, rerank_union
 
 MODES = ("mips", "spherical")
 ASSIGN_CHUNK = 1 << 14  # rows per assignment matmul
@@ -330,9 +330,10 @@ class ClusterIndex:
         """(N, k) int64: the k best classes of the probed lists by exact logit, best first;
         k valid ids whenever k classes are selectable (short rows: rerank.rerank_union pads).
 
-        Scored list by list (each list's rows gathered once per search, from the live
-        weights when live_rerank, else from the copy taken at build), not query by query:
-        a per-query gather of the union costs as much as the full product on a CPU."""
+        On a CPU: scored list by list (each list's rows gathered once per search, from the
+        live weights when live_rerank, else from the copy taken at build), not query by
+        query: a per-query gather of the union costs as much as the full product there.
+        On CUDA: _search_fixed, one kernel launch and no host read."""
         if not self.built:
             raise RuntimeError("ClusterIndex.search before build(): call build(weight, bias)")
         hidden = hidden.detach()
@@ -341,6 +342,8 @@ class ClusterIndex:
             empty = torch.full((N, 1), -1, dtype=torch.int64, device=hidden.device)
             return rerank_union(hidden, self.weight, self.bias, empty, k, generator)
         lists = self.probe_lists(hidden)
+        if hidden.is_cuda:
+            return self._search_fixed(hidden, lists, k, generator)
         z, ids = self._score_lists(hidden, lists, k)
         kk = min(k, z.shape[1])
         s, pos = torch.topk(z, kk, dim=1)
@@ -353,6 +356,44 @@ class ClusterIndex:
             rows = short.nonzero().flatten()
             top[rows] = rerank_union(hidden[rows], self.weight, self.bias, top[rows], k, generator)
         return top
+
+    def _search_fixed(
+        self,
+        hidden: torch.Tensor,
+        lists: torch.Tensor,
+        k: int,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """search_lists in fixed shapes with no host read (the CUDA path; any device runs it):
+        ops.list_topk keeps each probed list's best k' = min(k, largest list), one topk over
+        the (N, p k') buffer keeps the k best, and rows left short are padded by
+        rerank.pad_short_rows from the classes selectable at build (masks, not a branch).
+        Same ids as the list-by-list loop for every row with k valid list members."""
+        from .. import ops
+
+        N = hidden.shape[0]
+        if self.live_rerank:
+            z, ids = ops.list_topk(
+                hidden, self.weight, self.bias, self.order, self.offsets, lists, k, self.max_list
+            )
+        else:  # rows_copy is in list order: the kernel's "class ids" are positions there
+            at = torch.arange(self.order.numel(), device=self.order.device)
+            bias = self.bias_copy if self.has_bias else None
+            z, pos = ops.list_topk(
+                hidden, self.rows_copy, bias, at, self.offsets, lists, k, self.max_list
+            )
+            ids = torch.where(pos >= 0, self.order[pos.clamp_min(0)], pos)
+        z, ids = z.view(N, -1), ids.view(N, -1)
+        kk = min(k, z.shape[1])
+        s, pos = torch.topk(z, kk, dim=1)
+        top = torch.gather(ids, 1, pos)
+        ok = torch.isfinite(s)
+        top = torch.where(ok, top, torch.full_like(top, -1))
+        s = torch.where(ok, s, torch.full_like(s, float("-inf")))
+        if kk < k:
+            top = torch.cat([top, top.new_full((N, k - kk), -1)], dim=1)
+            s = torch.cat([s, s.new_full((N, k - kk), float("-inf"))], dim=1)
+        return pad_short_rows(hidden, self.weight, self.bias, top, s, self.rows, k, generator)
 
     def _score_lists(
         self, hidden: torch.Tensor, lists: torch.Tensor, k: int

@@ -133,3 +133,47 @@ def rerank_union(
         rows = still.nonzero().flatten()
         top[rows] = full_topk(hidden[rows], weight, bias, k)
     return top
+
+
+def pad_short_rows(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    top: torch.Tensor,
+    scores: torch.Tensor,
+    pool: torch.Tensor,
+    k: int,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """rerank_union's padding in fixed shapes, with no host read (for CUDA training steps).
+
+    top: (N, k) int64 distinct ids, -1 where empty; scores: (N, k) their exact logits (-inf
+    where -1); pool: (m,) int64 distinct selectable class ids (those of the index's build).
+    Every row draws a random start in the pool and takes min(k, m) consecutive pool entries
+    (distinct, so together with the row's own ids at least min(k, m) selectable classes);
+    they are scored exactly and the k best distinct ids of row and window are kept. Rows
+    that already hold k ids are returned unchanged (torch.where, not a branch). So the row
+    holds k valid ids whenever k classes of the pool are still selectable under the live
+    weights; there is no exact pass over all classes (rerank_union's last resort needs a
+    host read). The start is drawn with `generator` on its own device, then moved."""
+    N = top.shape[0]
+    m = pool.numel()
+    if N == 0 or k == 0 or m == 0:
+        return top
+    device = top.device
+    gen_device = generator.device if generator is not None else device
+    start = torch.randint(m, (N, 1), generator=generator, device=gen_device).to(device)
+    window = pool.to(device)[(start + torch.arange(min(k, m), device=device)) % m]
+    both = torch.cat([top, window], dim=1)
+    z = torch.cat([scores.float(), exact_scores(hidden, weight, bias, window)], dim=1)
+    big = torch.iinfo(torch.int64).max
+    s_ids, perm = torch.sort(torch.where(both >= 0, both, torch.full_like(both, big)), dim=1)
+    z = torch.gather(z, 1, perm)
+    dup = torch.zeros_like(s_ids, dtype=torch.bool)
+    dup[:, 1:] = s_ids[:, 1:] == s_ids[:, :-1]
+    z = torch.where(dup | (s_ids == big), torch.full_like(z, float("-inf")), z)
+    s, at = torch.topk(z, k, dim=1)
+    merged = torch.gather(s_ids, 1, at)
+    merged = torch.where(torch.isfinite(s), merged, torch.full_like(merged, -1))
+    short = (top < 0).any(dim=1, keepdim=True)
+    return torch.where(short, merged, top)

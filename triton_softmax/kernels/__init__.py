@@ -7,6 +7,7 @@ refresh-time table build stays in torch on every device (see bucket_lookup.py fo
 from .bucket_lookup import lsh_candidates, lsh_query  # noqa: F401
 from .bucket_tiles import bucket_tile_lse, bucket_tile_lse_bwd  # noqa: F401
 from .linear_ce import linear_ce_bwd, linear_ce_fwd  # noqa: F401
+from .list_scores import list_topk  # noqa: F401
 from .sampled_logits import (  # noqa: F401
     grad_hidden,
     sampled_logits_bwd,
