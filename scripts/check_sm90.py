@@ -83,10 +83,10 @@ LOOKUP_PADS = dict(BIAS_MODE=1, K_PAD=16, L_PAD=8, B_PAD=32)
 
 # (name, kernel, constexprs beyond the config's, pointer element types, fp32 scalars)
 KERNELS = [
-    ("bucket_tile_lse_fwd", bt._bucket_tile_lse_fwd_kernel, {}, TILE_PTRS, ()),
-    ("bucket_tile_lse_bwd", bt._bucket_tile_lse_bwd_kernel, {}, TILE_PTRS, ()),
-    ("linear_ce_fwd", lce._linear_ce_fwd_kernel, {}, TILE_PTRS, ()),
-    ("linear_ce_bwd", lce._linear_ce_bwd_kernel, {}, TILE_PTRS, ()),
+    ("bucket_tile_lse_fwd", bt.bucket_tile_lse_fwd_kernel, {}, TILE_PTRS, ()),
+    ("bucket_tile_lse_bwd", bt.bucket_tile_lse_bwd_kernel, {}, TILE_PTRS, ()),
+    ("linear_ce_fwd", lce.linear_ce_fwd_kernel, {}, TILE_PTRS, ()),
+    ("linear_ce_bwd", lce.linear_ce_bwd_kernel, {}, TILE_PTRS, ()),
     (
         "simhash_codes",
         sh.simhash_codes_kernel,

@@ -3,7 +3,7 @@
 Twins: reference/simhash.py lsh_candidates_ref (codes given) and lsh_query_ref
 (simhash_codes_ref then lsh_candidates_ref). One program handles BLOCK_Q queries; per query it
 
-  1. takes its L codes, from memory or, fused (HASH=True), from a simhash_tile of the
+  1. takes its L codes, from memory or, fused (HASH=True), from a _simhash_tile of the
      program's BLOCK_Q rows computed with tl.dot in the same launch (no codes round trip);
   2. reads at most B = max_per_bucket ids of each bucket from the CSR table into an
      (L_PAD, B_PAD) register tile, empty slots holding a sentinel;
@@ -38,7 +38,7 @@ import triton
 import triton.language as tl
 
 from . import _utils
-from .simhash import hash_args, simhash_tile
+from .simhash import _simhash_tile, hash_args
 
 MAX_P = 16384  # ids held and sorted in registers per query; more: ops runs the twin
 MAX_HASH_COLS = 512  # L_PAD * K_PAD of the fused hash tile; more hashes in a separate launch
@@ -103,7 +103,7 @@ def lsh_lookup_kernel(
     qs = q0 + tl.arange(0, BLOCK_Q)
     tabs = tl.arange(0, L_PAD)
     if HASH:
-        code_tile = simhash_tile(
+        code_tile = _simhash_tile(
             x_ptr,
             stride_xm,
             stride_xd,

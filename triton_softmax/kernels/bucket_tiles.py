@@ -152,7 +152,7 @@ _BWD_ROWS = [
 
 @triton.autotune(configs=_configs(_FWD_ROWS), key=["d", "L"])
 @triton.jit
-def _bucket_tile_lse_fwd_kernel(
+def bucket_tile_lse_fwd_kernel(
     h_ptr,
     w_ptr,
     b_ptr,
@@ -230,7 +230,7 @@ def _bucket_tile_lse_fwd_kernel(
 
 @triton.autotune(configs=_configs(_BWD_ROWS, _zero_grads), key=["d", "L"])
 @triton.jit
-def _bucket_tile_lse_bwd_kernel(
+def bucket_tile_lse_bwd_kernel(
     g_ptr,
     lse_ptr,
     h_ptr,
@@ -423,7 +423,7 @@ def bucket_tile_lse(
     lse.fill_(float("-inf"))
     c = _common(*args)
     dot_dtype, precision = _dot_setup(hidden, weight)
-    _bucket_tile_lse_fwd_kernel[(L, N)](
+    bucket_tile_lse_fwd_kernel[(L, N)](
         hidden,
         weight,
         c["b"],
@@ -479,7 +479,7 @@ def bucket_tile_lse_bwd(
         return dh, dw, db
     c = _common(*args)
     dot_dtype, precision = _dot_setup(hidden, weight)
-    _bucket_tile_lse_bwd_kernel[(L, N)](
+    bucket_tile_lse_bwd_kernel[(L, N)](
         grad_lse.to(torch.float32).contiguous(),
         lse.to(torch.float32).contiguous(),
         hidden,

@@ -274,7 +274,7 @@ _BWD_ROWS = [
 
 @triton.autotune(configs=_configs(_FWD_ROWS), key=["d", "n_bucket"])
 @triton.jit
-def _linear_ce_fwd_kernel(
+def linear_ce_fwd_kernel(
     h_ptr,
     w_ptr,
     b_ptr,
@@ -352,7 +352,7 @@ def _linear_ce_fwd_kernel(
 
 @triton.autotune(configs=_configs(_BWD_ROWS, _zero_grads), key=["d", "n_bucket"])
 @triton.jit
-def _linear_ce_bwd_kernel(
+def linear_ce_bwd_kernel(
     g_ptr,
     h_ptr,
     w_ptr,
@@ -479,7 +479,7 @@ def _linear_ce_bwd_kernel(
 
 @triton.autotune(configs=_configs(_BWD_ROWS, _zero_grads), key=["d", "n_bucket"])
 @triton.jit
-def _linear_ce_bwd_dh_kernel(
+def linear_ce_bwd_dh_kernel(
     g_ptr,
     h_ptr,
     w_ptr,
@@ -687,7 +687,7 @@ def linear_ce_fwd(
     def grid(meta):
         return (triton.cdiv(N, meta["BLOCK_M"]), splits)
 
-    _linear_ce_fwd_kernel[grid](
+    linear_ce_fwd_kernel[grid](
         hidden,
         weight,
         b,
@@ -785,7 +785,7 @@ def linear_ce_bwd(
             split = triton.cdiv(sms, n_blocks)  # one wave of programs at least
         return (n_blocks, max(1, min(int(split), m_blocks)))
 
-    _linear_ce_bwd_kernel[grid](
+    linear_ce_bwd_kernel[grid](
         g,
         hidden,
         weight,
@@ -820,7 +820,7 @@ def linear_ce_bwd(
         def grid_dh(meta):
             return (triton.cdiv(N, meta["BLOCK_M"]),)
 
-        _linear_ce_bwd_dh_kernel[grid_dh](
+        linear_ce_bwd_dh_kernel[grid_dh](
             g,
             hidden,
             weight,

@@ -22,7 +22,7 @@ from . import _utils
 
 
 @triton.jit
-def simhash_tile(
+def _simhash_tile(
     x_ptr,
     stride_xm,
     stride_xd,
@@ -143,7 +143,7 @@ def simhash_codes_kernel(
     t0 = (pid % num_tb) * BLOCK_T
     rows = (pid // num_tb).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_mask = rows < M
-    codes = simhash_tile(
+    codes = _simhash_tile(
         x_ptr,
         stride_xm,
         stride_xd,
