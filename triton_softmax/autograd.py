@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from . import ops
-from .reference import sampled_logits as _est
+from .reference.sampled_logits import scatter_grad_bias_ref, sparse_grad_weight_ref
 
 
 @dataclass(frozen=True)
@@ -98,12 +98,12 @@ class SampledSoftmaxFunction(torch.autograd.Function):
             dh = dh.to(hidden.dtype)
         if ctx.needs_input_grad[1]:
             if ctx.sparse_grad:
-                dW = _est.sparse_grad_weight_ref(coef, ids, hidden, n, weight.dtype)
+                dW = sparse_grad_weight_ref(coef, ids, hidden, n, weight.dtype)
             else:
                 dW = ops.scatter_grad_weight(coef, ids, hidden, n, ctx.deterministic)
                 dW = dW.to(weight.dtype)
         if bias is not None and ctx.needs_input_grad[2]:
-            db = _est.scatter_grad_bias_ref(coef, ids, n, ctx.sparse_grad).to(bias.dtype)
+            db = scatter_grad_bias_ref(coef, ids, n, ctx.sparse_grad).to(bias.dtype)
         return (dh, dW, db, None, None, None) + (None,) * ctx.num_params
 
 
@@ -248,14 +248,12 @@ class SharedCandidatesFunction(torch.autograd.Function):
         dW = db = None
         if ctx.needs_input_grad[1]:
             if ctx.sparse_grad:
-                dW = _est.sparse_grad_weight_ref(
-                    coef, ids, hidden, n, weight.dtype, shared_ids, rows_sh
-                )
+                dW = sparse_grad_weight_ref(coef, ids, hidden, n, weight.dtype, shared_ids, rows_sh)
             else:
                 dW = ops.scatter_grad_weight(coef, ids, hidden, n, False)
                 dW = dW.index_add_(0, shared_ids, rows_sh.to(dW.dtype)).to(weight.dtype)
         if bias is not None and ctx.needs_input_grad[2]:
-            db = _est.scatter_grad_bias_ref(coef, ids, n, ctx.sparse_grad)
+            db = scatter_grad_bias_ref(coef, ids, n, ctx.sparse_grad)
             db_sh = coef_sh.sum(0)
             if ctx.sparse_grad:
                 db = db + torch.sparse_coo_tensor(

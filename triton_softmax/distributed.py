@@ -88,7 +88,7 @@ import torch.distributed as dist
 from . import checks, ops
 from .candidates import build_candidates
 from .functional import _reduce, valid_rows
-from .reference import sampled_logits as _est
+from .reference.sampled_logits import acc_dtype, scatter_grad_bias_ref, sparse_grad_weight_ref
 
 __all__ = [
     "CommCounter",
@@ -255,7 +255,7 @@ class ShardedCrossEntropyFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, target, lo, num_classes, label_smoothing, group, comm):
         n_local = weight.shape[0]
-        acc = _est.acc_dtype(hidden.dtype)
+        acc = acc_dtype(hidden.dtype)
         owned, t_local = _local_target(target, lo, n_local)
         _, lse_r = ops.linear_ce_fwd(hidden, weight, bias, t_local, 0.0)
         zt_r = _target_logit(hidden, weight, bias, t_local, owned, acc)
@@ -388,7 +388,7 @@ class ShardedSampledSoftmaxFunction(torch.autograd.Function):
         deterministic,
         comm,
     ):
-        acc = _est.acc_dtype(hidden.dtype)
+        acc = acc_dtype(hidden.dtype)
         owned, t_local = _local_target(target, lo, weight.shape[0])
         _, lse_r = ops.sampled_logits_fwd(hidden, weight, bias, cand_ids, cand_logw, t_local)
         zt_r = _target_logit(hidden, weight, bias, t_local, owned, acc)
@@ -418,12 +418,12 @@ class ShardedSampledSoftmaxFunction(torch.autograd.Function):
             grad_h = dh.to(hidden.dtype)
         if ctx.needs_input_grad[1]:
             if ctx.sparse_grad:
-                grad_w = _est.sparse_grad_weight_ref(coef, ids, hidden, n_local, weight.dtype)
+                grad_w = sparse_grad_weight_ref(coef, ids, hidden, n_local, weight.dtype)
             else:
                 grad_w = ops.scatter_grad_weight(coef, ids, hidden, n_local, ctx.deterministic)
                 grad_w = grad_w.to(weight.dtype)
         if bias is not None and ctx.needs_input_grad[2]:
-            grad_b = _est.scatter_grad_bias_ref(coef, ids, n_local, ctx.sparse_grad).to(bias.dtype)
+            grad_b = scatter_grad_bias_ref(coef, ids, n_local, ctx.sparse_grad).to(bias.dtype)
         return grad_h, grad_w, grad_b, None, None, None, None, None, None, None, None
 
 
