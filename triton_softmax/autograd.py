@@ -270,7 +270,7 @@ class BucketTileFunction(torch.autograd.Function):
 
     hidden (N, d), weight (n, d), bias (n,) | None, target (N,) int64 in [0, n), query_codes
     (N, L) and key_codes (n, L) int32, sorted_ids (L, n) and offsets (L, 2^K + 1) from the
-    LSH index. Dense gradients for hidden, weight and bias (see bucket_tiles.py).
+    LSH index. Dense gradients for hidden, weight and bias (see reference/bucket_tiles.py).
     """
 
     @staticmethod

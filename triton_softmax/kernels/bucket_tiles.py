@@ -8,7 +8,7 @@ tile entries, with two masks that make the union of a query's buckets a set:
     keep_ij = (j != y_i)  and  code_l'(i) != code_l'(j) for every l' < l
 
 (the target is scored apart, once; a class sharing several buckets with the query counts in
-the first table where they collide). The caller (triton_softmax.bucket_tiles) adds the target
+the first table where they collide). The caller (triton_softmax/bucket_shared.py) adds the target
 logit and the shared uniform T term and takes the log-sum-exp over tables: the estimator of
 the per-example scheme on S_i = the bucket union, with weight 1 on S_i, exactly.
 
