@@ -45,8 +45,9 @@ allocation is proportional to n_r, which matches n_r - |S_r| up to |S_r| / n_r).
 
 "Equals the single-process estimator on the same candidate set" means precisely: concatenate
 every rank's candidate row, ids shifted to global (lo_r + c), each with the log-weight that
-rank gave it (padding -inf); the sharded per-row loss equals
-`reference.sampled_logits.sampled_logits_fwd_ref(h, W, b, union_ids, union_logw, y)` on the full W, and
+rank gave it (padding -inf); the sharded per-row loss equals the twin
+`sampled_logits_fwd_ref(h, W, b, union_ids, union_logw, y)` (reference/sampled_logits.py)
+on the full W, and
 its gradients (dh; dW and db restricted to rank r's rows) equal those of
 `autograd.SampledSoftmaxFunction` on the same inputs, up to floating-point summation order.
 It is *not* the single-device module's estimator with one weight (n - |S|)/|T| on all of T:
