@@ -37,11 +37,16 @@ def sampled_softmax_fwd(
     return loss, lse
 
 
-@sampled_softmax_fwd.register_fake
-def _(hidden, weight, bias, cand_ids, cand_logw, target):
+def _fake_loss_lse(hidden: Tensor) -> tuple[Tensor, Tensor]:
+    """The forwards' fake outputs: loss (N,) and lse (N,) in the accumulation dtype."""
     acc = acc_dtype(hidden.dtype)
     N = hidden.shape[0]
     return hidden.new_empty((N,), dtype=acc), hidden.new_empty((N,), dtype=acc)
+
+
+@sampled_softmax_fwd.register_fake
+def _(hidden, weight, bias, cand_ids, cand_logw, target):
+    return _fake_loss_lse(hidden)
 
 
 @torch.library.custom_op("triton_softmax::sampled_softmax_bwd", mutates_args=())
@@ -100,9 +105,7 @@ def linear_ce_fwd(
 
 @linear_ce_fwd.register_fake
 def _(hidden, weight, bias, target, label_smoothing):
-    acc = acc_dtype(hidden.dtype)
-    N = hidden.shape[0]
-    return hidden.new_empty((N,), dtype=acc), hidden.new_empty((N,), dtype=acc)
+    return _fake_loss_lse(hidden)
 
 
 @torch.library.custom_op("triton_softmax::linear_ce_bwd", mutates_args=())

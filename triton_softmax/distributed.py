@@ -87,9 +87,10 @@ import torch
 import torch.distributed as dist
 
 from . import checks, ops
+from .autograd import candidate_weight_grads
 from .candidates import build_candidates
 from .functional import _reduce, valid_rows
-from .reference.sampled_logits import acc_dtype, scatter_grad_bias_ref, sparse_grad_weight_ref
+from .reference.sampled_logits import acc_dtype
 
 __all__ = [
     "CommCounter",
@@ -412,19 +413,12 @@ class ShardedSampledSoftmaxFunction(torch.autograd.Function):
         )
         # coef = [g p | -g] over ids = [candidates | target]: the -g belongs to the owner only
         coef = torch.cat([coef[:, :-1], torch.where(owned, coef[:, -1], 0.0).unsqueeze(1)], 1)
-        grad_h = grad_w = grad_b = None
+        grad_h = None
         if ctx.needs_input_grad[0]:
             dh = ops.grad_hidden(coef, ids, weight).to(coef.dtype)
             _all_reduce(dh, dist.ReduceOp.SUM, ctx.group, ctx.comm, "sum_dh")
             grad_h = dh.to(hidden.dtype)
-        if ctx.needs_input_grad[1]:
-            if ctx.sparse_grad:
-                grad_w = sparse_grad_weight_ref(coef, ids, hidden, n_local, weight.dtype)
-            else:
-                grad_w = ops.scatter_grad_weight(coef, ids, hidden, n_local, ctx.deterministic)
-                grad_w = grad_w.to(weight.dtype)
-        if bias is not None and ctx.needs_input_grad[2]:
-            grad_b = scatter_grad_bias_ref(coef, ids, n_local, ctx.sparse_grad).to(bias.dtype)
+        grad_w, grad_b = candidate_weight_grads(ctx, coef, ids, hidden, weight, bias, n_local)
         return grad_h, grad_w, grad_b, None, None, None, None, None, None, None, None
 
 
