@@ -40,10 +40,10 @@ import torch
 from torch import nn
 
 from triton_softmax import SampledSoftmaxLoss, exact_topk, ops
-from triton_softmax import candidates as _cand
+from triton_softmax.candidates import build_candidates
 from triton_softmax.index.simhash import default_max_per_bucket
 from triton_softmax.optim import FusedSparseAdam
-from triton_softmax.reference import sampled_logits as _est
+from triton_softmax.reference.sampled_logits import sparse_grad_weight_ref
 from triton_softmax.reference.simhash import lsh_candidates_ref
 
 from . import harness
@@ -99,10 +99,8 @@ def stage_profile(W: nn.Parameter, h, y, args) -> dict:
     out["lookup"] = median_ms(
         lambda: lsh_candidates_ref(codes, index.sorted_ids, index.offsets, args.S - 1, B), r
     )
-    ids, logw = _cand.build_candidates(retrieved, y, n, args.T, gen)
-    out["candidate_build"] = median_ms(
-        lambda: _cand.build_candidates(retrieved, y, n, args.T, gen), r
-    )
+    ids, logw = build_candidates(retrieved, y, n, args.T, gen)
+    out["candidate_build"] = median_ms(lambda: build_candidates(retrieved, y, n, args.T, gen), r)
     Wd = W.detach()
     loss, lse = ops.sampled_logits_fwd(hd, Wd, None, ids, logw, y)
     out["logits_forward"] = median_ms(lambda: ops.sampled_logits_fwd(hd, Wd, None, ids, logw, y), r)
@@ -112,12 +110,12 @@ def stage_profile(W: nn.Parameter, h, y, args) -> dict:
         lambda: ops.sampled_logits_bwd(g, hd, Wd, None, ids, logw, y, lse), r
     )
     old = uncoalesced_grad_weight(coef, cids, hd, n, Wd.dtype)
-    new = _est.sparse_grad_weight_ref(coef, cids, hd, n, Wd.dtype)
+    new = sparse_grad_weight_ref(coef, cids, hd, n, Wd.dtype)
     out["grad_assembly_uncoalesced_before"] = median_ms(
         lambda: uncoalesced_grad_weight(coef, cids, hd, n, Wd.dtype), r
     )
     out["grad_assembly_coalesced_now"] = median_ms(
-        lambda: _est.sparse_grad_weight_ref(coef, cids, hd, n, Wd.dtype), r
+        lambda: sparse_grad_weight_ref(coef, cids, hd, n, Wd.dtype), r
     )
     out["grad_slots"] = int(old._nnz())
     out["grad_distinct_rows"] = int(new._nnz())

@@ -38,9 +38,9 @@ from pathlib import Path
 import torch
 
 from triton_softmax import IndexOptions, make_index, ops, recall_at_k
-from triton_softmax import candidates as _cand
-from triton_softmax import estimator as _est
+from triton_softmax.candidates import build_candidates
 from triton_softmax.lsh import LSHIndex, default_max_per_bucket, max_row_norm
+from triton_softmax.reference.sampled_logits import sparse_grad_weight_ref
 
 from . import harness, peers, roofline
 from .harness import ALL_METHODS, BASELINE, OUR_PATHS, OursRunner, Problem
@@ -414,17 +414,17 @@ def _roofline(runner, problem: Problem, args, peaks: dict, emit) -> None:
     ops_to_time = []
     with torch.no_grad():
         if runner.resolved == "full":
-            _, lse = ops.chunked_ce_fwd(h, W, None, y)
+            _, lse = ops.linear_ce_fwd(h, W, None, y)
             g = torch.ones(N, dtype=lse.dtype, device=dev)
             ops_to_time += [
                 (
                     "full_ce_fwd",
-                    lambda: ops.chunked_ce_fwd(h, W, None, y),
+                    lambda: ops.linear_ce_fwd(h, W, None, y),
                     roofline.full_ce_fwd(N, n, d, s),
                 ),
                 (
                     "full_ce_bwd",
-                    lambda: ops.chunked_ce_bwd(g, h, W, None, y, lse),
+                    lambda: ops.linear_ce_bwd(g, h, W, None, y, lse),
                     roofline.full_ce_bwd(N, n, d, s),
                 ),
             ]
@@ -432,7 +432,7 @@ def _roofline(runner, problem: Problem, args, peaks: dict, emit) -> None:
             idx = runner.module.index
             retrieved = idx.search(h, args.num_candidates - 1)
             gen = torch.Generator(device=dev).manual_seed(args.seed)
-            cand_ids, cand_logw = _cand.build_candidates(retrieved, y, n, args.num_uniform, gen)
+            cand_ids, cand_logw = build_candidates(retrieved, y, n, args.num_uniform, gen)
             M = cand_ids.shape[1]
             _, lse = ops.sampled_logits_fwd(h, W, None, cand_ids, cand_logw, y)
             g = torch.ones(N, dtype=lse.dtype, device=dev)
@@ -440,7 +440,7 @@ def _roofline(runner, problem: Problem, args, peaks: dict, emit) -> None:
             def bwd():  # the sparse_grad=True backward of SampledSoftmaxFunction, op by op
                 coef, ids = ops.sampled_logits_coef(g, h, W, None, cand_ids, cand_logw, y, lse)
                 ops.grad_hidden(coef, ids, W)
-                _est.sparse_grad_weight_ref(coef, ids, h, n, W.dtype)
+                sparse_grad_weight_ref(coef, ids, h, n, W.dtype)
 
             ops_to_time += [
                 (

@@ -89,10 +89,10 @@ LIST_PTRS = dict(
 
 # (name, kernel, constexprs beyond the config's, pointer element types, fp32 scalars)
 KERNELS = [
-    ("bucket_tile_lse_fwd", bt._bucket_tile_lse_fwd_kernel, {}, TILE_PTRS, ()),
-    ("bucket_tile_lse_bwd", bt._bucket_tile_lse_bwd_kernel, {}, TILE_PTRS, ()),
-    ("linear_ce_fwd", lce._linear_ce_fwd_kernel, {}, TILE_PTRS, ()),
-    ("linear_ce_bwd", lce._linear_ce_bwd_kernel, {}, TILE_PTRS, ()),
+    ("bucket_tile_lse_fwd", bt.bucket_tile_lse_fwd_kernel, {}, TILE_PTRS, ()),
+    ("bucket_tile_lse_bwd", bt.bucket_tile_lse_bwd_kernel, {}, TILE_PTRS, ()),
+    ("linear_ce_fwd", lce.linear_ce_fwd_kernel, {}, TILE_PTRS, ()),
+    ("linear_ce_bwd", lce.linear_ce_bwd_kernel, {}, TILE_PTRS, ()),
     (
         "simhash_codes",
         sh.simhash_codes_kernel,

@@ -41,3 +41,14 @@ def test_torch_compile_inductor_cpu_matches_eager():
     (lc, gc), (le, ge) = _compiled_vs_eager("inductor", num_uniform=0)
     torch.testing.assert_close(lc, le)
     torch.testing.assert_close(gc, ge)
+
+
+def test_full_path_ops_are_registered_under_the_kernel_name():
+    from triton_softmax import custom_ops
+
+    assert custom_ops.linear_ce_fwd._qualname == "triton_softmax::linear_ce_fwd"
+    assert custom_ops.linear_ce_bwd._qualname == "triton_softmax::linear_ce_bwd"
+    assert custom_ops.chunked_ce_fwd is custom_ops.linear_ce_fwd  # the old Python names
+    assert custom_ops.chunked_ce_bwd is custom_ops.linear_ce_bwd
+    assert hasattr(torch.ops.triton_softmax, "linear_ce_fwd")
+    assert not hasattr(torch.ops.triton_softmax, "chunked_ce_fwd")

@@ -22,9 +22,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from triton_softmax import candidates as cand_mod
-from triton_softmax import estimator as est
 from triton_softmax.autograd import SampledSoftmaxFunction
+from triton_softmax.candidates import build_candidates
 from triton_softmax.distributed import (
     CommCounter,
     ShardedSampledSoftmaxLoss,
@@ -38,6 +37,7 @@ from triton_softmax.distributed import (
 )
 from triton_softmax.faiss_index import faiss_available
 from triton_softmax.loss import exact_topk
+from triton_softmax.reference.sampled_logits import sampled_logits_fwd_ref
 
 F64 = dict(atol=1e-10, rtol=1e-10)
 IGNORE = -100
@@ -177,7 +177,7 @@ def _sampled_reference(W, b, h, y, ids, logw, reduction, gvec, sparse):
     y_safe = torch.where(y != IGNORE, y, torch.zeros_like(y))
     Wf, bf, hf = _leaf(W), _leaf(b), _leaf(h)
     rows = SampledSoftmaxFunction.apply(hf, Wf, bf, ids, logw, y_safe, sparse, False, 0.0, 0.0)
-    fwd_rows, _ = est.sampled_logits_fwd_ref(h, W, b, ids, logw, y_safe)
+    fwd_rows, _ = sampled_logits_fwd_ref(h, W, b, ids, logw, y_safe)
     _close(rows.detach(), fwd_rows, "SampledSoftmaxFunction vs sampled_logits_fwd_ref")
     ref = _masked_reduce(rows, y, reduction)
     _backward(ref, reduction, gvec)
@@ -389,7 +389,7 @@ def test_one_shard_candidates_equal_single_device():
     target = torch.randint(0, n, (N,), generator=g)
     retrieved[:, 1] = target
     a = build_shard_candidates(retrieved, target, (0, n), T, torch.Generator().manual_seed(4))
-    b = cand_mod.build_candidates(retrieved, target, n, T, torch.Generator().manual_seed(4))
+    b = build_candidates(retrieved, target, n, T, torch.Generator().manual_seed(4))
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 

@@ -12,6 +12,7 @@ from collections import Counter
 import pytest
 import torch
 
+from triton_softmax import ops
 from triton_softmax.kernels import _utils
 from triton_softmax.kernels.bucket_lookup import lsh_candidates, lsh_query
 from triton_softmax.lsh import (
@@ -155,6 +156,22 @@ def test_large_tiles_fall_back_to_two_launches_or_the_twin(monkeypatch):
     monkeypatch.setattr(bucket_lookup, "MAX_HASH_COLS", 8)  # hash, then look up
     ids, coll = lsh_query(h, planes, None, sorted_ids, offsets, C, B)
     assert torch.equal(ids, want[0]) and torch.equal(coll, want[1])
-    monkeypatch.setattr(bucket_lookup, "MAX_P", 8)  # too many slots for registers: the twin
-    ids, coll = lsh_query(h, planes, None, sorted_ids, offsets, C, B)
-    check_against_twin(ids, coll, *lsh_candidates_ref(q, sorted_ids, offsets, C, B))
+    # too many slots for registers: the launcher refuses, ops routes the call to the twin
+    monkeypatch.setattr(bucket_lookup, "MAX_P", 8)
+    with pytest.raises(ValueError, match="MAX_P"):
+        lsh_query(h, planes, None, sorted_ids, offsets, C, B)
+    with pytest.raises(ValueError, match="MAX_P"):
+        lsh_candidates(q, sorted_ids, offsets, C, B)
+    assert not bucket_lookup.lsh_candidates_fits(q, sorted_ids, offsets, C, B)
+    assert not bucket_lookup.lsh_query_fits(h, planes, None, sorted_ids, offsets, C, B)
+    monkeypatch.setenv("TRITON_SOFTMAX_IMPL", "triton")
+    twin = lsh_candidates_ref(q, sorted_ids, offsets, C, B)
+    for ids, coll in (
+        ops.lsh_query(h, planes, None, sorted_ids, offsets, C, B),
+        ops.lsh_candidates(q, sorted_ids, offsets, C, B),
+    ):
+        assert torch.equal(ids, twin[0]) and torch.equal(coll, twin[1])
+    monkeypatch.setattr(bucket_lookup, "MAX_P", 16384)  # fits again: the kernel runs
+    assert bucket_lookup.lsh_query_fits(h, planes, None, sorted_ids, offsets, C, B)
+    ids, coll = ops.lsh_query(h, planes, None, sorted_ids, offsets, C, B)
+    assert torch.equal(ids, want[0]) and torch.equal(coll, want[1])

@@ -11,6 +11,7 @@ import pytest
 import torch
 from conftest import TOL
 
+from triton_softmax import ops
 from triton_softmax.bucket_tiles import bucket_tile_lse_bwd_ref, bucket_tile_lse_ref
 from triton_softmax.kernels import _utils
 from triton_softmax.kernels.bucket_tiles import bucket_tile_lse, bucket_tile_lse_bwd
@@ -127,3 +128,19 @@ def test_bad_shapes_raise():
         bucket_tile_lse(h, W, b, y, qc, kc, ids[:1], off)
     with pytest.raises(ValueError, match="target"):
         bucket_tile_lse(h, W, b, y[:3], qc, kc, ids, off)
+
+
+def test_float64_is_rejected_by_the_launchers_and_routed_to_the_twin(monkeypatch):
+    h, W, b, y, qc, kc, ids, off = problem(12, 30, 8, 2, 3, torch.float64, True, seed=4)
+    with pytest.raises(TypeError, match="float64"):
+        bucket_tile_lse(h, W, b, y, qc, kc, ids, off)
+    g = torch.ones(3, 12, dtype=torch.float64)  # (L, N)
+    with pytest.raises(TypeError, match="float64"):
+        bucket_tile_lse_bwd(g, g, h, W, b, y, qc, kc, ids, off)
+    monkeypatch.setenv("TRITON_SOFTMAX_IMPL", "triton")
+    lse = ops.bucket_tile_lse(h, W, b, y, qc, kc, ids, off)
+    assert torch.equal(lse, bucket_tile_lse_ref(h, W, b, y, qc, kc, ids, off))
+    g = g.masked_fill(~torch.isfinite(lse), 0.0)
+    got = ops.bucket_tile_lse_bwd(g, lse, h, W, b, y, qc, kc, ids, off)
+    for a, r in zip(got, bucket_tile_lse_bwd_ref(g, lse, h, W, b, y, qc, kc, ids, off)):
+        assert torch.equal(a, r)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from conftest import TOL
 
 import triton_softmax
-from triton_softmax import kernels
+from triton_softmax import kernels, ops
 from triton_softmax.full import chunked_ce_bwd_ref, chunked_ce_fwd_ref
 from triton_softmax.kernels import _utils
 from triton_softmax.kernels import linear_ce as lce
@@ -146,13 +146,20 @@ def test_strided_and_mixed_dtype_inputs():
     _check_all(h.bfloat16(), W, b, y, g, 0.0, torch.bfloat16)
 
 
-def test_float64_goes_to_the_twin():
+def test_float64_goes_to_the_twin(monkeypatch):
+    """The launchers reject float64; ops routes it to the chunked twin even under
+    TRITON_SOFTMAX_IMPL=triton."""
     h, W, b, y, g = _inputs(9, 40, 8, torch.float64)
-    loss, lse = linear_ce_fwd(h, W, b, y, 0.1)
+    with pytest.raises(TypeError, match="float64"):
+        linear_ce_fwd(h, W, b, y, 0.1)
+    with pytest.raises(TypeError, match="float64"):
+        linear_ce_bwd(g, h, W, b, y, torch.zeros(9, dtype=torch.float64), 0.1)
+    monkeypatch.setenv("TRITON_SOFTMAX_IMPL", "triton")
+    loss, lse = ops.linear_ce_fwd(h, W, b, y, 0.1)
     assert loss.dtype == torch.float64
     r_loss, r_lse, r_dh, r_dW, r_db = _reference64(h, W, b, y, g, 0.1)
     _close(loss, r_loss, torch.float64)
-    dh, dW, db = linear_ce_bwd(g, h, W, b, y, lse, 0.1)
+    dh, dW, db = ops.linear_ce_bwd(g, h, W, b, y, lse, 0.1)
     _close(dW, r_dW, torch.float64)
 
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 from conftest import TOL
 
+from triton_softmax import ops
 from triton_softmax.estimator import (
     grad_hidden_ref,
     sampled_logits_coef_ref,
@@ -128,18 +129,28 @@ def test_strided_inputs_and_expanded_grad():
     close(dh, grad_hidden_ref(coef_t, ids_t, W.double()))
 
 
-def test_empty_batch_and_fp64_twin():
+def test_empty_batch_and_fp64_twin(monkeypatch):
     h, W, b, ids, logw, target = problem(2, 10, 8, 4, torch.float64, True, seed=2)
-    loss, lse = sampled_logits_fwd(h[:0], W, b, ids[:0], logw[:0], target[:0])
+    loss, lse = sampled_logits_fwd(h[:0].float(), W.float(), b, ids[:0], logw[:0], target[:0])
     assert loss.shape == lse.shape == (0,)
     coef, out_ids, dh = sampled_logits_bwd(
         torch.ones(0), h[:0].float(), W.float(), None, ids[:0], logw[:0], target[:0], lse.float()
     )
     assert coef.shape == (0, 5) and dh.shape == (0, 8)
-    # fp64 runs the twin: exactly its numbers
-    loss, lse = sampled_logits_fwd(h, W, b, ids, logw, target)
+    # the launchers reject fp64; ops runs the twin there: exactly its numbers
+    with pytest.raises(TypeError, match="float64"):
+        sampled_logits_fwd(h, W, b, ids, logw, target)
+    with pytest.raises(TypeError, match="float64"):
+        grad_hidden(torch.zeros(2, 5, dtype=torch.float64), torch.zeros(2, 5, dtype=torch.long), W)
+    monkeypatch.setenv("TRITON_SOFTMAX_IMPL", "triton")
+    loss, lse = ops.sampled_logits_fwd(h, W, b, ids, logw, target)
     loss_t, lse_t = sampled_logits_fwd_ref(h, W, b, ids, logw, target)
     assert loss.dtype == torch.float64 and torch.equal(loss, loss_t) and torch.equal(lse, lse_t)
+    g = torch.ones(2, dtype=torch.float64)
+    coef, out_ids, dh = ops.sampled_logits_bwd(g, h, W, b, ids, logw, target, lse)
+    coef_t, ids_t = sampled_logits_coef_ref(g, h, W, b, ids, logw, target, lse)
+    assert torch.equal(coef, coef_t) and torch.equal(out_ids, ids_t)
+    assert torch.equal(dh, grad_hidden_ref(coef_t, ids_t, W))
 
 
 def test_rejects_mismatched_shapes():

@@ -13,7 +13,7 @@ NAME = "triton_softmax"
 # layer -> the package modules (prefixes) it may import; checked for the bottom layers
 ALLOWED = {
     "reference": ("reference",),
-    "kernels": ("kernels", "reference"),
+    "kernels": ("kernels",),
     "checks": (),
     "samplers": (),
     "nonfinite": (),
@@ -129,6 +129,20 @@ def test_bottom_layers_import_only_below_them():
         allowed = (layer, *ALLOWED[layer])
         bad = [d for d in deps if d[len(NAME) + 1 :].split(".")[0] not in allowed]
         assert not bad, f"{module} imports {bad}: {layer} may import only {allowed}"
+
+
+def test_kernels_import_nothing_outside_kernels():
+    """kernels/ stands alone: its launchers never call a twin or a helper above them (ops.py
+    decides where the twin runs instead), so the kernels can be read, tested and moved alone."""
+    graph = _graph()
+    inside = f"{NAME}.kernels"
+    bad = {
+        module: sorted(d for d in deps if d != inside and not d.startswith(inside + "."))
+        for module, deps in graph.items()
+        if module == inside or module.startswith(inside + ".")
+    }
+    bad = {module: deps for module, deps in bad.items() if deps}
+    assert not bad, f"kernels/ imports from outside kernels/: {bad}"
 
 
 def test_no_library_module_over_500_lines_outside_kernels():

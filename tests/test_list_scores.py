@@ -122,6 +122,23 @@ def test_kernel_edge_shapes():
         list_topk(h, w, b, order.int(), offsets, lists, 4, 40)
 
 
+def test_launcher_refuses_float64_and_oversized_k_and_ops_routes_them_to_the_twin(monkeypatch):
+    from triton_softmax.kernels import list_scores as kmod
+
+    h, w, b, order, offsets, lists = problem()
+    with pytest.raises(TypeError, match="ops.list_topk"):
+        list_topk(h.double(), w.double(), b.double(), order, offsets, lists, 4, 40)
+    monkeypatch.setattr(kmod, "MAX_KEEP", 4)
+    assert not kmod.list_topk_fits(h, w, b, order, offsets, lists, 5, 40)
+    with pytest.raises(ValueError, match="list_topk_fits"):
+        list_topk(h, w, b, order, offsets, lists, 5, 40)
+    monkeypatch.setenv("TRITON_SOFTMAX_IMPL", "triton")  # the interpreter, where it fits
+    for args in ((h.double(), w.double(), b.double()), (h, w, b)):  # fp64; k' = 5 > MAX_KEEP
+        got = ops.list_topk(*args, order, offsets, lists, 5, 40)
+        want = list_topk_ref(*args, order, offsets, lists, 5, 40)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
 def test_route_runs_twin_on_cpu():
     h, w, b, order, offsets, lists = problem()
     s, ids = ops.list_topk(h, w, b, order, offsets, lists, 5, 40)

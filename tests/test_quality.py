@@ -315,9 +315,7 @@ def test_the_ceiling_is_the_mass_of_the_exact_top_k():
     assert torch.allclose(lse.double(), torch.logsumexp(z, 1), atol=1e-4)
 
 
-def test_auto_default_target_is_relative_so_an_untrained_model_keeps_its_sampled_path(
-    fast_table,
-):
+def test_auto_default_target_is_relative_so_an_untrained_model_keeps_its_sampled_path(fast_table):
     """A flat softmax (an untrained model): no 63 classes hold half the mass, so an absolute
     0.5 would send auto to the exact path; the default asks for half of what the exact top-63
     holds, which the clusters lists find. An explicit target_mass stays absolute."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from . import ops
-from .reference import sampled_logits as _est
+from .reference.sampled_logits import scatter_grad_bias_ref, sparse_grad_weight_ref
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ class SampledSoftmaxFunction(torch.autograd.Function):
     def backward(ctx, grad_loss):
         hidden, weight, bias, cand_ids, cand_logw, target, lse = ctx.saved_tensors
         n = weight.shape[0]
-        dh = dW = db = None
+        dh = None
         g_p, delta = _z_loss_scale(grad_loss, lse, ctx.z_loss)
         if ctx.softcap:  # the twin takes the target term's gradient directly
             coef, ids, dh = ops.sampled_logits_bwd(
@@ -96,15 +96,24 @@ class SampledSoftmaxFunction(torch.autograd.Function):
         coef, dh = _fix_target_term(coef, dh, delta, weight, target)
         if dh is not None:
             dh = dh.to(hidden.dtype)
-        if ctx.needs_input_grad[1]:
-            if ctx.sparse_grad:
-                dW = _est.sparse_grad_weight_ref(coef, ids, hidden, n, weight.dtype)
-            else:
-                dW = ops.scatter_grad_weight(coef, ids, hidden, n, ctx.deterministic)
-                dW = dW.to(weight.dtype)
-        if bias is not None and ctx.needs_input_grad[2]:
-            db = _est.scatter_grad_bias_ref(coef, ids, n, ctx.sparse_grad).to(bias.dtype)
+        dW, db = candidate_weight_grads(ctx, coef, ids, hidden, weight, bias, n)
         return (dh, dW, db, None, None, None) + (None,) * ctx.num_params
+
+
+def candidate_weight_grads(ctx, coef, ids, hidden, weight, bias, n):
+    """(dW, db) from the backward coefficients coef (N, M+1) over ids (N, M+1): sparse
+    (ctx.sparse_grad) or dense (n, d) / (n,) in weight's and bias's dtypes; None where
+    ctx.needs_input_grad says the gradient is not wanted (weight: input 1, bias: input 2)."""
+    dW = db = None
+    if ctx.needs_input_grad[1]:
+        if ctx.sparse_grad:
+            dW = sparse_grad_weight_ref(coef, ids, hidden, n, weight.dtype)
+        else:
+            dW = ops.scatter_grad_weight(coef, ids, hidden, n, ctx.deterministic)
+            dW = dW.to(weight.dtype)
+    if bias is not None and ctx.needs_input_grad[2]:
+        db = scatter_grad_bias_ref(coef, ids, n, ctx.sparse_grad).to(bias.dtype)
+    return dW, db
 
 
 def _z_loss_scale(grad_loss, lse, z_loss):
@@ -248,14 +257,12 @@ class SharedCandidatesFunction(torch.autograd.Function):
         dW = db = None
         if ctx.needs_input_grad[1]:
             if ctx.sparse_grad:
-                dW = _est.sparse_grad_weight_ref(
-                    coef, ids, hidden, n, weight.dtype, shared_ids, rows_sh
-                )
+                dW = sparse_grad_weight_ref(coef, ids, hidden, n, weight.dtype, shared_ids, rows_sh)
             else:
                 dW = ops.scatter_grad_weight(coef, ids, hidden, n, False)
                 dW = dW.index_add_(0, shared_ids, rows_sh.to(dW.dtype)).to(weight.dtype)
         if bias is not None and ctx.needs_input_grad[2]:
-            db = _est.scatter_grad_bias_ref(coef, ids, n, ctx.sparse_grad)
+            db = scatter_grad_bias_ref(coef, ids, n, ctx.sparse_grad)
             db_sh = coef_sh.sum(0)
             if ctx.sparse_grad:
                 db = db + torch.sparse_coo_tensor(
@@ -272,7 +279,7 @@ class BucketTileFunction(torch.autograd.Function):
 
     hidden (N, d), weight (n, d), bias (n,) | None, target (N,) int64 in [0, n), query_codes
     (N, L) and key_codes (n, L) int32, sorted_ids (L, n) and offsets (L, 2^K + 1) from the
-    LSH index. Dense gradients for hidden, weight and bias (see bucket_tiles.py).
+    LSH index. Dense gradients for hidden, weight and bias (see reference/bucket_tiles.py).
     """
 
     @staticmethod

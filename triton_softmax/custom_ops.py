@@ -5,7 +5,7 @@ twins' data-dependent code, so the two hot ops are registered as opaque custom o
 fake (meta) implementations and autograd formulas:
 
   triton_softmax::sampled_softmax_fwd / _bwd   the estimator over given candidates
-  triton_softmax::chunked_ce_fwd / _bwd        the exact chunked cross-entropy
+  triton_softmax::linear_ce_fwd / _bwd         the exact cross-entropy (ops.linear_ce_fwd)
 
 Both dispatch through ops.py exactly like the eager autograd Functions (Triton on CUDA, the
 twins elsewhere). The compiled path gives dense weight gradients; sparse_grad=True is eager-only.
@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from . import ops
-from .reference.sampled_logits import acc_dtype
+from .reference.sampled_logits import acc_dtype, scatter_grad_bias_ref
 
 
 def _empty_like_bias(weight: Tensor) -> Tensor:
@@ -37,11 +37,16 @@ def sampled_softmax_fwd(
     return loss, lse
 
 
-@sampled_softmax_fwd.register_fake
-def _(hidden, weight, bias, cand_ids, cand_logw, target):
+def _fake_loss_lse(hidden: Tensor) -> tuple[Tensor, Tensor]:
+    """The forwards' fake outputs: loss (N,) and lse (N,) in the accumulation dtype."""
     acc = acc_dtype(hidden.dtype)
     N = hidden.shape[0]
     return hidden.new_empty((N,), dtype=acc), hidden.new_empty((N,), dtype=acc)
+
+
+@sampled_softmax_fwd.register_fake
+def _(hidden, weight, bias, cand_ids, cand_logw, target):
+    return _fake_loss_lse(hidden)
 
 
 @torch.library.custom_op("triton_softmax::sampled_softmax_bwd", mutates_args=())
@@ -55,15 +60,13 @@ def sampled_softmax_bwd(
     target: Tensor,
     lse: Tensor,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    from .reference import sampled_logits as _est
-
     n = weight.shape[0]
     coef, ids, dh = ops.sampled_logits_bwd(
         grad_loss, hidden, weight, bias, cand_ids, cand_logw, target, lse
     )
     dW = ops.scatter_grad_weight(coef, ids, hidden, n, False).to(weight.dtype)
     db = (
-        _est.scatter_grad_bias_ref(coef, ids, n).to(bias.dtype)
+        scatter_grad_bias_ref(coef, ids, n).to(bias.dtype)
         if bias is not None
         else _empty_like_bias(weight)
     )
@@ -92,23 +95,21 @@ def _sampled_backward(ctx, grad_loss, grad_lse):
 sampled_softmax_fwd.register_autograd(_sampled_backward, setup_context=_sampled_setup)
 
 
-@torch.library.custom_op("triton_softmax::chunked_ce_fwd", mutates_args=())
-def chunked_ce_fwd(
+@torch.library.custom_op("triton_softmax::linear_ce_fwd", mutates_args=())
+def linear_ce_fwd(
     hidden: Tensor, weight: Tensor, bias: Tensor | None, target: Tensor, label_smoothing: float
 ) -> tuple[Tensor, Tensor]:
     loss, lse = ops.linear_ce_fwd(hidden, weight, bias, target, label_smoothing)
     return loss, lse
 
 
-@chunked_ce_fwd.register_fake
+@linear_ce_fwd.register_fake
 def _(hidden, weight, bias, target, label_smoothing):
-    acc = acc_dtype(hidden.dtype)
-    N = hidden.shape[0]
-    return hidden.new_empty((N,), dtype=acc), hidden.new_empty((N,), dtype=acc)
+    return _fake_loss_lse(hidden)
 
 
-@torch.library.custom_op("triton_softmax::chunked_ce_bwd", mutates_args=())
-def chunked_ce_bwd(
+@torch.library.custom_op("triton_softmax::linear_ce_bwd", mutates_args=())
+def linear_ce_bwd(
     grad_loss: Tensor,
     hidden: Tensor,
     weight: Tensor,
@@ -122,7 +123,7 @@ def chunked_ce_bwd(
     return dh.to(hidden.dtype), dW.to(weight.dtype), db
 
 
-@chunked_ce_bwd.register_fake
+@linear_ce_bwd.register_fake
 def _(grad_loss, hidden, weight, bias, target, lse, label_smoothing):
     db = torch.empty_like(bias) if bias is not None else _empty_like_bias(weight)
     return torch.empty_like(hidden), torch.empty_like(weight), db
@@ -136,8 +137,13 @@ def _ce_setup(ctx, inputs, output):
 
 def _ce_backward(ctx, grad_loss, grad_lse):
     hidden, weight, bias, target, lse = ctx.saved_tensors
-    dh, dW, db = chunked_ce_bwd(grad_loss, hidden, weight, bias, target, lse, ctx.label_smoothing)
+    dh, dW, db = linear_ce_bwd(grad_loss, hidden, weight, bias, target, lse, ctx.label_smoothing)
     return dh, dW, (db if bias is not None else None), None, None
 
 
-chunked_ce_fwd.register_autograd(_ce_backward, setup_context=_ce_setup)
+linear_ce_fwd.register_autograd(_ce_backward, setup_context=_ce_setup)
+
+# the Python names before the ops were renamed after the kernel (the ops themselves are
+# registered only as triton_softmax::linear_ce_fwd / _bwd)
+chunked_ce_fwd = linear_ce_fwd
+chunked_ce_bwd = linear_ce_bwd

@@ -45,8 +45,9 @@ allocation is proportional to n_r, which matches n_r - |S_r| up to |S_r| / n_r).
 
 "Equals the single-process estimator on the same candidate set" means precisely: concatenate
 every rank's candidate row, ids shifted to global (lo_r + c), each with the log-weight that
-rank gave it (padding -inf); the sharded per-row loss equals
-`estimator.sampled_logits_fwd_ref(h, W, b, union_ids, union_logw, y)` on the full W, and
+rank gave it (padding -inf); the sharded per-row loss equals the twin
+`sampled_logits_fwd_ref(h, W, b, union_ids, union_logw, y)` (reference/sampled_logits.py)
+on the full W, and
 its gradients (dh; dW and db restricted to rank r's rows) equal those of
 `autograd.SampledSoftmaxFunction` on the same inputs, up to floating-point summation order.
 It is *not* the single-device module's estimator with one weight (n - |S|)/|T| on all of T:
@@ -86,9 +87,10 @@ import torch
 import torch.distributed as dist
 
 from . import checks, ops
+from .autograd import candidate_weight_grads
 from .candidates import build_candidates
 from .functional import _reduce, valid_rows
-from .reference import sampled_logits as _est
+from .reference.sampled_logits import acc_dtype
 
 __all__ = [
     "CommCounter",
@@ -255,7 +257,7 @@ class ShardedCrossEntropyFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, target, lo, num_classes, label_smoothing, group, comm):
         n_local = weight.shape[0]
-        acc = _est.acc_dtype(hidden.dtype)
+        acc = acc_dtype(hidden.dtype)
         owned, t_local = _local_target(target, lo, n_local)
         _, lse_r = ops.linear_ce_fwd(hidden, weight, bias, t_local, 0.0)
         zt_r = _target_logit(hidden, weight, bias, t_local, owned, acc)
@@ -388,7 +390,7 @@ class ShardedSampledSoftmaxFunction(torch.autograd.Function):
         deterministic,
         comm,
     ):
-        acc = _est.acc_dtype(hidden.dtype)
+        acc = acc_dtype(hidden.dtype)
         owned, t_local = _local_target(target, lo, weight.shape[0])
         _, lse_r = ops.sampled_logits_fwd(hidden, weight, bias, cand_ids, cand_logw, t_local)
         zt_r = _target_logit(hidden, weight, bias, t_local, owned, acc)
@@ -411,19 +413,12 @@ class ShardedSampledSoftmaxFunction(torch.autograd.Function):
         )
         # coef = [g p | -g] over ids = [candidates | target]: the -g belongs to the owner only
         coef = torch.cat([coef[:, :-1], torch.where(owned, coef[:, -1], 0.0).unsqueeze(1)], 1)
-        grad_h = grad_w = grad_b = None
+        grad_h = None
         if ctx.needs_input_grad[0]:
             dh = ops.grad_hidden(coef, ids, weight).to(coef.dtype)
             _all_reduce(dh, dist.ReduceOp.SUM, ctx.group, ctx.comm, "sum_dh")
             grad_h = dh.to(hidden.dtype)
-        if ctx.needs_input_grad[1]:
-            if ctx.sparse_grad:
-                grad_w = _est.sparse_grad_weight_ref(coef, ids, hidden, n_local, weight.dtype)
-            else:
-                grad_w = ops.scatter_grad_weight(coef, ids, hidden, n_local, ctx.deterministic)
-                grad_w = grad_w.to(weight.dtype)
-        if bias is not None and ctx.needs_input_grad[2]:
-            grad_b = _est.scatter_grad_bias_ref(coef, ids, n_local, ctx.sparse_grad).to(bias.dtype)
+        grad_w, grad_b = candidate_weight_grads(ctx, coef, ids, hidden, weight, bias, n_local)
         return grad_h, grad_w, grad_b, None, None, None, None, None, None, None, None
 
 

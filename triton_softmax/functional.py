@@ -23,8 +23,7 @@ import warnings
 
 import torch
 
-from . import candidates, checks
-from . import custom_ops as _custom
+from . import candidates, checks, custom_ops
 from .autograd import (
     ChunkedCrossEntropyFunction,
     LossParams,
@@ -160,7 +159,7 @@ def full_loss(hidden, weight, bias, target, loss: LossOptions, grad: GradOptions
     if torch.compiler.is_compiling():  # opaque custom op: no graph break
         if loss.z_loss or loss.softcap:
             raise ValueError("z_loss and softcap are not supported inside torch.compile")
-        loss_rows = _custom.chunked_ce_fwd(
+        loss_rows = custom_ops.linear_ce_fwd(
             hidden, weight, bias, safe_target, float(loss.label_smoothing)
         )[0]
     else:
@@ -221,7 +220,7 @@ def estimator_loss(
                 raise ValueError(
                     "sparse_grad, z_loss and softcap are not supported inside torch.compile"
                 )
-            loss_rows = _custom.sampled_softmax_fwd(
+            loss_rows = custom_ops.sampled_softmax_fwd(
                 hidden, weight, bias, cand_ids, cand_logw, safe_target
             )[0]
         else:

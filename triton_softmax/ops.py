@@ -4,10 +4,12 @@ Choice per call, by the probe tensor's device and TRITON_SOFTMAX_IMPL:
   auto   (default) Triton on CUDA tensors when triton imports, the PyTorch twin otherwise
   torch  always the twin
   triton always Triton (on CPU this needs TRITON_INTERPRET=1: for tests, not for speed)
-and, whatever the setting, the twin where the route's fallback rule says the kernel does not
-apply: float64 operands (the kernels compute in fp32) and soft-capped logits (no kernel
-implements softcap yet). The launchers live in triton_softmax.kernels (imported lazily: no
-triton, no kernels), the twins in triton_softmax.reference; neither imports this module.
+and, whatever the setting, the twin where the route says the kernel does not apply: its
+fallback rule (float64 operands: the kernels compute in fp32; soft-capped logits: no kernel
+implements softcap) or the launcher's own capacity check (`fits`: an LSH table too large for
+registers). The launchers live in triton_softmax.kernels (imported lazily: no triton, no
+kernels) and reject what they do not compute; they never call a twin. The twins live in
+triton_softmax.reference. Neither imports this module.
 """
 
 from __future__ import annotations
@@ -19,12 +21,23 @@ from dataclasses import dataclass
 
 import torch
 
-from .reference import bucket_tiles as _bt
-from .reference import linear_ce as _lce
-from .reference import list_scores as _ls
-from .reference import sampled_logits as _sl
-from .reference import simhash as _sh
-from .reference import sparse_adam as _sa
+from .reference.bucket_tiles import bucket_tile_lse_bwd_ref, bucket_tile_lse_ref
+from .reference.linear_ce import chunked_ce_bwd_ref, chunked_ce_fwd_ref
+from .reference.list_scores import list_topk_ref
+from .reference.sampled_logits import (
+    grad_hidden_ref,
+    sampled_logits_bwd_ref,
+    sampled_logits_coef_ref,
+    sampled_logits_fwd_ref,
+    scatter_grad_weight_ref,
+)
+from .reference.simhash import (
+    bucket_table_ref,
+    lsh_candidates_ref,
+    lsh_query_ref,
+    simhash_codes_ref,
+)
+from .reference.sparse_adam import sparse_adam_update_ref
 
 IMPLS = ("auto", "torch", "triton")
 
@@ -75,47 +88,69 @@ def _any_fp64(*args, **kwargs) -> bool:
     )
 
 
+def _fp64_or_softcap(*args, softcap: float = 0.0, **kwargs) -> bool:
+    """Fallback rule of the logits ops: _any_fp64, or soft-capped logits (softcap > 0: no
+    kernel implements the cap)."""
+    return bool(softcap) or _any_fp64(*args, **kwargs)
+
+
 @dataclass(frozen=True)
 class Route:
     """kernel: launcher name in triton_softmax.kernels; twin: the PyTorch function with the
     same contract; probe: index of the argument whose device decides; fallback(*args,
-    **kwargs) -> True: run the twin even where Triton would run."""
+    **kwargs) -> True: run the twin even where Triton would run; fits: name of the launcher's
+    capacity check in triton_softmax.kernels (same arguments; False: run the twin)."""
 
     kernel: str
     twin: Callable
     probe: int = 0
     fallback: Callable[..., bool] | None = _any_fp64
+    fits: str | None = None
 
 
 ROUTES: dict[str, Route] = {
-    "simhash_codes": Route("simhash_codes", _sh.simhash_codes_ref, fallback=None),
+    "simhash_codes": Route("simhash_codes", simhash_codes_ref, fallback=None),
     # no bucket_table launcher: the refresh-time table build stays in torch (bucket_lookup.py)
-    "bucket_table": Route("bucket_table", _sh.bucket_table_ref, fallback=None),
-    "lsh_candidates": Route("lsh_candidates", _sh.lsh_candidates_ref, fallback=None),
-    "lsh_query": Route("lsh_query", _sh.lsh_query_ref, fallback=None),
-    "sampled_logits_fwd": Route("sampled_logits_fwd", _sl.sampled_logits_fwd_ref),
-    "sampled_logits_coef": Route("sampled_logits_coef", _sl.sampled_logits_coef_ref, probe=1),
-    "sampled_logits_bwd": Route("sampled_logits_bwd", _sl.sampled_logits_bwd_ref, probe=1),
-    "grad_hidden": Route("grad_hidden", _sl.grad_hidden_ref, probe=2),
-    "scatter_grad_weight": Route("scatter_grad_weight", _sl.scatter_grad_weight_ref, probe=2),
-    "linear_ce_fwd": Route("linear_ce_fwd", _lce.chunked_ce_fwd_ref),
-    "linear_ce_bwd": Route("linear_ce_bwd", _lce.chunked_ce_bwd_ref, probe=1),
-    "bucket_tile_lse": Route("bucket_tile_lse", _bt.bucket_tile_lse_ref),
-    "bucket_tile_lse_bwd": Route("bucket_tile_lse_bwd", _bt.bucket_tile_lse_bwd_ref, probe=2),
-    "sparse_adam_update": Route("sparse_adam_update", _sa.sparse_adam_update_ref),
-    "list_topk": Route("list_topk", _ls.list_topk_ref),
+    "bucket_table": Route("bucket_table", bucket_table_ref, fallback=None),
+    "lsh_candidates": Route(
+        "lsh_candidates", lsh_candidates_ref, fallback=None, fits="lsh_candidates_fits"
+    ),
+    "lsh_query": Route("lsh_query", lsh_query_ref, fallback=None, fits="lsh_query_fits"),
+    "sampled_logits_fwd": Route(
+        "sampled_logits_fwd", sampled_logits_fwd_ref, fallback=_fp64_or_softcap
+    ),
+    "sampled_logits_coef": Route("sampled_logits_coef", sampled_logits_coef_ref, probe=1),
+    "sampled_logits_bwd": Route(
+        "sampled_logits_bwd", sampled_logits_bwd_ref, probe=1, fallback=_fp64_or_softcap
+    ),
+    "grad_hidden": Route("grad_hidden", grad_hidden_ref, probe=2),
+    "scatter_grad_weight": Route("scatter_grad_weight", scatter_grad_weight_ref, probe=2),
+    "linear_ce_fwd": Route("linear_ce_fwd", chunked_ce_fwd_ref, fallback=_fp64_or_softcap),
+    "linear_ce_bwd": Route("linear_ce_bwd", chunked_ce_bwd_ref, probe=1, fallback=_fp64_or_softcap),
+    "bucket_tile_lse": Route("bucket_tile_lse", bucket_tile_lse_ref),
+    "bucket_tile_lse_bwd": Route("bucket_tile_lse_bwd", bucket_tile_lse_bwd_ref, probe=2),
+    "sparse_adam_update": Route("sparse_adam_update", sparse_adam_update_ref),
+    "list_topk": Route("list_topk", list_topk_ref, fits="list_topk_fits"),
 }
 
 
-def route(op: str, *args, kernel_kwargs: dict | None = None, **kwargs):
+def route(op: str, *args, kernel_kwargs: dict | None = None, twin_kwargs: dict | None = None):
     """Run `op` on the launcher or the twin (see the module docstring). kernel_kwargs: extra
-    keyword arguments only the launcher takes."""
+    keyword arguments only the launcher takes; twin_kwargs: only the twin takes (the fallback
+    rule sees them: a softcap there sends the call to the twin)."""
     r = ROUTES[op]
-    if use_triton(args[r.probe]) and not (r.fallback and r.fallback(*args, **kwargs)):
+    twin_kwargs = twin_kwargs or {}
+    if use_triton(args[r.probe]) and not (r.fallback and r.fallback(*args, **twin_kwargs)):
         fn = _kernel(r.kernel)
-        if fn is not None:
-            return fn(*args, **kwargs, **(kernel_kwargs or {}))
-    return r.twin(*args, **kwargs)
+        fits = _kernel(r.fits) if r.fits else None
+        if fn is not None and (fits is None or fits(*args)):
+            return fn(*args, **(kernel_kwargs or {}))
+    return r.twin(*args, **twin_kwargs)
+
+
+def _capped(softcap: float, **twin_only) -> dict:
+    """twin_kwargs of a logits op: the cap and what only the capped twin takes, or none."""
+    return {"softcap": softcap, **twin_only} if softcap else {}
 
 
 def simhash_codes(x, hyperplanes, bias=None, max_norm=None):
@@ -140,11 +175,8 @@ def lsh_query(hidden, hyperplanes, bias, sorted_ids, offsets, num_candidates, ma
 
 def sampled_logits_fwd(hidden, weight, bias, cand_ids, cand_logw, target, softcap=0.0):
     """(loss (N,), lse (N,)); softcap > 0 runs the twin (no kernel implements it)."""
-    if softcap:
-        return _sl.sampled_logits_fwd_ref(
-            hidden, weight, bias, cand_ids, cand_logw, target, softcap
-        )
-    return route("sampled_logits_fwd", hidden, weight, bias, cand_ids, cand_logw, target)
+    args = (hidden, weight, bias, cand_ids, cand_logw, target)
+    return route("sampled_logits_fwd", *args, twin_kwargs=_capped(softcap))
 
 
 def sampled_logits_coef(grad_loss, hidden, weight, bias, cand_ids, cand_logw, target, lse):
@@ -158,13 +190,8 @@ def sampled_logits_bwd(
 ):
     """(coef, ids, dh): sampled_logits_coef and grad_hidden in one pass on the Triton path;
     softcap > 0 runs the twin (target_grad: the target term's own gradient, see the twin)."""
-    if softcap:
-        return _sl.sampled_logits_bwd_ref(
-            grad_loss, hidden, weight, bias, cand_ids, cand_logw, target, lse, softcap, target_grad
-        )
-    return route(
-        "sampled_logits_bwd", grad_loss, hidden, weight, bias, cand_ids, cand_logw, target, lse
-    )
+    args = (grad_loss, hidden, weight, bias, cand_ids, cand_logw, target, lse)
+    return route("sampled_logits_bwd", *args, twin_kwargs=_capped(softcap, target_grad=target_grad))
 
 
 def grad_hidden(coef, ids, weight):
@@ -180,30 +207,16 @@ def scatter_grad_weight(coef, ids, hidden, n, deterministic=False):
 
 def linear_ce_fwd(hidden, weight, bias, target, label_smoothing=0.0, softcap=0.0):
     """(loss (N,), lse (N,)) of the exact cross-entropy, chunked; softcap > 0 runs the twin."""
-    if softcap:
-        return _lce.chunked_ce_fwd_ref(
-            hidden, weight, bias, target, label_smoothing, softcap=softcap
-        )
-    return route("linear_ce_fwd", hidden, weight, bias, target, label_smoothing)
+    args = (hidden, weight, bias, target, label_smoothing)
+    return route("linear_ce_fwd", *args, twin_kwargs=_capped(softcap))
 
 
 def linear_ce_bwd(
     grad_loss, hidden, weight, bias, target, lse, label_smoothing=0.0, softcap=0.0, target_grad=None
 ):
     """(dh, dW, db) of sum grad_loss * loss; softcap > 0 runs the twin (target_grad: see it)."""
-    if softcap:
-        return _lce.chunked_ce_bwd_ref(
-            grad_loss,
-            hidden,
-            weight,
-            bias,
-            target,
-            lse,
-            label_smoothing,
-            softcap=softcap,
-            target_grad=target_grad,
-        )
-    return route("linear_ce_bwd", grad_loss, hidden, weight, bias, target, lse, label_smoothing)
+    args = (grad_loss, hidden, weight, bias, target, lse, label_smoothing)
+    return route("linear_ce_bwd", *args, twin_kwargs=_capped(softcap, target_grad=target_grad))
 
 
 # the old names of the full-path ops (the kernel file is linear_ce.py)

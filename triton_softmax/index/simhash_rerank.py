@@ -1,17 +1,17 @@
 """SimHash tables whose bucket union is scored with exact logits (multi-probe, centred keys).
 
-The lsh path of lsh.py ranks a capped read of each bucket by collision count, which on a
+The lsh path of index/simhash.py ranks a capped read of each bucket by collision count, which on a
 trained model keeps almost none of the classes with the largest logits (issue 18). Here:
   - keys are centred rows x - mu (q . mu is the same for every class: free for ranking),
     hashed either normalised ("normalized": the angle of x - mu) or through the MIPS
-    transform ("mips": [x - mu, sqrt(M^2 - |x - mu|^2)] / M, lsh.py's transform);
+    transform ("mips": [x - mu, sqrt(M^2 - |x - mu|^2)] / M, index/simhash.py's transform);
   - a query probes, in each of L tables, its own bucket and the `probes - 1` buckets one bit
     flip away on its lowest-margin bits (multi-probe);
   - the union of the probed buckets (each read up to `max_per_bucket` ids, in the random
-    within-bucket order of lsh.bucket_table_ref) is scored with exact logits under the live
-    weights (rerank.py) and search keeps the k best.
+    within-bucket order of reference/simhash.py bucket_table_ref) is scored with exact
+    logits under the live weights (rerank.py) and search keeps the k best.
 Hashing and bucket tables go through ops.simhash_codes / ops.bucket_table (Triton on a GPU,
-the lsh.py twins on CPU).
+the reference/simhash.py twins on CPU).
 """
 
 from __future__ import annotations

@@ -1,5 +1,9 @@
 """Small helpers shared by the kernel launchers (no kernels here).
 
+Nothing in kernels/ imports from the package above it (tests/test_layers.py): the launchers
+reject what their kernels do not compute (float64, too-large tables) and triton_softmax.ops
+decides beforehand which calls go to the PyTorch twins instead.
+
 INTERPRET is read once, at import, like triton.jit itself does: set TRITON_INTERPRET=1 before
 triton_softmax.kernels is imported (tests/conftest.py does) to run the kernels on CPU.
 """
@@ -65,6 +69,23 @@ def empty(shape, dtype: torch.dtype, device) -> torch.Tensor:
 def check_device(name: str, t: torch.Tensor, device: torch.device) -> None:
     if t.device != device:
         raise ValueError(f"{name} is on {t.device}, expected {device}")
+
+
+# the operand dtypes the dot-product kernels compute on (fp32 accumulation, no fp64 path)
+KERNEL_FLOATS = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def check_kernel_floats(op: str, **tensors: torch.Tensor | None) -> None:
+    """TypeError unless every given tensor is float32/float16/bfloat16; ops.<op> sends float64
+    calls to the PyTorch twin before they reach the launcher."""
+    for name, t in tensors.items():
+        if t is not None and t.dtype not in KERNEL_FLOATS:
+            hint = (
+                f" (ops.{op} runs float64 on the PyTorch twin)" if t.dtype == torch.float64 else ""
+            )
+            raise TypeError(
+                f"{name} must be float32/float16/bfloat16 for the {op} kernel, got {t.dtype}{hint}"
+            )
 
 
 def check_float(name: str, t: torch.Tensor) -> None:

@@ -1,9 +1,9 @@
 """Bucket lookup: per query, read its L buckets, count collisions, keep the best C ids.
 
-Twins: lsh.lsh_candidates_ref (codes given) and ops.lsh_query's twin (simhash_codes_ref then
-lsh_candidates_ref). One program handles BLOCK_Q queries; per query it
+Twins: reference/simhash.py lsh_candidates_ref (codes given) and lsh_query_ref
+(simhash_codes_ref then lsh_candidates_ref). One program handles BLOCK_Q queries; per query it
 
-  1. takes its L codes, from memory or, fused (HASH=True), from a simhash_tile of the
+  1. takes its L codes, from memory or, fused (HASH=True), from a _simhash_tile of the
      program's BLOCK_Q rows computed with tl.dot in the same launch (no codes round trip);
   2. reads at most B = max_per_bucket ids of each bucket from the CSR table into an
      (L_PAD, B_PAD) register tile, empty slots holding a sentinel;
@@ -38,9 +38,9 @@ import triton
 import triton.language as tl
 
 from . import _utils
-from .simhash import hash_args, simhash_tile
+from .simhash import _simhash_tile, hash_args
 
-MAX_P = 16384  # ids held and sorted in registers per query; more goes to the twin
+MAX_P = 16384  # ids held and sorted in registers per query; more: ops runs the twin
 MAX_HASH_COLS = 512  # L_PAD * K_PAD of the fused hash tile; more hashes in a separate launch
 
 
@@ -103,7 +103,7 @@ def lsh_lookup_kernel(
     qs = q0 + tl.arange(0, BLOCK_Q)
     tabs = tl.arange(0, L_PAD)
     if HASH:
-        code_tile = simhash_tile(
+        code_tile = _simhash_tile(
             x_ptr,
             stride_xm,
             stride_xd,
@@ -181,13 +181,44 @@ def lsh_lookup_kernel(
                 tl.store(coll_row + cc * stride_cc, tl.zeros((P,), tl.int32), mask=empty)
 
 
+def _pads(L: int, K: int | None, B: int, n: int) -> tuple[int, int, int]:
+    """(K_PAD, L_PAD, B_PAD) of the register tiles: L tables of K bits (K None: codes given,
+    no hashing), at most B of the n ids read per bucket."""
+    if K is None:
+        K_PAD, L_PAD = 1, _utils.next_pow2(L)
+    else:
+        K_PAD = _utils.next_pow2(K)
+        L_PAD = max(_utils.next_pow2(L), 16 // K_PAD)
+    return K_PAD, L_PAD, _utils.next_pow2(min(B, n) if n else 1)
+
+
+def _fits(sorted_ids, K: int | None, max_per_bucket) -> bool:
+    if sorted_ids.dim() != 2 or int(max_per_bucket) < 1:
+        return True  # malformed: the launcher says what is wrong
+    _, L_PAD, B_PAD = _pads(sorted_ids.shape[0], K, int(max_per_bucket), sorted_ids.shape[1])
+    return L_PAD * B_PAD <= MAX_P
+
+
+def lsh_candidates_fits(query_codes, sorted_ids, offsets, num_candidates, max_per_bucket) -> bool:
+    """Whether a query's L x max_per_bucket ids fit in registers (MAX_P): the fallback rule of
+    ops.lsh_candidates, which runs the twin where they do not."""
+    return _fits(sorted_ids, None, max_per_bucket)
+
+
+def lsh_query_fits(
+    hidden, hyperplanes, bias, sorted_ids, offsets, num_candidates, max_per_bucket
+) -> bool:
+    """lsh_candidates_fits for the fused hash and lookup (ops.lsh_query's fallback rule)."""
+    K = hyperplanes.shape[1] if hyperplanes.dim() == 3 else None
+    return _fits(sorted_ids, K, max_per_bucket)
+
+
 def lsh_lookup(
     query_codes, hidden, hyperplanes, bias, sorted_ids, offsets, num_candidates, max_per_bucket
 ):
     """The launcher behind lsh_candidates (query_codes given) and lsh_query (hidden given:
-    hash and look up in one launch). Returns (ids (N, C) int64, collisions (N, C) int32)."""
-    from ..reference.simhash import lsh_candidates_ref, simhash_codes_ref
-
+    hash and look up in one launch). Returns (ids (N, C) int64, collisions (N, C) int32).
+    Tables too large for registers (see lsh_candidates_fits): ValueError."""
     if sorted_ids.dim() != 2 or offsets.dim() != 2 or offsets.shape[0] != sorted_ids.shape[0]:
         raise ValueError("sorted_ids must be (L, n) and offsets (L, 2^K + 1)")
     if sorted_ids.dtype != torch.int32 or offsets.dtype != torch.int64:
@@ -209,18 +240,18 @@ def lsh_lookup(
         if planes.shape[0] != L:
             raise ValueError(f"hyperplanes have {planes.shape[0]} tables, the index has {L}")
         K = planes.shape[1]
-        K_PAD = _utils.next_pow2(K)
-        L_PAD = max(_utils.next_pow2(L), 16 // K_PAD)
     else:
         if query_codes.dim() != 2 or query_codes.shape[1] != L:
             raise ValueError(f"query_codes must be (N, {L}), got {tuple(query_codes.shape)}")
         if query_codes.dtype != torch.int32:
             raise TypeError(f"query_codes must be int32, got {query_codes.dtype}")
-        K, K_PAD, L_PAD = 1, 1, _utils.next_pow2(L)
-    B_PAD = _utils.next_pow2(min(B, sorted_ids.shape[1]) if sorted_ids.shape[1] else 1)
+        K = 1
+    K_PAD, L_PAD, B_PAD = _pads(L, K if hashing else None, B, sorted_ids.shape[1])
     if L_PAD * B_PAD > MAX_P:
-        codes = simhash_codes_ref(hidden, hyperplanes, bias, None) if hashing else query_codes
-        return lsh_candidates_ref(codes, sorted_ids, offsets, C, B)
+        raise ValueError(
+            f"{L_PAD} x {B_PAD} ids per query exceed MAX_P={MAX_P} registers "
+            "(ops.lsh_candidates / ops.lsh_query run the twin for such tables)"
+        )
     if hashing and L_PAD * K_PAD > MAX_HASH_COLS:
         from .simhash import simhash_codes
 
@@ -288,7 +319,7 @@ def lsh_lookup(
 
 
 def lsh_candidates(query_codes, sorted_ids, offsets, num_candidates, max_per_bucket):
-    """Same contract as lsh.lsh_candidates_ref: (ids (N, C) int64, collisions (N, C) int32)."""
+    """Same contract as lsh_candidates_ref: (ids (N, C) int64, collisions (N, C) int32)."""
     return lsh_lookup(
         query_codes, None, None, None, sorted_ids, offsets, num_candidates, max_per_bucket
     )

@@ -8,7 +8,7 @@ tile entries, with two masks that make the union of a query's buckets a set:
     keep_ij = (j != y_i)  and  code_l'(i) != code_l'(j) for every l' < l
 
 (the target is scored apart, once; a class sharing several buckets with the query counts in
-the first table where they collide). The caller (triton_softmax.bucket_tiles) adds the target
+the first table where they collide). The caller (triton_softmax/bucket_shared.py) adds the target
 logit and the shared uniform T term and takes the log-sum-exp over tables: the estimator of
 the per-example scheme on S_i = the bucket union, with weight 1 on S_i, exactly.
 
@@ -36,9 +36,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ..reference.bucket_tiles import bucket_tile_lse_bwd_ref, bucket_tile_lse_ref
 from . import _utils
-from .linear_ce import _KERNEL_DTYPES, _dot_setup, _logits_tile, _tile_grad_update, _zero_grads
+from .linear_ce import _dot_setup, _logits_tile, _tile_grad_update, _zero_grads
 
 
 @triton.jit
@@ -153,7 +152,7 @@ _BWD_ROWS = [
 
 @triton.autotune(configs=_configs(_FWD_ROWS), key=["d", "L"])
 @triton.jit
-def _bucket_tile_lse_fwd_kernel(
+def bucket_tile_lse_fwd_kernel(
     h_ptr,
     w_ptr,
     b_ptr,
@@ -231,7 +230,7 @@ def _bucket_tile_lse_fwd_kernel(
 
 @triton.autotune(configs=_configs(_BWD_ROWS, _zero_grads), key=["d", "L"])
 @triton.jit
-def _bucket_tile_lse_bwd_kernel(
+def bucket_tile_lse_bwd_kernel(
     g_ptr,
     lse_ptr,
     h_ptr,
@@ -350,8 +349,8 @@ def _query_runs(query_codes: torch.Tensor):
     return order.to(torch.int32).contiguous(), run_end.to(torch.int32).contiguous()
 
 
-def _check(hidden, weight, bias, target, query_codes, key_codes, sorted_ids, offsets) -> bool:
-    """Validate shapes and devices; True if the kernels take these dtypes (fp64 -> twin)."""
+def _check(op, hidden, weight, bias, target, query_codes, key_codes, sorted_ids, offsets):
+    """Validate shapes, devices and dtypes (float64 hidden, weight: TypeError)."""
     N, d = hidden.shape
     n = weight.shape[0]
     L = query_codes.shape[1] if query_codes.dim() == 2 else -1
@@ -379,7 +378,7 @@ def _check(hidden, weight, bias, target, query_codes, key_codes, sorted_ids, off
         raise ValueError("all inputs of bucket_tile_lse must be on one device")
     if not hidden.is_cuda and not _utils.INTERPRET:
         raise RuntimeError("bucket_tiles kernels need CUDA tensors, or TRITON_INTERPRET=1")
-    return hidden.dtype in _KERNEL_DTYPES and weight.dtype in _KERNEL_DTYPES
+    _utils.check_kernel_floats(op, hidden=hidden, weight=weight)
 
 
 def _common(hidden, weight, bias, target, query_codes, key_codes, sorted_ids, offsets):
@@ -412,21 +411,19 @@ def bucket_tile_lse(
     target (N,) integer in [0, n) (ignored rows: pass any valid id and a zero gradient);
     query_codes (N, L), key_codes (n, L): int32 codes in [0, 2^K); sorted_ids (L, n) and
     offsets (L, 2^K + 1): the index's bucket tables (reference/simhash.py bucket_table_ref).
-    float64 -> twin.
+    float64 hidden/weight: TypeError (ops.bucket_tile_lse runs the twin).
     """
-    if not _check(hidden, weight, bias, target, query_codes, key_codes, sorted_ids, offsets):
-        return bucket_tile_lse_ref(
-            hidden, weight, bias, target, query_codes, key_codes, sorted_ids, offsets
-        )
+    args = (hidden, weight, bias, target, query_codes, key_codes, sorted_ids, offsets)
+    _check("bucket_tile_lse", *args)
     N, d = hidden.shape
     n, L = weight.shape[0], query_codes.shape[1]
     lse = _utils.empty((L, N), torch.float32, hidden.device)
     if N == 0 or L == 0:
         return lse
     lse.fill_(float("-inf"))
-    c = _common(hidden, weight, bias, target, query_codes, key_codes, sorted_ids, offsets)
+    c = _common(*args)
     dot_dtype, precision = _dot_setup(hidden, weight)
-    _bucket_tile_lse_fwd_kernel[(L, N)](
+    bucket_tile_lse_fwd_kernel[(L, N)](
         hidden,
         weight,
         c["b"],
@@ -470,10 +467,8 @@ def bucket_tile_lse_bwd(
 
     grad_lse, lse: (L, N) float32 (lse from bucket_tile_lse); the rest as bucket_tile_lse.
     """
-    if not _check(hidden, weight, bias, target, query_codes, key_codes, sorted_ids, offsets):
-        return bucket_tile_lse_bwd_ref(
-            grad_lse, lse, hidden, weight, bias, target, query_codes, key_codes, sorted_ids, offsets
-        )
+    args = (hidden, weight, bias, target, query_codes, key_codes, sorted_ids, offsets)
+    _check("bucket_tile_lse_bwd", *args)
     N, d = hidden.shape
     n, L = weight.shape[0], query_codes.shape[1]
     dev = hidden.device
@@ -482,9 +477,9 @@ def bucket_tile_lse_bwd(
     db = torch.zeros(n, dtype=torch.float32, device=dev) if bias is not None else None
     if N == 0 or L == 0:
         return dh, dw, db
-    c = _common(hidden, weight, bias, target, query_codes, key_codes, sorted_ids, offsets)
+    c = _common(*args)
     dot_dtype, precision = _dot_setup(hidden, weight)
-    _bucket_tile_lse_bwd_kernel[(L, N)](
+    bucket_tile_lse_bwd_kernel[(L, N)](
         grad_lse.to(torch.float32).contiguous(),
         lse.to(torch.float32).contiguous(),
         hidden,

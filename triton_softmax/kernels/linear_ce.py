@@ -51,8 +51,6 @@ import torch
 import triton
 import triton.language as tl
 
-from ..reference.linear_ce import chunked_ce_bwd_ref, chunked_ce_fwd_ref
-from ..reference.sampled_logits import nan_at_inf_lse
 from . import _utils
 
 # Class splits (forward) start at multiples of this, so no class tile straddles two splits:
@@ -276,7 +274,7 @@ _BWD_ROWS = [
 
 @triton.autotune(configs=_configs(_FWD_ROWS), key=["d", "n_bucket"])
 @triton.jit
-def _linear_ce_fwd_kernel(
+def linear_ce_fwd_kernel(
     h_ptr,
     w_ptr,
     b_ptr,
@@ -354,7 +352,7 @@ def _linear_ce_fwd_kernel(
 
 @triton.autotune(configs=_configs(_BWD_ROWS, _zero_grads), key=["d", "n_bucket"])
 @triton.jit
-def _linear_ce_bwd_kernel(
+def linear_ce_bwd_kernel(
     g_ptr,
     h_ptr,
     w_ptr,
@@ -481,7 +479,7 @@ def _linear_ce_bwd_kernel(
 
 @triton.autotune(configs=_configs(_BWD_ROWS, _zero_grads), key=["d", "n_bucket"])
 @triton.jit
-def _linear_ce_bwd_dh_kernel(
+def linear_ce_bwd_dh_kernel(
     g_ptr,
     h_ptr,
     w_ptr,
@@ -587,7 +585,6 @@ def _linear_ce_bwd_dh_kernel(
 # Launchers: validation, blocks and grid, tensors in and out
 # ---------------------------------------------------------------------------------------------
 
-_KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _TL_DTYPE = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
 DH_MODES = ("atomic", "two_pass")
 
@@ -617,8 +614,8 @@ def _dot_setup(hidden: torch.Tensor, weight: torch.Tensor):
     return dt, ("ieee" if hidden.dtype == torch.float32 else "tf32")
 
 
-def _check(hidden, weight, bias, target, label_smoothing, filter_eps=None):
-    """Validate shapes, dtypes and devices; True if the kernels take these dtypes."""
+def _check(op, hidden, weight, bias, target, label_smoothing, filter_eps=None):
+    """Validate shapes, dtypes and devices (float64 hidden, weight: TypeError)."""
     if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
         raise ValueError(
             f"hidden (N, d) and weight (n, d) must agree on d, got {tuple(hidden.shape)} "
@@ -644,10 +641,10 @@ def _check(hidden, weight, bias, target, label_smoothing, filter_eps=None):
         raise ValueError(f"filter_eps must be None or > 0, got {filter_eps!r}")
     floats = [hidden, weight] + ([bias] if bias is not None else [])
     for t in floats:
-        if t.dtype not in _KERNEL_DTYPES + (torch.float64,):
+        if t.dtype not in _utils.KERNEL_FLOATS + (torch.float64,):
             raise ValueError(f"expected float32/float16/bfloat16 inputs, got {t.dtype}")
-    # fp64 has no tensor-core dot: such calls go to the chunked PyTorch twin.
-    return hidden.dtype in _KERNEL_DTYPES and weight.dtype in _KERNEL_DTYPES
+    # fp64 has no tensor-core dot: ops routes such calls to the chunked PyTorch twin
+    _utils.check_kernel_floats(op, hidden=hidden, weight=weight)
 
 
 def linear_ce_fwd(
@@ -664,10 +661,9 @@ def linear_ce_fwd(
     hidden: (N, d) and weight: (n, d) float32/float16/bfloat16 (any strides); bias: (n,) or
     None; target: (N,) integer in [0, n) (not checked: the caller masks ignored rows).
     class_splits: how many class ranges the grid splits n into (default: enough programs
-    for the device). float64 inputs are computed by the chunked PyTorch twin.
+    for the device). float64 hidden/weight: TypeError (ops.linear_ce_fwd runs the twin).
     """
-    if not _check(hidden, weight, bias, target, label_smoothing):
-        return chunked_ce_fwd_ref(hidden, weight, bias, target, label_smoothing)
+    _check("linear_ce_fwd", hidden, weight, bias, target, label_smoothing)
     N, d = hidden.shape
     n = weight.shape[0]
     dev = hidden.device
@@ -691,7 +687,7 @@ def linear_ce_fwd(
     def grid(meta):
         return (triton.cdiv(N, meta["BLOCK_M"]), splits)
 
-    _linear_ce_fwd_kernel[grid](
+    linear_ce_fwd_kernel[grid](
         hidden,
         weight,
         b,
@@ -717,7 +713,8 @@ def linear_ce_fwd(
     loss = lse - (1.0 - label_smoothing) * part[1].sum(0)
     if smooth:
         loss = loss - (label_smoothing / n) * part[2].sum(0)
-    return nan_at_inf_lse(loss, lse), lse
+    # NaN where lse = +inf, as torch's log_softmax and the twin give (not +inf)
+    return torch.where(lse == float("inf"), torch.full_like(loss, float("nan")), loss), lse
 
 
 def linear_ce_bwd(
@@ -742,8 +739,7 @@ def linear_ce_bwd(
     (None: exact gradient). row_splits: row ranges per class block in the dW pass (default:
     enough programs for the device; "two_pass" forces 1 so dW is deterministic too).
     """
-    if not _check(hidden, weight, bias, target, label_smoothing, filter_eps):
-        return chunked_ce_bwd_ref(grad_loss, hidden, weight, bias, target, lse, label_smoothing)
+    _check("linear_ce_bwd", hidden, weight, bias, target, label_smoothing, filter_eps)
     if dh_mode not in DH_MODES:
         raise ValueError(f"dh_mode must be one of {DH_MODES}, got {dh_mode!r}")
     N, d = hidden.shape
@@ -789,7 +785,7 @@ def linear_ce_bwd(
             split = triton.cdiv(sms, n_blocks)  # one wave of programs at least
         return (n_blocks, max(1, min(int(split), m_blocks)))
 
-    _linear_ce_bwd_kernel[grid](
+    linear_ce_bwd_kernel[grid](
         g,
         hidden,
         weight,
@@ -824,7 +820,7 @@ def linear_ce_bwd(
         def grid_dh(meta):
             return (triton.cdiv(N, meta["BLOCK_M"]),)
 
-        _linear_ce_bwd_dh_kernel[grid_dh](
+        linear_ce_bwd_dh_kernel[grid_dh](
             g,
             hidden,
             weight,

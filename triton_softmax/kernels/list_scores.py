@@ -161,6 +161,12 @@ def list_topk_kernel(
     tl.store(ids_ptr + i * stride_in + j * stride_ip + slots * stride_ik, cls, mask=keep)
 
 
+def list_topk_fits(hidden, weight, bias, order, offsets, lists, k, max_list) -> bool:
+    """Whether the kept set fits in registers (k' = min(k, max_list) <= MAX_KEEP):
+    ops.list_topk's capacity rule (the twin runs otherwise)."""
+    return min(int(k), int(max_list)) <= MAX_KEEP
+
+
 def list_topk(hidden, weight, bias, order, offsets, lists, k, max_list):
     """(scores (N, p, k') float32, ids (N, p, k') int64), k' = min(k, max_list): the best
     members of every probed list, best first; same contract as list_topk_ref."""
@@ -198,15 +204,12 @@ def list_topk(hidden, weight, bias, order, offsets, lists, k, max_list):
             _utils.check_device(name, t, hidden.device)
     p = lists.shape[1]
     k_out = min(k, max_list)
-    if (
-        k_out > MAX_KEEP
-        or hidden.dtype == torch.float64
-        or weight.dtype == torch.float64
-        or (bias is not None and bias.dtype == torch.float64)
-    ):
-        from ..reference.list_scores import list_topk_ref
-
-        return list_topk_ref(hidden, weight, bias, order, offsets, lists, k, max_list)
+    _utils.check_kernel_floats("list_topk", hidden=hidden, weight=weight, bias=bias)
+    if k_out > MAX_KEEP:
+        raise ValueError(
+            f"list_topk keeps at most {MAX_KEEP} per list in registers, got k' = {k_out} "
+            "(ops.list_topk runs the PyTorch twin there: list_topk_fits)"
+        )
     order, offsets = order.contiguous(), offsets.contiguous()
     scores = _utils.empty((N, p, k_out), torch.float32, hidden.device)
     ids = _utils.empty((N, p, k_out), torch.int64, hidden.device)

@@ -15,8 +15,8 @@ straight into a (BLOCK_C, BLOCK_D) register tile:
 The gathered (N, M, d) rows are never materialised. Each pass is a gather GEMV (memory
 bound: ~M d bytes per example), so there is no tl.dot here and bf16/fp16 inputs are upcast
 to fp32 on load; all sums are fp32. Duplicate candidates are summed like the twin; all
-indices are int64 (row * stride can pass 2^31). fp64 inputs run the twin (the kernels
-accumulate in fp32 only).
+indices are int64 (row * stride can pass 2^31). The kernels accumulate in fp32 only: the
+launchers reject fp64 inputs, which ops.py routes to the twins.
 """
 
 from __future__ import annotations
@@ -194,10 +194,7 @@ def _check(hidden, weight, bias, cand_ids, cand_logw, target):
 def sampled_logits_fwd(hidden, weight, bias, cand_ids, cand_logw, target):
     """(loss (N,), lse (N,)) fp32; same contract as the twin sampled_logits_fwd_ref."""
     _check(hidden, weight, bias, cand_ids, cand_logw, target)
-    if hidden.dtype == torch.float64 or weight.dtype == torch.float64:
-        from ..reference.sampled_logits import sampled_logits_fwd_ref
-
-        return sampled_logits_fwd_ref(hidden, weight, bias, cand_ids, cand_logw, target)
+    _utils.check_kernel_floats("sampled_logits_fwd", hidden=hidden, weight=weight)
     (N, d), M = hidden.shape, cand_ids.shape[1]
     loss = _utils.empty((N,), torch.float32, hidden.device)
     lse = _utils.empty((N,), torch.float32, hidden.device)
@@ -309,13 +306,7 @@ def sampled_logits_bwd(
     (N, d), M = hidden.shape, cand_ids.shape[1]
     if grad_loss.shape != (N,) or lse.shape != (N,):
         raise ValueError(f"grad_loss and lse must be ({N},)")
-    if hidden.dtype == torch.float64 or weight.dtype == torch.float64 or lse.dtype == torch.float64:
-        from ..reference.sampled_logits import grad_hidden_ref, sampled_logits_coef_ref
-
-        coef, ids = sampled_logits_coef_ref(
-            grad_loss, hidden, weight, bias, cand_ids, cand_logw, target, lse
-        )
-        return coef, ids, (grad_hidden_ref(coef, ids, weight) if compute_dh else None)
+    _utils.check_kernel_floats("sampled_logits_bwd", hidden=hidden, weight=weight, lse=lse)
     dev = hidden.device
     coef = _utils.empty((N, M + 1), torch.float32, dev)
     ids_out = _utils.empty((N, M + 1), torch.int64, dev)
@@ -408,10 +399,7 @@ def grad_hidden(coef, ids, weight):
         raise ValueError("coef and ids must be (N, M+1) and weight (n, d)")
     _utils.check_device("ids", ids, coef.device)
     _utils.check_device("weight", weight, coef.device)
-    if coef.dtype == torch.float64 or weight.dtype == torch.float64:
-        from ..reference.sampled_logits import grad_hidden_ref
-
-        return grad_hidden_ref(coef, ids, weight)
+    _utils.check_kernel_floats("grad_hidden", coef=coef, weight=weight)
     (N, M1), d = coef.shape, weight.shape[1]
     dh = _utils.empty((N, d), torch.float32, coef.device)
     if N == 0:

@@ -12,8 +12,9 @@ Twin: reference.sampled_logits.scatter_grad_weight_ref (index_add). Two kernels,
                       empty): bitwise reproducible. Its block sizes are fixed (not tuned), so
                       the summation order, and the bits, are the same in every process.
 
-Both return fp32 (n, d); fp64 coefficients or hidden run the twin. The sparse-gradient option
-(estimator.sparse_grad_weight_ref) coalesces in torch: it needs a host sync for nnz anyway.
+Both return fp32 (n, d); the launcher rejects fp64 coefficients or hidden (ops.py routes them
+to the twin). The sparse-gradient option (reference.sampled_logits.sparse_grad_weight_ref)
+coalesces in torch: it needs a host sync for nnz anyway.
 """
 
 from __future__ import annotations
@@ -135,10 +136,7 @@ def scatter_grad_weight(coef, ids, hidden, n, deterministic=False):
         )
     _utils.check_device("ids", ids, coef.device)
     _utils.check_device("hidden", hidden, coef.device)
-    if coef.dtype == torch.float64 or hidden.dtype == torch.float64:
-        from ..reference.sampled_logits import scatter_grad_weight_ref
-
-        return scatter_grad_weight_ref(coef, ids, hidden, n)
+    _utils.check_kernel_floats("scatter_grad_weight", coef=coef, hidden=hidden)
     (N, M1), d = coef.shape, hidden.shape[1]
     dev = coef.device
     if not deterministic:

@@ -1,6 +1,6 @@
 """SimHash codes in one kernel: rows x hyperplanes -> sign bits -> one packed int32 per table.
 
-Twin: triton_softmax.lsh.simhash_codes_ref (see there for the MIPS transform). For a tile of
+Twin: reference/simhash.py simhash_codes_ref (see there for the MIPS transform). For a tile of
 BLOCK_M rows and BLOCK_T tables the kernel computes the (BLOCK_M, BLOCK_T * K_PAD) projections
 with tl.dot over d in BLOCK_D steps, adds the bias coordinate (a per-row bias for keys, one
 scalar for queries) and the MIPS coordinate sqrt(max(M^2 - |x|^2 - b^2, 0)) from the running
@@ -22,7 +22,7 @@ from . import _utils
 
 
 @triton.jit
-def simhash_tile(
+def _simhash_tile(
     x_ptr,
     stride_xm,
     stride_xd,
@@ -143,7 +143,7 @@ def simhash_codes_kernel(
     t0 = (pid % num_tb) * BLOCK_T
     rows = (pid // num_tb).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_mask = rows < M
-    codes = simhash_tile(
+    codes = _simhash_tile(
         x_ptr,
         stride_xm,
         stride_xd,
@@ -207,7 +207,7 @@ def hash_args(x, hyperplanes, bias, max_norm):
 
 
 def simhash_codes(x, hyperplanes, bias=None, max_norm=None):
-    """Packed SimHash codes (M, L) int32; same contract as lsh.simhash_codes_ref.
+    """Packed SimHash codes (M, L) int32; same contract as simhash_codes_ref.
 
     x: (M, d) float (any strides; fp64 is hashed in fp32, as the twin does);
     hyperplanes: (L, K, d + 2); bias: (M,) tensor, a float, or None; max_norm: 0-d tensor,

@@ -37,7 +37,7 @@ from . import _utils
     restore_value=["p_ptr", "m_ptr", "v_ptr"],
 )
 @triton.jit
-def sparse_adam_rows_kernel(
+def sparse_adam_update_kernel(
     rows_ptr,
     g_ptr,
     p_ptr,
@@ -122,7 +122,7 @@ def sparse_adam_update(
     def grid(meta):
         return (triton.cdiv(U, meta["BLOCK_R"]), triton.cdiv(D, meta["BLOCK_D"]))
 
-    sparse_adam_rows_kernel[grid](
+    sparse_adam_update_kernel[grid](
         rows,
         values,
         param,
