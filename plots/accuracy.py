@@ -151,8 +151,17 @@ def main(argv: list[str] | None = None) -> list[str]:
         "and summarised together (e.g. a refresh-interval session against the main one)",
     )
     p.add_argument("--out", default=HERE)
+    p.add_argument(
+        "--drop",
+        nargs="+",
+        default=[],
+        metavar="SESSION:LABEL",
+        help="leave these runs out (e.g. a run repeated in a later session of the merge)",
+    )
     args = p.parse_args(argv)
     recs = load_records(sorted(glob.glob(os.path.join(args.results, "accuracy-*.json"))))
+    drop = {tuple(x.split(":", 1)) for x in args.drop}
+    recs = [r for r in recs if (r["session"], r["label"]) not in drop]
     if args.session and len(args.session) > 1:  # merged in memory only, under one name
         merged = "+".join(args.session)
         recs = [dict(r, session=merged) for r in recs if r["session"] in args.session]
