@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The accuracy runs behind the README's Accuracy section (issue 5), in the order they ran.
 # Each run is alone in its process, one torch thread, one after another; records land in
-# bench/results/accuracy-*-<session>.json. Usage: bash scripts/accuracy_runs.sh [synset|refresh|teacher|teacher6-sampled|teacher6-full|lemma|lemma-a|lemma-b|synset-full|synset-long|teacher6|teacher6-faiss|teacher6-full-capped|teacher7-throughput]
+# bench/results/accuracy-*-<session>.json. Usage: bash scripts/accuracy_runs.sh [synset|refresh|teacher|teacher6-sampled|teacher6-full|lemma|lemma-a|lemma-b|synset-full|synset-long|teacher6|teacher6-faiss|teacher6-full-capped|teacher7-throughput|synset-pair|synset-baseline]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 S=${SESSION:-$(date -u +%Y%m%d-%H%M%S)}
@@ -49,4 +49,11 @@ case "${1:-synset}" in
     run --task teacher --max-classes 10000000 --examples-per-class 1 --epochs 1 --dim 64 \
       --output-optimizer sparse-adam --eval-examples 512 --bayes-examples 512 \
       --evals-per-epoch 1 --methods full --time-limit 1 ;;
+  synset-pair)  # session 5: faiss and the lsh default (clusters) side by side, 12 epochs each
+    run --task wordnet-synset --epochs 12 --methods faiss &
+    run --task wordnet-synset --epochs 12 --methods lsh
+    wait ;;
+  synset-baseline)  # session 5: the hand-written shared-negative baseline, K = 1024 and 4096
+    run --task wordnet-synset --epochs 12 --methods shared_neg --shared-negatives 1024
+    run --task wordnet-synset --epochs 12 --methods shared_neg --shared-negatives 4096 ;;
 esac
