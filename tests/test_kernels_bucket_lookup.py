@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from triton_softmax import ops
-from triton_softmax.kernels import _utils
 from triton_softmax.kernels.bucket_lookup import lsh_candidates, lsh_query
 from triton_softmax.lsh import (
     bucket_table_ref,
@@ -23,15 +22,7 @@ from triton_softmax.lsh import (
 )
 from triton_softmax.reference.simhash import lsh_query_ref
 
-
-@pytest.fixture(autouse=True)
-def poison(monkeypatch):
-    """Launcher outputs start as a value the kernel never writes (an unwritten slot fails)."""
-    monkeypatch.setattr(
-        _utils,
-        "empty",
-        lambda shape, dtype, device: torch.full(shape, -12345, dtype=dtype, device=device),
-    )
+pytestmark = pytest.mark.usefixtures("poison_kernel_outputs")
 
 
 def direct(query_codes, sorted_ids, offsets, C, B):

@@ -13,20 +13,13 @@ from conftest import TOL
 
 from triton_softmax import ops
 from triton_softmax.bucket_tiles import bucket_tile_lse_bwd_ref, bucket_tile_lse_ref
-from triton_softmax.kernels import _utils
 from triton_softmax.kernels.bucket_tiles import bucket_tile_lse, bucket_tile_lse_bwd
 from triton_softmax.lsh import bucket_table_ref
 
 ACC_TOL = TOL[torch.float32]
 
 
-@pytest.fixture(autouse=True)
-def poison(monkeypatch):
-    def empty(shape, dtype, device):
-        fill = float("nan") if dtype.is_floating_point else -12345
-        return torch.full(shape, fill, dtype=dtype, device=device)
-
-    monkeypatch.setattr(_utils, "empty", empty)
+pytestmark = pytest.mark.usefixtures("poison_kernel_outputs")
 
 
 def problem(N, n, d, K, L, dtype, bias, seed, device="cpu"):

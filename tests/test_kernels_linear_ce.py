@@ -15,20 +15,13 @@ from conftest import TOL
 import triton_softmax
 from triton_softmax import kernels, ops
 from triton_softmax.full import chunked_ce_bwd_ref, chunked_ce_fwd_ref
-from triton_softmax.kernels import _utils
 from triton_softmax.kernels import linear_ce as lce
 from triton_softmax.kernels.linear_ce import linear_ce_bwd, linear_ce_fwd
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 
-@pytest.fixture(autouse=True)
-def poison(monkeypatch):
-    monkeypatch.setattr(
-        _utils,
-        "empty",
-        lambda shape, dtype, device: torch.full(shape, float("nan"), dtype=dtype, device=device),
-    )
+pytestmark = pytest.mark.usefixtures("poison_kernel_outputs")
 
 
 def _inputs(N, n, d, dtype, bias=True, device="cpu", seed=0, scale=1.0):

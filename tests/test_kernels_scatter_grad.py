@@ -10,18 +10,9 @@ from conftest import TOL
 
 from triton_softmax import ops
 from triton_softmax.estimator import scatter_grad_weight_ref
-from triton_softmax.kernels import _utils
 from triton_softmax.kernels.scatter_grad import scatter_grad_weight
 
-
-@pytest.fixture(autouse=True)
-def poison(monkeypatch):
-    """The deterministic path allocates with _utils.empty: NaN there fails an unwritten row."""
-    monkeypatch.setattr(
-        _utils,
-        "empty",
-        lambda shape, dtype, device: torch.full(shape, float("nan"), dtype=dtype, device=device),
-    )
+pytestmark = pytest.mark.usefixtures("poison_kernel_outputs")
 
 
 def problem(N, n, d, M1, dtype, seed):

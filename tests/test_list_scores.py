@@ -13,21 +13,13 @@ import torch
 from triton_softmax import ops
 from triton_softmax.index.clusters import ClusterIndex
 from triton_softmax.index.rerank import full_topk, pad_short_rows
-from triton_softmax.kernels import _utils
 from triton_softmax.kernels.list_scores import list_topk
 from triton_softmax.reference.list_scores import list_topk_ref
 
 SIZES = [0, 5, 37, 1, 0, 12, 40, 3]  # empty lists; none a multiple of 32
 
 
-@pytest.fixture(autouse=True)
-def poison(monkeypatch):
-    """Launcher outputs start as a value the kernel never writes (an unwritten slot fails)."""
-    monkeypatch.setattr(
-        _utils,
-        "empty",
-        lambda shape, dtype, device: torch.full(shape, -12345, dtype=dtype, device=device),
-    )
+pytestmark = pytest.mark.usefixtures("poison_kernel_outputs")
 
 
 def csr(sizes, n, gen):

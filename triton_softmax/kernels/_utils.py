@@ -71,6 +71,24 @@ def check_device(name: str, t: torch.Tensor, device: torch.device) -> None:
         raise ValueError(f"{name} is on {t.device}, expected {device}")
 
 
+def check_hidden_weight(hidden: torch.Tensor, weight: torch.Tensor) -> None:
+    """Floating hidden (N, d) and weight (n, d) with the same d, else TypeError/ValueError."""
+    check_float("hidden", hidden)
+    check_float("weight", weight)
+    if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
+        raise ValueError(
+            f"hidden (N, d) and weight (n, d) expected, got "
+            f"{tuple(hidden.shape)} and {tuple(weight.shape)}"
+        )
+
+
+def check_devices(device: torch.device, **tensors: torch.Tensor | None) -> None:
+    """check_device for every given tensor (None: an absent optional operand, skipped)."""
+    for name, t in tensors.items():
+        if t is not None:
+            check_device(name, t, device)
+
+
 # the operand dtypes the dot-product kernels compute on (fp32 accumulation, no fp64 path)
 KERNEL_FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 

@@ -230,8 +230,7 @@ def lsh_lookup(
     hashing = query_codes is None
     probe = hidden if hashing else query_codes
     device = probe.device
-    for name, t in (("sorted_ids", sorted_ids), ("offsets", offsets)):
-        _utils.check_device(name, t, device)
+    _utils.check_devices(device, sorted_ids=sorted_ids, offsets=offsets)
     N = probe.shape[0]
     if hashing:
         planes, bias_t, bias_value, bias_mode, _, stride_b = hash_args(

@@ -170,13 +170,7 @@ def list_topk_fits(hidden, weight, bias, order, offsets, lists, k, max_list) -> 
 def list_topk(hidden, weight, bias, order, offsets, lists, k, max_list):
     """(scores (N, p, k') float32, ids (N, p, k') int64), k' = min(k, max_list): the best
     members of every probed list, best first; same contract as list_topk_ref."""
-    _utils.check_float("hidden", hidden)
-    _utils.check_float("weight", weight)
-    if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
-        raise ValueError(
-            f"hidden (N, d) and weight (n, d) expected, got "
-            f"{tuple(hidden.shape)} and {tuple(weight.shape)}"
-        )
+    _utils.check_hidden_weight(hidden, weight)
     N, d = hidden.shape
     n = weight.shape[0]
     if bias is not None and bias.shape != (n,):
@@ -193,15 +187,9 @@ def list_topk(hidden, weight, bias, order, offsets, lists, k, max_list):
     k, max_list = int(k), int(max_list)
     if k < 0 or max_list < 0:
         raise ValueError(f"k and max_list must be >= 0, got {k}, {max_list}")
-    for name, t in (
-        ("weight", weight),
-        ("bias", bias),
-        ("order", order),
-        ("offsets", offsets),
-        ("lists", lists),
-    ):
-        if t is not None:
-            _utils.check_device(name, t, hidden.device)
+    _utils.check_devices(
+        hidden.device, weight=weight, bias=bias, order=order, offsets=offsets, lists=lists
+    )
     p = lists.shape[1]
     k_out = min(k, max_list)
     _utils.check_kernel_floats("list_topk", hidden=hidden, weight=weight, bias=bias)

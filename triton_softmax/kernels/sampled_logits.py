@@ -163,13 +163,7 @@ def sampled_logits_fwd_kernel(
 
 
 def _check(hidden, weight, bias, cand_ids, cand_logw, target):
-    _utils.check_float("hidden", hidden)
-    _utils.check_float("weight", weight)
-    if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
-        raise ValueError(
-            f"hidden (N, d) and weight (n, d) expected, got "
-            f"{tuple(hidden.shape)} and {tuple(weight.shape)}"
-        )
+    _utils.check_hidden_weight(hidden, weight)
     N = hidden.shape[0]
     if cand_ids.dim() != 2 or cand_ids.shape[0] != N or cand_logw.shape != cand_ids.shape:
         raise ValueError(
@@ -180,15 +174,14 @@ def _check(hidden, weight, bias, cand_ids, cand_logw, target):
         raise ValueError(f"target must be ({N},), got {tuple(target.shape)}")
     if bias is not None and bias.shape != (weight.shape[0],):
         raise ValueError(f"bias must be ({weight.shape[0]},), got {tuple(bias.shape)}")
-    for name, t in (
-        ("weight", weight),
-        ("cand_ids", cand_ids),
-        ("cand_logw", cand_logw),
-        ("target", target),
-        ("bias", bias),
-    ):
-        if t is not None:
-            _utils.check_device(name, t, hidden.device)
+    _utils.check_devices(
+        hidden.device,
+        weight=weight,
+        cand_ids=cand_ids,
+        cand_logw=cand_logw,
+        target=target,
+        bias=bias,
+    )
 
 
 def sampled_logits_fwd(hidden, weight, bias, cand_ids, cand_logw, target):
