@@ -1,13 +1,13 @@
 import pytest
 import torch
 
-from triton_softmax.candidates import build_candidates, dedupe_rows, sample_complement
+from triton_softmax.candidates import build_candidates, first_occurrences, sample_complement
 
 
 def test_dedupe_keeps_first_occurrence():
     ids = torch.tensor([[3, 1, 3, 2, 1, 5]])
     valid = torch.tensor([[True, True, True, True, True, False]])
-    out = dedupe_rows(ids, valid)
+    out = first_occurrences(ids, valid)
     assert out.tolist() == [[True, True, False, True, False, False]]
 
 

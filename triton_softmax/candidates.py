@@ -24,7 +24,7 @@ import math
 import torch
 
 
-def dedupe_rows(ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+def first_occurrences(ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """Return a validity mask with only the first occurrence of each id per row kept.
 
     ids: (N, R) int64; valid: (N, R) bool. Order of the row is not changed.
@@ -117,7 +117,7 @@ def _prepare_s(
         target_valid = torch.ones(N, dtype=torch.bool, device=retrieved.device)
     tv = target_valid.unsqueeze(1)
     valid = (retrieved >= 0) & (retrieved < n) & ~(tv & (retrieved == target))
-    valid = dedupe_rows(retrieved, valid)
+    valid = first_occurrences(retrieved, valid)
     s_ids = torch.cat([torch.where(valid, retrieved, target), target], 1)
     return s_ids, torch.cat([valid, tv], 1)
 
@@ -197,7 +197,7 @@ def build_shared_candidates(
         s_logw = torch.where(s_valid, zero, ninf)
         return s_ids, s_logw, t_ids, _hit_logw(t_logw, hit, remove_accidental_hits)
     u_ids = s_ids.reshape(1, -1)
-    u_valid = dedupe_rows(u_ids, s_valid.reshape(1, -1))
+    u_valid = first_occurrences(u_ids, s_valid.reshape(1, -1))
     hit = _in_rows(u_ids, u_valid, t_ids.unsqueeze(0)).expand(N, -1)
     u_logw = torch.where(u_valid, zero, ninf).expand(N, -1)
     shared_ids = torch.cat([u_ids[0], t_ids])

@@ -25,7 +25,7 @@ import torch
 
 from .. import nonfinite as _nf
 from ..checks import check_int_option
-from .rerank import check_rows, nonfinite_class, pad_short_rows, rerank_union
+from .rerank import check_rows, nonfinite_class, pad_short_rows, rerank_union, top_k_ids
 
 MODES = ("mips", "spherical")
 ASSIGN_CHUNK = 1 << 14  # rows per assignment matmul
@@ -344,13 +344,7 @@ class ClusterIndex:
         lists = self.probe_lists(hidden)
         if hidden.is_cuda:
             return self._search_fixed(hidden, lists, k, generator)
-        z, ids = self._score_lists(hidden, lists, k)
-        kk = min(k, z.shape[1])
-        s, pos = torch.topk(z, kk, dim=1)
-        top = torch.gather(ids, 1, pos)
-        top = torch.where(torch.isfinite(s), top, torch.full_like(top, -1))
-        if kk < k:
-            top = torch.cat([top, top.new_full((N, k - kk), -1)], dim=1)
+        top = top_k_ids(*self._score_lists(hidden, lists, k), k)[1]
         short = (top < 0).any(dim=1)
         if bool(short.any()):  # pad from uniform / the exact pass (rerank.rerank_union)
             rows = short.nonzero().flatten()
@@ -383,16 +377,7 @@ class ClusterIndex:
                 hidden, self.rows_copy, bias, at, self.offsets, lists, k, self.max_list
             )
             ids = torch.where(pos >= 0, self.order[pos.clamp_min(0)], pos)
-        z, ids = z.view(N, -1), ids.view(N, -1)
-        kk = min(k, z.shape[1])
-        s, pos = torch.topk(z, kk, dim=1)
-        top = torch.gather(ids, 1, pos)
-        ok = torch.isfinite(s)
-        top = torch.where(ok, top, torch.full_like(top, -1))
-        s = torch.where(ok, s, torch.full_like(s, float("-inf")))
-        if kk < k:
-            top = torch.cat([top, top.new_full((N, k - kk), -1)], dim=1)
-            s = torch.cat([s, s.new_full((N, k - kk), float("-inf"))], dim=1)
+        s, top = top_k_ids(z.view(N, -1), ids.view(N, -1), k)
         return pad_short_rows(hidden, self.weight, self.bias, top, s, self.rows, k, generator)
 
     def _score_lists(

@@ -19,6 +19,7 @@ import torch
 
 from .clusters import ClusterIndex
 from .faiss import FaissIndex
+from .rerank import dedupe_rows
 from .simhash_rerank import SimHashIndex
 
 CLASS_CHUNK = 1 << 16  # classes per block of the exact pass
@@ -68,11 +69,8 @@ def distinct_candidates(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(ids sorted per row (N, k) int64, ok (N, k) bool): ok marks each valid (>= 0),
     non-target class once (a duplicate id counts once)."""
-    valid = (ids >= 0) & (ids != target.unsqueeze(1))
-    srt, _ = torch.sort(torch.where(valid, ids, torch.full_like(ids, -1)), dim=1)
-    dup = torch.zeros_like(srt, dtype=torch.bool)
-    dup[:, 1:] = (srt[:, 1:] == srt[:, :-1]) & (srt[:, 1:] >= 0)
-    return srt, (srt >= 0) & ~dup
+    srt = dedupe_rows(torch.where(ids != target.unsqueeze(1), ids, torch.full_like(ids, -1)))
+    return srt, srt >= 0
 
 
 @torch.no_grad()

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import torch
 
+from ..candidates import first_occurrences
+
 # rows of one gather (chunk x U x d floats) are bounded by this many floats (~64 MiB)
 GATHER_FLOATS = 1 << 24
 
@@ -80,6 +82,25 @@ def exact_scores(
     return out
 
 
+def top_k_ids(
+    z: torch.Tensor, ids: torch.Tensor | None, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k best columns of scores z (N, M) float: (scores (N, k), ids (N, k) int64), best
+    first; ids (N, M) names the columns (None: the column positions). Non-finite scores and
+    the slots past M come back as (-inf, -1), so a row always has k slots."""
+    N = z.shape[0]
+    kk = min(k, z.shape[1])
+    s, pos = torch.topk(z, kk, dim=1)
+    top = pos if ids is None else torch.gather(ids, 1, pos)
+    ok = torch.isfinite(s)
+    top = torch.where(ok, top, torch.full_like(top, -1))
+    s = torch.where(ok, s, torch.full_like(s, float("-inf")))
+    if kk < k:
+        top = torch.cat([top, top.new_full((N, k - kk), -1)], dim=1)
+        s = torch.cat([s, s.new_full((N, k - kk), float("-inf"))], dim=1)
+    return s, top
+
+
 def full_topk(
     hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, k: int
 ) -> torch.Tensor:
@@ -88,12 +109,7 @@ def full_topk(
     if bias is not None:
         z = z + bias.float()
     z = torch.where(torch.isnan(z), torch.full_like(z, float("-inf")), z)
-    kk = min(k, z.shape[1])
-    s, ids = torch.topk(z, kk, dim=1)
-    ids = torch.where(torch.isfinite(s), ids, torch.full_like(ids, -1))
-    if kk < k:
-        ids = torch.cat([ids, ids.new_full((ids.shape[0], k - kk), -1)], dim=1)
-    return ids
+    return top_k_ids(z, None, k)[1]
 
 
 def rerank_union(
@@ -122,12 +138,7 @@ def rerank_union(
         extra = torch.where(short.unsqueeze(1), extra, torch.full_like(extra, -1))
         ids = dedupe_rows(torch.cat([ids, extra], dim=1))
         z = exact_scores(hidden, weight, bias, ids)
-    kk = min(k, ids.shape[1])
-    s, pos = torch.topk(z, kk, dim=1)
-    top = torch.gather(ids, 1, pos)
-    top = torch.where(torch.isfinite(s), top, torch.full_like(top, -1))
-    if kk < k:
-        top = torch.cat([top, top.new_full((N, k - kk), -1)], dim=1)
+    top = top_k_ids(z, ids, k)[1]
     still = (top < 0).any(dim=1)
     if bool(still.any()):  # tiny n or heavy masking: the exact answer for those rows
         rows = still.nonzero().flatten()
@@ -166,14 +177,9 @@ def pad_short_rows(
     window = pool.to(device)[(start + torch.arange(min(k, m), device=device)) % m]
     both = torch.cat([top, window], dim=1)
     z = torch.cat([scores.float(), exact_scores(hidden, weight, bias, window)], dim=1)
-    big = torch.iinfo(torch.int64).max
-    s_ids, perm = torch.sort(torch.where(both >= 0, both, torch.full_like(both, big)), dim=1)
-    z = torch.gather(z, 1, perm)
-    dup = torch.zeros_like(s_ids, dtype=torch.bool)
-    dup[:, 1:] = s_ids[:, 1:] == s_ids[:, :-1]
-    z = torch.where(dup | (s_ids == big), torch.full_like(z, float("-inf")), z)
-    s, at = torch.topk(z, k, dim=1)
-    merged = torch.gather(s_ids, 1, at)
-    merged = torch.where(torch.isfinite(s), merged, torch.full_like(merged, -1))
+    # an id in both halves keeps its first slot (the same logit either way)
+    first = first_occurrences(both, both >= 0)
+    z = torch.where(first, z, torch.full_like(z, float("-inf")))
+    merged = top_k_ids(z, both, k)[1]
     short = (top < 0).any(dim=1, keepdim=True)
     return torch.where(short, merged, top)
