@@ -171,12 +171,17 @@ def test_score_lists_loop_matches_twin(live_rerank, bias, k):
     lists = index.probe_lists(h)
     z, ids = index._score_lists(h, lists, k)
     s_ref, ids_ref = list_topk_ref(h, w, b, index.order, index.offsets, lists, k, max(SIZES))
-    kk = s_ref.shape[2]
-    z, ids = z.view(7, -1, kk), ids.view(7, -1, kk)
+    # the loop scores whole lists (L = the largest list per probed list); the twin keeps
+    # each list's k best: compare the loop's k best of every block with the twin's
+    z, ids = z.view(7, -1, max(SIZES)), ids.view(7, -1, max(SIZES))
     for i in range(7):
         for j in range(lists.shape[1]):
             ok = torch.isfinite(z[i, j])
-            got = sorted(zip(z[i, j][ok].tolist(), ids[i, j][ok].tolist()), reverse=True)
+            lst = int(lists[i, j])  # its slots past the list's end: id -1, score -inf
+            size = int(index.offsets[lst + 1] - index.offsets[lst])
+            assert (ids[i, j][:size] >= 0).all() and (ids[i, j][size:] == -1).all()
+            assert torch.isneginf(z[i, j][size:]).all()
+            got = sorted(zip(z[i, j][ok].tolist(), ids[i, j][ok].tolist()), reverse=True)[:k]
             ok_ref = ids_ref[i, j] >= 0
             want = list(zip(s_ref[i, j][ok_ref].tolist(), ids_ref[i, j][ok_ref].tolist()))
             assert [c for _, c in got] == [c for _, c in want]

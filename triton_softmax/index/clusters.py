@@ -29,6 +29,7 @@ from .rerank import check_rows, nonfinite_class, pad_short_rows, rerank_union, t
 
 MODES = ("mips", "spherical")
 ASSIGN_CHUNK = 1 << 14  # rows per assignment matmul
+SCORE_BUFFER = 1 << 22  # (query, list, member) scores per chunk of a CPU search
 POINTS_PER_LIST = 64  # subsample for the first build, as FAISS's k-means
 NORM_HEADROOM = 1.05  # M with room for rows to grow before update_rows must rebuild
 
@@ -344,7 +345,14 @@ class ClusterIndex:
         lists = self.probe_lists(hidden)
         if hidden.is_cuda:
             return self._search_fixed(hidden, lists, k, generator)
-        top = top_k_ids(*self._score_lists(hidden, lists, k), k)[1]
+        # N x p x L scores at a time (~48 MB of buffers), not one (N, classes) product
+        step = max(1, SCORE_BUFFER // max(1, lists.shape[1] * self.max_list))
+        top = torch.cat(
+            [
+                self._top_of_lists(hidden[i : i + step], lists[i : i + step], k)
+                for i in range(0, N, step)
+            ]
+        )
         short = (top < 0).any(dim=1)
         if bool(short.any()):  # pad from uniform / the exact pass (rerank.rerank_union)
             rows = short.nonzero().flatten()
@@ -380,22 +388,22 @@ class ClusterIndex:
         s, top = top_k_ids(z.view(N, -1), ids.view(N, -1), k)
         return pad_short_rows(hidden, self.weight, self.bias, top, s, self.rows, k, generator)
 
-    def _score_lists(
-        self, hidden: torch.Tensor, lists: torch.Tensor, k: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The k best members of every probed list by exact logit: (scores (N, p x k')
-        float32, -inf in empty slots; ids (N, p x k') int64, -1 in empty slots), k' =
-        min(k, largest list). The top-k of the union is the top-k of these, and the buffers
-        stay O(N p k), never O(N x classes scored)."""
+    def _list_scores(self, hidden: torch.Tensor, lists: torch.Tensor) -> torch.Tensor:
+        """(N, p x L) float32: the exact logit of every member of every probed list, -inf in
+        empty slots and for NaN logits; L = the largest list, slot s*L + j of row q is member j
+        of list lists[q, s].
+
+        One matrix product per probed list (its rows read once for all the queries that
+        probe it), written into a pair-major buffer by slices; one topk over the row then
+        replaces a topk per list, which cost more than the products (profiled at n = 1.2e5
+        and 1e6). search_lists bounds N x p x L by chunking the queries."""
         N, p = lists.shape
-        Lmax = min(k, self.max_list)
+        L = self.max_list
         dev = hidden.device
-        z = torch.full((N, p, Lmax), float("-inf"), device=dev)
-        ids = torch.full((N, p, Lmax), -1, dtype=torch.int64, device=dev)
         flat = lists.flatten()
-        by_list = torch.argsort(flat, stable=True)
+        by_list = torch.argsort(flat, stable=True)  # pairs (query, slot) grouped by list
         pair_q = torch.div(by_list, p, rounding_mode="floor")
-        pair_slot = by_list % p
+        z_pairs = torch.full((N * p, L), float("-inf"), device=dev)
         counts = torch.bincount(flat, minlength=self.centroids.shape[0]).tolist()
         offs = self.offsets.tolist()
         h = hidden.float()
@@ -403,32 +411,45 @@ class ClusterIndex:
         for lst, cnt in enumerate(counts):
             if cnt == 0:
                 continue
-            q = pair_q[lo : lo + cnt]
-            slot = pair_slot[lo : lo + cnt]
-            lo += cnt
             a, b = offs[lst], offs[lst + 1]
-            if a == b:
-                continue
-            members = self.order[a:b]
-            if self.live_rerank:
-                w = self.weight.index_select(0, members).float()
-                bb = self.bias.index_select(0, members).float() if self.has_bias else None
-            else:
-                w = self.rows_copy[a:b]
-                bb = self.bias_copy[a:b] if self.has_bias else None
-            zl = h.index_select(0, q) @ w.T
-            if bb is not None:
-                zl = zl + bb
-            zl = torch.nan_to_num(zl, nan=float("-inf"))
-            kk = min(Lmax, b - a)
-            if kk < b - a:
-                zl, pos = zl.topk(kk, dim=1)
-                z[q, slot, :kk] = zl
-                ids[q, slot, :kk] = members[pos]
-            else:
-                z[q, slot, :kk] = zl
-                ids[q, slot, :kk] = members.expand(q.shape[0], -1)
-        return z.view(N, -1), ids.view(N, -1)
+            if a < b:
+                if self.live_rerank:
+                    members = self.order[a:b]
+                    w = self.weight.index_select(0, members).float()
+                    bb = self.bias.index_select(0, members).float() if self.has_bias else None
+                else:
+                    w = self.rows_copy[a:b]
+                    bb = self.bias_copy[a:b] if self.has_bias else None
+                zl = z_pairs[lo : lo + cnt, : b - a]
+                torch.mm(h.index_select(0, pair_q[lo : lo + cnt]), w.T, out=zl)
+                if bb is not None:
+                    zl += bb
+            lo += cnt
+        z = torch.empty_like(z_pairs).index_copy_(0, by_list, z_pairs)  # query-major again
+        z = z.view(N, p * L)
+        return z.masked_fill_(torch.isnan(z), float("-inf"))
+
+    def _ids_at(self, lists: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """Class ids of slots pos (N, m) int64 of _list_scores' rows; -1 for pos -1 and for
+        slots past the end of their list."""
+        L = self.max_list
+        lst = torch.gather(lists, 1, torch.div(pos.clamp_min(0), L, rounding_mode="floor"))
+        at = self.offsets[lst] + pos.clamp_min(0) % L
+        ok = (pos >= 0) & (at < self.offsets[lst + 1])
+        return torch.where(ok, self.order[torch.where(ok, at, 0)], -1)
+
+    def _top_of_lists(self, hidden: torch.Tensor, lists: torch.Tensor, k: int) -> torch.Tensor:
+        """(N, k) int64: the k best members of the probed lists, best first, -1 where short."""
+        pos = top_k_ids(self._list_scores(hidden, lists), None, k)[1]
+        return self._ids_at(lists, pos)
+
+    def _score_lists(
+        self, hidden: torch.Tensor, lists: torch.Tensor, k: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(_list_scores, the ids of all its slots (N, p x L) int64, -1 in empty slots)."""
+        z = self._list_scores(hidden, lists)
+        slots = torch.arange(z.shape[1], device=z.device).expand(z.shape[0], -1)
+        return z, self._ids_at(lists, slots)
 
     def fraction_scored(self, hidden: torch.Tensor) -> float:
         """Mean share of the n classes in each query's union (what the rerank scores)."""

@@ -21,7 +21,7 @@ import torch
 
 from ..checks import check_int_option
 from .clusters import ClusterIndex, _assign, _lloyd
-from .rerank import check_rows, nonfinite_class
+from .rerank import check_rows, nonfinite_class, top_k_ids
 
 
 class QueryClusterIndex(ClusterIndex):
@@ -112,6 +112,9 @@ class QueryClusterIndex(ClusterIndex):
         drop = torch.zeros_like(dup).scatter_(1, order, dup)
         z = torch.where(drop, torch.full_like(z, float("-inf")), z)
         return z, torch.where(drop, torch.full_like(ids, -1), ids)
+
+    def _top_of_lists(self, hidden, lists, k):
+        return top_k_ids(*self._score_lists(hidden, lists, k), k)[1]
 
     def update_rows(self, weight, bias, rows) -> bool:
         return False
