@@ -192,6 +192,7 @@ class Model(nn.Module):
             refresh_every=refresh_every,
             lsh_generator=getattr(args, "lsh_generator", None),
             candidate_scheme=getattr(args, "candidate_scheme", "per_example"),
+            search_min_mass=getattr(args, "search_min_mass", None) if method != "full" else None,
             sparse_grad=self.sparse,
             seed=args.seed,
         )
@@ -355,6 +356,9 @@ def run_one(data: Data, data_info: dict, spec: str, args, session: str) -> dict:
             loss=loss,
             load1=os.getloadavg()[0],
         )
+        if getattr(args, "search_min_mass", None) is not None and method in ("faiss", "lsh"):
+            st = model.output.stats()  # the last refresh's measurement: is the search on?
+            rec.update(captured_mass=st["captured_mass"], search_on=st["search_on"])
         if held_idx is not None:
             rec["heldout_p1"], rec["heldout_p5"] = evaluate(
                 model, data, held_idx, held_sets, "heldout"
@@ -375,6 +379,8 @@ def run_one(data: Data, data_info: dict, spec: str, args, session: str) -> dict:
         label = f"shared_neg-K{args.shared_negatives}"
     elif getattr(args, "candidate_scheme", "per_example") != "per_example" and method != "uniform":
         label += f"-{args.candidate_scheme}"
+    if getattr(args, "search_min_mass", None) is not None and method in ("faiss", "lsh"):
+        label += f"-T{args.num_uniform}-min{args.search_min_mass:g}"
     for epoch in range(args.epochs):
         order = torch.randperm(N, generator=torch.Generator().manual_seed(args.seed * 1000 + epoch))
         e_wall = 0.0
@@ -653,6 +659,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--candidate-scheme",
         default="per_example",
         help="SampledSoftmaxLoss candidate_scheme of the faiss/lsh runs",
+    )
+    p.add_argument(
+        "--search-min-mass",
+        type=float,
+        default=None,
+        help="SampledSoftmaxLoss search_min_mass of the faiss/lsh runs: no search (S = "
+        "{target}, T alone) until a refresh measures this much captured mass",
     )
     p.add_argument("--eval-examples", type=int, default=8192)
     p.add_argument("--evals-per-epoch", type=int, default=2)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The accuracy runs behind the README's Accuracy section (issue 5), in the order they ran.
 # Each run is alone in its process, one torch thread, one after another; records land in
-# bench/results/accuracy-*-<session>.json. Usage: bash scripts/accuracy_runs.sh [synset|refresh|teacher|teacher6-sampled|teacher6-full|lemma|lemma-a|lemma-b|synset-full|synset-long|teacher6|teacher6-faiss|teacher6-full-capped|teacher7-throughput|synset-pair|synset-baseline]
+# bench/results/accuracy-*-<session>.json. Usage: bash scripts/accuracy_runs.sh [synset|refresh|teacher|teacher6-sampled|teacher6-full|lemma|lemma-a|lemma-b|synset-full|synset-long|teacher6|teacher6-faiss|teacher6-full-capped|teacher7-throughput|synset-pair|synset-baseline|synset-warm]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 S=${SESSION:-$(date -u +%Y%m%d-%H%M%S)}
@@ -58,4 +58,10 @@ case "${1:-synset}" in
     run --task wordnet-synset --epochs 12 --methods shared_neg --shared-negatives 4096
     # K = 16384: about the lsh run's time per epoch (matched by measurement, not by formula)
     run --task wordnet-synset --epochs 12 --methods shared_neg --shared-negatives 16384 ;;
+  synset-warm)  # session 6: lsh with one shared T of 4096 and no search until it captures
+    # 0.3 of the non-target mass (search_min_mass), beside the K = 4096 baseline
+    run --task wordnet-synset --epochs 12 --methods lsh --candidate-scheme shared_samples \
+      --num-uniform 4096 --search-min-mass 0.3 &
+    run --task wordnet-synset --epochs 12 --methods shared_neg --shared-negatives 4096
+    wait ;;
 esac

@@ -135,6 +135,23 @@ def _in_rows(
     return torch.gather(s_sorted, 1, pos) == queries
 
 
+def _shared_hits(
+    members: torch.Tensor, member_valid: torch.Tensor, shared: torch.Tensor
+) -> torch.Tensor:
+    """(N, M) bool: is shared[m] among the valid members[i, :]? (_in_rows for one query row
+    shared by the batch: each member is searched in the M sorted shared ids, N x R searches,
+    not N x M; every copy of a repeated shared id gets the same answer)."""
+    N = members.shape[0]
+    uniq, inv = torch.unique(shared, return_inverse=True)  # sorted
+    if uniq.numel() == 0:
+        return torch.zeros(N, shared.numel(), dtype=torch.bool, device=shared.device)
+    pos = torch.searchsorted(uniq, members.contiguous()).clamp_max(uniq.numel() - 1)
+    found = (uniq[pos] == members) & member_valid
+    hit = torch.zeros(N, uniq.numel() + 1, dtype=torch.bool, device=shared.device)
+    hit.scatter_(1, torch.where(found, pos, uniq.numel()), True)  # misses: the spare column
+    return hit.gather(1, inv.expand(N, -1))
+
+
 def _hit_logw(t_logw: torch.Tensor, hit: torch.Tensor, remove_accidental_hits: bool):
     if not remove_accidental_hits:
         return t_logw
@@ -193,7 +210,7 @@ def build_shared_candidates(
     ninf = torch.full((), float("-inf"), dtype=logw_dtype, device=device)
     zero = torch.zeros((), dtype=logw_dtype, device=device)
     if not union:
-        hit = _in_rows(s_ids, s_valid, t_ids.expand(N, -1))
+        hit = _shared_hits(s_ids, s_valid, t_ids)
         s_logw = torch.where(s_valid, zero, ninf)
         return s_ids, s_logw, t_ids, _hit_logw(t_logw, hit, remove_accidental_hits)
     u_ids = s_ids.reshape(1, -1)

@@ -93,6 +93,9 @@ class SampledSoftmaxLoss(nn.Module):
     holds t. method="auto" runs the fastest path by the crossover table whose measured mass
     meets t (default: half the mass of the exact top-(|S| - 1)), the exact one if none does
     (quality.py); stats() and explain() report the masses, the widths and the probe's cost.
+    search_min_mass m (lsh / faiss): the same measurement switches the search off until the
+    next refresh while the captured mass is below m (S = {target}, T alone: a flat, untrained
+    softmax gives the search nothing to find, and the step then costs a shared-negative one).
 
     candidate_scheme="bucket_shared" (method="lsh") scores the whole union of each query's
     buckets plus one uniform T shared by the batch. bucket_impl picks how: "gather" (per-row
@@ -309,10 +312,10 @@ class SampledSoftmaxLoss(nn.Module):
         drift_now = training and every and self.steps % every == 0
         retrieved = None
         bucket = self.sampling_options.scheme == "bucket_shared"
-        if bucket and self._use_bucket_tiles(hidden):
+        if bucket and self._use_bucket_tiles(hidden) and self.quality.searching(method):
             loss = self._bucket_tile_loss(hidden, target)
         else:
-            if method == "uniform":  # S = {target}: nothing retrieved
+            if method == "uniform" or not self.quality.searching(method):  # S = {target}
                 retrieved = torch.empty((N, 0), dtype=torch.int64, device=hidden.device)
             elif bucket:  # the whole union of its buckets
                 retrieved = m.index.union(hidden)

@@ -115,7 +115,10 @@ class IndexOptions:
     retrieved S is measured on the last training batch (up to 64 rows) and the clusters /
     FAISS IVF nprobe set to the smallest rung meeting it (quality.py); method="auto" then
     runs the fastest path whose measured mass meets it (None: dispatch.AUTO_TARGET_SHARE =
-    0.5 of the mass the exact top-(|S| - 1) classes hold on the same rows)."""
+    0.5 of the mass the exact top-(|S| - 1) classes hold on the same rows);
+    search_min_mass m in (0, 1] (lsh / faiss): the search runs only while the captured mass
+    measured at the last refresh is >= m; below it S = {target} and the uniform T carries the
+    estimate (an untrained model's flat softmax: the search would cost without capturing)."""
 
     method: str = "auto"
     lsh_bits: int | None = None
@@ -128,8 +131,14 @@ class IndexOptions:
     seed: int = 0
     lsh_generator: str | None = None
     target_mass: float | None = None
+    search_min_mass: float | None = None
 
     def __post_init__(self) -> None:
+        m = self.search_min_mass
+        if m is not None:
+            if isinstance(m, bool) or not isinstance(m, numbers.Real) or not 0.0 < m <= 1.0:
+                raise ValueError(f"search_min_mass must be a float in (0, 1] or None, got {m!r}")
+            _set(self, "search_min_mass", float(m))
         t = self.target_mass
         if t is not None:
             if isinstance(t, bool) or not isinstance(t, numbers.Real) or not 0.0 < t < 1.0:
@@ -226,6 +235,11 @@ def check_combination(
             f"target_mass is measured on the retrieved candidates of a sampled path "
             f"(method 'auto', 'lsh' or 'faiss'), not with method={index.method!r}"
         )
+    if index.search_min_mass is not None and index.method not in ("lsh", "faiss"):
+        raise ValueError(
+            "search_min_mass switches the search of method 'lsh' or 'faiss' on and off, "
+            f"not method={index.method!r}"
+        )
     if index.partial_refresh and not grad.sparse:
         raise ValueError(
             "partial_refresh needs sparse_grad=True (it re-hashes the rows that "
@@ -259,6 +273,7 @@ FLAT_KWARGS: dict[str, tuple[str, str]] = {
     "seed": ("index", "seed"),
     "lsh_generator": ("index", "lsh_generator"),
     "target_mass": ("index", "target_mass"),
+    "search_min_mass": ("index", "search_min_mass"),
     "drift_every": ("drift", "every"),
     "drift_rows": ("drift", "rows"),
     "drift_hook": ("drift", "hook"),

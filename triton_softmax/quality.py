@@ -13,6 +13,11 @@ steps after: the sampled paths the crossover table ranks faster than the exact o
 refreshed and measured in turn, fastest first, until one meets the target
 (dispatch.choose_by_quality); if none does, the exact path runs (mass 1). The choice, the
 masses and the probe's cost are in stats() and explain(), and checkpoints carry them.
+
+search_min_mass (lsh / faiss): the same measurement at every refresh decides whether the
+forward runs the search until the next refresh (`searching`): below the floor S = {target}
+and the uniform T alone estimates the non-target mass, at the cost of a shared-negative step
+(an untrained model's softmax is flat: no |S| classes hold much of it, whatever finds them).
 """
 
 from __future__ import annotations
@@ -71,7 +76,8 @@ class QualityMonitor:
         """After each refresh of module.manager: measure (and tune) the captured mass."""
         m = module.manager
         target = target_of(m.options)
-        if not self.enabled or target is None or m.index is None:
+        floor = m.options.search_min_mass
+        if not self.enabled or (target is None and floor is None) or m.index is None:
             return
         restore, self._restore = self._restore, None
         if restore is not None and m.method in restore:  # resumed: the saved width
@@ -91,9 +97,18 @@ class QualityMonitor:
             m.index, h, module.weight, module.bias, y, k, target, relative_target(m.options)
         )
         r.update(method=m.method, target=target)
+        if floor is not None:  # the measured mass switches the search on or off
+            r.update(search=bool(r["mass"] >= floor), search_min_mass=floor)
         self.last = self.measured[m.method] = r
         self.last_seconds = time.perf_counter() - t0
         self.total_seconds += self.last_seconds
+
+    def searching(self, method: str) -> bool:
+        """False when search_min_mass is set and the last refresh of `method`'s index measured
+        less captured mass than it (the forward then takes S = {target}); True otherwise,
+        also before the first measurement."""
+        r = self.measured.get(method) or (self.last if self.last.get("method") == method else {})
+        return bool(r.get("search", True))
 
     # ---- method="auto" -----------------------------------------------------------------------
     def step(self, module, hidden: torch.Tensor, target: torch.Tensor) -> None:
@@ -165,15 +180,29 @@ class QualityMonitor:
             auto_choice=self.choice.method if self.choice is not None else None,
             auto_masses={p: x["mass"] for p, x in self.measured.items()} if self.choice else {},
             auto_select_seconds=self.select_seconds,
+            search_min_mass=options.search_min_mass,
+            search_on=r.get("search", True) if options.search_min_mass is not None else None,
         )
 
     def explain(self, options: IndexOptions, choice: Choice) -> str:
         """The explain() suffix: the last measurement; nothing where no target is in force
         (or auto runs the exact path by speed alone: nothing to measure)."""
         target = target_of(options)
-        if not self.enabled or target is None or (not choice.ranked and not options.target_mass):
-            return ""
+        floor = options.search_min_mass
         r = self.last
+        search = ""
+        if self.enabled and floor is not None:
+            if "search" not in r:
+                search = f"; search_min_mass {floor}: the search runs until a refresh measures"
+            elif r["search"]:
+                search = f"; search on (captured mass {r['mass']:.3f} >= search_min_mass {floor})"
+            else:
+                search = (
+                    f"; search OFF: captured mass {r['mass']:.3f} < search_min_mass {floor}, "
+                    "so S = {target} and T alone until a refresh measures more"
+                )
+        if not self.enabled or target is None or (not choice.ranked and not options.target_mass):
+            return search
         if not r:
             return f"; target_mass {target}: not measured yet (measured at refreshes in training)"
         met = "met" if r["met"] else "NOT met at the widest setting"
@@ -186,7 +215,7 @@ class QualityMonitor:
         if r["nprobe"] is not None:
             ladder = ", ".join(f"{p}: {x:.3f}" for p, x in r["ladder"].items())
             width = f" at nprobe={r['nprobe']} (ladder {ladder})"
-        return (
+        return search + (
             f"; captured mass {r['mass']:.3f} of the {r['method']} candidates on {r['rows']} "
             f"probe rows{width}, target {target} {met}; probe {self.last_seconds:.4f} s"
         )

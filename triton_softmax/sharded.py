@@ -37,6 +37,7 @@ NOT_SHARDABLE = {
     "drift_every": "the drift check's exact pass is single-device",
     "refresh_drift": "drift-triggered refreshes would need every rank to agree on the drift",
     "target_mass": "the probe's exact pass and the probe widths would need every rank's rows",
+    "search_min_mass": "the probe's exact pass would need every rank's rows",
 }
 
 
@@ -54,6 +55,7 @@ def check_shardable(options: dict[str, Any]) -> None:
         "drift_every": drift.every is not None,
         "refresh_drift": drift.refresh_drift is not None,
         "target_mass": options["index"].target_mass is not None,
+        "search_min_mass": options["index"].search_min_mass is not None,
     }
     for name, on in used.items():
         if on:
