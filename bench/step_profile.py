@@ -5,7 +5,8 @@
 
 Part 1, stages of the library's lsh step (per-example S and T, sparse weight gradient), each
 timed on its own (median of --repeats after one warm-up, inputs from the previous stage):
-hashing, lookup (bucket read + collision ranking), candidate build (S + uniform T), logits
+the search (clusters: routing to lists, then the exact scores of the probed lists; SimHash
+tables: hashing, then lookup by collision count), candidate build (S + uniform T), logits
 (forward), backward (coefficients and dh), gradient assembly (the sparse dW: the previous
 uncoalesced form and today's coalesced one), optimizer (SGD, torch.optim.SparseAdam on each
 gradient form, FusedSparseAdam on the coalesced one).
@@ -87,18 +88,27 @@ def stage_profile(W: nn.Parameter, h, y, args) -> dict:
     module.refresh("lsh")
     build_s = time.perf_counter() - t0
     index = module.index
-    B = index.max_per_bucket or default_max_per_bucket(args.S, index.num_tables)
     gen = torch.Generator().manual_seed(0)
     hd = h.detach()
-    out: dict = dict(index_build_s=build_s, lsh_bits=index.num_bits, lsh_tables=index.num_tables)
+    out: dict = dict(index_build_s=build_s, generator=type(index).__name__)
     r = args.repeats
+    if hasattr(index, "query_codes"):  # SimHash tables (lsh_generator="tables")
+        B = index.max_per_bucket or default_max_per_bucket(args.S, index.num_tables)
+        out.update(lsh_bits=index.num_bits, lsh_tables=index.num_tables)
+        codes = index.query_codes(hd)
+        out["hashing"] = median_ms(lambda: index.query_codes(hd), r)
 
-    codes = index.query_codes(hd)
-    out["hashing"] = median_ms(lambda: index.query_codes(hd), r)
-    retrieved = lsh_candidates_ref(codes, index.sorted_ids, index.offsets, args.S - 1, B)[0]
-    out["lookup"] = median_ms(
-        lambda: lsh_candidates_ref(codes, index.sorted_ids, index.offsets, args.S - 1, B), r
-    )
+        def lookup():
+            return lsh_candidates_ref(codes, index.sorted_ids, index.offsets, args.S - 1, B)
+
+        retrieved = lookup()[0]
+        out["lookup"] = median_ms(lookup, r)
+    else:  # the clusters default: route to lists, then score the probed lists exactly
+        out.update(lists=int(index.centroids.shape[0]), nprobe=index.effective_nprobe)
+        out["probe_lists"] = median_ms(lambda: index.probe_lists(hd), r)
+        out["search"] = median_ms(lambda: index.search(hd, args.S - 1), r)
+        out["fraction_scored"] = index.fraction_scored(hd)
+        retrieved = index.search(hd, args.S - 1)
     ids, logw = build_candidates(retrieved, y, n, args.T, gen)
     out["candidate_build"] = median_ms(lambda: build_candidates(retrieved, y, n, args.T, gen), r)
     Wd = W.detach()
@@ -280,7 +290,7 @@ def main(argv=None) -> int:
         kind="step_profile",
         time=harness.now_iso(),
         env=harness.env_info("cpu"),
-        machine="CPU, 2 shared vCPUs (five helpers on one box), torch CPU build",
+        machine="CPU (env: model, cores, versions; the load averages say how busy it was)",
         config=dict(
             n=n,
             N=args.N,

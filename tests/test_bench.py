@@ -233,3 +233,21 @@ def test_roofline_bound_is_never_beaten_by_the_bound_itself():
     assert a["pct_of_bound"] == pytest.approx(100.0)
     assert a["achieved_gbps"] <= bw / 1e9 * (1 + 1e-9)
     assert a["achieved_gflops"] <= fl / 1e9 * (1 + 1e-9)
+
+
+def test_step_profile_runs_its_stages_with_the_default_generator(tmp_path):
+    """bench.step_profile at toy size: the stage profile follows the lsh path's default
+    generator (it read SimHash-table attributes and crashed once clusters became the default)."""
+    from bench import step_profile
+
+    out = tmp_path / "prof.json"
+    args = ["--n", "3000", "--N", "16", "--d", "16", "--S", "8", "--T", "8", "--K", "16"]
+    args += ["--union-S", "2", "--repeats", "1", "--topk-n", "2000", "--topk-N", "8"]
+    assert step_profile.main(args + ["--out", str(out)]) == 0
+    rec = json.loads(out.read_text())
+    stages = rec["stages"]
+    assert stages["generator"] == "ClusterIndex" and stages["search"]["median_ms"] > 0
+    assert 0 < stages["fraction_scored"] <= 1
+    assert stages["grad_max_abs_diff"] < 1e-4  # coalesced dW = the uncoalesced one, summed
+    assert {"baseline_shared_neg_K8", "lsh_per_example", "lsh_batch_union_S2"} <= set(rec["steps"])
+    assert rec["topk"]["same_ids_as_plain"]

@@ -62,3 +62,21 @@ def test_s_covering_all_classes_masks_t():
     ids, logw = build_candidates(retrieved, torch.tensor([2]), n, 3)
     assert torch.isinf(logw[0, 5:]).all()
     assert torch.isfinite(logw[0, :5]).sum() == 4
+
+
+@pytest.mark.parametrize("N,R,M,n", [(64, 65, 512, 3000), (7, 5, 40, 30), (3, 9, 8, 10), (2, 3, 0, 10)])
+def test_shared_hits_agree_with_the_per_row_search(N, R, M, n):
+    """shared_samples' hit test (each S member searched in the sorted shared T) against the
+    per-row form it replaced (every shared id searched in each row's sorted S): repeated
+    shared ids, invalid S slots, tiny n (many hits) and an empty T."""
+    from triton_softmax.candidates import _in_rows, _shared_hits
+
+    g = torch.Generator().manual_seed(N + R + M)
+    members = torch.randint(n, (N, R), generator=g)
+    valid = torch.rand(N, R, generator=g) > 0.2
+    shared = torch.randint(n, (M,), generator=g)
+    got = _shared_hits(members, valid, shared)
+    assert got.shape == (N, M) and got.dtype == torch.bool
+    assert torch.equal(got, _in_rows(members, valid, shared.expand(N, -1)))
+    if M and n <= 30:
+        assert got.any()  # the small cases do test hits

@@ -330,3 +330,67 @@ def test_auto_default_target_is_relative_so_an_untrained_model_keeps_its_sampled
     absolute = layer_for(W, target_mass=AUTO_TARGET_SHARE)
     absolute(h, y).backward()
     assert not absolute.stats()["target_relative"] and absolute.choice(16).method == "full"
+
+
+# ---- (e) search_min_mass: no search while it captures little ---------------------------------
+@pytest.mark.parametrize("bad", [0, 0.0, -0.1, 1.5, True, "0.3", float("nan")])
+def test_search_min_mass_must_be_in_the_half_open_unit_interval(bad):
+    with pytest.raises(ValueError, match="search_min_mass"):
+        SampledSoftmaxLoss(100, 8, method="lsh", search_min_mass=bad)
+
+
+def test_search_min_mass_is_for_lsh_and_faiss_on_one_device():
+    assert SampledSoftmaxLoss(100, 8, method="lsh", search_min_mass=1).search_min_mass == 1.0
+    for method in ("full", "uniform", "auto"):
+        with pytest.raises(ValueError, match="search_min_mass"):
+            SampledSoftmaxLoss(100, 8, method=method, search_min_mass=0.5)
+    with pytest.raises(ValueError, match="search_min_mass cannot be used with a shard"):
+        SampledSoftmaxLoss(
+            100, 8, method="lsh", group=None, bounds=[(0, 100)], search_min_mass=0.5
+        )
+
+
+@pytest.mark.parametrize("scheme", ["per_example", "shared_samples"])
+def test_below_the_floor_the_step_is_the_uniform_step(scheme):
+    """A flat softmax: the measured mass is far below 0.5, so the lsh layer takes S = {target}
+    and draws the same T as method="uniform" with the same seed: the same losses."""
+    W, h, y = flat()
+    batches = [(h[i::4], y[i::4]) for i in range(4)]
+    gated = layer_for(W, method="lsh", search_min_mass=0.5, candidate_scheme=scheme)
+    uniform = layer_for(W, method="uniform", candidate_scheme=scheme)
+    assert _train(gated, batches) == _train(uniform, batches)
+    st = gated.stats()
+    assert st["search_on"] is False and st["captured_mass"] < 0.5
+    assert st["search_min_mass"] == 0.5
+    assert "search OFF" in gated.explain()
+
+
+def test_above_the_floor_the_step_is_the_lsh_step():
+    W, h, y = planted()
+    batches = [(h[i::4], y[i::4]) for i in range(4)]
+    gated = layer_for(W, method="lsh", search_min_mass=0.05)
+    plain = layer_for(W, method="lsh")
+    assert _train(gated, batches) == _train(plain, batches)
+    st = gated.stats()
+    assert st["search_on"] is True and st["captured_mass"] >= 0.05
+    assert "search on" in gated.explain()
+    assert plain.stats()["search_on"] is None  # not asked for: nothing reported
+
+
+def test_the_search_switches_on_at_the_refresh_that_measures_enough_and_checkpoints_keep_it():
+    W, h, y = planted()
+    layer = layer_for(W / 50, method="lsh", search_min_mass=0.3, refresh_every=3)
+    batches = [(h[i::8], y[i::8]) for i in range(8)]
+    _train(layer, batches[:2], lr=0.0)  # flat (scaled down): off from the first refresh
+    assert layer.stats()["search_on"] is False
+    off_state = layer.state_dict()
+    with torch.no_grad():
+        layer.weight.mul_(50)  # the planted groups again: the next refresh (step 3) measures
+    _train(layer, batches[2:3], lr=0.0)
+    assert layer.stats()["search_on"] is False  # no refresh yet: still the old measurement
+    _train(layer, batches[3:4], lr=0.0)
+    assert layer.stats()["search_on"] is True and layer.stats()["captured_mass"] >= 0.3
+    # a checkpoint taken while the search was off resumes with it off until its next refresh
+    resumed = layer_for(W / 50, method="lsh", search_min_mass=0.3, refresh_every=3)
+    resumed.load_state_dict(off_state)
+    assert resumed.quality.searching("lsh") is False
