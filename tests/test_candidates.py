@@ -64,7 +64,9 @@ def test_s_covering_all_classes_masks_t():
     assert torch.isfinite(logw[0, :5]).sum() == 4
 
 
-@pytest.mark.parametrize("N,R,M,n", [(64, 65, 512, 3000), (7, 5, 40, 30), (3, 9, 8, 10), (2, 3, 0, 10)])
+@pytest.mark.parametrize(
+    "N,R,M,n", [(64, 65, 512, 3000), (7, 5, 40, 30), (3, 9, 8, 10), (2, 3, 0, 10)]
+)
 def test_shared_hits_agree_with_the_per_row_search(N, R, M, n):
     """shared_samples' hit test (each S member searched in the sorted shared T) against the
     per-row form it replaced (every shared id searched in each row's sorted S): repeated

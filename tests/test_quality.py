@@ -345,9 +345,7 @@ def test_search_min_mass_is_for_lsh_and_faiss_on_one_device():
         with pytest.raises(ValueError, match="search_min_mass"):
             SampledSoftmaxLoss(100, 8, method=method, search_min_mass=0.5)
     with pytest.raises(ValueError, match="search_min_mass cannot be used with a shard"):
-        SampledSoftmaxLoss(
-            100, 8, method="lsh", group=None, bounds=[(0, 100)], search_min_mass=0.5
-        )
+        SampledSoftmaxLoss(100, 8, method="lsh", group=None, bounds=[(0, 100)], search_min_mass=0.5)
 
 
 @pytest.mark.parametrize("scheme", ["per_example", "shared_samples"])
