@@ -44,7 +44,9 @@ from . import peers
 
 # "<path>_shared": the same path with candidate_scheme="shared_samples" (one T per batch,
 # scored as a dense product) instead of the per-example T of the seeds' method.
+# lsh_copy: the lsh path with rerank_copy=True (lists scored from a copy of the rows)
 OUR_PATHS = ("full", "faiss", "lsh", "faiss_shared", "lsh_shared", "uniform", "uniform_shared")
+OUR_PATHS += ("lsh_copy",)
 PEER_PATHS = ("torch", "torch_compile", "cce", "liger")
 # the hand-written shared-negative sampled softmax (bench/baselines.py): K = 1024 negatives,
 # and K chosen by bench.sweep to match the library's lsh step time in the same run
@@ -351,14 +353,15 @@ class OursRunner(Runner):
         seed: int,
     ) -> None:
         self.method = method
-        base, _, shared = method.partition("_")
+        base, _, variant = method.partition("_")
         self.module = SampledSoftmaxLoss(
             weight=nn.Parameter(problem.weight()),
             method=base,
             num_candidates=num_candidates,
             num_uniform=num_uniform,
             sparse_grad=base in ("faiss", "lsh", "uniform"),
-            candidate_scheme="shared_samples" if shared else "per_example",
+            candidate_scheme="shared_samples" if variant == "shared" else "per_example",
+            rerank_copy=variant == "copy",
             seed=seed,
         )
         # path: what the module runs (full/faiss/lsh); resolved: the method name when the
@@ -392,7 +395,9 @@ class OursRunner(Runner):
         idx = self.module.index
         extra = []
         if idx is not None:
-            extra = [getattr(idx, k, None) for k in ("hyperplanes", "sorted_ids", "offsets")]
+            keys = ("hyperplanes", "sorted_ids", "offsets")  # SimHash tables
+            keys += ("centroids", "route", "order", "assign", "rows_copy", "bias_copy")  # lists
+            extra = [getattr(idx, k, None) for k in keys]
         return [self.module.weight, self.hidden, self.target, *extra]
 
     def index_bytes(self) -> int:

@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 ORDER = [
     "lsh",
+    "lsh_copy",
     "lsh_shared",
     "faiss",
     "faiss_shared",
@@ -46,6 +47,7 @@ ORDER = [
 STYLE = {
     "lsh": dict(color="tab:red", marker="o"),
     "faiss": dict(color="tab:orange", marker="s"),
+    "lsh_copy": dict(color="tab:red", marker="o", linestyle=":"),
     "lsh_shared": dict(color="tab:red", marker="o", linestyle="-.", markerfacecolor="none"),
     "faiss_shared": dict(color="tab:orange", marker="s", linestyle="-.", markerfacecolor="none"),
     "full": dict(color="tab:blue", marker="^"),

@@ -186,6 +186,31 @@ def test_clusters_rerank_uses_the_live_weights():
     assert int(stale.search(h, 5)[0, 0]) == j
 
 
+def test_rerank_copy_ranks_by_the_rows_of_the_last_refresh():
+    """rerank_copy=True: the lists are scored from the copy taken at build (FAISS's
+    staleness), so a row changed since then ranks by its old logit until the next refresh."""
+    torch.manual_seed(5)
+    w = torch.randn(1000, 8)
+    layer = SampledSoftmaxLoss(
+        weight=torch.nn.Parameter(w.clone()), method="lsh", rerank_copy=True, num_candidates=6
+    )
+    layer.refresh("lsh")
+    index = layer.index
+    assert not index.live_rerank and "a copy of the rows" in layer.explain()
+    h = torch.randn(3, 8)
+    before = index.search(h, 5)
+    assert torch.equal(before, ClusterIndex(8, seed=0).build(w).search(h, 5))
+    union = index.union(h[:1])[0]
+    j = int(union[union >= 0][-1])
+    with torch.no_grad():
+        layer.weight[j] = h[0] * 100  # the best logit by far under the live weights
+    assert torch.equal(index.search(h, 5), before)  # not seen until the refresh
+    layer.refresh("lsh")
+    assert int(layer.index.search(h, 5)[0, 0]) == j
+    with pytest.raises(ValueError, match="rerank_copy"):
+        SampledSoftmaxLoss(500, 8, method="lsh", lsh_generator="simhash", rerank_copy=True)
+
+
 def test_clusters_lists_are_balanced_and_cover_every_row():
     torch.manual_seed(6)
     w = _mixture(3000, 8, 3)  # three blobs into 30 lists: k-means alone would be lopsided

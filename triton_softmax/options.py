@@ -118,7 +118,11 @@ class IndexOptions:
     0.5 of the mass the exact top-(|S| - 1) classes hold on the same rows);
     search_min_mass m in (0, 1] (lsh / faiss): the search runs only while the captured mass
     measured at the last refresh is >= m; below it S = {target} and the uniform T carries the
-    estimate (an untrained model's flat softmax: the search would cost without capturing)."""
+    estimate (an untrained model's flat softmax: the search would cost without capturing);
+    rerank_copy (lsh_generator "clusters"): score the probed lists from a contiguous copy of
+    the rows taken at each refresh, as FAISS does (stale between refreshes, one more n x d
+    float32), instead of gathering the live rows: faster on a CPU when few queries share a
+    list (large n, small batches)."""
 
     method: str = "auto"
     lsh_bits: int | None = None
@@ -132,6 +136,7 @@ class IndexOptions:
     lsh_generator: str | None = None
     target_mass: float | None = None
     search_min_mass: float | None = None
+    rerank_copy: bool = False
 
     def __post_init__(self) -> None:
         m = self.search_min_mass
@@ -235,6 +240,11 @@ def check_combination(
             f"target_mass is measured on the retrieved candidates of a sampled path "
             f"(method 'auto', 'lsh' or 'faiss'), not with method={index.method!r}"
         )
+    if index.rerank_copy and index.lsh_generator not in (None, "clusters"):
+        raise ValueError(
+            "rerank_copy scores the clusters generator's lists from a copy of the rows: it "
+            f"needs lsh_generator='clusters', got {index.lsh_generator!r}"
+        )
     if index.search_min_mass is not None and index.method not in ("lsh", "faiss"):
         raise ValueError(
             "search_min_mass switches the search of method 'lsh' or 'faiss' on and off, "
@@ -274,6 +284,7 @@ FLAT_KWARGS: dict[str, tuple[str, str]] = {
     "lsh_generator": ("index", "lsh_generator"),
     "target_mass": ("index", "target_mass"),
     "search_min_mass": ("index", "search_min_mass"),
+    "rerank_copy": ("index", "rerank_copy"),
     "drift_every": ("drift", "every"),
     "drift_rows": ("drift", "rows"),
     "drift_hook": ("drift", "hook"),

@@ -26,12 +26,15 @@ def check_lsh_generator(name: str, candidate_scheme: str = "per_example") -> Non
 
 
 def make_generator(
-    name: str, n: int, d: int, *, seed: int = 0, validate: bool = False
+    name: str, n: int, d: int, *, seed: int = 0, validate: bool = False, rerank_copy: bool = False
 ) -> ClusterIndex | SimHashIndex:
-    """An unbuilt generator with its measured defaults for n classes of dimension d."""
+    """An unbuilt generator with its measured defaults for n classes of dimension d
+    (rerank_copy: clusters only, lists scored from a copy of the rows taken at build)."""
     check_lsh_generator(name)
+    if rerank_copy and name != "clusters":
+        raise ValueError(f"rerank_copy is for the clusters generator, not {name!r}")
     if name == "clusters":
-        return ClusterIndex(d, seed=seed, validate=validate)
+        return ClusterIndex(d, seed=seed, validate=validate, live_rerank=not rerank_copy)
     if name == "simhash":
         return SimHashIndex(d, seed=seed, validate=validate)
     raise ValueError(f"make_generator builds clusters or simhash, not {name!r}")

@@ -91,6 +91,7 @@ class IndexManager:
                 seed=o.seed,
                 device=weight.device,
                 lsh_generator=o.lsh_generator,
+                rerank_copy=o.rerank_copy,
             )
             self.method = method
             pending, self._pending_index_state = self._pending_index_state, None
