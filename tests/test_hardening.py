@@ -77,8 +77,9 @@ def test_sampled_step_allocates_no_n_sized_temporaries(method):
     """With the sparse gradient, no op in a training step allocates O(n d) or O(N n) bytes.
 
     n d fp32 = 16 MB and N n fp32 = 64 MB here; every allocation must stay far below both
-    (the step's own tensors are O(N (|S| + |T|) d) = 0.5 MB).
-    """
+    (the step's own tensors are O(N (|S| + |T|) d) = 0.5 MB). The lsh path's clusters search
+    holds the exact scores of each query's probed lists, N x nprobe x (largest list) fp32 =
+    O(N sqrt(n)), 2.5 MB here: that buffer may be the largest, and it stays below n d / 4."""
     n, d, N = 250_000, 16, 64
     layer = SampledSoftmaxLoss(
         n, d, method=method, num_candidates=64, num_uniform=64, sparse_grad=True, refresh_every=1000
@@ -89,7 +90,13 @@ def test_sampled_step_allocates_no_n_sized_temporaries(method):
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         layer(h, y).backward()
     biggest = max(e.cpu_memory_usage for e in prof.events())
-    assert biggest < n * d * 4 / 8, biggest
+    bound = n * d * 4 / 8
+    if method == "lsh":
+        index = layer.index
+        search_scores = N * index.effective_nprobe * index.max_list * 4
+        assert search_scores < n * d * 4 / 4
+        bound = max(bound, search_scores)
+    assert biggest <= bound, biggest
 
 
 def test_refresh_count_survives_checkpoint_and_schedule_continues():

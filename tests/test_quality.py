@@ -388,6 +388,11 @@ def test_the_search_switches_on_at_the_refresh_that_measures_enough_and_checkpoi
     assert layer.stats()["search_on"] is False  # no refresh yet: still the old measurement
     _train(layer, batches[3:4], lr=0.0)
     assert layer.stats()["search_on"] is True and layer.stats()["captured_mass"] >= 0.3
+    with torch.no_grad():
+        layer.weight.div_(50)  # flat again: measured below the floor, and the search stays on
+    _train(layer, batches[4:7], lr=0.0)
+    assert layer.stats()["captured_mass"] < 0.3 and layer.stats()["search_on"] is True
+    assert layer.quality.searching("lsh") and "search on" in layer.explain()
     # a checkpoint taken while the search was off resumes with it off until its next refresh
     resumed = layer_for(W / 50, method="lsh", search_min_mass=0.3, refresh_every=3)
     resumed.load_state_dict(off_state)

@@ -93,9 +93,9 @@ class SampledSoftmaxLoss(nn.Module):
     holds t. method="auto" runs the fastest path by the crossover table whose measured mass
     meets t (default: half the mass of the exact top-(|S| - 1)), the exact one if none does
     (quality.py); stats() and explain() report the masses, the widths and the probe's cost.
-    search_min_mass m (lsh / faiss): the same measurement switches the search off until the
-    next refresh while the captured mass is below m (S = {target}, T alone: a flat, untrained
-    softmax gives the search nothing to find, and the step then costs a shared-negative one).
+    search_min_mass m (lsh / faiss): no search (S = {target}, T alone: a flat, untrained
+    softmax gives it nothing to find, and the step costs a shared-negative one) until a
+    refresh measures a captured mass >= m; from that refresh on the search runs.
 
     candidate_scheme="bucket_shared" (method="lsh") scores the whole union of each query's
     buckets plus one uniform T shared by the batch. bucket_impl picks how: "gather" (per-row

@@ -116,9 +116,9 @@ class IndexOptions:
     FAISS IVF nprobe set to the smallest rung meeting it (quality.py); method="auto" then
     runs the fastest path whose measured mass meets it (None: dispatch.AUTO_TARGET_SHARE =
     0.5 of the mass the exact top-(|S| - 1) classes hold on the same rows);
-    search_min_mass m in (0, 1] (lsh / faiss): the search runs only while the captured mass
-    measured at the last refresh is >= m; below it S = {target} and the uniform T carries the
-    estimate (an untrained model's flat softmax: the search would cost without capturing);
+    search_min_mass m in (0, 1] (lsh / faiss): no search (S = {target}, the uniform T carries
+    the estimate) until a refresh measures a captured mass >= m, then the search runs from
+    that refresh on (an untrained model's flat softmax: it would cost without capturing);
     rerank_copy (lsh_generator "clusters"): score the probed lists from a contiguous copy of
     the rows taken at each refresh, as FAISS does (stale between refreshes, one more n x d
     float32), instead of gathering the live rows: faster on a CPU when few queries share a

@@ -14,10 +14,10 @@ refreshed and measured in turn, fastest first, until one meets the target
 (dispatch.choose_by_quality); if none does, the exact path runs (mass 1). The choice, the
 masses and the probe's cost are in stats() and explain(), and checkpoints carry them.
 
-search_min_mass (lsh / faiss): the same measurement at every refresh decides whether the
-forward runs the search until the next refresh (`searching`): below the floor S = {target}
-and the uniform T alone estimates the non-target mass, at the cost of a shared-negative step
-(an untrained model's softmax is flat: no |S| classes hold much of it, whatever finds them).
+search_min_mass (lsh / faiss): the forward runs no search (`searching`: S = {target}, the
+uniform T alone estimates the non-target mass, at the cost of a shared-negative step) until a
+refresh measures that much captured mass; from then on it searches (an untrained model's
+softmax is flat: no |S| classes hold much of it, whatever finds them).
 """
 
 from __future__ import annotations
@@ -97,15 +97,18 @@ class QualityMonitor:
             m.index, h, module.weight, module.bias, y, k, target, relative_target(m.options)
         )
         r.update(method=m.method, target=target)
-        if floor is not None:  # the measured mass switches the search on or off
-            r.update(search=bool(r["mass"] >= floor), search_min_mass=floor)
+        if floor is not None:  # on from the first refresh that measures the floor, then on:
+            # hard negatives push down the classes they find, so the mass they capture falls
+            # once they train (measured on WordNet: a two-way switch flickered around m)
+            was_on = bool(self.measured.get(m.method, {}).get("search", False))
+            r.update(search=was_on or bool(r["mass"] >= floor), search_min_mass=floor)
         self.last = self.measured[m.method] = r
         self.last_seconds = time.perf_counter() - t0
         self.total_seconds += self.last_seconds
 
     def searching(self, method: str) -> bool:
-        """False when search_min_mass is set and the last refresh of `method`'s index measured
-        less captured mass than it (the forward then takes S = {target}); True otherwise,
+        """False when search_min_mass is set and no refresh of `method`'s index has measured
+        that much captured mass yet (the forward then takes S = {target}); True otherwise,
         also before the first measurement."""
         r = self.measured.get(method) or (self.last if self.last.get("method") == method else {})
         return bool(r.get("search", True))
@@ -194,12 +197,17 @@ class QualityMonitor:
         if self.enabled and floor is not None:
             if "search" not in r:
                 search = f"; search_min_mass {floor}: the search runs until a refresh measures"
-            elif r["search"]:
+            elif r["mass"] >= floor:
                 search = f"; search on (captured mass {r['mass']:.3f} >= search_min_mass {floor})"
+            elif r["search"]:
+                search = (
+                    f"; search on since a refresh measured search_min_mass {floor} (captured "
+                    f"mass now {r['mass']:.3f}: hard negatives push down what they find)"
+                )
             else:
                 search = (
                     f"; search OFF: captured mass {r['mass']:.3f} < search_min_mass {floor}, "
-                    "so S = {target} and T alone until a refresh measures more"
+                    "so S = {target} and T alone until a refresh measures that much"
                 )
         if not self.enabled or target is None or (not choice.ranked and not options.target_mass):
             return search
