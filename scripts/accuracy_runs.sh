@@ -58,8 +58,8 @@ case "${1:-synset}" in
     run --task wordnet-synset --epochs 12 --methods shared_neg --shared-negatives 4096
     # K = 16384: about the lsh run's time per epoch (matched by measurement, not by formula)
     run --task wordnet-synset --epochs 12 --methods shared_neg --shared-negatives 16384 ;;
-  synset-warm)  # session 6: lsh with one shared T of 4096 and no search until it captures
-    # 0.3 of the non-target mass (search_min_mass), beside the K = 4096 baseline
+  synset-warm)  # session 6: lsh with one shared T of 4096 and no search until a refresh measures
+    # 0.3 of the non-target mass captured (search_min_mass), beside the K = 4096 baseline
     run --task wordnet-synset --epochs 12 --methods lsh --candidate-scheme shared_samples \
       --num-uniform 4096 --search-min-mass 0.3 &
     run --task wordnet-synset --epochs 12 --methods shared_neg --shared-negatives 4096
