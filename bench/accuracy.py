@@ -487,6 +487,30 @@ def _first_reach(curve: list[dict], level: float, key: str = "wall_s") -> float 
     return None
 
 
+def p1_at(curve: list[dict], budget: float) -> float:
+    """P@1 of a run at a wall-clock budget: its last evaluation at or before it (0 before the
+    first; a run that ended keeps its final value)."""
+    best = 0.0
+    for p in curve:
+        if p["wall_s"] > budget:
+            break
+        best = p["p1"]
+    return best
+
+
+def budget_gaps(run: dict, other: dict) -> list[dict]:
+    """Budgets where `run` is below `other` on the time-to-accuracy plot: at every evaluation
+    time of either run (where one of the step functions changes), P@1 of each; returns the
+    budgets with run < other (empty: run is at or above other at every budget)."""
+    times = sorted({p["wall_s"] for p in run["curve"]} | {p["wall_s"] for p in other["curve"]})
+    gaps = []
+    for t in times:
+        a, b = p1_at(run["curve"], t), p1_at(other["curve"], t)
+        if a < b:
+            gaps.append(dict(wall_s=t, p1=a, other_p1=b))
+    return gaps
+
+
 def _epochs_done(r: dict) -> float:
     """Epochs trained: fractional for a run cut short by --time-limit."""
     if r.get("steps") and r.get("steps_per_epoch"):

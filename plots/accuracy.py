@@ -22,6 +22,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable
 
 from bench.accuracy import (  # noqa: E402
     RESULTS,
+    budget_gaps,
     format_table,
     is_full_reference,
     load_records,
@@ -182,11 +183,29 @@ def main(argv: list[str] | None = None) -> list[str]:
         dev = rs[0]["device"]
         print(f"## {task}, session {session}: {dev['name']}, {dev['cpu_count']} cores")
         print(format_table(summarise(rs)))
+        print_budget_gaps(rs)
         print(f"wrote {path}")
         written.append(path)
     if not written:
         print(f"no accuracy records in {args.results}", file=sys.stderr)
     return written
+
+
+def print_budget_gaps(rs: list[dict]) -> None:
+    """Each sampled library run against each hand-written baseline run of the plot: the
+    budgets where it is below (bench.accuracy.budget_gaps)."""
+    base = [r for r in rs if r["method"] == "shared_neg"]
+    ours = [r for r in rs if r["method"] in ("faiss", "lsh", "uniform")]
+    for r in ours:
+        for b in base:
+            gaps = budget_gaps(r, b)
+            where = ", ".join(
+                f"{g['wall_s']:.0f} s ({g['p1']:.3f} < {g['other_p1']:.3f})" for g in gaps
+            )
+            print(
+                f"{r['label']} vs {b['label']}: "
+                + (f"below at {where}" if gaps else "at or above at every budget")
+            )
 
 
 if __name__ == "__main__":

@@ -410,3 +410,20 @@ def test_summarise_time_limited_full_is_no_reference():
     # a complete full run is the reference
     rows = summarise([rec("full", 0.5, 100, 100.0), rec("lsh", 0.3, 300, 30.0)])
     assert rows[1]["rel_p1"] == pytest.approx(0.6)
+
+
+def test_budget_gaps_compare_step_functions_at_every_evaluation_time():
+    from bench.accuracy import budget_gaps, p1_at
+
+    def run(points):
+        return {"curve": [{"wall_s": t, "p1": p} for t, p in points]}
+
+    ours = run([(0, 0.0), (30, 0.2), (60, 0.9), (90, 0.95)])
+    base = run([(0, 0.0), (20, 0.3), (50, 0.5), (80, 0.6)])
+    assert p1_at(ours["curve"], 59) == 0.2 and p1_at(ours["curve"], 500) == 0.95
+    assert p1_at(base["curve"], 10) == 0.0
+    gaps = budget_gaps(ours, base)
+    # at 20 s the baseline has 0.3, ours still 0.0; at 30 s and 50 s ours 0.2 < 0.3 / 0.5
+    assert [g["wall_s"] for g in gaps] == [20, 30, 50]
+    assert gaps[-1] == {"wall_s": 50, "p1": 0.2, "other_p1": 0.5}
+    assert budget_gaps(base, base) == [] and budget_gaps(run([(0, 1.0)]), base) == []
