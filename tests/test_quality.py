@@ -8,6 +8,7 @@ small scale, where no 63 ids hold half of the mass.
 """
 
 import json
+import math
 
 import pytest
 import torch
@@ -397,3 +398,19 @@ def test_the_search_switches_on_at_the_refresh_that_measures_enough_and_checkpoi
     resumed = layer_for(W / 50, method="lsh", search_min_mass=0.3, refresh_every=3)
     resumed.load_state_dict(off_state)
     assert resumed.quality.searching("lsh") is False
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(method="faiss"),
+        dict(method="lsh", candidate_scheme="bucket_shared"),
+        dict(method="lsh", candidate_scheme="batch_union"),
+        dict(method="lsh", drift_every=1),
+    ],
+)
+def test_search_min_mass_below_the_floor_with_faiss_and_the_other_schemes(kw):
+    W, h, y = flat()
+    gated = layer_for(W, search_min_mass=0.5, **kw)
+    loss = _train(gated, [(h, y)])[0]
+    assert math.isfinite(loss) and gated.stats()["search_on"] is False
