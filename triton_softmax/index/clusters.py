@@ -331,10 +331,11 @@ class ClusterIndex:
         """(N, k) int64: the k best classes of the probed lists by exact logit, best first;
         k valid ids whenever k classes are selectable (short rows: rerank.rerank_union pads).
 
-        On a CPU: scored list by list (each list's rows gathered once per search, from the
-        live weights when live_rerank, else from the copy taken at build), not query by
-        query: a per-query gather of the union costs as much as the full product there.
-        On CUDA: _search_fixed, one kernel launch and no host read."""
+        On a CPU: _list_scores, each probed list scored once for all the queries that probe
+        it (its rows gathered from the live weights when live_rerank, else sliced from the
+        copy taken at build), not query by query: a per-query gather of the union costs as
+        much as the full product there; then one top-k per row, queries in chunks of
+        SCORE_BUFFER scores. On CUDA: _search_fixed, one kernel launch and no host read."""
         if not self.built:
             raise RuntimeError("ClusterIndex.search before build(): call build(weight, bias)")
         hidden = hidden.detach()
@@ -345,7 +346,7 @@ class ClusterIndex:
         lists = self.probe_lists(hidden)
         if hidden.is_cuda:
             return self._search_fixed(hidden, lists, k, generator)
-        # N x p x L scores at a time (~48 MB of buffers), not one (N, classes) product
+        # N x p x L scores at a time (two 16 MB buffers), never one (N, classes) product
         step = max(1, SCORE_BUFFER // max(1, lists.shape[1] * self.max_list))
         top = torch.cat(
             [
