@@ -359,9 +359,34 @@ def test_below_the_floor_the_step_is_the_uniform_step(scheme):
     uniform = layer_for(W, method="uniform", candidate_scheme=scheme)
     assert _train(gated, batches) == _train(uniform, batches)
     st = gated.stats()
-    assert st["search_on"] is False and st["captured_mass"] < 0.5
-    assert st["search_min_mass"] == 0.5
-    assert "search OFF" in gated.explain()
+    assert st["search_on"] is False and st["search_min_mass"] == 0.5
+    # even the exact top-(|S| - 1) holds less than the floor: no index could reach it, so
+    # none is built (at every scheduled refresh of the 4 steps: steps 0 and 5 -> one)
+    assert st["mass_ceiling"] < 0.5 and st["index_builds_deferred"] >= 1
+    assert st["refresh_count"] == 0 and not gated.index.built
+    assert "search OFF and the index not built" in gated.explain()
+    # inference still finds candidates: topk builds the index it needs
+    s, ids = gated.topk(h[:3], 5)
+    assert gated.index.built and ids.shape == (3, 5) and (ids >= 0).all()
+    assert all(row.unique().numel() == 5 for row in ids)
+
+
+def test_a_build_is_deferred_only_while_the_exact_ceiling_is_below_the_floor():
+    """planted: a floor just under the exact top-63's mass on the probe rows, so the index is
+    built and measured at the first refresh; a floor just over it defers the build."""
+    W, h, y = planted()
+    batches = [(h[i::4], y[i::4]) for i in range(2)]
+    h0, y0 = batches[0]
+    ceiling = float(lse_without_target(h0, W, None, y0, top=S - 1)[1].mean())
+    assert ceiling > 0.5
+    under = layer_for(W, method="lsh", search_min_mass=ceiling - 1e-3)
+    _train(under, batches)
+    st = under.stats()
+    assert st["index_builds_deferred"] == 0 and st["refresh_count"] == 1 and under.index.built
+    assert st["search_on"] == (st["captured_mass"] >= ceiling - 1e-3)
+    over = layer_for(W, method="lsh", search_min_mass=min(1.0, ceiling + 1e-3))
+    _train(over, batches)
+    assert over.stats()["index_builds_deferred"] == 1 and not over.index.built
 
 
 def test_above_the_floor_the_step_is_the_lsh_step():

@@ -162,6 +162,7 @@ class SampledSoftmaxLoss(nn.Module):
             self.manager.on_refresh.append(self._record_probe)
         self.quality = QualityMonitor(enabled=self.sharding is None)  # quality.py
         self.manager.on_refresh.append(functools.partial(self.quality.on_refresh, self))
+        self.manager.before_build.append(functools.partial(self.quality.before_build, self))
         if index_options.partial_refresh:
             self.weight.register_hook(self.manager.mark_touched)
 
@@ -245,11 +246,11 @@ class SampledSoftmaxLoss(nn.Module):
 
     # ---- index lifecycle -----------------------------------------------------------------
     @torch.no_grad()
-    def refresh(self, method: str | None = None) -> None:
+    def refresh(self, method: str | None = None, scheduled: bool = False) -> None:
         """Rebuild the candidate index from the current weights (one hashing pass / index
         build; on every rank at the same step for a sharded module)."""
         method = method or self.manager.method or self.choice().method
-        self.manager.refresh(self.weight, self.bias, method)
+        self.manager.refresh(self.weight, self.bias, method, scheduled)
 
     def _record_probe(self) -> None:
         m = self.manager
@@ -302,7 +303,7 @@ class SampledSoftmaxLoss(nn.Module):
         if method == "full":
             return full_loss(hidden, self.weight, self.bias, target, lo, self.grad_options)
         if m.stale(method, self.weight):  # method="uniform": always (no index), a no-op
-            self.refresh(method)
+            self.refresh(method, scheduled=training)
         elif training and self.drift_monitor.refresh_due(
             m.steps - m.steps_at_refresh, self.index_drift
         ):
@@ -436,7 +437,7 @@ class SampledSoftmaxLoss(nn.Module):
         if exact or method in ("full", "uniform"):  # uniform: no index to retrieve from
             s, i = exact_topk(hidden, self.weight, k, self.bias)
         else:
-            if self.manager.missing(method, self.weight):
+            if not self.manager.usable(method, self.weight):
                 self.refresh(method)
             cand = self.index.search(hidden, max(self.num_candidates, k))
             s, i = rerank_topk(hidden, self.weight, cand, k, self.bias)

@@ -118,7 +118,8 @@ class IndexOptions:
     0.5 of the mass the exact top-(|S| - 1) classes hold on the same rows);
     search_min_mass m in (0, 1] (lsh / faiss): no search (S = {target}, the uniform T carries
     the estimate) until a refresh measures a captured mass >= m, then the search runs from
-    that refresh on (an untrained model's flat softmax: it would cost without capturing);
+    that refresh on (an untrained model's flat softmax: it would cost without capturing),
+    and no index is built while even the exact top-(|S| - 1) classes hold less than m;
     rerank_copy (lsh_generator "clusters"): score the probed lists from a contiguous copy of
     the rows taken at each refresh, as FAISS does (stale between refreshes, one more n x d
     float32), instead of gathering the live rows: faster on a CPU when few queries share a

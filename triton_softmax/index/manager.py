@@ -25,7 +25,9 @@ from .factory import describe, make_index
 class IndexManager:
     """rows: classes the index covers; dim: d; num_candidates: |S| (sets the default LSH K).
 
-    on_refresh: callables run after every (full or partial) refresh (the drift probe).
+    on_refresh: callables run after every (full or partial) refresh (the drift probe);
+    before_build: callables asked before a scheduled build; one returning False defers it
+    to the next scheduled refresh (quality.py: nothing the index could find yet).
     """
 
     def __init__(self, options: IndexOptions, rows: int, dim: int, num_candidates: int) -> None:
@@ -44,6 +46,8 @@ class IndexManager:
         self._touched: torch.Tensor | None = None  # rows with a gradient since the last refresh
         self._touched_all = False
         self.on_refresh: list[Callable[[], None]] = []
+        self.before_build: list[Callable[[], bool]] = []
+        self.builds_deferred = 0
         self._pending_index_state: dict | None = None  # a checkpoint's cluster lists
 
     @property
@@ -71,8 +75,13 @@ class IndexManager:
 
     # ---- refresh -------------------------------------------------------------------------
     @torch.no_grad()
-    def refresh(self, weight: torch.Tensor, bias: torch.Tensor | None, method: str) -> None:
-        """Rebuild (or partially update) the index for `method` from the current weights."""
+    def refresh(
+        self, weight: torch.Tensor, bias: torch.Tensor | None, method: str, scheduled: bool = False
+    ) -> None:
+        """Rebuild (or partially update) the index for `method` from the current weights.
+
+        scheduled (the forward's refresh schedule): the before_build hooks may defer the
+        build; the schedule then moves on as after a build, with the index left unbuilt."""
         if method not in ("lsh", "faiss"):
             return
         t0 = time.perf_counter()
@@ -97,14 +106,21 @@ class IndexManager:
             pending, self._pending_index_state = self._pending_index_state, None
             if pending is not None and pending.get("kind") == "clusters":
                 self.index.load_state_dict(pending)  # the checkpoint's lists, not a cold build
+        if scheduled and not all(hook() for hook in self.before_build):
+            self.builds_deferred += 1
+            self._finish_refresh(weight, t0, built=False)
+            return
         if not self._partial_refresh(weight, bias):
             self.index.build(weight, bias)
         self._touched, self._touched_all = None, False
         for hook in self.on_refresh:
             hook()
+        self._finish_refresh(weight, t0, built=True)
+
+    def _finish_refresh(self, weight: torch.Tensor, t0: float, built: bool) -> None:
         self.last_refresh_seconds = time.perf_counter() - t0
         self.total_refresh_seconds += self.last_refresh_seconds
-        self.refresh_count += 1
+        self.refresh_count += int(built)
         # After a checkpoint load the refresh schedule continues where the saved run was.
         pending = self._pending_steps_at_refresh
         self.steps_at_refresh = self.steps if pending is None else pending
@@ -150,14 +166,20 @@ class IndexManager:
         )
 
     def missing(self, method: str, weight: torch.Tensor) -> bool:
-        """No usable index for `method` (none yet, another method, or the weights moved)."""
+        """No index for `method` (none yet, another method, or the weights moved); an index
+        whose build was deferred is not missing: its next scheduled refresh asks again."""
         return self.index is None or self.method != method or self.device != weight.device
+
+    def usable(self, method: str, weight: torch.Tensor) -> bool:
+        """An index for `method` that is built and can be searched now."""
+        return not self.missing(method, weight) and bool(getattr(self.index, "built", True))
 
     # ---- counters and checkpoints --------------------------------------------------------
     def stats(self) -> dict:
         return dict(
             steps=self.steps,
             refresh_count=self.refresh_count,
+            index_builds_deferred=self.builds_deferred,
             last_refresh_seconds=self.last_refresh_seconds,
             total_refresh_seconds=self.total_refresh_seconds,
             index=self.method,
