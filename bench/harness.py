@@ -26,6 +26,7 @@ Peak memory:
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import math
 import os
 import platform
@@ -128,6 +129,14 @@ def now_iso() -> str:
 
 
 # ---- timers --------------------------------------------------------------------------------
+def write_record(rec: dict, path) -> None:
+    """Finish a one-off measurement's JSON record: the 1-minute load average after the run
+    (beside the one taken before it), written to `path`, its name printed."""
+    rec["load_avg_1min_after"] = os.getloadavg()[0]
+    Path(path).write_text(json.dumps(rec, indent=1))
+    print(f"wrote {path}")
+
+
 def sync(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()

@@ -90,9 +90,7 @@ def main(argv=None) -> int:
         print(json.dumps(case), flush=True)
         out["cases"].append(case)
         del idx, W
-    out["load_avg_1min_after"] = os.getloadavg()[0]
-    args.out.write_text(json.dumps(out, indent=1))
-    print(f"wrote {args.out}")
+    harness.write_record(out, args.out)
     return 0
 
 

@@ -77,9 +77,7 @@ def main(argv=None) -> int:
     for name, defer in (("deferred", True), ("every_build_made", False)):
         out[name] = run(n, d, N, args.steps, defer)
         print(name, json.dumps(out[name]), flush=True)
-    out["load_avg_1min_after"] = os.getloadavg()[0]
-    args.out.write_text(json.dumps(out, indent=1))
-    print(f"wrote {args.out}")
+    harness.write_record(out, args.out)
     return 0
 
 
