@@ -16,12 +16,14 @@ def exact_topk(
 
     Per chunk of classes: one product, its own top-k, then a merge with the running best
     (N, 2k): no (N, n) buffer, and the big top-k runs over a cache-sized (N, chunk) block.
-    chunk: classes per block (default: about 2^20 logits per block, at least k).
+    chunk: classes per block (default: about 2^22 logits, 16 MB, per block, at least k:
+    the fastest of 2^20, 2^22 and fixed widths for N = 64 ... 4096 at n = 1.2e5 on a CPU,
+    scripts/exact_topk_chunks.py; 2^20 was 1.8x slower than h @ W.T + topk at N = 4096).
     """
     N, n = hidden.shape[0], weight.shape[0]
     k = min(k, n)
     if chunk is None:
-        chunk = (1 << 20) // max(N, 1)
+        chunk = (1 << 22) // max(N, 1)
     chunk = max(k, min(n, chunk), 1)
     h = hidden.float()
     best_s = torch.full((N, 0), float("-inf"), device=hidden.device)
