@@ -17,8 +17,8 @@ def exact_topk(
     Per chunk of classes: one product, its own top-k, then a merge with the running best
     (N, 2k): no (N, n) buffer, and the big top-k runs over a cache-sized (N, chunk) block.
     chunk: classes per block (default: about 2^22 logits, 16 MB, per block, at least k:
-    the fastest of 2^20, 2^22 and fixed widths for N = 64 ... 4096 at n = 1.2e5 on a CPU,
-    scripts/exact_topk_chunks.py; 2^20 was 1.8x slower than h @ W.T + topk at N = 4096).
+    at or below h @ W.T + topk for N = 64 ... 4096 at n = 1.2e5 on a CPU, where 2^20 was
+    2x slower at N = 4096 and 10% faster at N <= 256; scripts/exact_topk_chunks.py).
     """
     N, n = hidden.shape[0], weight.shape[0]
     k = min(k, n)
