@@ -209,6 +209,8 @@ def test_rerank_copy_ranks_by_the_rows_of_the_last_refresh():
     assert int(layer.index.search(h, 5)[0, 0]) == j
     with pytest.raises(ValueError, match="rerank_copy"):
         SampledSoftmaxLoss(500, 8, method="lsh", lsh_generator="simhash", rerank_copy=True)
+    with pytest.raises(ValueError, match="rerank_copy must be True or False"):
+        SampledSoftmaxLoss(500, 8, method="lsh", rerank_copy="yes")
 
 
 def test_clusters_lists_are_balanced_and_cover_every_row():

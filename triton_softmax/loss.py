@@ -313,10 +313,11 @@ class SampledSoftmaxLoss(nn.Module):
         drift_now = training and every and self.steps % every == 0
         retrieved = None
         bucket = self.sampling_options.scheme == "bucket_shared"
-        if bucket and self._use_bucket_tiles(hidden) and self.quality.searching(method):
+        search = method != "uniform" and self.quality.searching(method)  # search_min_mass
+        if bucket and search and self._use_bucket_tiles(hidden):
             loss = self._bucket_tile_loss(hidden, target)
         else:
-            if method == "uniform" or not self.quality.searching(method):  # S = {target}
+            if not search:  # S = {target}: nothing retrieved
                 retrieved = torch.empty((N, 0), dtype=torch.int64, device=hidden.device)
             elif bucket:  # the whole union of its buckets
                 retrieved = m.index.union(hidden)

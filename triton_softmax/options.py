@@ -140,6 +140,8 @@ class IndexOptions:
     rerank_copy: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.rerank_copy, bool):
+            raise ValueError(f"rerank_copy must be True or False, got {self.rerank_copy!r}")
         m = self.search_min_mass
         if m is not None:
             if isinstance(m, bool) or not isinstance(m, numbers.Real) or not 0.0 < m <= 1.0:

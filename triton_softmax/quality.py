@@ -84,15 +84,11 @@ class QualityMonitor:
             if restore[m.method] is not None and hasattr(m.index, "set_nprobe"):
                 m.index.set_nprobe(restore[m.method])
             return
-        if self.probe is None:  # no training batch yet: measured at the next refresh
-            return
         t0 = time.perf_counter()
-        h, y = self.probe
-        keep = (y >= 0) & (y < module.weight.shape[0])  # ignored rows carry no target
-        h, y = h[keep], y[keep]
-        if h.shape[0] == 0:
+        probe = self._probe_rows(module)
+        if probe is None:  # no training batch (with a target) yet: the next refresh measures
             return
-        k = module.sampling_options.num_candidates - 1  # the ids the forward retrieves
+        h, y, k = probe
         r = tune_probes(
             m.index, h, module.weight, module.bias, y, k, target, relative_target(m.options)
         )
@@ -120,12 +116,10 @@ class QualityMonitor:
         if self.measured.get(m.method, {}).get("search"):  # on: the switch is one-way
             return True
         t0 = time.perf_counter()
-        h, y = self.probe
-        keep = (y >= 0) & (y < module.weight.shape[0])
-        h, y = h[keep], y[keep]
-        k = module.sampling_options.num_candidates - 1
-        if h.shape[0] == 0 or k == 0:
+        probe = self._probe_rows(module)
+        if probe is None or probe[2] == 0:
             return True
+        h, y, k = probe
         ceiling = float(lse_without_target(h, module.weight, module.bias, y, top=k)[1].mean())
         if ceiling >= floor:
             return True
@@ -138,12 +132,22 @@ class QualityMonitor:
         self.total_seconds += self.last_seconds
         return False
 
+    def _probe_rows(self, module) -> tuple[torch.Tensor, torch.Tensor, int] | None:
+        """(hidden, target, k): the probe rows that carry a target (ignored rows do not) and
+        k = |S| - 1, the ids the forward retrieves; None before a training batch."""
+        if self.probe is None:
+            return None
+        h, y = self.probe
+        keep = (y >= 0) & (y < module.weight.shape[0])
+        if not bool(keep.any()):
+            return None
+        return h[keep], y[keep], module.sampling_options.num_candidates - 1
+
     def searching(self, method: str) -> bool:
         """False when search_min_mass is set and no refresh of `method`'s index has measured
         that much captured mass yet (the forward then takes S = {target}); True otherwise,
         also before the first measurement."""
-        r = self.measured.get(method) or (self.last if self.last.get("method") == method else {})
-        return bool(r.get("search", True))
+        return bool(self.measured.get(method, {}).get("search", True))
 
     # ---- method="auto" -----------------------------------------------------------------------
     def step(self, module, hidden: torch.Tensor, target: torch.Tensor) -> None:

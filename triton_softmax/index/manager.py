@@ -172,7 +172,7 @@ class IndexManager:
 
     def usable(self, method: str, weight: torch.Tensor) -> bool:
         """An index for `method` that is built and can be searched now."""
-        return not self.missing(method, weight) and bool(getattr(self.index, "built", True))
+        return not self.missing(method, weight) and self.index.built
 
     # ---- counters and checkpoints --------------------------------------------------------
     def stats(self) -> dict:
