@@ -405,7 +405,8 @@ class OursRunner(Runner):
         extra = []
         if idx is not None:
             keys = ("hyperplanes", "sorted_ids", "offsets")  # SimHash tables
-            keys += ("centroids", "route", "order", "assign", "rows_copy", "bias_copy")  # lists
+            keys += ("centroids", "route", "order", "assign", "rows_copy", "bias_copy",
+                     "rows_copy_t")  # lists
             extra = [getattr(idx, k, None) for k in keys]
         return [self.module.weight, self.hidden, self.target, *extra]
 

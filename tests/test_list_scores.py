@@ -156,9 +156,7 @@ def handmade_index(live_rerank=True, bias=True, d=12, seed=0):
     index.centroids = torch.randn(len(SIZES), index.rows_dim + 1, generator=gen)
     index.route = torch.randn(len(SIZES), index.rows_dim, generator=gen)
     if not live_rerank:
-        index.rows_copy = w.index_select(0, order)
-        if bias:
-            index.bias_copy = b.index_select(0, order)
+        index._copy_rows()  # in the replaced list order
     return index, w, b
 
 
