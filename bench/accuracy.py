@@ -63,6 +63,8 @@ from triton_softmax import SampledSoftmaxLoss, exact_topk, sampled_softmax_from_
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 TASKS = ("wordnet-synset", "wordnet-lemma", "teacher")
 METHODS = ("full", "faiss", "lsh", "uniform", "shared_neg")
+# --rerank-copy: the rerank_copy it sets on the lsh runs (auto: the library's default)
+RERANK_COPY = {"auto": None, "true": True, "false": False}
 
 
 # ---- data ------------------------------------------------------------------------------------
@@ -193,6 +195,9 @@ class Model(nn.Module):
             lsh_generator=getattr(args, "lsh_generator", None),
             candidate_scheme=getattr(args, "candidate_scheme", "per_example"),
             search_min_mass=getattr(args, "search_min_mass", None) if method != "full" else None,
+            rerank_copy=RERANK_COPY[getattr(args, "rerank_copy", "auto")]
+            if method == "lsh"
+            else None,
             sparse_grad=self.sparse,
             seed=args.seed,
         )
@@ -381,6 +386,8 @@ def run_one(data: Data, data_info: dict, spec: str, args, session: str) -> dict:
         label += f"-{args.candidate_scheme}"
     if getattr(args, "search_min_mass", None) is not None and method in ("faiss", "lsh"):
         label += f"-T{args.num_uniform}-min{args.search_min_mass:g}"
+    if getattr(args, "rerank_copy", "auto") != "auto" and method == "lsh":
+        label += "-copy" if args.rerank_copy == "true" else "-live"
     for epoch in range(args.epochs):
         order = torch.randperm(N, generator=torch.Generator().manual_seed(args.seed * 1000 + epoch))
         e_wall = 0.0
@@ -690,6 +697,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="SampledSoftmaxLoss search_min_mass of the faiss/lsh runs: no search (S = "
         "{target}, T alone) until a refresh measures this much captured mass",
+    )
+    p.add_argument(
+        "--rerank-copy",
+        choices=sorted(RERANK_COPY),
+        default="auto",
+        help="SampledSoftmaxLoss rerank_copy of the lsh runs: true = lists scored from a copy "
+        "of the rows taken at refresh, false = the live rows, auto = the library's default",
     )
     p.add_argument("--eval-examples", type=int, default=8192)
     p.add_argument("--evals-per-epoch", type=int, default=2)

@@ -30,6 +30,7 @@ import json
 import math
 import os
 import platform
+import re
 import statistics
 import subprocess
 import time
@@ -45,9 +46,18 @@ from . import peers
 
 # "<path>_shared": the same path with candidate_scheme="shared_samples" (one T per batch,
 # scored as a dense product) instead of the per-example T of the seeds' method.
-# lsh_copy: the lsh path with rerank_copy=True (lists scored from a copy of the rows)
+# lsh_copy / lsh_live: the lsh path with rerank_copy=True / False (lists scored from a copy
+# of the rows / the live rows; the default decides by device); lsh_np<p>: lsh_nprobe=p
 OUR_PATHS = ("full", "faiss", "lsh", "faiss_shared", "lsh_shared", "uniform", "uniform_shared")
-OUR_PATHS += ("lsh_copy",)
+OUR_PATHS += ("lsh_copy", "lsh_live")
+NPROBE_VARIANT = re.compile(r"lsh_np([1-9][0-9]*)")
+
+
+def is_our_path(method: str) -> bool:
+    """One of OUR_PATHS or an lsh_np<p> variant: a SampledSoftmaxLoss configuration."""
+    return method in OUR_PATHS or NPROBE_VARIANT.fullmatch(method) is not None
+
+
 PEER_PATHS = ("torch", "torch_compile", "cce", "liger")
 # the hand-written shared-negative sampled softmax (bench/baselines.py): K = 1024 negatives,
 # and K chosen by bench.sweep to match the library's lsh step time in the same run
@@ -370,7 +380,8 @@ class OursRunner(Runner):
             num_uniform=num_uniform,
             sparse_grad=base in ("faiss", "lsh", "uniform"),
             candidate_scheme="shared_samples" if variant == "shared" else "per_example",
-            rerank_copy=variant == "copy",
+            rerank_copy={"copy": True, "live": False}.get(variant),
+            lsh_nprobe=int(variant[2:]) if NPROBE_VARIANT.fullmatch(method) else None,
             seed=seed,
         )
         # path: what the module runs (full/faiss/lsh); resolved: the method name when the
@@ -405,8 +416,15 @@ class OursRunner(Runner):
         extra = []
         if idx is not None:
             keys = ("hyperplanes", "sorted_ids", "offsets")  # SimHash tables
-            keys += ("centroids", "route", "order", "assign", "rows_copy", "bias_copy",
-                     "rows_copy_t")  # lists
+            keys += (
+                "centroids",
+                "route",
+                "order",
+                "assign",
+                "rows_copy",
+                "bias_copy",
+                "rows_copy_t",
+            )  # lists
             extra = [getattr(idx, k, None) for k in keys]
         return [self.module.weight, self.hidden, self.target, *extra]
 
@@ -480,7 +498,7 @@ def make_runner(
     """(runner, None, None), or (None, "skipped", reason) for a peer that cannot run here.
 
     num_negatives: K of the shared-negative baselines (default 1024, at most n - 1)."""
-    if method in OUR_PATHS:
+    if is_our_path(method):
         return (
             OursRunner(
                 method,

@@ -43,7 +43,7 @@ from triton_softmax.lsh import LSHIndex, default_max_per_bucket, max_row_norm
 from triton_softmax.reference.sampled_logits import sparse_grad_weight_ref
 
 from . import harness, peers, roofline
-from .harness import ALL_METHODS, BASELINE, OUR_PATHS, OursRunner, Problem
+from .harness import ALL_METHODS, BASELINE, NPROBE_VARIANT, OursRunner, Problem
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -136,9 +136,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.dtype = args.dtype or base["dtype"]
     if args.device == "cpu" and args.dtype != ["fp32"]:
         p.error("CPU runs are fp32 only (bf16 matmuls on CPU would measure an emulation)")
-    # lsh_copy (a variant of lsh) runs only when asked for: the README's quick sweep stays short
-    args.methods = args.methods or [m for m in ALL_METHODS if m != "lsh_copy"]
-    unknown = [m for m in args.methods if m not in ALL_METHODS and m not in peers.PEERS]
+    # lsh_copy / lsh_live / lsh_np<p> (variants of lsh) run only when asked for: the README's
+    # quick sweep stays short
+    args.methods = args.methods or [m for m in ALL_METHODS if m not in ("lsh_copy", "lsh_live")]
+    unknown = [
+        m
+        for m in args.methods
+        if m not in ALL_METHODS and m not in peers.PEERS and not NPROBE_VARIANT.fullmatch(m)
+    ]
     if unknown:
         p.error(f"unknown methods {unknown}; choose from {ALL_METHODS}")
     args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
@@ -287,7 +292,7 @@ def run_method(method: str, problem: Problem, args, peaks: dict | None, emit) ->
         rec.update(
             resolved_method=runner.resolved, explain=runner.explain, compile_s=runner.compile_s
         )
-        if method in OUR_PATHS and runner.resolved != method:
+        if harness.is_our_path(method) and runner.resolved != method:
             rec["reason"] = f"dispatcher ran {runner.resolved!r}: {runner.explain}"
         if isinstance(runner, OursRunner) and runner.sampled:
             _time_refresh(runner, problem, args, rec)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The accuracy runs behind the README's Accuracy section (issue 5), in the order they ran.
 # Each run is alone in its process, one torch thread, one after another; records land in
-# bench/results/accuracy-*-<session>.json. Usage: bash scripts/accuracy_runs.sh [synset|refresh|teacher|teacher6-sampled|teacher6-full|lemma|lemma-a|lemma-b|synset-full|synset-long|teacher6|teacher6-faiss|teacher6-full-capped|teacher7-throughput|synset-pair|synset-baseline|synset-warm|synset-baseline6]
+# bench/results/accuracy-*-<session>.json. Usage: bash scripts/accuracy_runs.sh [synset|refresh|teacher|teacher6-sampled|teacher6-full|lemma|lemma-a|lemma-b|synset-full|synset-long|teacher6|teacher6-faiss|teacher6-full-capped|teacher7-throughput|synset-pair|synset-baseline|synset-warm|synset-baseline6|synset-copy]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 S=${SESSION:-$(date -u +%Y%m%d-%H%M%S)}
@@ -68,5 +68,12 @@ case "${1:-synset}" in
     # synset-warm lsh run's 75 s per epoch, interpolated between K = 4096 and 16384), side by side
     run --task wordnet-synset --epochs 12 --methods shared_neg --shared-negatives 9216 &
     run --task wordnet-synset --epochs 12 --methods shared_neg --shared-negatives 1024
+    wait ;;
+  synset-copy)  # session 7: synset-warm's lsh run with the lists scored from a copy of the rows
+    # (the new CPU default) beside the same run scoring the live rows, side by side
+    for copy in true false; do
+      run --task wordnet-synset --epochs 12 --methods lsh --candidate-scheme shared_samples \
+        --num-uniform 4096 --search-min-mass 0.3 --rerank-copy $copy &
+    done
     wait ;;
 esac

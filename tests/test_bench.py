@@ -111,6 +111,21 @@ def test_sweep_end_to_end_writes_valid_records(tmp_path, capsys):
     assert "x torch" in out  # the summary table is printed
 
 
+def test_sweep_lsh_variants_configure_the_index(tmp_path):
+    """lsh_live / lsh_copy / lsh_np<p> run the lsh path with rerank_copy False / True and
+    lsh_nprobe p (their explain() says so); an unknown variant is refused."""
+    methods = ["lsh", "lsh_live", "lsh_copy", "lsh_np3"]
+    recs = _run(tmp_path, "--methods", *methods, "--no-roofline", "--n", "1000")
+    by = {r["method"]: r for r in recs if r["kind"] == "step"}
+    assert all(by[m]["status"] == "ok" and by[m]["resolved_method"] == m for m in methods)
+    assert "on a CPU, live rows on CUDA" in by["lsh"]["explain"]
+    assert "of live rows" in by["lsh_live"]["explain"]
+    assert "a copy of the rows taken at refresh)" in by["lsh_copy"]["explain"]
+    assert "nprobe=3" in by["lsh_np3"]["explain"]
+    with pytest.raises(SystemExit):
+        sweep.main([*TINY, "--out-dir", str(tmp_path), "--methods", "lsh_np0"])
+
+
 def test_peer_that_does_not_import_is_skipped_not_zero(tmp_path, monkeypatch, capsys):
     spec = peers.PeerSpec("triton_softmax_no_such_peer", lambda mod: None, False, "ghost")
     monkeypatch.setitem(peers.PEERS, "ghost", spec)

@@ -209,8 +209,51 @@ def test_rerank_copy_ranks_by_the_rows_of_the_last_refresh():
     assert int(layer.index.search(h, 5)[0, 0]) == j
     with pytest.raises(ValueError, match="rerank_copy"):
         SampledSoftmaxLoss(500, 8, method="lsh", lsh_generator="simhash", rerank_copy=True)
-    with pytest.raises(ValueError, match="rerank_copy must be True or False"):
+    with pytest.raises(ValueError, match="rerank_copy must be True, False or None"):
         SampledSoftmaxLoss(500, 8, method="lsh", rerank_copy="yes")
+
+
+def test_rerank_copy_default_copies_on_a_cpu_within_the_byte_cap(monkeypatch):
+    """rerank_copy=None (the default): a copy of CPU rows while it fits AUTO_COPY_BYTES, the
+    live rows above it; explain() names the rule; True / False are kept as given."""
+    from triton_softmax.index import clusters
+
+    w = torch.randn(1000, 8)
+    layer = SampledSoftmaxLoss(
+        weight=torch.nn.Parameter(w.clone()), method="lsh", num_candidates=16, num_uniform=16
+    )
+    layer.refresh("lsh")
+    assert not layer.index.live_rerank and layer.index.rows_copy_t is not None
+    assert "a copy of the rows taken at refresh on a CPU, live rows on CUDA" in layer.explain()
+    monkeypatch.setattr(clusters, "AUTO_COPY_BYTES", 1000 * 8 * 4 - 1)
+    layer.refresh("lsh")  # the same index, resolved again at this build
+    assert layer.index.live_rerank and layer.index.rows_copy_t is None
+    h = torch.randn(4, 8)
+    live = layer.index.search(h, 5)
+    monkeypatch.setattr(clusters, "AUTO_COPY_BYTES", 1 << 32)
+    layer.refresh("lsh")
+    assert torch.equal(layer.index.search(h, 5), live)  # same lists, same rows: same ids
+    for given in (True, False):
+        index = ClusterIndex(8, live_rerank=given).build(w)
+        assert index.live_rerank is given
+
+
+def test_lsh_nprobe_sets_the_lists_read_per_query():
+    w = torch.randn(2000, 8)
+    layer = SampledSoftmaxLoss(
+        weight=torch.nn.Parameter(w), method="lsh", lsh_nprobe=3, num_candidates=16
+    )
+    layer.refresh("lsh")
+    h = torch.randn(5, 8)
+    assert layer.index.effective_nprobe == 3 and layer.index.probe_lists(h).shape == (5, 3)
+    assert "nprobe=3" in layer.explain()
+    for bad in (0, 2.5, "4"):
+        with pytest.raises(ValueError, match="lsh_nprobe"):
+            SampledSoftmaxLoss(500, 8, method="lsh", lsh_nprobe=bad)
+    with pytest.raises(ValueError, match="lsh_nprobe"):
+        SampledSoftmaxLoss(500, 8, method="lsh", lsh_generator="simhash", lsh_nprobe=4)
+    with pytest.raises(ValueError, match="lsh_nprobe"):
+        SampledSoftmaxLoss(500, 8, method="lsh", candidate_scheme="bucket_shared", lsh_nprobe=4)
 
 
 def test_clusters_lists_are_balanced_and_cover_every_row():

@@ -120,10 +120,12 @@ class IndexOptions:
     the estimate) until a refresh measures a captured mass >= m, then the search runs from
     that refresh on (an untrained model's flat softmax: it would cost without capturing),
     and no index is built while even the exact top-(|S| - 1) classes hold less than m;
-    rerank_copy (lsh_generator "clusters"): score the probed lists from a contiguous copy of
-    the rows taken at each refresh, as FAISS does (stale between refreshes, one more n x d
-    float32), instead of gathering the live rows: faster on a CPU when few queries share a
-    list (large n, small batches)."""
+    rerank_copy (lsh_generator "clusters"): True: score the probed lists from a contiguous
+    copy of the rows taken at each refresh, as FAISS does (stale between refreshes, one more
+    n x d float32), instead of gathering the live rows; False: the live rows; None (default):
+    the copy when the weights are on a CPU and it takes at most 4 GiB (gathering the live rows
+    there cost 2x the search at n = 1e6), live rows on CUDA; lsh_nprobe (clusters): lists read
+    per query (None: 16; target_mass tunes it at each refresh)."""
 
     method: str = "auto"
     lsh_bits: int | None = None
@@ -137,11 +139,14 @@ class IndexOptions:
     lsh_generator: str | None = None
     target_mass: float | None = None
     search_min_mass: float | None = None
-    rerank_copy: bool = False
+    rerank_copy: bool | None = None
+    lsh_nprobe: int | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.rerank_copy, bool):
-            raise ValueError(f"rerank_copy must be True or False, got {self.rerank_copy!r}")
+        if self.rerank_copy is not None and not isinstance(self.rerank_copy, bool):
+            raise ValueError(f"rerank_copy must be True, False or None, got {self.rerank_copy!r}")
+        if self.lsh_nprobe is not None:
+            checks.check_int_option("lsh_nprobe", self.lsh_nprobe, 1)
         m = self.search_min_mass
         if m is not None:
             if isinstance(m, bool) or not isinstance(m, numbers.Real) or not 0.0 < m <= 1.0:
@@ -170,6 +175,11 @@ class IndexOptions:
         if self.lsh_generator is not None:
             return self
         tables = sampling.scheme == "bucket_shared" or shard is not None
+        if tables and (self.rerank_copy or self.lsh_nprobe is not None):
+            raise ValueError(
+                "rerank_copy and lsh_nprobe set the clusters generator, and this module "
+                "(candidate_scheme='bucket_shared' or sharded) uses the SimHash tables"
+            )
         gen = "tables" if tables else DEFAULT_LSH_GENERATOR
         return dataclasses.replace(self, lsh_generator=gen)
 
@@ -248,6 +258,11 @@ def check_combination(
             "rerank_copy scores the clusters generator's lists from a copy of the rows: it "
             f"needs lsh_generator='clusters', got {index.lsh_generator!r}"
         )
+    if index.lsh_nprobe is not None and index.lsh_generator not in (None, "clusters"):
+        raise ValueError(
+            "lsh_nprobe is the number of the clusters generator's lists read per query: it "
+            f"needs lsh_generator='clusters', got {index.lsh_generator!r}"
+        )
     if index.search_min_mass is not None and index.method not in ("lsh", "faiss"):
         raise ValueError(
             "search_min_mass switches the search of method 'lsh' or 'faiss' on and off, "
@@ -288,6 +303,7 @@ FLAT_KWARGS: dict[str, tuple[str, str]] = {
     "target_mass": ("index", "target_mass"),
     "search_min_mass": ("index", "search_min_mass"),
     "rerank_copy": ("index", "rerank_copy"),
+    "lsh_nprobe": ("index", "lsh_nprobe"),
     "drift_every": ("drift", "every"),
     "drift_rows": ("drift", "rows"),
     "drift_hook": ("drift", "hook"),

@@ -25,13 +25,15 @@ import torch
 
 from .. import nonfinite as _nf
 from ..checks import check_int_option
+from .kmeans import assign_nearest, balance_lists, lists_csr, spherical_lloyd
 from .rerank import check_rows, nonfinite_class, pad_short_rows, rerank_union, top_k_ids
 
 MODES = ("mips", "spherical")
-ASSIGN_CHUNK = 1 << 14  # rows per assignment matmul
 SCORE_BUFFER = 1 << 23  # (query, list, member) scores per chunk of a CPU search (32 MB)
 POINTS_PER_LIST = 64  # subsample for the first build, as FAISS's k-means
 NORM_HEADROOM = 1.05  # M with room for rows to grow before update_rows must rebuild
+# live_rerank=None: a copy when the rows are on a CPU and the copy takes at most this many bytes
+AUTO_COPY_BYTES = 1 << 32
 
 
 def default_num_lists(n: int) -> int:
@@ -44,40 +46,13 @@ def default_nprobe(num_lists: int) -> int:
     return int(max(1, min(num_lists, 16)))
 
 
-def _assign(keys: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
-    """(m,) int64: the centroid of largest cosine for every key (chunked matmul)."""
-    out = torch.empty(keys.shape[0], dtype=torch.int64, device=keys.device)
-    for lo in range(0, keys.shape[0], ASSIGN_CHUNK):
-        hi = min(keys.shape[0], lo + ASSIGN_CHUNK)
-        out[lo:hi] = (keys[lo:hi] @ centroids.T).argmax(dim=1)
-    return out
-
-
-def _lloyd(
-    keys: torch.Tensor, centroids: torch.Tensor, iters: int, gen: torch.Generator
-) -> torch.Tensor:
-    """Spherical k-means iterations: assign by cosine, centroid = normalised mean; an empty
-    list is re-seeded with a random key. Returns unit centroids (c, D)."""
-    c = centroids.shape[0]
-    for _ in range(iters):
-        a = _assign(keys, centroids)
-        sums = torch.zeros_like(centroids).index_add_(0, a, keys)
-        counts = torch.bincount(a, minlength=c)
-        empty = counts == 0
-        if bool(empty.any()):
-            pick = torch.randint(keys.shape[0], (int(empty.sum()),), generator=gen)
-            sums[empty] = keys[pick.to(keys.device)]
-        centroids = torch.nn.functional.normalize(sums, dim=1)
-    return centroids
-
-
-def lists_csr(assign: torch.Tensor, num_lists: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(order (m,) int64 positions sorted by list, offsets (num_lists + 1,) int64)."""
-    order = torch.argsort(assign, stable=True)
-    counts = torch.bincount(assign, minlength=num_lists)
-    offsets = torch.zeros(num_lists + 1, dtype=torch.int64, device=assign.device)
-    offsets[1:] = torch.cumsum(counts, 0)
-    return order, offsets
+def copy_rows_by_default(weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """live_rerank=None's rule: score the lists from a copy when the rows are on a CPU (there,
+    gathering the live rows of every probed list cost 2x the search: 348 vs 176 ms at n = 1e6,
+    256 queries, 1 thread) and the copy takes at most AUTO_COPY_BYTES; live rows on CUDA,
+    where ops.list_topk gathers them in its loads."""
+    cols = weight.shape[1] + (1 if bias is not None else 0)
+    return not weight.is_cuda and weight.shape[0] * cols * 4 <= AUTO_COPY_BYTES
 
 
 class ClusterIndex:
@@ -87,7 +62,8 @@ class ClusterIndex:
     default_nprobe(num_lists); mode: "mips" | "spherical" keys; center: subtract the mean row;
     iters: Lloyd iterations of the first build, refresh_iters of later builds; balance: lists
     over balance x the mean size are split; validate: raise on non-finite rows; live_rerank:
-    score the lists with the live weights (else with the copy taken at build, as FAISS does).
+    score the lists with the live weights (False: with the copy taken at build, as FAISS does;
+    None: decided at each build by copy_rows_by_default).
     """
 
     def __init__(
@@ -102,7 +78,7 @@ class ClusterIndex:
         balance: float = 2.0,
         seed: int = 0,
         validate: bool = False,
-        live_rerank: bool = True,
+        live_rerank: bool | None = True,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -117,7 +93,8 @@ class ClusterIndex:
         self.dim, self.num_lists, self.nprobe, self.mode = dim, num_lists, nprobe, mode
         self.center, self.iters, self.refresh_iters = center, iters, refresh_iters
         self.balance, self.seed, self.validate = balance, seed, validate
-        self.live_rerank = live_rerank
+        self.live_rerank_option = live_rerank
+        self.live_rerank = live_rerank is not False  # resolved at build when None
         self.n = 0
         self.centroids: torch.Tensor | None = None  # (c, D) unit keys-space centroids
         self.weight: torch.Tensor | None = None  # the live weights (a view), for the rerank
@@ -162,6 +139,8 @@ class ClusterIndex:
         self.weight = weight.detach()
         self.bias = bias.detach() if bias is not None else None
         self.n = weight.shape[0]
+        if self.live_rerank_option is None:
+            self.live_rerank = not copy_rows_by_default(weight, bias)
         self.num_excluded = int(self.n - rows.numel())
         self.has_bias = bias is not None
         m = rows.numel()
@@ -190,53 +169,16 @@ class ClusterIndex:
         if warm and self.centroids.shape[1] == keys.shape[1] and self.centroids.shape[0] >= c:
             # warm start from the first c centroids: the lists split by _balance at the last
             # build are split again from scratch, so the number of lists does not creep up
-            cent = _lloyd(train, self.centroids[:c].clone(), self.refresh_iters, gen)
+            cent = spherical_lloyd(train, self.centroids[:c].clone(), self.refresh_iters, gen)
         else:
             init = torch.randperm(train.shape[0], generator=gen)[:c].to(keys.device)
-            cent = _lloyd(train, train[init].clone(), self.iters, gen)
-        assign = _assign(keys, cent)
-        cent, assign = self._balance(keys, cent, assign, gen)
+            cent = spherical_lloyd(train, train[init].clone(), self.iters, gen)
+        assign = assign_nearest(keys, cent)
+        cent, assign = balance_lists(keys, cent, assign, gen, self.balance)
         self.rows = rows
         self.centroids = cent
         self._set_lists(keys, assign)
         return self
-
-    def _balance(self, keys, cent, assign, gen):
-        """Split every list over balance x the mean size: sub-k-means into ceil(size / mean)
-        parts, then equal chunks for any part still too large."""
-        c = cent.shape[0]
-        counts = torch.bincount(assign, minlength=c)
-        mean = keys.shape[0] / c
-        limit = max(1, int(self.balance * mean))
-        big = (counts > limit).nonzero().flatten().tolist()
-        if not big:
-            return cent, assign
-        new_cent = [cent]
-        next_id = c
-        for lst in big:
-            members = (assign == lst).nonzero().flatten()
-            parts = math.ceil(members.numel() / mean)
-            sub = keys[members]
-            init = torch.randperm(sub.shape[0], generator=gen)[:parts].to(sub.device)
-            sub_c = _lloyd(sub, sub[init].clone(), 3, gen)
-            sub_a = _assign(sub, sub_c)
-            pieces = []
-            for j in range(parts):
-                pj = members[sub_a == j]
-                pieces += list(torch.split(pj, limit)) if pj.numel() else []
-            for j, piece in enumerate(pieces):
-                if j == 0:
-                    lid = lst
-                else:
-                    lid = next_id
-                    next_id += 1
-                assign[piece] = lid
-                cvec = torch.nn.functional.normalize(keys[piece].mean(0, keepdim=True), dim=1)
-                if j == 0:
-                    cent[lst] = cvec[0]
-                else:
-                    new_cent.append(cvec)
-        return torch.cat(new_cent, dim=0), assign
 
     def _set_lists(self, keys: torch.Tensor, assign: torch.Tensor) -> None:
         c = self.centroids.shape[0]
@@ -250,6 +192,7 @@ class ClusterIndex:
         sums = torch.zeros(c, keys.shape[1], device=keys.device).index_add_(0, assign, keys)
         mean_key = sums / sizes.clamp_min(1).unsqueeze(1).float()
         self.route = mean_key[:, : self.rows_dim]
+        self.rows_copy = self.bias_copy = self.rows_copy_t = None
         if not self.live_rerank:
             self._copy_rows()
 
@@ -259,7 +202,6 @@ class ClusterIndex:
         one (rows_dim, m) rows_copy_t with the bias as its last row, so a list is a column
         block: (queries x rows_dim) @ (rows_dim x list) ran 1.4-1.9x faster there than
         list rows @ queries.T (n = 1e6, d = 128, about 4 queries per list, 1 thread)."""
-        self.rows_copy = self.bias_copy = self.rows_copy_t = None
         rows = self.weight.index_select(0, self.order).float()
         bias = self.bias.index_select(0, self.order).float() if self.has_bias else None
         if rows.is_cuda:
@@ -297,7 +239,7 @@ class ClusterIndex:
             return False
         keys_rows = self._keys(x)
         assign = self.assign.clone()
-        assign[rows] = _assign(keys_rows, self.centroids)  # self.rows is arange(n) here
+        assign[rows] = assign_nearest(keys_rows, self.centroids)  # self.rows is arange(n) here
         self.weight = weight.detach()
         self.bias = bias.detach() if bias is not None else None
         keys = self._keys(self._rows(self.weight, self.bias))

@@ -35,16 +35,24 @@ def make_index(
     device: torch.device | str | None = None,
     lsh_generator: str | None = "tables",
     validate: bool = False,
-    rerank_copy: bool = False,
+    rerank_copy: bool | None = None,
+    lsh_nprobe: int | None = None,
 ) -> Index:
     """An unbuilt index for `method` ("lsh" or "faiss") with the library's defaults.
 
     lsh_generator (issue 18): "tables" (or None) = LSHIndex (ranked by collision count), or
     "clusters" / "simhash" (index/generators.py: unions reranked by exact logits);
-    rerank_copy: the clusters lists are scored from a copy of the rows taken at build."""
+    rerank_copy: the clusters lists are scored from a copy of the rows taken at build (None:
+    on a CPU, clusters.copy_rows_by_default); lsh_nprobe: clusters lists read per query."""
     if method == "lsh" and lsh_generator not in (None, "tables"):
         return make_generator(
-            lsh_generator, n, d, seed=seed, validate=validate, rerank_copy=rerank_copy
+            lsh_generator,
+            n,
+            d,
+            seed=seed,
+            validate=validate,
+            rerank_copy=rerank_copy,
+            nprobe=lsh_nprobe,
         )
     if method == "lsh":
         K = lsh_bits if lsh_bits is not None else default_num_bits(n, lsh_tables, num_candidates)
@@ -59,8 +67,13 @@ def describe(method: str, n: int, num_candidates: int, options) -> str:
     """The explain() suffix for the index `method` over n rows (options: IndexOptions)."""
     gen = getattr(options, "lsh_generator", None)
     if method == "lsh" and gen not in (None, "tables"):
-        rows = "a copy of the rows taken at refresh" if options.rerank_copy else "live rows"
-        return f"; lsh generator {gen} (union reranked by exact logits of {rows})"
+        rows = {
+            True: "a copy of the rows taken at refresh",
+            False: "live rows",
+            None: "a copy of the rows taken at refresh on a CPU, live rows on CUDA",
+        }[options.rerank_copy]
+        probes = f", nprobe={options.lsh_nprobe}" if options.lsh_nprobe is not None else ""
+        return f"; lsh generator {gen} (union reranked by exact logits of {rows}{probes})"
     if method == "lsh":
         K = options.lsh_bits or default_num_bits(n, options.lsh_tables, num_candidates)
         return f"; lsh K={K} bits x L={options.lsh_tables} tables"

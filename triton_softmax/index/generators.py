@@ -26,15 +26,26 @@ def check_lsh_generator(name: str, candidate_scheme: str = "per_example") -> Non
 
 
 def make_generator(
-    name: str, n: int, d: int, *, seed: int = 0, validate: bool = False, rerank_copy: bool = False
+    name: str,
+    n: int,
+    d: int,
+    *,
+    seed: int = 0,
+    validate: bool = False,
+    rerank_copy: bool | None = None,
+    nprobe: int | None = None,
 ) -> ClusterIndex | SimHashIndex:
     """An unbuilt generator with its measured defaults for n classes of dimension d
-    (rerank_copy: clusters only, lists scored from a copy of the rows taken at build)."""
+    (clusters only: rerank_copy, lists scored from a copy of the rows taken at build; None:
+    clusters.copy_rows_by_default; nprobe, lists read per query, None: default_nprobe)."""
     check_lsh_generator(name)
     if rerank_copy and name != "clusters":
         raise ValueError(f"rerank_copy is for the clusters generator, not {name!r}")
+    if nprobe is not None and name != "clusters":
+        raise ValueError(f"lsh_nprobe is for the clusters generator, not {name!r}")
     if name == "clusters":
-        return ClusterIndex(d, seed=seed, validate=validate, live_rerank=not rerank_copy)
+        live = None if rerank_copy is None else not rerank_copy
+        return ClusterIndex(d, nprobe=nprobe, seed=seed, validate=validate, live_rerank=live)
     if name == "simhash":
         return SimHashIndex(d, seed=seed, validate=validate)
     raise ValueError(f"make_generator builds clusters or simhash, not {name!r}")

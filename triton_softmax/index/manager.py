@@ -101,6 +101,7 @@ class IndexManager:
                 device=weight.device,
                 lsh_generator=o.lsh_generator,
                 rerank_copy=o.rerank_copy,
+                lsh_nprobe=o.lsh_nprobe,
             )
             self.method = method
             pending, self._pending_index_state = self._pending_index_state, None

@@ -20,7 +20,8 @@ from typing import Any
 import torch
 
 from ..checks import check_int_option
-from .clusters import ClusterIndex, _assign, _lloyd
+from .clusters import ClusterIndex
+from .kmeans import assign_nearest, spherical_lloyd
 from .rerank import check_rows, nonfinite_class, top_k_ids
 
 
@@ -77,10 +78,10 @@ class QueryClusterIndex(ClusterIndex):
         gen = torch.Generator().manual_seed(self.seed)
         c = min(self.num_lists, keys.shape[0])
         init = torch.randperm(keys.shape[0], generator=gen)[:c].to(keys.device)
-        cent = _lloyd(keys, keys[init].clone(), self.iters, gen)
+        cent = spherical_lloyd(keys, keys[init].clone(), self.iters, gen)
         # each centroid's list: its top-F selectable classes, in the raw query scale (the
         # mean query of the group, so the bias weighs as it does for real queries)
-        a = _assign(keys, cent)
+        a = assign_nearest(keys, cent)
         sums = torch.zeros(c, q.shape[1], device=q.device).index_add_(0, a, q)
         counts = torch.bincount(a, minlength=c).clamp_min(1).unsqueeze(1)
         mean_q = sums / counts
