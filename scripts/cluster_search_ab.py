@@ -1,6 +1,7 @@
 """The clusters search on a CPU: this checkout's ClusterIndex against the one of --base
-(default 1d9ea15, before the one-buffer search; session 7 measured against 0b86be3), live rows and a copy of the rows
-(rerank_copy), interleaved rounds on the same weights and queries; checks the ids agree.
+(default 1d9ea15, before the one-buffer search; session 7 measured against 0b86be3), live
+rows and a copy of the rows (rerank_copy), interleaved rounds on the same weights and
+queries; checks the ids agree.
 
     python3 scripts/cluster_search_ab.py --out bench/results/cluster_search_ab-<date>.json
 """

@@ -367,3 +367,42 @@ def test_clusters_checkpoint_restores_warm_refreshed_lists():
     assert torch.equal(b.assign, a.assign) and torch.equal(b.centroids, a.centroids)
     cold = ClusterIndex(8, num_lists=20, nprobe=3).build(w)
     assert not torch.equal(cold.assign, a.assign)
+
+
+def test_warm_refresh_assigns_among_the_neighbouring_centroids(monkeypatch):
+    """A warm refresh of the same rows scores each row against the WARM_NEIGHBOURS centroids
+    near its old list's: with the neighbourhood as wide as all lists it is assign_nearest's
+    assignment; narrow, every row still gets a list whose centroid is among its old list's
+    nearest, and a cold build (other rows) assigns against all."""
+    from triton_softmax.index import clusters
+    from triton_softmax.index.kmeans import assign_among_neighbours, assign_nearest
+
+    gen = torch.Generator().manual_seed(3)
+    centres = torch.randn(40, 16, generator=gen)
+    w = centres[torch.randint(40, (4000,), generator=gen)] + 0.3 * torch.randn(
+        4000, 16, generator=gen
+    )
+    index = ClusterIndex(16, num_lists=40, nprobe=4).build(w)
+    keys = torch.nn.functional.normalize(torch.randn(4000, 17, generator=gen), dim=1)
+    cent = torch.nn.functional.normalize(torch.randn(40, 17, generator=gen), dim=1)
+    prev = index.assign
+    prev_c = torch.nn.functional.normalize(
+        torch.randn(index.centroids.shape[0], 17, generator=gen), dim=1
+    )
+    assert torch.equal(
+        assign_among_neighbours(keys, cent, prev, prev_c, 40), assign_nearest(keys, cent)
+    )
+    narrow = assign_among_neighbours(keys, cent, prev, prev_c, 5)
+    near = (prev_c @ cent.T).topk(5, dim=1).indices
+    assert (near[prev] == narrow.unsqueeze(1)).any(1).all()
+    best_of_near = torch.gather(keys @ cent.T, 1, near[prev]).amax(1)
+    assert torch.allclose((keys * cent[narrow]).sum(1), best_of_near, atol=1e-5)
+    calls = []
+    real = clusters.assign_among_neighbours
+    monkeypatch.setattr(clusters, "assign_among_neighbours", lambda *a: calls.append(1) or real(*a))
+    index.build(w * 1.01)  # same rows: the neighbourhood assignment
+    assert calls == [1]
+    index.build(w[:3000].contiguous())  # other rows: a cold build against all centroids
+    assert calls == [1]
+    h = torch.randn(8, 16, generator=gen)
+    assert (index.search(h, 20) >= 0).all()

@@ -25,13 +25,21 @@ import torch
 
 from .. import nonfinite as _nf
 from ..checks import check_int_option
-from .kmeans import assign_nearest, balance_lists, lists_csr, spherical_lloyd
+from .kmeans import (
+    assign_among_neighbours,
+    assign_nearest,
+    balance_lists,
+    lists_csr,
+    spherical_lloyd,
+)
 from .rerank import check_rows, nonfinite_class, pad_short_rows, rerank_union, top_k_ids
 
 MODES = ("mips", "spherical")
 SCORE_BUFFER = 1 << 23  # (query, list, member) scores per chunk of a CPU search (32 MB)
 POINTS_PER_LIST = 64  # subsample for the first build, as FAISS's k-means
 NORM_HEADROOM = 1.05  # M with room for rows to grow before update_rows must rebuild
+# a warm refresh scores each row against this many centroids near its previous list's
+WARM_NEIGHBOURS = 32
 # live_rerank=None: a copy when the rows are on a CPU and the copy takes at most this many bytes
 AUTO_COPY_BYTES = 1 << 32
 
@@ -134,7 +142,9 @@ class ClusterIndex:
         ok = check_rows(weight, bias, self.validate)
         self.any_nonfinite, self.first_nonfinite = nonfinite_class(weight, bias)
         rows = ok.nonzero().flatten()
-        x = self._rows(weight, bias)[rows]
+        x = self._rows(weight, bias)
+        if rows.numel() < x.shape[0]:  # leave out the rows no search may return
+            x = x[rows]
         warm = self.built and self.n == weight.shape[0] and (bias is None) == (self.bias is None)
         self.weight = weight.detach()
         self.bias = bias.detach() if bias is not None else None
@@ -173,7 +183,14 @@ class ClusterIndex:
         else:
             init = torch.randperm(train.shape[0], generator=gen)[:c].to(keys.device)
             cent = spherical_lloyd(train, train[init].clone(), self.iters, gen)
-        assign = assign_nearest(keys, cent)
+        if warm and torch.equal(self.rows, rows) and self.centroids.shape[1] == keys.shape[1]:
+            # the same rows as the last build: each is scored against the centroids near its
+            # old list's only (WARM_NEIGHBOURS), not all c (the refresh's largest product)
+            assign = assign_among_neighbours(
+                keys, cent, self.assign, self.centroids, WARM_NEIGHBOURS
+            )
+        else:
+            assign = assign_nearest(keys, cent)
         cent, assign = balance_lists(keys, cent, assign, gen, self.balance)
         self.rows = rows
         self.centroids = cent

@@ -89,3 +89,34 @@ def balance_lists(
             else:
                 new_cent.append(cvec)
     return torch.cat(new_cent, dim=0), assign
+
+
+def assign_among_neighbours(
+    keys: torch.Tensor,
+    centroids: torch.Tensor,
+    prev_assign: torch.Tensor,
+    prev_centroids: torch.Tensor,
+    width: int,
+) -> torch.Tensor:
+    """(m,) int64: a warm refresh's assignment. Each key is scored against the `width` new
+    centroids nearest to the centroid of its previous list only, not against all c: after a
+    warm start the centroids move little, and a key's nearest centroid is among those of its
+    old list's neighbourhood (the share that agrees with assign_nearest is measured in
+    bench/results/warm_assign-*.json). width >= c gives assign_nearest's answer.
+
+    keys (m, D) unit; centroids (c, D); prev_assign (m,) int64 into prev_centroids (c', D)."""
+    c = centroids.shape[0]
+    if width >= c:
+        return assign_nearest(keys, centroids)
+    near = (prev_centroids @ centroids.T).topk(width, dim=1).indices  # (c', width)
+    order = torch.argsort(prev_assign, stable=True)
+    counts = torch.bincount(prev_assign, minlength=prev_centroids.shape[0]).tolist()
+    out = torch.empty_like(prev_assign)
+    lo = 0
+    for lst, cnt in enumerate(counts):  # one small product per previous list
+        if cnt:
+            members = order[lo : lo + cnt]
+            best = (keys.index_select(0, members) @ centroids[near[lst]].T).argmax(dim=1)
+            out[members] = near[lst][best]
+        lo += cnt
+    return out
