@@ -39,6 +39,7 @@ import torch
 
 from triton_softmax import IndexOptions, make_index, ops, recall_at_k
 from triton_softmax.candidates import build_candidates
+from triton_softmax.checks import check_int_option
 from triton_softmax.lsh import LSHIndex, default_max_per_bucket, max_row_norm
 from triton_softmax.reference.sampled_logits import sparse_grad_weight_ref
 
@@ -114,6 +115,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-roofline", action="store_true", help="skip peaks and kernel timings")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch (and FAISS) CPU threads; default: torch's own (records say which)",
+    )
     p.add_argument("--peak-copy-mb", type=int, default=None, help="copy-bandwidth tensor size")
     p.add_argument("--peak-matmul", type=int, default=None, help="matmul size for FLOP/s")
     p.add_argument(
@@ -578,6 +585,9 @@ def summary_table(records: list[dict]) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.threads is not None:
+        check_int_option("--threads", args.threads, 1)
+        torch.set_num_threads(args.threads)  # FAISS follows torch's count (index/faiss.py)
     env = harness.env_info(args.device)
     stamp = _dt.datetime.now().strftime("%Y%m%d_%H%M%S")
     slug = "".join(c if c.isalnum() else "-" for c in env["device_name"]).strip("-").lower()

@@ -371,9 +371,10 @@ def test_clusters_checkpoint_restores_warm_refreshed_lists():
 
 def test_warm_refresh_assigns_among_the_neighbouring_centroids(monkeypatch):
     """A warm refresh of the same rows scores each row against the WARM_NEIGHBOURS centroids
-    near its old list's: with the neighbourhood as wide as all lists it is assign_nearest's
-    assignment; narrow, every row still gets a list whose centroid is among its old list's
-    nearest, and a cold build (other rows) assigns against all."""
+    near its old list's when a sample agrees with the full assignment: with the
+    neighbourhood as wide as all lists it is assign_nearest's assignment; narrow, every row
+    still gets a list whose centroid is among its old list's nearest; rows that moved far
+    (the sample disagrees) and a cold build (other rows) are assigned against all."""
     from triton_softmax.index import clusters
     from triton_softmax.index.kmeans import assign_among_neighbours, assign_nearest
 
@@ -400,9 +401,12 @@ def test_warm_refresh_assigns_among_the_neighbouring_centroids(monkeypatch):
     calls = []
     real = clusters.assign_among_neighbours
     monkeypatch.setattr(clusters, "assign_among_neighbours", lambda *a: calls.append(1) or real(*a))
-    index.build(w * 1.01)  # same rows: the neighbourhood assignment
-    assert calls == [1]
+    index.build(w * 1.01)  # same rows, same directions: the neighbourhood assignment
+    assert calls == [1] and index.warm_agreement >= clusters.WARM_MIN_AGREEMENT
+    moved = torch.randn(4000, 16, generator=gen)  # rows moved far: the sample disagrees
+    index.build(moved)
+    assert calls == [1] and index.warm_agreement < clusters.WARM_MIN_AGREEMENT
     index.build(w[:3000].contiguous())  # other rows: a cold build against all centroids
-    assert calls == [1]
+    assert calls == [1] and index.warm_agreement is None
     h = torch.randn(8, 16, generator=gen)
     assert (index.search(h, 20) >= 0).all()

@@ -101,8 +101,8 @@ def assign_among_neighbours(
     """(m,) int64: a warm refresh's assignment. Each key is scored against the `width` new
     centroids nearest to the centroid of its previous list only, not against all c: after a
     warm start the centroids move little, and a key's nearest centroid is among those of its
-    old list's neighbourhood (the share that agrees with assign_nearest is measured in
-    bench/results/warm_assign-*.json). width >= c gives assign_nearest's answer.
+    old list's neighbourhood, unless they moved far (neighbour_agreement measures it; records
+    in bench/results/warm_assign-*.json). width >= c gives assign_nearest's answer.
 
     keys (m, D) unit; centroids (c, D); prev_assign (m,) int64 into prev_centroids (c', D)."""
     c = centroids.shape[0]
@@ -120,3 +120,22 @@ def assign_among_neighbours(
             out[members] = near[lst][best]
         lo += cnt
     return out
+
+
+def neighbour_agreement(
+    keys: torch.Tensor,
+    centroids: torch.Tensor,
+    prev_assign: torch.Tensor,
+    prev_centroids: torch.Tensor,
+    width: int,
+    sample: int,
+    gen: torch.Generator,
+) -> float:
+    """Share of `sample` random keys to which assign_among_neighbours gives the list that
+    assign_nearest gives (1.0 when width covers every centroid)."""
+    if width >= centroids.shape[0]:
+        return 1.0
+    pick = torch.randperm(keys.shape[0], generator=gen)[:sample].to(keys.device)
+    some = keys.index_select(0, pick)
+    near = assign_among_neighbours(some, centroids, prev_assign[pick], prev_centroids, width)
+    return float((near == assign_nearest(some, centroids)).float().mean())
