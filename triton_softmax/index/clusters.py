@@ -25,27 +25,13 @@ import torch
 
 from .. import nonfinite as _nf
 from ..checks import check_int_option
-from .kmeans import (
-    assign_among_neighbours,
-    assign_nearest,
-    balance_lists,
-    lists_csr,
-    neighbour_agreement,
-    spherical_lloyd,
-)
+from .kmeans import assign_nearest, balance_lists, lists_csr, spherical_lloyd
 from .rerank import check_rows, nonfinite_class, pad_short_rows, rerank_union, top_k_ids
 
 MODES = ("mips", "spherical")
 SCORE_BUFFER = 1 << 23  # (query, list, member) scores per chunk of a CPU search (32 MB)
 POINTS_PER_LIST = 64  # subsample for the first build, as FAISS's k-means
 NORM_HEADROOM = 1.05  # M with room for rows to grow before update_rows must rebuild
-# a warm refresh scores each row against this many centroids near its previous list's, when
-# on WARM_CHECK_ROWS sampled rows that agrees with the full assignment at least this often
-# (early in training rows move far between refreshes: on WordNet synset the neighbourhood
-# alone cut the captured mass measured at step 300 from 0.34 to 0.23)
-WARM_NEIGHBOURS = 32
-WARM_CHECK_ROWS = 4096
-WARM_MIN_AGREEMENT = 0.99
 # live_rerank=None: a copy when the rows are on a CPU and the copy takes at most this many bytes
 AUTO_COPY_BYTES = 1 << 32
 
@@ -116,8 +102,6 @@ class ClusterIndex:
         self.num_excluded = 0  # rows left out (non-finite weight, masked bias)
         self.any_nonfinite: torch.Tensor | None = None  # added to every search (nonfinite.py)
         self.first_nonfinite: torch.Tensor | None = None
-        # a warm build's sampled agreement of the neighbourhood assignment with the full one
-        self.warm_agreement: float | None = None
         # live_rerank=False: the rows in list order, taken at build (_copy_rows)
         self.rows_copy: torch.Tensor | None = None  # CUDA: (m, d) and bias_copy (m,)
         self.bias_copy: torch.Tensor | None = None
@@ -191,18 +175,7 @@ class ClusterIndex:
         else:
             init = torch.randperm(train.shape[0], generator=gen)[:c].to(keys.device)
             cent = spherical_lloyd(train, train[init].clone(), self.iters, gen)
-        assign, self.warm_agreement = None, None
-        if warm and torch.equal(self.rows, rows) and self.centroids.shape[1] == keys.shape[1]:
-            # the same rows as the last build: each is scored against the centroids near its
-            # old list's only (WARM_NEIGHBOURS), not all c (the refresh's largest product),
-            # when that gives the full assignment's answer on a sample of the rows
-            prev = (self.assign, self.centroids, WARM_NEIGHBOURS)
-            sample = torch.Generator().manual_seed(self.seed + 1)  # gen's draws stay as they were
-            self.warm_agreement = neighbour_agreement(keys, cent, *prev, WARM_CHECK_ROWS, sample)
-            if self.warm_agreement >= WARM_MIN_AGREEMENT:
-                assign = assign_among_neighbours(keys, cent, *prev)
-        if assign is None:
-            assign = assign_nearest(keys, cent)
+        assign = assign_nearest(keys, cent)
         cent, assign = balance_lists(keys, cent, assign, gen, self.balance)
         self.rows = rows
         self.centroids = cent
