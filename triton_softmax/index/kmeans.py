@@ -8,14 +8,19 @@ import math
 
 import torch
 
-ASSIGN_CHUNK = 1 << 14  # rows per assignment matmul
+ASSIGN_CHUNK = 1 << 14  # rows per assignment matmul on CUDA
+# scores per assignment block on a CPU (4 MB): the product and its argmax stay in cache; at
+# c = 1,000 centroids, 200,000 keys, 1 thread, 1,048-row blocks took 1.0 s where 16,384-row
+# blocks took 2.7 s (AMD EPYC, session 7)
+ASSIGN_SCORES = 1 << 20
 
 
 def assign_nearest(keys: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
     """(m,) int64: the centroid of largest cosine for every key (chunked matmul)."""
     out = torch.empty(keys.shape[0], dtype=torch.int64, device=keys.device)
-    for lo in range(0, keys.shape[0], ASSIGN_CHUNK):
-        hi = min(keys.shape[0], lo + ASSIGN_CHUNK)
+    step = ASSIGN_CHUNK if keys.is_cuda else max(1, ASSIGN_SCORES // max(1, centroids.shape[0]))
+    for lo in range(0, keys.shape[0], step):
+        hi = min(keys.shape[0], lo + step)
         out[lo:hi] = (keys[lo:hi] @ centroids.T).argmax(dim=1)
     return out
 
