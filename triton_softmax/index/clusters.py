@@ -406,7 +406,9 @@ class ClusterIndex:
             lo += cnt
         z = z.view(N, p * L)
         if copy is not None and bool(torch.isfinite(h).all()):
-            return z  # rows of the copy are finite (non-finite rows are left out at build)
+            # rows of the copy are finite (non-finite rows are left out at build); only an
+            # overflow could give NaN, and top_k_ids drops non-finite scores from the top
+            return z
         return z.masked_fill_(torch.isnan(z), float("-inf"))
 
     def _ids_at(self, lists: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
