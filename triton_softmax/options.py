@@ -175,11 +175,6 @@ class IndexOptions:
         if self.lsh_generator is not None:
             return self
         tables = sampling.scheme == "bucket_shared" or shard is not None
-        if tables and (self.rerank_copy or self.lsh_nprobe is not None):
-            raise ValueError(
-                "rerank_copy and lsh_nprobe set the clusters generator, and this module "
-                "(candidate_scheme='bucket_shared' or sharded) uses the SimHash tables"
-            )
         gen = "tables" if tables else DEFAULT_LSH_GENERATOR
         return dataclasses.replace(self, lsh_generator=gen)
 
@@ -253,16 +248,15 @@ def check_combination(
             f"target_mass is measured on the retrieved candidates of a sampled path "
             f"(method 'auto', 'lsh' or 'faiss'), not with method={index.method!r}"
         )
-    if index.rerank_copy and index.lsh_generator not in (None, "clusters"):
-        raise ValueError(
-            "rerank_copy scores the clusters generator's lists from a copy of the rows: it "
-            f"needs lsh_generator='clusters', got {index.lsh_generator!r}"
-        )
-    if index.lsh_nprobe is not None and index.lsh_generator not in (None, "clusters"):
-        raise ValueError(
-            "lsh_nprobe is the number of the clusters generator's lists read per query: it "
-            f"needs lsh_generator='clusters', got {index.lsh_generator!r}"
-        )
+    # options of the clusters generator (a module's resolved generator: bucket_shared and
+    # sharded modules run the SimHash tables)
+    for name, given in (("rerank_copy", index.rerank_copy), ("lsh_nprobe", index.lsh_nprobe)):
+        if given not in (None, False) and index.lsh_generator not in (None, "clusters"):
+            raise ValueError(
+                f"{name} sets the clusters generator's lists, and this module's lsh generator "
+                f"is {index.lsh_generator!r} (candidate_scheme='bucket_shared' and sharded "
+                "modules use 'tables'); drop it or set lsh_generator='clusters'"
+            )
     if index.search_min_mass is not None and index.method not in ("lsh", "faiss"):
         raise ValueError(
             "search_min_mass switches the search of method 'lsh' or 'faiss' on and off, "
