@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The accuracy runs behind the README's Accuracy section (issue 5), in the order they ran.
 # Each run is alone in its process, one torch thread, one after another; records land in
-# bench/results/accuracy-*-<session>.json. Usage: bash scripts/accuracy_runs.sh [synset|refresh|teacher|teacher6-sampled|teacher6-full|lemma|lemma-a|lemma-b|synset-full|synset-long|teacher6|teacher6-faiss|teacher6-full-capped|teacher7-throughput|synset-pair|synset-baseline|synset-warm|synset-baseline6|synset-copy]
+# bench/results/accuracy-*-<session>.json. Usage: bash scripts/accuracy_runs.sh [synset|refresh|teacher|teacher6-sampled|teacher6-full|lemma|lemma-a|lemma-b|synset-full|synset-long|teacher6|teacher6-faiss|teacher6-full-capped|teacher7-throughput|synset-pair|synset-baseline|synset-warm|synset-baseline6|synset-copy|synset-t1024]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 S=${SESSION:-$(date -u +%Y%m%d-%H%M%S)}
@@ -75,5 +75,11 @@ case "${1:-synset}" in
       run --task wordnet-synset --epochs 12 --methods lsh --candidate-scheme shared_samples \
         --num-uniform 4096 --search-min-mass 0.3 --rerank-copy $copy &
     done
+    wait ;;
+  synset-t1024)  # session 8: synset-warm's lsh run with T = 1024 (the search-off phase is then
+    # the K = 1024 baseline's step) beside the K = 1024 baseline, side by side
+    run --task wordnet-synset --epochs 12 --methods lsh --candidate-scheme shared_samples \
+      --num-uniform 1024 --search-min-mass 0.3 &
+    run --task wordnet-synset --epochs 12 --methods shared_neg --shared-negatives 1024
     wait ;;
 esac

@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import harness  # noqa: E402
-from triton_softmax import IndexOptions, recall_at_k  # noqa: E402
+from triton_softmax import IndexOptions, ops, recall_at_k  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -39,6 +39,12 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=9)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--ab-keep-rows",
+        action="store_true",
+        help="also time each method with ops.KEEP_ROWS_BYTES = 0 (the backward gathers the "
+        "candidate rows again, as before session 8), as '<method>/gather_again'",
+    )
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -79,12 +85,20 @@ def main(argv=None) -> int:
             runner.step()
         runners[m], out["methods"][m] = runner, info
         print(m, info, flush=True)
-    times: dict[str, list[float]] = {m: [] for m in runners}
+    keep_bytes = ops.KEEP_ROWS_BYTES
+    variants = [(m, m, keep_bytes) for m in runners]
+    if args.ab_keep_rows:
+        variants += [(f"{m}/gather_again", m, 0) for m in runners]
+        for name, m, _ in variants[len(runners) :]:
+            out["methods"][name] = dict(out["methods"][m], keep_rows_bytes=0)
+    times: dict[str, list[float]] = {name: [] for name, _, _ in variants}
     for r in range(args.rounds):
-        for m, runner in runners.items():
+        for name, m, keep in variants:
+            ops.KEEP_ROWS_BYTES = keep
             t0 = time.perf_counter()
-            runner.step()
-            times[m].append(1e3 * (time.perf_counter() - t0))
+            runners[m].step()
+            times[name].append(1e3 * (time.perf_counter() - t0))
+        ops.KEEP_ROWS_BYTES = keep_bytes
         print(f"round {r + 1}/{args.rounds}", {m: round(v[-1], 1) for m, v in times.items()})
     every = IndexOptions().refresh_every
     out["refresh_every"] = every

@@ -217,3 +217,43 @@ def test_one_params_object_equals_the_old_positional_flags():
     torch.testing.assert_close(c, c_old, rtol=0, atol=0)
     with pytest.raises(TypeError, match="LossParams"):
         SampledSoftmaxFunction.apply(h, W, b, ids, logw, y, False)
+
+
+@pytest.mark.parametrize("fn", ["sampled", "shared"])
+@pytest.mark.parametrize("z_loss,softcap", [(0.0, 0.0), (1e-2, 0.0), (0.0, 3.0), (1e-2, 3.0)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_kept_rows_equal_the_backward_that_gathers_again(fn, z_loss, softcap, dtype, monkeypatch):
+    """On the twin path the forward keeps the gathered rows and logits for the backward
+    (ops.keeps_rows); over ops.KEEP_ROWS_BYTES it keeps nothing and the backward gathers the
+    rows again. Both give the same loss and gradients, also for grads of W alone."""
+    from triton_softmax import ops
+    from triton_softmax.autograd import LossParams, SampledSoftmaxFunction
+
+    if fn == "shared" and softcap:
+        pytest.skip("the shared-candidates Function takes no softcap")
+    monkeypatch.setenv("TRITON_SOFTMAX_IMPL", "torch")
+    h, W, b, y, ret = _problem(N=6, n=40, d=5, bias=True)
+    s_ids, s_logw, sh_ids, sh_logw = build_shared_candidates(
+        ret, y, 40, 9, UniformSampler(40), torch.Generator().manual_seed(4)
+    )
+    g = torch.rand(6, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+
+    def run(keep: bool, wrt: str):
+        monkeypatch.setattr(ops, "KEEP_ROWS_BYTES", 1 << 30 if keep else 0)
+        assert ops.keeps_rows(h, W, s_ids) == keep
+        leaves = [t.to(dtype).requires_grad_(name in wrt) for name, t in zip("hWb", (h, W, b))]
+        if fn == "sampled":
+            p = LossParams(z_loss=z_loss, softcap=softcap)
+            loss = SampledSoftmaxFunction.apply(*leaves, s_ids, s_logw, y, p)
+        else:
+            p = LossParams(z_loss=z_loss)
+            loss = SharedCandidatesFunction.apply(*leaves, s_ids, s_logw, sh_ids, sh_logw, y, p)
+        wanted = [t for t in leaves if t.requires_grad]
+        return [loss, *torch.autograd.grad(loss, wanted, g.to(loss.dtype))]
+
+    for wrt in ("hWb", "W"):
+        kept, again = run(True, wrt), run(False, wrt)
+        assert len(kept) == len(again) == 1 + len(wrt)
+        for a, e in zip(kept, again):
+            assert torch.isfinite(a.float()).all()
+            torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5)

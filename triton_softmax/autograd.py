@@ -14,7 +14,12 @@ from dataclasses import dataclass
 import torch
 
 from . import ops
-from .reference.sampled_logits import scatter_grad_bias_ref, sparse_grad_weight_ref
+from .reference.sampled_logits import (
+    sampled_logits_bwd_rows_ref,
+    sampled_logits_fwd_rows_ref,
+    scatter_grad_bias_ref,
+    sparse_grad_weight_ref,
+)
 
 
 @dataclass(frozen=True)
@@ -57,21 +62,27 @@ class SampledSoftmaxFunction(torch.autograd.Function):
     def forward(ctx, hidden, weight, bias, cand_ids, cand_logw, target, *params):
         p = LossParams.from_flags(params, SampledSoftmaxFunction.FLAGS)
         # soft-capping runs the twin (ops: no kernel implements it)
-        loss, lse = ops.sampled_logits_fwd(
-            hidden, weight, bias, cand_ids, cand_logw, target, p.softcap
-        )
-        ctx.save_for_backward(hidden, weight, bias, cand_ids, cand_logw, target, lse)
+        loss, lse, rows, z = _sampled_fwd(hidden, weight, bias, cand_ids, cand_logw, target, p)
+        ctx.save_for_backward(hidden, weight, bias, cand_ids, cand_logw, target, lse, rows, z)
         ctx.sparse_grad, ctx.deterministic, ctx.z_loss = p.sparse_grad, p.deterministic, p.z_loss
         ctx.softcap, ctx.num_params = p.softcap, len(params)
         return _add_z_loss(loss, lse, p.z_loss)
 
     @staticmethod
     def backward(ctx, grad_loss):
-        hidden, weight, bias, cand_ids, cand_logw, target, lse = ctx.saved_tensors
+        hidden, weight, bias, cand_ids, cand_logw, target, lse, rows, z = ctx.saved_tensors
         n = weight.shape[0]
         dh = None
         g_p, delta = _z_loss_scale(grad_loss, lse, ctx.z_loss)
-        if ctx.softcap:  # the twin takes the target term's gradient directly
+        if rows is not None:  # the forward kept the rows: the twin, no second gather
+            target_grad = grad_loss if ctx.softcap and delta is not None else None
+            coef, ids, dh = sampled_logits_bwd_rows_ref(
+                g_p, rows, z, cand_ids, cand_logw, target, lse, ctx.softcap, target_grad
+            )
+            dh = dh if ctx.needs_input_grad[0] else None
+            if ctx.softcap:  # as below: the twin took the target term's gradient
+                delta = None
+        elif ctx.softcap:  # the twin takes the target term's gradient directly
             coef, ids, dh = ops.sampled_logits_bwd(
                 g_p,
                 hidden,
@@ -98,6 +109,18 @@ class SampledSoftmaxFunction(torch.autograd.Function):
             dh = dh.to(hidden.dtype)
         dW, db = candidate_weight_grads(ctx, coef, ids, hidden, weight, bias, n)
         return (dh, dW, db, None, None, None) + (None,) * ctx.num_params
+
+
+def _sampled_fwd(hidden, weight, bias, cand_ids, cand_logw, target, p: LossParams):
+    """(loss, lse, rows, z): ops.sampled_logits_fwd, or on the twin path while the rows fit
+    (ops.keeps_rows) the twin that keeps the gathered rows and their logits for the
+    backward (sampled_logits_bwd_rows_ref); rows = z = None otherwise."""
+    if ops.keeps_rows(hidden, weight, cand_ids):
+        return sampled_logits_fwd_rows_ref(
+            hidden, weight, bias, cand_ids, cand_logw, target, p.softcap
+        )
+    loss, lse = ops.sampled_logits_fwd(hidden, weight, bias, cand_ids, cand_logw, target, p.softcap)
+    return loss, lse, None, None
 
 
 def candidate_weight_grads(ctx, coef, ids, hidden, weight, bias, n):
@@ -221,7 +244,7 @@ class SharedCandidatesFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, s_ids, s_logw, shared_ids, shared_logw, target, *params):
         p = LossParams.from_flags(params, SharedCandidatesFunction.FLAGS)
-        _, lse_s = ops.sampled_logits_fwd(hidden, weight, bias, s_ids, s_logw, target)
+        _, lse_s, rows, z = _sampled_fwd(hidden, weight, bias, s_ids, s_logw, target, LossParams())
         acc = lse_s.dtype
         z_y = (weight[target].to(acc) * hidden.to(acc)).sum(1)  # direct: lse_S may be -inf
         if bias is not None:
@@ -233,22 +256,27 @@ class SharedCandidatesFunction(torch.autograd.Function):
         z_sh = z_sh.add_(shared_logw.to(acc))  # weighted logits: all the backward needs
         lse = torch.logaddexp(lse_s, torch.logsumexp(z_sh, dim=1))
         ctx.save_for_backward(
-            hidden, weight, bias, s_ids, s_logw, shared_ids, shared_logw, target, lse, z_sh, w_sh
-        )
+            hidden, weight, bias, s_ids, s_logw, shared_ids, shared_logw, target, lse, z_sh, w_sh,
+            rows, z,
+        )  # fmt: skip
         ctx.sparse_grad, ctx.z_loss, ctx.num_params = p.sparse_grad, p.z_loss, len(params)
         return _add_z_loss(lse - z_y, lse, p.z_loss)
 
     @staticmethod
     def backward(ctx, grad_loss):
         (hidden, weight, bias, s_ids, s_logw, shared_ids, shared_logw, target, lse, z_sh, w_sh) = (
-            ctx.saved_tensors
+            ctx.saved_tensors[:11]
         )
+        rows, z = ctx.saved_tensors[11:]
         n, d = weight.shape
         acc = lse.dtype
         g_p, delta = _z_loss_scale(grad_loss, lse, ctx.z_loss)
-        coef, ids, dh = ops.sampled_logits_bwd(
-            g_p, hidden, weight, bias, s_ids, s_logw, target, lse
-        )
+        if rows is not None:
+            coef, ids, dh = sampled_logits_bwd_rows_ref(g_p, rows, z, s_ids, s_logw, target, lse)
+        else:
+            coef, ids, dh = ops.sampled_logits_bwd(
+                g_p, hidden, weight, bias, s_ids, s_logw, target, lse
+            )
         coef, dh = _fix_target_term(coef, dh, delta, weight, target)
         coef_sh = torch.sub(z_sh, lse.unsqueeze(1)).exp_()  # z_sh holds z + log w
         coef_sh.mul_(g_p.to(acc).unsqueeze(1))

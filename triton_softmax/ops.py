@@ -194,6 +194,21 @@ def sampled_logits_bwd(
     return route("sampled_logits_bwd", *args, twin_kwargs=_capped(softcap, target_grad=target_grad))
 
 
+# a CPU forward keeps the gathered rows for its backward while they take at most this much
+KEEP_ROWS_BYTES = 1 << 28
+
+
+def keeps_rows(hidden: torch.Tensor, weight: torch.Tensor, cand_ids: torch.Tensor) -> bool:
+    """Whether a loss Function's forward keeps the candidate rows (N, M+1, d) it gathered
+    (sampled_logits_fwd_rows_ref) for its backward: on the twin path, under KEEP_ROWS_BYTES.
+    There the backward's second gather of the rows and second product cost about as much as
+    the forward; the kernels gather rows in their loads and keep nothing."""
+    if use_triton(hidden):
+        return False
+    N, M = cand_ids.shape
+    return N * (M + 1) * weight.shape[1] * weight.element_size() <= KEEP_ROWS_BYTES
+
+
 def grad_hidden(coef, ids, weight):
     return route("grad_hidden", coef, ids, weight)
 

@@ -54,9 +54,35 @@ def sampled_logits_fwd_ref(
     h = hidden.to(acc)
     z = _candidate_logits(h, gather_rows(weight, cand_ids).to(acc), bias, cand_ids, softcap)
     z_t = _target_logit(h, weight[target].to(acc), bias, target, softcap)
+    return _loss_lse(z, z_t, cand_ids, cand_logw, target)
+
+
+def _loss_lse(z, z_t, cand_ids, cand_logw, target):
+    """(loss, lse) from the candidates' logits z (N, M) and the target's z_t (N,)."""
     z_t = target_from_candidates(z, cand_ids, target, z_t)
-    lse = torch.logsumexp(z + cand_logw.to(acc), dim=1)
+    lse = torch.logsumexp(z + cand_logw.to(z.dtype), dim=1)
     return nan_at_inf_lse(lse - z_t, lse), lse
+
+
+def sampled_logits_fwd_rows_ref(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    cand_ids: torch.Tensor,
+    cand_logw: torch.Tensor,
+    target: torch.Tensor,
+    softcap: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """sampled_logits_fwd_ref that also returns what its backward needs, so that
+    sampled_logits_bwd_rows_ref neither gathers the rows nor multiplies them again:
+    (loss (N,), lse (N,), rows (N, M+1, d) in weight's dtype, z (N, M+1) acc dtype), rows =
+    weight[[cand_ids | target]] and z their (capped) logits, the target's last."""
+    acc = acc_dtype(hidden.dtype)
+    ids = torch.cat([cand_ids, target.unsqueeze(1)], dim=1)
+    rows = gather_rows(weight, ids)
+    z = _candidate_logits(hidden.to(acc), rows.to(acc), bias, ids, softcap)
+    loss, lse = _loss_lse(z[:, :-1], z[:, -1], cand_ids, cand_logw, target)
+    return loss, lse, rows, z
 
 
 def nan_at_inf_lse(loss: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
@@ -101,12 +127,11 @@ def _target_logit(h, w_y, bias, target, softcap=0.0):
     return cap_logits(z_t, softcap)
 
 
-def _coefficients(
-    grad_loss, h, rows, bias, cand_ids, cand_logw, lse, softcap=0.0, z_t=None, target_grad=None
-):
-    """[g p_ij | -g_t] (N, M+1): the softmax over candidates, then the target's -1, times the
-    soft-cap slope of each logit; target_grad: the target term's gradient (default g)."""
-    z = _candidate_logits(h, rows, bias, cand_ids, softcap)
+def _coefficients(grad_loss, z, cand_logw, lse, softcap=0.0, z_t=None, target_grad=None):
+    """[g p_ij | -g_t] (N, M+1) from the candidates' (capped) logits z (N, M): the softmax
+    over candidates, then the target's -1, times the soft-cap slope of each logit (z_t: the
+    target's capped logit, needed with softcap); target_grad: the target term's gradient
+    (default g)."""
     g = grad_loss.to(lse.dtype).unsqueeze(1)
     g_t = g if target_grad is None else target_grad.to(lse.dtype).unsqueeze(1)
     p_part = g * torch.exp(z + cand_logw.to(lse.dtype) - lse.unsqueeze(1)) * _cap_slope(z, softcap)
@@ -130,18 +155,8 @@ def sampled_logits_coef_ref(
     acc = lse.dtype
     h = hidden.to(acc)
     z_t = _target_logit(h, weight[target].to(acc), bias, target, softcap) if softcap else None
-    coef = _coefficients(
-        grad_loss,
-        h,
-        gather_rows(weight, cand_ids).to(acc),
-        bias,
-        cand_ids,
-        cand_logw,
-        lse,
-        softcap,
-        z_t,
-        target_grad,
-    )
+    z = _candidate_logits(h, gather_rows(weight, cand_ids).to(acc), bias, cand_ids, softcap)
+    coef = _coefficients(grad_loss, z, cand_logw, lse, softcap, z_t, target_grad)
     return coef, torch.cat([cand_ids, target.unsqueeze(1)], dim=1)
 
 
@@ -163,11 +178,28 @@ def sampled_logits_bwd_ref(
     rows = gather_rows(weight, ids).to(acc)  # (N, M+1, d), gathered once for z and for dh
     h = hidden.to(acc)
     z_t = _target_logit(h, rows[:, -1], bias, target, softcap) if softcap else None
-    coef = _coefficients(
-        grad_loss, h, rows[:, :-1], bias, cand_ids, cand_logw, lse, softcap, z_t, target_grad
-    )
+    z = _candidate_logits(h, rows[:, :-1], bias, cand_ids, softcap)
+    coef = _coefficients(grad_loss, z, cand_logw, lse, softcap, z_t, target_grad)
     dh = torch.bmm(coef.unsqueeze(1), rows).squeeze(1)
     return coef, ids, dh
+
+
+def sampled_logits_bwd_rows_ref(
+    grad_loss: torch.Tensor,
+    rows: torch.Tensor,
+    z: torch.Tensor,
+    cand_ids: torch.Tensor,
+    cand_logw: torch.Tensor,
+    target: torch.Tensor,
+    lse: torch.Tensor,
+    softcap: float = 0.0,
+    target_grad: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """sampled_logits_bwd_ref from the rows (N, M+1, d) and logits z (N, M+1) that
+    sampled_logits_fwd_rows_ref kept: (coef, ids, dh), no gather, one product for dh."""
+    coef = _coefficients(grad_loss, z[:, :-1], cand_logw, lse, softcap, z[:, -1], target_grad)
+    dh = torch.bmm(coef.unsqueeze(1), rows.to(coef.dtype)).squeeze(1)
+    return coef, torch.cat([cand_ids, target.unsqueeze(1)], dim=1), dh
 
 
 def grad_hidden_ref(coef: torch.Tensor, ids: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
