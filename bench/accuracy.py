@@ -57,6 +57,7 @@ from torch import nn
 
 import triton_softmax
 from bench.baselines import shared_negative_loss
+from bench import harness
 from bench.harness import cpu_model
 from triton_softmax import SampledSoftmaxLoss, exact_topk, sampled_softmax_from_candidates
 
@@ -740,11 +741,13 @@ def build_parser() -> argparse.ArgumentParser:
         "session's id to add runs to it (summaries compare runs within a session)",
     )
     p.add_argument("--no-progress", action="store_true")
+    harness.add_memory_flag(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     args = build_parser().parse_args(argv)
+    harness.apply_memory_flag(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     specs = [s.strip() for s in args.methods.split(",") if s.strip()]

@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from triton_softmax import SampledSoftmaxLoss, exact_topk, sampled_softmax_cross_entropy
+from triton_softmax.cpu_memory import freed_memory_kept, keep_freed_memory
 
 from . import peers
 
@@ -89,6 +90,21 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def add_memory_flag(parser) -> None:
+    """--keep-freed-memory: call triton_softmax.keep_freed_memory() before anything runs."""
+    parser.add_argument(
+        "--keep-freed-memory",
+        action="store_true",
+        help="keep freed memory in the process (triton_softmax.keep_freed_memory: no page "
+        "faults on the step's large CPU buffers; recorded as env.freed_memory_kept)",
+    )
+
+
+def apply_memory_flag(args) -> None:
+    if getattr(args, "keep_freed_memory", False) and not keep_freed_memory():
+        print("--keep-freed-memory: the C library is not glibc; nothing changed")
+
+
 def env_info(device: str) -> dict:
     """Device, versions and commit, copied into every record of a run."""
     try:
@@ -112,6 +128,9 @@ def env_info(device: str) -> dict:
         gpu_name=gpu,
         cpu_count=os.cpu_count(),
         torch_threads=torch.get_num_threads(),
+        # cpu_memory.keep_freed_memory() (or glibc's MALLOC_* settings in the environment)
+        freed_memory_kept=freed_memory_kept(),
+        malloc_env={k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
         hostname=platform.node(),
         python=platform.python_version(),
         torch_version=torch.__version__,

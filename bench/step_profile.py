@@ -280,7 +280,9 @@ def main(argv=None) -> int:
     p.add_argument("--topk-N", type=int, default=1024)
     p.add_argument("--topk-k", type=int, default=10)
     p.add_argument("--out", type=Path, default=None)
+    harness.add_memory_flag(p)
     args = p.parse_args(argv)
+    harness.apply_memory_flag(args)
     torch.set_num_threads(args.threads)
     n = int(args.n)
     load_before = os.getloadavg()[0]

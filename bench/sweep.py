@@ -90,6 +90,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
     p.add_argument("--tag", default="", help="added to the results file name")
+    harness.add_memory_flag(p)
     p.add_argument("--warmup", type=int, default=None, help="CPU warm-up steps (default 2)")
     p.add_argument("--repeats", type=int, default=None, help="CPU timed steps (default 7)")
     p.add_argument(
@@ -585,6 +586,7 @@ def summary_table(records: list[dict]) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    harness.apply_memory_flag(args)
     if args.threads is not None:
         check_int_option("--threads", args.threads, 1)
         torch.set_num_threads(args.threads)  # FAISS follows torch's count (index/faiss.py)

@@ -45,8 +45,10 @@ def main(argv=None) -> int:
         help="also time each method with ops.KEEP_ROWS_BYTES = 0 (the backward gathers the "
         "candidate rows again, as before session 8), as '<method>/gather_again'",
     )
+    harness.add_memory_flag(p)
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
+    harness.apply_memory_flag(args)
     torch.set_num_threads(args.threads)
     n = int(args.n)
     problem = harness.Problem(n, args.d, args.N, torch.float32, "cpu", 0, need_topk=True)

@@ -12,9 +12,11 @@ Public API:
                                   the module's and dispatcher's option objects (options.py)
   UniformSampler, LogUniformSampler, CategoricalSampler   proposals for T (log-Q corrected)
   FusedSparseAdam                 torch.optim.SparseAdam in one fused pass over touched rows
+  keep_freed_memory               on a CPU: keep freed memory for reuse (cpu_memory.py)
 """
 
 from . import _compat
+from .cpu_memory import keep_freed_memory
 from .dispatch import Choice, choose_method, explain
 from .index.faiss import FaissIndex, faiss_available
 from .index.simhash import LSHIndex
@@ -59,6 +61,7 @@ __all__ = [
     "exact_topk",
     "explain",
     "faiss_available",
+    "keep_freed_memory",
     "make_index",
     "recall_at_k",
     "rerank_topk",
