@@ -55,3 +55,19 @@ def test_keep_freed_memory_is_false_without_glibc(monkeypatch):
     monkeypatch.setattr(cpu_memory, "_glibc", lambda: None)
     assert keep_freed_memory() is False
     assert not cpu_memory.freed_memory_kept()
+
+
+def test_explain_says_when_a_cpu_sampled_layer_runs_without_kept_memory():
+    from triton_softmax import SampledSoftmaxLoss
+
+    layer = SampledSoftmaxLoss(5000, 16, method="lsh")
+    hint = "keep_freed_memory()"
+    assert hint in layer.explain(64)
+    assert hint not in SampledSoftmaxLoss(5000, 16, method="full").explain(64)
+    if cpu_memory._glibc() is None:
+        pytest.skip("keep_freed_memory needs glibc")
+    try:
+        assert keep_freed_memory() is True
+        assert hint not in layer.explain(64)
+    finally:
+        keep_freed_memory(False)
