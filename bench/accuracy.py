@@ -56,8 +56,8 @@ import torch
 from torch import nn
 
 import triton_softmax
-from bench.baselines import shared_negative_loss
 from bench import harness
+from bench.baselines import shared_negative_loss
 from bench.harness import cpu_model
 from triton_softmax import SampledSoftmaxLoss, exact_topk, sampled_softmax_from_candidates
 

@@ -27,6 +27,8 @@ import ctypes
 import ctypes.util
 import functools
 
+import torch
+
 # mallopt parameters (glibc's malloc.h)
 M_TRIM_THRESHOLD = -1
 M_TOP_PAD = -2
@@ -64,7 +66,11 @@ def keep_freed_memory(enable: bool = True) -> bool:
     if libc is None:
         return False
     if enable:
-        settings = ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, KEEP_TRIM_THRESHOLD), (M_TOP_PAD, KEEP_TOP_PAD))
+        settings = (
+            (M_MMAP_MAX, 0),
+            (M_TRIM_THRESHOLD, KEEP_TRIM_THRESHOLD),
+            (M_TOP_PAD, KEEP_TOP_PAD),
+        )
     else:
         settings = (
             (M_MMAP_MAX, DEFAULT_MMAP_MAX),
@@ -80,3 +86,14 @@ def freed_memory_kept() -> bool:
     """Whether keep_freed_memory() is in effect (set by this module; the environment
     variables in the module docstring are not seen here)."""
     return _state["kept"]
+
+
+def memory_hint(method: str, weight: torch.Tensor) -> str:
+    """The explain() suffix of a sampled layer whose weight is on a CPU while freed memory
+    goes back to the OS; empty otherwise."""
+    if method == "full" or weight.is_cuda or freed_memory_kept():
+        return ""
+    return (
+        "; CPU: freed memory goes back to the OS, so every step's large buffers page-fault "
+        "again (triton_softmax.keep_freed_memory() keeps it)"
+    )

@@ -17,7 +17,7 @@ from torch import nn
 
 from . import checks
 from .bucket_shared import bucket_tile_loss
-from .cpu_memory import freed_memory_kept
+from .cpu_memory import memory_hint
 from .dispatch import Choice
 from .drift import DriftMonitor
 from .functional import (  # noqa: F401  (re-exported: the old loss.py names)
@@ -239,17 +239,11 @@ class SampledSoftmaxLoss(nn.Module):
     def explain(self, batch: int = 1, dtype: torch.dtype | None = None) -> str:
         """A short account of which path runs for this batch size, and why."""
         c = self.choice(batch, dtype)
-        memory = ""
-        if c.method != "full" and not self.weight.is_cuda and not freed_memory_kept():
-            memory = (
-                "; CPU: freed memory goes back to the OS, so every step's large buffers "
-                "page-fault again (triton_softmax.keep_freed_memory() keeps it)"
-            )
         return (
             c.explain()
             + self.manager.explain(c.method, self.num_uniform, self.sampling_options.scheme)
             + self.quality.explain(self.index_options, c)
-            + memory
+            + memory_hint(c.method, self.weight)
         )
 
     # ---- index lifecycle -----------------------------------------------------------------
