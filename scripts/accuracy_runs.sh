@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The accuracy runs behind the README's Accuracy section (issue 5), in the order they ran.
 # Each run is alone in its process, one torch thread, one after another; records land in
-# bench/results/accuracy-*-<session>.json. Usage: bash scripts/accuracy_runs.sh [synset|refresh|teacher|teacher6-sampled|teacher6-full|lemma|lemma-a|lemma-b|synset-full|synset-long|teacher6|teacher6-faiss|teacher6-full-capped|teacher7-throughput|synset-pair|synset-baseline|synset-warm|synset-baseline6|synset-copy|synset-t1024|synset-kept|synset-kept2]
+# bench/results/accuracy-*-<session>.json. Usage: bash scripts/accuracy_runs.sh [synset|refresh|teacher|teacher6-sampled|teacher6-full|lemma|lemma-a|lemma-b|synset-full|synset-long|teacher6|teacher6-faiss|teacher6-full-capped|teacher7-throughput|synset-pair|synset-baseline|synset-warm|synset-baseline6|synset-copy|synset-t1024|synset-kept|synset-kept2|synset-full-kept]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 S=${SESSION:-$(date -u +%Y%m%d-%H%M%S)}
@@ -95,4 +95,6 @@ case "${1:-synset}" in
     run --task wordnet-synset --epochs 12 --methods shared_neg --shared-negatives 4096 \
       --keep-freed-memory
     wait ;;
+  synset-full-kept)  # session 8: the exact softmax (6 epochs, as synset-full) with memory kept
+    run --task wordnet-synset --epochs 6 --methods full --keep-freed-memory ;;
 esac
