@@ -51,6 +51,15 @@ from . import harness
 from .baselines import SharedNegativeSoftmax
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+_DEVICE = "cpu"  # set by main (--device)
+
+
+def _clock() -> float:
+    """perf_counter after the device has finished its queued work (CUDA kernels are
+    asynchronous: without the synchronize a step would be timed at its launch cost)."""
+    if _DEVICE == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter()
 
 
 def uncoalesced_grad_weight(coef, ids, hidden, n, dtype):
@@ -70,9 +79,9 @@ def median_ms(fn, repeats: int, warmup: int = 1) -> dict:
         fn()
     times = []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = _clock()
         fn()
-        times.append(time.perf_counter() - t0)
+        times.append(_clock() - t0)
     return dict(
         median_ms=1e3 * statistics.median(times), min_ms=1e3 * min(times), repeats=len(times)
     )
@@ -84,11 +93,11 @@ def stage_profile(W: nn.Parameter, h, y, args) -> dict:
     module = SampledSoftmaxLoss(
         weight=W, method="lsh", num_candidates=args.S, num_uniform=args.T, sparse_grad=True
     )
-    t0 = time.perf_counter()
+    t0 = _clock()
     module.refresh("lsh")
-    build_s = time.perf_counter() - t0
+    build_s = _clock() - t0
     index = module.index
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator(device=W.device).manual_seed(0)
     hd = h.detach()
     out: dict = dict(index_build_s=build_s, generator=type(index).__name__)
     r = args.repeats
@@ -146,10 +155,10 @@ def stage_profile(W: nn.Parameter, h, y, args) -> dict:
     for k in range(r + 1):
         for name, opt, grad in opts:
             param.grad = grad
-            t0 = time.perf_counter()
+            t0 = _clock()
             opt.step()
             if k:  # the first round is the warm-up (and allocates the moments)
-                times[name].append(time.perf_counter() - t0)
+                times[name].append(_clock() - t0)
     for name, v in times.items():
         out["optimizer_" + name] = dict(
             median_ms=1e3 * statistics.median(v), min_ms=1e3 * min(v), repeats=len(v)
@@ -209,9 +218,9 @@ def step_comparison(W: nn.Parameter, h, y, args) -> dict:
     times: dict[str, list[float]] = {s.name: [] for s in steps}
     for _ in range(args.repeats):
         for s in steps:
-            t0 = time.perf_counter()
+            t0 = _clock()
             s()
-            times[s.name].append(time.perf_counter() - t0)
+            times[s.name].append(_clock() - t0)
     return {
         k: dict(median_ms=1e3 * statistics.median(v), min_ms=1e3 * min(v), repeats=len(v))
         for k, v in times.items()
@@ -220,14 +229,14 @@ def step_comparison(W: nn.Parameter, h, y, args) -> dict:
 
 def previous_exact_topk(hidden, weight, k, chunk=1 << 16):
     """exact_topk as it was before issue 19 (top-k over [best | whole chunk] per chunk)."""
-    N, n = hidden.shape[0], weight.shape[0]
-    best_s = torch.full((N, 0), float("-inf"))
-    best_i = torch.zeros((N, 0), dtype=torch.int64)
+    N, n, dev = hidden.shape[0], weight.shape[0], hidden.device
+    best_s = torch.full((N, 0), float("-inf"), device=dev)
+    best_i = torch.zeros((N, 0), dtype=torch.int64, device=dev)
     h = hidden.float()
     for lo in range(0, n, chunk):
         hi = min(n, lo + chunk)
         s = torch.cat([best_s, h @ weight[lo:hi].float().T], dim=1)
-        i = torch.cat([best_i, torch.arange(lo, hi).expand(N, -1)], dim=1)
+        i = torch.cat([best_i, torch.arange(lo, hi, device=dev).expand(N, -1)], dim=1)
         best_s, pos = torch.topk(s, min(k, s.shape[1]), dim=1)
         best_i = torch.gather(i, 1, pos)
     return best_s, best_i
@@ -236,8 +245,8 @@ def previous_exact_topk(hidden, weight, k, chunk=1 << 16):
 def topk_comparison(args) -> dict:
     """Part 3: exact top-k of N queries over n classes, three ways, interleaved rounds."""
     n, N, k = int(args.topk_n), args.topk_N, args.topk_k
-    W = harness.make_weight(n, args.d, torch.float32, "cpu", 1)
-    h = torch.randn(N, args.d, generator=torch.Generator().manual_seed(2))
+    W = harness.make_weight(n, args.d, torch.float32, _DEVICE, 1)
+    h = torch.randn(N, args.d, generator=torch.Generator().manual_seed(2)).to(_DEVICE)
     fns = {
         "plain_matmul_topk": lambda: torch.topk(h @ W.T, k, dim=1),
         "exact_topk_now": lambda: exact_topk(h, W, k),
@@ -247,9 +256,9 @@ def topk_comparison(args) -> dict:
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(args.repeats):
         for name, fn in fns.items():
-            t0 = time.perf_counter()
+            t0 = _clock()
             fn()
-            times[name].append(time.perf_counter() - t0)
+            times[name].append(_clock() - t0)
     out = {
         name: dict(median_ms=1e3 * statistics.median(v), min_ms=1e3 * min(v), repeats=len(v))
         for name, v in times.items()
@@ -275,6 +284,9 @@ def main(argv=None) -> int:
     )
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--device", choices=["cpu", "cuda"], default="cpu", help="cuda: times wait for the GPU"
+    )
     p.add_argument("--skip-stages", action="store_true")
     p.add_argument("--topk-n", type=float, default=120_000, help="part 3 classes (0: skip)")
     p.add_argument("--topk-N", type=int, default=1024)
@@ -284,15 +296,23 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     harness.apply_memory_flag(args)
     torch.set_num_threads(args.threads)
+    global _DEVICE
+    _DEVICE = args.device
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda but torch.cuda.is_available() is False")
     n = int(args.n)
     load_before = os.getloadavg()[0]
-    W = nn.Parameter(harness.make_weight(n, args.d, torch.float32, "cpu", 0))
+    W = nn.Parameter(harness.make_weight(n, args.d, torch.float32, args.device, 0))
     h, y = harness.make_inputs(W.detach(), args.N, 0)
     rec = dict(
         kind="step_profile",
         time=harness.now_iso(),
-        env=harness.env_info("cpu"),
-        machine="CPU (env: model, cores, versions; the load averages say how busy it was)",
+        env=harness.env_info(args.device),
+        machine=(
+            "CPU (env: model, cores, versions; the load averages say how busy it was)"
+            if args.device == "cpu"
+            else "GPU (env names it; timings synchronize the device around each call)"
+        ),
         config=dict(
             n=n,
             N=args.N,
@@ -301,6 +321,7 @@ def main(argv=None) -> int:
             T=args.T,
             K=args.K,
             threads=args.threads,
+            device=args.device,
             repeats=args.repeats,
             methods=args.methods,
             union_S=args.union_S,
@@ -317,8 +338,9 @@ def main(argv=None) -> int:
     rec["load_avg_1min_after"] = os.getloadavg()[0]
     for k, v in rec["steps"].items():
         print(f"{k:40s} {v['median_ms']:9.1f} ms")
+    dev = "cuda-" if args.device == "cuda" else ""
     out = args.out or RESULTS_DIR / (
-        f"step_profile-n{n}-N{args.N}-S{args.S}-T{args.T}-"
+        f"step_profile-{dev}n{n}-N{args.N}-S{args.S}-T{args.T}-"
         + _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
         + ".json"
     )

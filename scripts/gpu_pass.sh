@@ -1,14 +1,22 @@
 #!/usr/bin/env bash
-# The GPU pass (issues 10 and 11) as ONE device call that fits a 10-minute limit: versions,
-# the CUDA-marked tests, the kernel and fused-CE benchmarks, the sweep with peers and the
-# roofline, and the tune command; every log and record lands in $OUT (brought back by the
-# device tool). Prepare on the CPU machine: `bash scripts/fetch_gpu_wheels.sh`, then call the
-# device tool with command `bash scripts/gpu_pass.sh` and carry [".whl"]. Each stage has its
-# own time limit so one slow stage cannot eat the others; STAGES picks a subset.
+# The GPU pass as ONE device call that fits a 10-minute limit: versions, the CUDA-marked
+# tests, the kernel and fused-CE benchmarks, the sweep (every path, peers, the shared-negative
+# baseline, recall beside speed), the step profile (stages, whole steps against the baseline,
+# SparseAdam against FusedSparseAdam, exact_topk) and the tune command; every log and record
+# lands in $OUT (brought back by the device tool). Prepare on the CPU machine:
+# `bash scripts/fetch_gpu_wheels.sh`, then call the device tool with command
+# `bash scripts/gpu_pass.sh` and carry [".whl"].
+#
+# SIZE=smoke runs every stage at small sizes with short limits (about 4 minutes: does it all
+# run on this GPU and this Triton?); SIZE=full (default) at the sizes the README reports.
+# Each stage has its own time limit so one slow stage cannot eat the others; STAGES picks a
+# subset. Stages run in order of what matters most if the call is cut short.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_pass}
+SIZE=${SIZE:-full}
 RES=/tmp/gpu_pass_work  # everything is written here, then packed into $OUT (8 files max)
+rm -rf "$RES"
 mkdir -p "$OUT" "$RES"
 export PYTHONUNBUFFERED=1
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -17,38 +25,81 @@ if ls .whl/*.whl >/dev/null 2>&1; then
   export PYTHONPATH=/tmp/site
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-STAGES=${STAGES:-"env tests kernels linear_ce bucket_tiles sweep tune"}
+STAGES=${STAGES:-"env tests kernels step_profile sweep linear_ce bucket_tiles tune"}
 stage() { case " $STAGES " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+T0=$(date +%s)
+mark() { echo "[gpu_pass] $1 done at +$(( $(date +%s) - T0 )) s" | tee -a "$RES/timeline.txt"; }
+
+if [ "$SIZE" = smoke ]; then
+  T_TESTS=170; T_BENCH=45
+  KERNELS_ARGS=(--n 100000 --C 256 1024 --N 4096)
+  STEP_ARGS=(--n 1e5 --N 1024 --d 128 --S 64 --T 64 --K 1024 --repeats 5 --topk-n 1e5)
+  SWEEP_ARGS=(--n 1e4 1e5 --d 256 --N 1024 --dtype bf16 --repeats 5)
+  LCE_ARGS=(--N 4096 --d 1024 --n 32768 131072)
+  TILE_ARGS=(--n 1e5 --N 1024)
+else
+  T_TESTS=170; T_BENCH=110
+  KERNELS_ARGS=(--n 100000 1000000 --C 256 1024 4096 --N 8192)
+  STEP_ARGS=(--n 1e6 --N 8192 --d 1024 --S 512 --T 512 --K 1024 4096 --repeats 15
+             --topk-n 1e6 --topk-N 8192)
+  SWEEP_ARGS=(--n 1e4 1e5 1e6 1e7 --d 1024 --N 8192 --dtype bf16)
+  LCE_ARGS=(--N 8192 --d 1024 4096 --n 32768 131072 262144 1000000)
+  TILE_ARGS=(--n 1e5 1e6 --N 1024 8192)
+fi
 
 if stage env; then
   { nvidia-smi; python3 -c "import torch, triton, sys; print(sys.version); print('torch', \
 torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name(), \
-torch.cuda.get_device_capability())"; } > "$RES/env.txt" 2>&1
+torch.cuda.get_device_capability())"; python3 -c "import faiss; print('faiss', faiss.__version__)"
+  } > "$RES/env.txt" 2>&1
+  mark env
 fi
-if stage tests; then  # CUDA-marked tests and the library on CUDA tensors
-  timeout 150 python3 -m pytest -q -m cuda tests/ > "$RES/tests_cuda.log" 2>&1
+if stage tests; then  # CUDA-marked tests: every kernel against its twin, the module on CUDA
+  par=(); python3 -c "import xdist" 2>/dev/null && par=(-n 6)  # pytest-xdist where present
+  timeout "$T_TESTS" python3 -m pytest -q -m cuda "${par[@]}" -p no:cacheprovider tests/ \
+    > "$RES/tests_cuda.log" 2>&1
   echo "tests rc=$?" >> "$RES/tests_cuda.log"
+  mark tests
 fi
 if stage kernels; then
-  timeout 120 python3 bench/kernels_cuda.py --out "$RES/kernels_cuda.json" \
-    > "$RES/kernels_cuda.log" 2>&1
+  timeout "$T_BENCH" python3 bench/kernels_cuda.py "${KERNELS_ARGS[@]}" \
+    --out "$RES/kernels_cuda.json" > "$RES/kernels_cuda.log" 2>&1
+  echo "rc=$?" >> "$RES/kernels_cuda.log"
+  mark kernels
 fi
-if stage linear_ce; then
-  timeout 120 python3 bench/linear_ce_cuda.py --out "$RES/linear_ce_cuda.json" \
-    > "$RES/linear_ce_cuda.log" 2>&1
-fi
-if stage bucket_tiles; then  # tiles vs per-example gathers (issue 3), bf16, d = 512
-  timeout 120 python3 -m bench.bucket_tiles --device cuda --dtype bf16 --d 512 --n 1e5 1e6 \
-    --N 1024 8192 --S 1024 --T 1024 --out "$RES" > "$RES/bucket_tiles.log" 2>&1
+if stage step_profile; then  # issue 19 on the GPU: stages, steps vs the baseline, optimizers
+  timeout "$T_BENCH" python3 -m bench.step_profile --device cuda "${STEP_ARGS[@]}" \
+    --out "$RES/step_profile_cuda.json" > "$RES/step_profile.log" 2>&1
+  echo "rc=$?" >> "$RES/step_profile.log"
+  mark step_profile
 fi
 if stage sweep; then
-  timeout 200 python3 -m bench.sweep --device cuda --n 1e4 1e5 1e6 1e7 --d 1024 --N 8192 \
-    --dtype bf16 --out-dir "$RES" --no-plot --no-progress > "$RES/sweep.log" 2>&1
+  timeout $(( T_BENCH * 2 )) python3 -m bench.sweep --device cuda "${SWEEP_ARGS[@]}" \
+    --methods full faiss lsh lsh_shared uniform uniform_shared torch cce liger \
+    shared_neg1024 shared_neg_matched --out-dir "$RES" --tag gpu --no-plot --no-progress \
+    > "$RES/sweep.log" 2>&1
+  echo "rc=$?" >> "$RES/sweep.log"
+  mark sweep
+fi
+if stage linear_ce; then
+  timeout "$T_BENCH" python3 bench/linear_ce_cuda.py "${LCE_ARGS[@]}" \
+    --out "$RES/linear_ce_cuda.json" > "$RES/linear_ce_cuda.log" 2>&1
+  echo "rc=$?" >> "$RES/linear_ce_cuda.log"
+  mark linear_ce
+fi
+if stage bucket_tiles; then  # tiles vs per-example gathers (issue 3), bf16, d = 512
+  timeout "$T_BENCH" python3 -m bench.bucket_tiles --device cuda --dtype bf16 --d 512 \
+    "${TILE_ARGS[@]}" --S 1024 --T 1024 --out "$RES" > "$RES/bucket_tiles.log" 2>&1
+  echo "rc=$?" >> "$RES/bucket_tiles.log"
+  mark bucket_tiles
 fi
 if stage tune; then
   XDG_CACHE_HOME="$RES/cache" timeout 60 python3 -m triton_softmax.tune --repeats 3 \
     > "$RES/tune.log" 2>&1
+  echo "rc=$?" >> "$RES/tune.log"
+  mark tune
 fi
 tar czf "$OUT/gpu_pass.tgz" -C "$RES" .
-tail -n 40 "$RES"/*.log > "$OUT/summary.txt" 2>&1
+tail -n 25 "$RES"/*.log "$RES/timeline.txt" > "$OUT/summary.txt" 2>&1
+cp "$RES/tests_cuda.log" "$OUT/" 2>/dev/null
 ls -la "$OUT"

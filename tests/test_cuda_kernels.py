@@ -165,3 +165,104 @@ def test_module_on_cuda_trains_and_full_matches_torch(method, dtype):
         torch.testing.assert_close(loss, ref, atol=2e-3, rtol=2e-3)
     else:
         assert layer.weight.grad.is_sparse and layer.index.sorted_ids.is_cuda
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_list_topk_matches_twin(dtype):
+    """The cluster lists' fused score + running top-k (tl.sort on the device), with the
+    interpreter test's lists: empty ones, a masked class, a NaN row."""
+    from tests.test_list_scores import SIZES, problem
+    from triton_softmax.kernels.list_scores import list_topk
+    from triton_softmax.reference.list_scores import list_topk_ref
+
+    h, w, b, order, offsets, lists = problem(dtype, True)
+    for k in (4, 13, 40):
+        s, ids = list_topk(*_cuda(h, w, b, order, offsets, lists), k, max(SIZES))
+        s_ref, ids_ref = list_topk_ref(_d(h), _d(w), _d(b), order, offsets, lists, k, max(SIZES))
+        torch.testing.assert_close(s.cpu().double(), s_ref.double(), **ACC)
+        assert torch.equal(ids.cpu(), ids_ref)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sparse_adam_kernel_matches_twin_and_leaves_other_rows(dtype):
+    n, D = 300, 130
+    g = torch.Generator().manual_seed(7)
+    p = torch.randn(n, D, generator=g).to(dtype)
+    m = (0.1 * torch.randn(n, D, generator=g)).to(dtype)
+    v = torch.rand(n, D, generator=g).to(dtype)
+    rows = torch.randperm(n, generator=g)[:77]
+    vals = torch.randn(77, D, generator=g).to(dtype)
+    want = [t.double() for t in (p, m, v)]
+    from triton_softmax.reference.sparse_adam import sparse_adam_update_ref
+
+    sparse_adam_update_ref(*want, rows, vals.double(), 0.01, 0.9, 0.999, 1e-8)
+    got = _cuda(p, m, v)
+    kernels.sparse_adam_update(*got, rows.cuda(), vals.cuda(), 0.01, 0.9, 0.999, 1e-8)
+    tol = {torch.float32: ACC}.get(dtype, dict(atol=1e-2, rtol=1e-2))
+    for a, r in zip(got, want):
+        torch.testing.assert_close(a.cpu().double(), r, **tol)
+    untouched = torch.ones(n, dtype=torch.bool)
+    untouched[rows] = False
+    assert torch.equal(got[0].cpu()[untouched], p[untouched])
+
+
+def test_fused_sparse_adam_equals_torch_sparse_adam_on_cuda():
+    from triton_softmax import FusedSparseAdam
+
+    n, d = 500, 64
+    p0 = torch.randn(n, d, device="cuda")
+    ours, ref = torch.nn.Parameter(p0.clone()), torch.nn.Parameter(p0.clone())
+    opt_ours, opt_ref = FusedSparseAdam([ours], lr=0.1), torch.optim.SparseAdam([ref], lr=0.1)
+    for _ in range(3):
+        rows = torch.randperm(n, device="cuda")[:50].sort().values
+        vals = torch.randn(50, d, device="cuda")
+        grad = torch.sparse_coo_tensor(rows[None], vals, (n, d)).coalesce()
+        ours.grad, ref.grad = grad.clone(), grad.clone()
+        opt_ours.step()
+        opt_ref.step()
+    torch.testing.assert_close(ours.detach(), ref.detach(), atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_grad_hidden_matches_twin(dtype):
+    from triton_softmax.reference.sampled_logits import grad_hidden_ref
+
+    N, n, d, M = 29, 400, 72, 90
+    h, W, b, ids, logw, y = _inputs(N, n, d, M, dtype, seed=8)
+    coef = torch.randn(N, M, dtype=torch.float64)
+    dh = kernels.grad_hidden(coef.float().cuda(), ids.cuda(), W.cuda())
+    torch.testing.assert_close(dh.cpu().double(), grad_hidden_ref(coef, ids, _d(W)), **ACC)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(method="lsh", lsh_generator="clusters"),
+        dict(method="lsh", lsh_generator="simhash"),
+        dict(method="lsh", lsh_generator="tables"),
+        dict(method="lsh", candidate_scheme="shared_samples"),
+        dict(method="lsh", lsh_generator="tables", candidate_scheme="bucket_shared"),
+        dict(method="uniform"),
+    ],
+    ids=lambda kw: "-".join(str(v) for v in kw.values()),
+)
+def test_every_sampled_configuration_trains_on_cuda(kw):
+    """Optimizer steps of each generator and scheme on CUDA tensors: finite loss,
+    finite sparse gradients on the device, and the loss falls over a few steps (fp32)."""
+    torch.manual_seed(1)
+    n, d, N = 6000, 64, 256
+    layer = SampledSoftmaxLoss(n, d, num_candidates=64, num_uniform=64, sparse_grad=True, **kw)
+    layer = layer.cuda()
+    h = torch.randn(N, d, device="cuda")
+    y = torch.randint(0, n, (N,), device="cuda")
+    opt = torch.optim.SparseAdam(layer.parameters(), lr=0.05)
+    losses = []
+    for _ in range(4):
+        opt.zero_grad()
+        loss = layer(h, y)
+        loss.backward()
+        assert layer.weight.grad.is_sparse and layer.weight.grad.is_cuda
+        assert torch.isfinite(layer.weight.grad.coalesce().values()).all()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert all(map(lambda x: x == x, losses)) and losses[-1] < losses[0]
