@@ -87,6 +87,7 @@ def main(argv=None) -> int:
                 layer = SampledSoftmaxLoss(
                     weight=nn.Parameter(w0.clone()),
                     method="lsh",
+                    lsh_generator="tables",  # bucket tiles are SimHash tables' scheme
                     num_candidates=args.S,
                     num_uniform=args.T,
                     lsh_bits=args.bits,

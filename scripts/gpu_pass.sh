@@ -25,27 +25,35 @@ if ls .whl/*.whl >/dev/null 2>&1; then
   export PYTHONPATH=/tmp/site
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-STAGES=${STAGES:-"env tests kernels step_profile sweep linear_ce bucket_tiles tune"}
+STAGES=${STAGES:-"env tests step_profile sweep linear_ce kernels bucket_tiles tune"}
 stage() { case " $STAGES " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 T0=$(date +%s)
-mark() { echo "[gpu_pass] $1 done at +$(( $(date +%s) - T0 )) s" | tee -a "$RES/timeline.txt"; }
+# after every stage: the timeline, and everything so far packed into $OUT, so a call cut
+# short by its limit still brings back what it finished
+mark() {
+  echo "[gpu_pass] $1 done at +$(( $(date +%s) - T0 )) s" | tee -a "$RES/timeline.txt"
+  tar czf "$OUT/gpu_pass.tgz" -C "$RES" .
+}
 
+SWEEP_FAISS=""  # faiss-cpu on GPU tensors copies the weight to the host: smoke only
 if [ "$SIZE" = smoke ]; then
+  SWEEP_FAISS="faiss"
   T_TESTS=170; T_BENCH=45
   KERNELS_ARGS=(--n 100000 --C 256 1024 --N 4096)
   STEP_ARGS=(--n 1e5 --N 1024 --d 128 --S 64 --T 64 --K 1024 --repeats 5 --topk-n 1e5)
   SWEEP_ARGS=(--n 1e4 1e5 --d 256 --N 1024 --dtype bf16 --repeats 5)
   LCE_ARGS=(--N 4096 --d 1024 --n 32768 131072)
   TILE_ARGS=(--n 1e5 --N 1024)
-else
-  T_TESTS=170; T_BENCH=110
-  KERNELS_ARGS=(--n 100000 1000000 --C 256 1024 4096 --N 8192)
-  STEP_ARGS=(--n 1e6 --N 8192 --d 1024 --S 512 --T 512 --K 1024 4096 --repeats 15
-             --topk-n 1e6 --topk-N 8192)
-  SWEEP_ARGS=(--n 1e4 1e5 1e6 1e7 --d 1024 --N 8192 --dtype bf16)
-  LCE_ARGS=(--N 8192 --d 1024 4096 --n 32768 131072 262144 1000000)
-  TILE_ARGS=(--n 1e5 1e6 --N 1024 8192)
+else  # about 7 minutes on an H200 (session 9)
+  T_TESTS=60; T_BENCH=55
+  KERNELS_ARGS=(--n 1000000 --C 256 --N 8192)
+  STEP_ARGS=(--n 1e6 --N 4096 --d 256 --S 512 --T 512 --K 1024 4096 --repeats 10
+             --topk-n 1e6 --topk-N 4096)
+  SWEEP_ARGS=(--n 1e5 1e6 1e7 --d 512 --N 4096 --dtype bf16)
+  LCE_ARGS=(--N 8192 --d 1024 --n 131072 1000000 --impl ours plain cce liger)
+  TILE_ARGS=(--n 1e6 --N 8192)
 fi
+TESTS_K=${TESTS_K:-}  # a pytest -k expression: rerun only some CUDA tests
 
 if stage env; then
   { nvidia-smi; python3 -c "import torch, triton, sys; print(sys.version); print('torch', \
@@ -56,8 +64,9 @@ torch.cuda.get_device_capability())"; python3 -c "import faiss; print('faiss', f
 fi
 if stage tests; then  # CUDA-marked tests: every kernel against its twin, the module on CUDA
   par=(); python3 -c "import xdist" 2>/dev/null && par=(-n 6)  # pytest-xdist where present
-  timeout "$T_TESTS" python3 -m pytest -q -m cuda "${par[@]}" -p no:cacheprovider tests/ \
-    > "$RES/tests_cuda.log" 2>&1
+  sel=(); [ -n "$TESTS_K" ] && sel=(-k "$TESTS_K")
+  timeout "$T_TESTS" python3 -m pytest -q -m cuda "${par[@]}" "${sel[@]}" -p no:cacheprovider \
+    tests/ > "$RES/tests_cuda.log" 2>&1
   echo "tests rc=$?" >> "$RES/tests_cuda.log"
   mark tests
 fi
@@ -68,15 +77,15 @@ if stage kernels; then
   mark kernels
 fi
 if stage step_profile; then  # issue 19 on the GPU: stages, steps vs the baseline, optimizers
-  timeout "$T_BENCH" python3 -m bench.step_profile --device cuda "${STEP_ARGS[@]}" \
+  timeout $(( T_BENCH * 3 / 2 )) python3 -m bench.step_profile --device cuda "${STEP_ARGS[@]}" \
     --out "$RES/step_profile_cuda.json" > "$RES/step_profile.log" 2>&1
   echo "rc=$?" >> "$RES/step_profile.log"
   mark step_profile
 fi
 if stage sweep; then
   timeout $(( T_BENCH * 2 )) python3 -m bench.sweep --device cuda "${SWEEP_ARGS[@]}" \
-    --methods full faiss lsh lsh_shared uniform uniform_shared torch cce liger \
-    shared_neg1024 shared_neg_matched --out-dir "$RES" --tag gpu --no-plot --no-progress \
+    --methods full lsh lsh_shared uniform uniform_shared torch cce liger \
+    shared_neg1024 shared_neg_matched $SWEEP_FAISS --out-dir "$RES" --tag gpu --no-plot --no-progress \
     > "$RES/sweep.log" 2>&1
   echo "rc=$?" >> "$RES/sweep.log"
   mark sweep

@@ -16,14 +16,16 @@ def exact_topk(
 
     Per chunk of classes: one product, its own top-k, then a merge with the running best
     (N, 2k): no (N, n) buffer, and the big top-k runs over a cache-sized (N, chunk) block.
-    chunk: classes per block (default: about 2^22 logits, 16 MB, per block, at least k:
-    at or below h @ W.T + topk for N = 64 ... 4096 at n = 1.2e5 on a CPU, where 2^20 was
-    2x slower at N = 4096 and 10% faster at N <= 256; scripts/exact_topk_chunks.py).
+    chunk: classes per block (default on a CPU: about 2^22 logits, 16 MB, per block, at
+    least k: at or below h @ W.T + topk for N = 64 ... 4096 at n = 1.2e5, where 2^20 was 2x
+    slower at N = 4096 and 10% faster at N <= 256; scripts/exact_topk_chunks.py. On a GPU
+    2^27 logits, 512 MB: there 2^22 was 3.9x slower than h @ W.T + topk at N = 1024,
+    n = 1e5 on an H200, launch-bound; bench/results/step_profile-cuda-*.json).
     """
     N, n = hidden.shape[0], weight.shape[0]
     k = min(k, n)
     if chunk is None:
-        chunk = (1 << 22) // max(N, 1)
+        chunk = (1 << (27 if hidden.is_cuda else 22)) // max(N, 1)
     chunk = max(k, min(n, chunk), 1)
     h = hidden.float()
     best_s = torch.full((N, 0), float("-inf"), device=hidden.device)

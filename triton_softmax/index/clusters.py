@@ -171,7 +171,9 @@ class ClusterIndex:
         if warm and self.centroids.shape[1] == keys.shape[1] and self.centroids.shape[0] >= c:
             # warm start from the first c centroids: the lists split by _balance at the last
             # build are split again from scratch, so the number of lists does not creep up
-            cent = spherical_lloyd(train, self.centroids[:c].clone(), self.refresh_iters, gen)
+            # .to: the module may have moved to another device since the last build
+            start = self.centroids[:c].to(keys.device, copy=True)
+            cent = spherical_lloyd(train, start, self.refresh_iters, gen)
         else:
             init = torch.randperm(train.shape[0], generator=gen)[:c].to(keys.device)
             cent = spherical_lloyd(train, train[init].clone(), self.iters, gen)
