@@ -91,7 +91,7 @@ if stage sweep; then
   mark sweep
 fi
 if stage linear_ce; then
-  timeout "$T_BENCH" python3 bench/linear_ce_cuda.py "${LCE_ARGS[@]}" \
+  TRITON_PRINT_AUTOTUNING=1 timeout "$T_BENCH" python3 bench/linear_ce_cuda.py "${LCE_ARGS[@]}" \
     --out "$RES/linear_ce_cuda.json" > "$RES/linear_ce_cuda.log" 2>&1
   echo "rc=$?" >> "$RES/linear_ce_cuda.log"
   mark linear_ce
