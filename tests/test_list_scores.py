@@ -266,8 +266,9 @@ def test_real_build_paths_agree():
 
 @pytest.mark.cuda
 def test_cuda_search_is_sync_free():
-    """On CUDA, search_lists takes the kernel path with no host read (sync debug mode raises
-    on one) and returns the CPU loop's ids on the same lists."""
+    """On CUDA, search_lists takes the fixed-shape path with no host read (sync debug mode
+    raises on one) and returns the CPU loop's ids on the same lists. (ops runs list_topk's
+    twin on CUDA since the session-9 H200 run: see ops._fp64_or_cuda.)"""
     gen = torch.Generator().manual_seed(7)
     w, b = torch.randn(5000, 64, generator=gen), torch.randn(5000, generator=gen)
     b[:7] = float("-inf")
