@@ -21,8 +21,12 @@ import torch
 
 from .sampled_logits import acc_dtype
 
-# rows of one gather (chunk x p x max_list x d floats) are bounded by this many (~64 MiB fp32)
+# rows of one gather (chunk x p x max_list x d floats) are bounded by this many: ~64 MiB fp32
+# on a CPU (cache-sized blocks), ~512 MiB on a GPU, where each chunk costs a few launches
+# and at n = 10^6, N = 4096, p = 16 the CPU bound would mean thousands of them per search
+# (this twin is the CUDA path of ops.list_topk since session 9)
 GATHER_FLOATS = 1 << 24
+GATHER_FLOATS_CUDA = 1 << 27
 
 
 def list_topk_ref(
@@ -53,7 +57,8 @@ def list_topk_ref(
     pos = start.unsqueeze(2) + torch.arange(max_list, device=device)  # (N, p, max_list)
     ok = pos < end.unsqueeze(2)
     members = order[torch.where(ok, pos, torch.zeros_like(pos))]
-    step = max(1, GATHER_FLOATS // max(1, p * max_list * weight.shape[1]))
+    budget = GATHER_FLOATS_CUDA if hidden.is_cuda else GATHER_FLOATS
+    step = max(1, budget // max(1, p * max_list * weight.shape[1]))
     h = hidden.to(acc)
     for lo in range(0, N, step):
         hi = min(N, lo + step)
