@@ -247,8 +247,11 @@ def sparse_grad_weight_ref(
     crow = torch.zeros(uniq.numel() + 1, dtype=torch.int64, device=coef.device)
     torch.cumsum(counts, 0, out=crow[1:])
     cols = keep // max(coef.shape[1], 1)
-    with warnings.catch_warnings():  # torch's "CSR support is in beta" note is not the user's
+    with warnings.catch_warnings():  # torch's notes on CSR tensors are not the user's:
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        # torch 2.11 (the H200 run) also warns that invariant checks are "implicitly"
+        # disabled, though check_invariants=False says so explicitly
+        warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly")
         A = torch.sparse_csr_tensor(
             crow, cols, flat[keep], (uniq.numel(), N), check_invariants=False
         )
