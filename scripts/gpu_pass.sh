@@ -25,7 +25,7 @@ if ls .whl/*.whl >/dev/null 2>&1; then
   export PYTHONPATH=/tmp/site
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-STAGES=${STAGES:-"env tests step_profile sweep linear_ce kernels bucket_tiles tune"}
+STAGES=${STAGES:-"env tests probe kernels step_profile sweep linear_ce bucket_tiles tune"}
 stage() { case " $STAGES " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 T0=$(date +%s)
 # after every stage: the timeline, and everything so far packed into $OUT, so a call cut
@@ -69,6 +69,12 @@ if stage tests; then  # CUDA-marked tests: every kernel against its twin, the mo
     tests/ > "$RES/tests_cuda.log" 2>&1
   echo "tests rc=$?" >> "$RES/tests_cuda.log"
   mark tests
+fi
+if stage probe; then  # session 9's list_topk fault: tl.sort of int64 keys, per num_warps
+  timeout 90 python3 scripts/gpu_probe_sort.py --out "$RES/probe_sort.json" \
+    > "$RES/probe_sort.log" 2>&1
+  echo "rc=$?" >> "$RES/probe_sort.log"
+  mark probe
 fi
 if stage kernels; then
   timeout "$T_BENCH" python3 bench/kernels_cuda.py "${KERNELS_ARGS[@]}" \
