@@ -278,3 +278,21 @@ def test_every_sampled_configuration_trains_on_cuda(kw):
         opt.step()
         losses.append(float(loss.detach()))
     assert all(map(lambda x: x == x, losses)) and losses[-1] < losses[0]
+
+
+def test_list_topk_runs_its_twin_on_cuda(monkeypatch):
+    """ops.list_topk sends CUDA tensors to the twin (the kernel's fault on the H200, session
+    9): a kernel that raises is never called, and the result is the twin's."""
+    from tests.test_list_scores import SIZES, problem
+    from triton_softmax import ops
+    from triton_softmax.reference.list_scores import list_topk_ref
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("list_topk kernel called on CUDA")
+
+    monkeypatch.setattr(kernels, "list_topk", refuse)
+    h, w, b, order, offsets, lists = problem(torch.float32, True)
+    s, ids = ops.list_topk(*_cuda(h, w, b, order, offsets, lists), 40, max(SIZES))
+    s_ref, ids_ref = list_topk_ref(h, w, b, order, offsets, lists, 40, max(SIZES))
+    torch.testing.assert_close(s.cpu(), s_ref, **ACC)
+    assert torch.equal(ids.cpu(), ids_ref)
