@@ -6,8 +6,9 @@
 Part 1, stages of the library's lsh step (per-example S and T, sparse weight gradient), each
 timed on its own (median of --repeats after one warm-up, inputs from the previous stage):
 the search (clusters: routing to lists, then the exact scores of the probed lists; SimHash
-tables: hashing, then lookup by collision count; on CUDA the clusters search also with the
-list_topk kernel, which ops bypasses there since session 9), candidate build (S + uniform T), logits
+tables: hashing, then lookup by collision count; on CUDA the clusters search's list tiles
+beside the per-(query, list) path they replaced in session 9: list_topk's twin and kernel),
+candidate build (S + uniform T), logits
 (forward), backward (coefficients and dh), gradient assembly (the sparse dW: the previous
 uncoalesced form and today's coalesced one), optimizer (SGD, torch.optim.SparseAdam on each
 gradient form, FusedSparseAdam on the coalesced one).
@@ -118,12 +119,17 @@ def stage_profile(W: nn.Parameter, h, y, args) -> dict:
         out.update(lists=int(index.centroids.shape[0]), nprobe=index.effective_nprobe)
         out["probe_lists"] = median_ms(lambda: index.probe_lists(hd), r)
         out["search"] = median_ms(lambda: index.search(hd, args.S - 1), r)
-        if hd.is_cuda:  # ops runs list_topk's twin on CUDA (session 9): the kernel beside it
+        if hd.is_cuda:  # the search's tiles (the CUDA path since session 9) beside the
+            # per-(query, list) path it replaced: list_topk's twin, and its kernel
+            lists = index.probe_lists(hd)
+            out["search_fixed_list_topk_twin"] = median_ms(
+                lambda: index._search_fixed(hd, lists, args.S - 1), r
+            )
             route = ops.ROUTES["list_topk"]
             ops.ROUTES["list_topk"] = dataclasses.replace(route, fallback=ops._any_fp64)
             try:
-                out["search_list_topk_kernel_unverified"] = median_ms(
-                    lambda: index.search(hd, args.S - 1), r
+                out["search_fixed_list_topk_kernel_unverified"] = median_ms(
+                    lambda: index._search_fixed(hd, lists, args.S - 1), r
                 )
             finally:
                 ops.ROUTES["list_topk"] = route

@@ -220,6 +220,44 @@ def test_search_fixed_matches_loop(live_rerank, k):
     check_search(index, h, k, top, fixed, index.order[[7]])
 
 
+@pytest.mark.parametrize("live_rerank", [True, False])
+@pytest.mark.parametrize("k", [4, 30])
+@pytest.mark.parametrize("tile", [1, 3, 64])
+def test_search_tiles_matches_loop(monkeypatch, live_rerank, k, tile):
+    """The CUDA path (list_tiles: queries of one list scored together, in tiles) on the
+    handmade lists: the loop's ids on every full row; tiles of 1 and 3 queries split the
+    lists' queries over several tiles, and a tiny chunk budget splits the tiles."""
+    from triton_softmax.index import list_tiles
+
+    monkeypatch.setattr(list_tiles, "TILE_QUERIES", tile)
+    monkeypatch.setattr(list_tiles, "TILE_FLOATS", 1 if tile == 3 else list_tiles.TILE_FLOATS)
+    index, w, b = handmade_index(live_rerank)
+    h = torch.randn(9, 12, generator=torch.Generator().manual_seed(2))
+    top = index.search_lists(h, k)
+    tiles = index._search_tiles(h, index.probe_lists(h), k, torch.Generator().manual_seed(0))
+    check_search(index, h, k, top, tiles, index.order[[7]])
+
+
+@pytest.mark.parametrize("live_rerank", [True, False])
+def test_list_tile_scores_equal_the_loops_scores(live_rerank):
+    """Every slot of the (N, p x L) buffer: the loop's exact logit, -inf in the same slots
+    (empty slots, the masked class); chunks of queries (TILE_SCORES) leave it unchanged."""
+    from triton_softmax.index.list_tiles import list_tile_scores
+
+    index, w, b = handmade_index(live_rerank)
+    h = torch.randn(9, 12, generator=torch.Generator().manual_seed(3))
+    lists = index.probe_lists(h)
+    want = index._list_scores(h, lists)
+    if live_rerank:
+        rows, bias, members = index.weight, index.bias, index.order
+    else:
+        (rows, bias), members = index._copied_rows(), torch.arange(index.order.numel())
+    for tile in (1, 2, 64):
+        got = list_tile_scores(h, rows, bias, members, index.offsets, lists, index.max_list, tile)
+        assert torch.equal(torch.isinf(got), torch.isinf(want))
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
 def test_search_fixed_kernel_under_interpreter(monkeypatch):
     """The same, with the kernel (TRITON_SOFTMAX_IMPL=triton runs it on CPU tensors here)."""
     monkeypatch.setenv("TRITON_SOFTMAX_IMPL", "triton")
@@ -257,6 +295,7 @@ def test_real_build_paths_agree():
     top = index.search_lists(h, 16)
     fixed = index._search_fixed(h, index.probe_lists(h), 16, None)
     assert torch.equal(top, fixed)
+    assert torch.equal(top, index._search_tiles(h, index.probe_lists(h), 16, None))
     assert not torch.isin(fixed, torch.arange(5)).any()
     # and the exact top-16 is mostly found (3 of 12 lists probed)
     exact = full_topk(h, w, b, 16)
@@ -266,9 +305,9 @@ def test_real_build_paths_agree():
 
 @pytest.mark.cuda
 def test_cuda_search_is_sync_free():
-    """On CUDA, search_lists takes the fixed-shape path with no host read (sync debug mode
-    raises on one) and returns the CPU loop's ids on the same lists. (ops runs list_topk's
-    twin on CUDA since the session-9 H200 run: see ops._fp64_or_cuda.)"""
+    """On CUDA, search_lists takes the list tiles (index/list_tiles.py, since the session-9
+    H200 run) with no host read (sync debug mode raises on one) and returns the CPU loop's
+    ids on the same lists."""
     gen = torch.Generator().manual_seed(7)
     w, b = torch.randn(5000, 64, generator=gen), torch.randn(5000, generator=gen)
     b[:7] = float("-inf")

@@ -100,7 +100,8 @@ def _fp64_or_cuda(*args, **kwargs) -> bool:
     key (score right, id a class already listed; bench/results/gpu-h200-20261130-s9/), which
     the interpreter never shows. Until a GPU run passes
     tests/test_cuda_kernels.py::test_list_topk_matches_twin, CUDA runs the twin (exact,
-    sync-free, a padded gather and one batched product per chunk of queries)."""
+    sync-free, a padded gather and one batched product per chunk of queries). The clusters
+    search itself no longer calls list_topk on CUDA (index/list_tiles.py)."""
     return _any_fp64(*args, **kwargs) or (isinstance(args[0], torch.Tensor) and args[0].is_cuda)
 
 

@@ -26,10 +26,12 @@ import torch
 from .. import nonfinite as _nf
 from ..checks import check_int_option
 from .kmeans import assign_nearest, balance_lists, lists_csr, spherical_lloyd
+from .list_tiles import list_tile_scores
 from .rerank import check_rows, nonfinite_class, pad_short_rows, rerank_union, top_k_ids
 
 MODES = ("mips", "spherical")
 SCORE_BUFFER = 1 << 23  # (query, list, member) scores per chunk of a CPU search (32 MB)
+TILE_SCORES = 1 << 28  # the same on CUDA (_search_tiles: 1 GB)
 POINTS_PER_LIST = 64  # subsample for the first build, as FAISS's k-means
 NORM_HEADROOM = 1.05  # M with room for rows to grow before update_rows must rebuild
 # live_rerank=None: a copy when the rows are on a CPU and the copy takes at most this many bytes
@@ -305,7 +307,7 @@ class ClusterIndex:
         it (its rows gathered from the live weights when live_rerank, else sliced from the
         copy taken at build), not query by query: a per-query gather of the union costs as
         much as the full product there; then one top-k per row, queries in chunks of
-        SCORE_BUFFER scores. On CUDA: _search_fixed, one kernel launch and no host read."""
+        SCORE_BUFFER scores. On CUDA: _search_tiles, fixed shapes and no host read."""
         if not self.built:
             raise RuntimeError("ClusterIndex.search before build(): call build(weight, bias)")
         hidden = hidden.detach()
@@ -315,7 +317,7 @@ class ClusterIndex:
             return rerank_union(hidden, self.weight, self.bias, empty, k, generator)
         lists = self.probe_lists(hidden)
         if hidden.is_cuda:
-            return self._search_fixed(hidden, lists, k, generator)
+            return self._search_tiles(hidden, lists, k, generator)
         # N x p x L scores at a time (one 32 MB buffer), never one (N, classes) product; equal
         # chunks, as few as fit: each chunk reads every list it probes again
         per_query = max(1, lists.shape[1] * self.max_list)
@@ -358,6 +360,35 @@ class ClusterIndex:
             z, pos = ops.list_topk(hidden, rows, bias, at, self.offsets, lists, k, self.max_list)
             ids = torch.where(pos >= 0, self.order[pos.clamp_min(0)], pos)
         s, top = top_k_ids(z.view(N, -1), ids.view(N, -1), k)
+        return pad_short_rows(hidden, self.weight, self.bias, top, s, self.rows, k, generator)
+
+    def _search_tiles(
+        self,
+        hidden: torch.Tensor,
+        lists: torch.Tensor,
+        k: int,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """search_lists in fixed shapes with no host read, each probed list scored once per
+        tile of the queries that probe it (list_tiles.py; the CUDA path since session 9,
+        where ops.list_topk's kernel returned a wrong id). Queries in chunks of at most
+        TILE_SCORES scores; short rows padded as in _search_fixed."""
+        N, p = lists.shape
+        if self.live_rerank:
+            rows, bias, members = self.weight, self.bias, self.order
+        else:  # the copy is in list order: its positions are the members
+            rows, bias = self._copied_rows()
+            members = torch.arange(self.order.numel(), device=self.order.device)
+        step = max(1, TILE_SCORES // max(1, p * self.max_list))
+        s, top = [], []
+        for i in range(0, N, step):
+            h, lst = hidden[i : i + step], lists[i : i + step]
+            si, pos = top_k_ids(
+                list_tile_scores(h, rows, bias, members, self.offsets, lst, self.max_list), None, k
+            )
+            s.append(si)
+            top.append(self._ids_at(lst, pos))
+        s, top = torch.cat(s), torch.cat(top)
         return pad_short_rows(hidden, self.weight, self.bias, top, s, self.rows, k, generator)
 
     def _list_scores(self, hidden: torch.Tensor, lists: torch.Tensor) -> torch.Tensor:
