@@ -5,9 +5,10 @@ The CUDA path of ClusterIndex.search (index/clusters.py). Query i probes p lists
 list's rows are gathered once per tile and scored by one batched product (torch.bmm)
 against the tile's queries, instead of once per query: list_topk (the kernel and its twin)
 reads N p L d floats, this about (N p / tile + C) L d. The number of tiles is bounded from
-the shapes alone (ceil(N p / tile) + C: a list's last tile is the only partial one), so
-there is no host read: it runs inside a training step. Unused tile slots score query 0 and
-land in a scratch row.
+the shapes alone (ceil(N p / tile) + min(C, N p): a list's last tile is its only partial
+one), so there is no host read: it runs inside a training step. Unused tile slots score
+query 0 and land in a scratch row; unused tiles read no list. Scores are fp32 products
+(exact ranking); bf16 tensor-core scoring with an exact rerank would be faster on a GPU.
 
 Why: on the H200 (session 9) the per-(query, list) kernel took 49 ms of a 58 ms lsh step at
 n = 10^6, N = 4096, d = 256 (1.6% of classes scored), and one fp32 case returned a wrong
@@ -59,7 +60,7 @@ def list_tile_scores(
     rank = torch.arange(P, device=dev) - (torch.cumsum(counts, 0) - counts)[lst]
     tiles = torch.div(counts + tile - 1, tile, rounding_mode="floor")
     first_tile = torch.cumsum(tiles, 0) - tiles
-    T = -(-P // tile) + C  # >= sum_c ceil(count_c / tile)
+    T = -(-P // tile) + min(C, P)  # >= sum_c ceil(count_c / tile): one partial per list
     at = (first_tile[lst] + torch.div(rank, tile, rounding_mode="floor")) * tile + rank % tile
     slot_query = torch.zeros(T * tile, dtype=torch.int64, device=dev)
     slot_query.index_copy_(0, at, torch.div(by_list, p, rounding_mode="floor"))
@@ -69,7 +70,11 @@ def list_tile_scores(
     tile_list.scatter_(0, torch.div(at, tile, rounding_mode="floor"), lst)  # equal values
     h = hidden.float()
     d = h.shape[1]
-    start, end = offsets[tile_list], offsets[tile_list + 1]
+    # unused tiles get an empty range: they gather one cached row again and again, not a list
+    start = offsets[tile_list]
+    used = torch.zeros(T, dtype=torch.bool, device=dev)
+    used.scatter_(0, torch.div(at, tile, rounding_mode="floor"), True)
+    end = torch.where(used, offsets[tile_list + 1], start)
     j = torch.arange(L, device=dev)
     per_chunk = max(1, TILE_FLOATS // max(1, L * d))
     for t0 in range(0, T, per_chunk):
