@@ -256,6 +256,9 @@ def test_list_tile_scores_equal_the_loops_scores(live_rerank):
         got = list_tile_scores(h, rows, bias, members, index.offsets, lists, index.max_list, tile)
         assert torch.equal(torch.isinf(got), torch.isinf(want))
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    # one query: fewer (query, list) pairs (3) than lists (8), so the tile bound is N p based
+    one = list_tile_scores(h[:1], rows, bias, members, index.offsets, lists[:1], index.max_list)
+    torch.testing.assert_close(one, index._list_scores(h[:1], lists[:1]), atol=1e-5, rtol=1e-5)
 
 
 def test_search_fixed_kernel_under_interpreter(monkeypatch):
