@@ -212,30 +212,25 @@ def check_search(index, h, k, top, fixed, masked):
 
 @pytest.mark.parametrize("live_rerank", [True, False])
 @pytest.mark.parametrize("k", [4, 30])
-def test_search_fixed_matches_loop(live_rerank, k):
-    index, w, b = handmade_index(live_rerank)
-    h = torch.randn(9, 12, generator=torch.Generator().manual_seed(2))
-    top = index.search_lists(h, k)
-    fixed = index._search_fixed(h, index.probe_lists(h), k, torch.Generator().manual_seed(0))
-    check_search(index, h, k, top, fixed, index.order[[7]])
-
-
-@pytest.mark.parametrize("live_rerank", [True, False])
-@pytest.mark.parametrize("k", [4, 30])
-@pytest.mark.parametrize("tile", [1, 3, 64])
-def test_search_tiles_matches_loop(monkeypatch, live_rerank, k, tile):
-    """The CUDA path (list_tiles: queries of one list scored together, in tiles) on the
-    handmade lists: the loop's ids on every full row; tiles of 1 and 3 queries split the
-    lists' queries over several tiles, and a tiny chunk budget splits the tiles."""
+@pytest.mark.parametrize("path", ["fixed", "tiles1", "tiles3", "tiles64"])
+def test_fixed_shape_searches_match_loop(monkeypatch, live_rerank, k, path):
+    """_search_fixed (ops.list_topk) and _search_tiles (list_tiles: the queries of one list
+    scored together; the CUDA path) give the loop's ids on every full row of the handmade
+    lists; tiles of 1 and 3 queries split a list's queries over several tiles, and with 3 a
+    tiny chunk budget splits the tiles."""
     from triton_softmax.index import list_tiles
 
-    monkeypatch.setattr(list_tiles, "TILE_QUERIES", tile)
-    monkeypatch.setattr(list_tiles, "TILE_FLOATS", 1 if tile == 3 else list_tiles.TILE_FLOATS)
     index, w, b = handmade_index(live_rerank)
     h = torch.randn(9, 12, generator=torch.Generator().manual_seed(2))
     top = index.search_lists(h, k)
-    tiles = index._search_tiles(h, index.probe_lists(h), k, torch.Generator().manual_seed(0))
-    check_search(index, h, k, top, tiles, index.order[[7]])
+    search = index._search_fixed
+    if path != "fixed":
+        tile = int(path[5:])
+        monkeypatch.setattr(list_tiles, "TILE_QUERIES", tile)
+        monkeypatch.setattr(list_tiles, "TILE_FLOATS", 1 if tile == 3 else list_tiles.TILE_FLOATS)
+        search = index._search_tiles
+    got = search(h, index.probe_lists(h), k, torch.Generator().manual_seed(0))
+    check_search(index, h, k, top, got, index.order[[7]])
 
 
 @pytest.mark.parametrize("live_rerank", [True, False])
