@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 
 TILE_QUERIES = 64  # queries of one list scored together
-TILE_FLOATS = 1 << 27  # gathered rows of one chunk of tiles (512 MB of fp32)
+TILE_FLOATS = 1 << 27  # gathered rows, and scores, of one chunk of tiles (512 MB of fp32)
 
 
 def list_tile_scores(
@@ -76,7 +76,7 @@ def list_tile_scores(
     used.scatter_(0, torch.div(at, tile, rounding_mode="floor"), True)
     end = torch.where(used, offsets[tile_list + 1], start)
     j = torch.arange(L, device=dev)
-    per_chunk = max(1, TILE_FLOATS // max(1, L * d))
+    per_chunk = max(1, TILE_FLOATS // max(1, L * max(d, tile)))  # rows and scores bounded
     for t0 in range(0, T, per_chunk):
         t1 = min(T, t0 + per_chunk)
         pos = start[t0:t1, None] + j  # (t, L) list positions
