@@ -53,11 +53,11 @@ def list_tile_scores(
     flat = lists.reshape(-1)
     by_list = torch.argsort(flat, stable=True)  # pairs (q * p + s) grouped by list
     lst = flat[by_list]
-    # per-list counts by index_add (bincount would read its size back from the device)
-    counts = torch.zeros(C, dtype=torch.int64, device=dev).index_add_(
-        0, flat, torch.ones_like(flat)
-    )
-    rank = torch.arange(P, device=dev) - (torch.cumsum(counts, 0) - counts)[lst]
+    # each list's run in the sorted pairs (bincount would read its size back from the
+    # device; searchsorted needs no atomics, so it is deterministic too)
+    bounds = torch.searchsorted(lst, torch.arange(C + 1, device=dev))
+    counts = bounds[1:] - bounds[:-1]
+    rank = torch.arange(P, device=dev) - bounds[lst]
     tiles = torch.div(counts + tile - 1, tile, rounding_mode="floor")
     first_tile = torch.cumsum(tiles, 0) - tiles
     T = -(-P // tile) + min(C, P)  # >= sum_c ceil(count_c / tile): one partial per list
