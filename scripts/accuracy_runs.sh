@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The accuracy runs behind the README's Accuracy section (issue 5), in the order they ran.
 # Each run is alone in its process, one torch thread, one after another; records land in
-# bench/results/accuracy-*-<session>.json. Usage: bash scripts/accuracy_runs.sh [synset|refresh|teacher|teacher6-sampled|teacher6-full|lemma|lemma-a|lemma-b|synset-full|synset-long|teacher6|teacher6-faiss|teacher6-full-capped|teacher7-throughput|synset-pair|synset-baseline|synset-warm|synset-baseline6|synset-copy|synset-t1024|synset-kept|synset-kept2|synset-full-kept]
+# bench/results/accuracy-*-<session>.json. Usage: bash scripts/accuracy_runs.sh [synset|refresh|teacher|teacher6-sampled|teacher6-full|lemma|lemma-a|lemma-b|synset-full|synset-long|teacher6|teacher6-faiss|teacher6-full-capped|teacher7-throughput|synset-pair|synset-baseline|synset-warm|synset-baseline6|synset-copy|synset-t1024|synset-kept|synset-kept2|synset-full-kept|synset-scheme]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 S=${SESSION:-$(date -u +%Y%m%d-%H%M%S)}
@@ -93,6 +93,13 @@ case "${1:-synset}" in
     run --task wordnet-synset --epochs 12 --methods lsh --candidate-scheme shared_samples \
       --num-uniform 1024 --search-min-mass 0.3 --keep-freed-memory &
     run --task wordnet-synset --epochs 12 --methods shared_neg --shared-negatives 4096 \
+      --keep-freed-memory
+    wait ;;
+  synset-scheme)  # session 9: per-example T against one shared T at the same |S| = |T| = 64
+    # (the default scheme against the one issue 19 asks for), memory kept, side by side
+    run --task wordnet-synset --epochs 12 --methods lsh --candidate-scheme per_example \
+      --keep-freed-memory &
+    run --task wordnet-synset --epochs 12 --methods lsh --candidate-scheme shared_samples \
       --keep-freed-memory
     wait ;;
   synset-full-kept)  # session 8: the exact softmax (6 epochs, as synset-full) with memory kept
