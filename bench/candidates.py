@@ -15,7 +15,8 @@ sweep's planted problem (bench/harness.py: uniform weights, hidden planted near 
   - search_ms_per_1024 (and build_s): wall time on this machine, one torch thread.
 query-clusters rows (index/query_clusters.py) build their lists from a sample of other
 queries (the snapshot's remaining training glosses; planted: 2,048 fresh queries).
-References: uniform (63 random ids), FAISS flat (exact top-63), FAISS IVF at several nprobe,
+References: uniform (63 random ids), FAISS flat (exact top-63), FAISS IVF at several nprobe
+(IVF-Flat, and ivfpq: 4-bit PQ codes scored by fast-scan, its 63 ids unreranked),
 and today's lsh path (lsh.LSHIndex with make_index's defaults). Also the geometry: row-norm
 spread and |mean W| / mean |W| (centring is free for ranking). One JSON record goes to --out.
 """
@@ -105,6 +106,15 @@ def generators(n: int, d: int, seed: int):
                         lambda nlist=nlist: FaissIndex("ivf", nlist=nlist, seed=seed),
                     )
                 )
+        for nprobe in (4, 16, 64):  # 4-bit PQ codes in the same lists, fast-scan
+            rows.append(
+                (
+                    f"faiss ivfpq nlist={nl} nprobe={nprobe}",
+                    "faiss_ivf",
+                    {"kind": "ivfpq", "nlist": nl, "nprobe": nprobe},
+                    lambda: FaissIndex("ivfpq", nlist=nl, seed=seed),
+                )
+            )
     c0 = int(round(math.sqrt(n)))
     for mode, center, c in (
         ("spherical", True, c0),

@@ -43,3 +43,41 @@ def test_bad_kind_and_search_before_build():
         FaissIndex("hnsw")
     with pytest.raises(RuntimeError, match="build"):
         FaissIndex("flat").search(torch.randn(2, 4), 1)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_ivfpq_probing_every_list_finds_the_exact_top_k_among_a_few_times_k(bias):
+    # odd widths (d = 23, and 24 + bias) take the zero column that pairs the PQ sub-quantizers
+    g = torch.Generator().manual_seed(2)
+    n, d, N, k = 4000, 23 if not bias else 24, 40, 5
+    W = torch.randn(n, d, generator=g) * (0.5 + torch.rand(n, 1, generator=g))
+    b = torch.randn(n, generator=g) if bias else None
+    h = 3 * torch.randn(N, d, generator=g)
+    _, ref = exact_topk(h, W, k, b)
+    idx = FaissIndex("ivfpq", nlist=8, nprobe=8).build(W, b)
+    got = idx.search(h, 8 * k)
+    assert got.dtype == torch.int64 and got.shape == (N, 8 * k) and (got >= 0).all()
+    assert recall_at_k(got, ref) > 0.9  # approximate scores: the top-k within 8k
+    fewer = FaissIndex("ivfpq", nlist=8, nprobe=1).build(W, b)
+    assert idx.tunable and recall_at_k(fewer.search(h, 8 * k), ref) < recall_at_k(got, ref)
+    idx.set_nprobe(1)  # target_mass tunes nprobe between searches
+    assert idx.index.nprobe == 1
+
+
+def test_ivfpq_through_the_loss_trains_and_explains_itself():
+    from triton_softmax import SampledSoftmaxLoss
+
+    g = torch.Generator().manual_seed(3)
+    n, d, N = 3000, 16, 32
+    W = torch.nn.Parameter(0.1 * torch.randn(n, d, generator=g))
+    layer = SampledSoftmaxLoss(
+        weight=W, method="faiss", faiss_index="ivfpq", num_candidates=16, num_uniform=16
+    )
+    assert "ivfpq" in layer.explain()
+    h = torch.randn(N, d, generator=g, requires_grad=True)
+    y = torch.randint(0, n, (N,), generator=g)
+    loss = layer(h, y)
+    loss.backward()
+    assert torch.isfinite(loss) and W.grad is not None and torch.isfinite(h.grad).all()
+    with pytest.raises(ValueError, match="ivfpq"):
+        SampledSoftmaxLoss(weight=W, method="faiss", faiss_index="ivfp")

@@ -164,8 +164,8 @@ def check_index_options(
     check_int_option("lsh_tables (L)", lsh_tables, 1, 256)
     if lsh_bits is not None:
         check_int_option("lsh_bits (K)", lsh_bits, 1, 20)
-    if faiss_index not in ("auto", "flat", "ivf"):
-        raise ValueError(f"faiss_index must be auto/flat/ivf, got {faiss_index!r}")
+    if faiss_index not in ("auto", "flat", "ivf", "ivfpq"):
+        raise ValueError(f"faiss_index must be auto/flat/ivf/ivfpq, got {faiss_index!r}")
     check_int_option("refresh_every", refresh_every, 1)
 
 

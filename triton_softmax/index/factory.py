@@ -80,7 +80,7 @@ def describe(method: str, n: int, num_candidates: int, options) -> str:
     if method == "faiss":
         kind = faiss_kind(options.faiss_index, n)
         text = f"; faiss index {kind}"
-        if kind == "ivf":
+        if kind in ("ivf", "ivfpq"):
             text += f" nlist={options.faiss_nlist or default_nlist(n)}"
         return text
     return ""

@@ -6,8 +6,14 @@ the weights to host memory at build time and of the queries at search time (a ho
 CUDA: the FAISS poster's "CPU<->GPU conversion" open problem, and the reason the lsh path
 exists). With a bias, rows are [w_j, b_j] and queries [h, 1], so the inner product is the logit.
 
-Index kinds: "flat" (exact inner product) and "ivf" (IVF-Flat with inner-product metric,
-nlist coarse centroids trained by k-means on the rows, nprobe lists read per query).
+Index kinds: "flat" (exact inner product), "ivf" (IVF-Flat with inner-product metric,
+nlist coarse centroids trained by k-means on the rows, nprobe lists read per query) and
+"ivfpq" (the same lists holding 4-bit product-quantized residuals, two columns per
+sub-quantizer, scored by FAISS's fast-scan kernels: IndexIVFPQFastScan). ivfpq ranks by
+approximate inner products; the loss scores the ids it returns with exact logits anyway, and
+reading 32 bytes of codes per row instead of 512 makes its search 5-8x faster than IVF-Flat at
+the same nprobe and recall on a CPU (n = 1e6, d = 128, 256 queries, nprobe 16, one thread:
+20 vs 160 ms, recall of the exact top-10 0.243 for both; session 10).
 """
 
 from __future__ import annotations
@@ -29,7 +35,8 @@ except Exception as exc:  # pragma: no cover - depends on the environment
     faiss = None
     FAISS_IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
 
-INDEX_KINDS = ("flat", "ivf")
+INDEX_KINDS = ("flat", "ivf", "ivfpq")
+IVF_KINDS = ("ivf", "ivfpq")
 
 
 def faiss_available() -> bool:
@@ -60,6 +67,13 @@ def _augment(x: torch.Tensor, col: torch.Tensor | float | None) -> torch.Tensor:
     return torch.cat([x, col.detach().float().unsqueeze(1)], dim=1).contiguous()
 
 
+def _pad_even(x: torch.Tensor) -> torch.Tensor:
+    """A zero column when the width is odd (ivfpq's sub-quantizers take two columns each)."""
+    if x.shape[1] % 2 == 0:
+        return x
+    return torch.nn.functional.pad(x, (0, 1)).contiguous()
+
+
 def _follow_torch_threads() -> None:
     """FAISS's OpenMP pool follows torch.get_num_threads() (set before every build and
     search): torch.set_num_threads(k) is the one knob for both."""
@@ -69,7 +83,8 @@ def _follow_torch_threads() -> None:
 class FaissIndex:
     """Top-k inner-product search over class rows with FAISS.
 
-    kind: "flat" or "ivf"; nlist (ivf, default default_nlist(n): about sqrt(n), at least 39
+    kind: "flat", "ivf" or "ivfpq" (ivf lists of 4-bit PQ codes, fast-scan; approximate
+    ranking); nlist (ivf, default default_nlist(n): about sqrt(n), at least 39
     rows per list); nprobe (ivf, default 16); use_gpu: None = GPU index when faiss-gpu
     imports and weights are on CUDA. FAISS's CPU threads follow torch.get_num_threads().
     A NaN/inf class row is indexed as zeros and added to every search (nonfinite.py).
@@ -121,13 +136,23 @@ class FaissIndex:
         self.on_gpu = bool(
             (self.use_gpu or self.use_gpu is None) and weight.is_cuda and faiss_gpu_available()
         )
+        if self.kind == "ivfpq":
+            rows = _pad_even(rows)
+            dim = rows.shape[1]
         if self.kind == "flat":
             index = faiss.IndexFlatIP(dim)
         else:
             nlist = min(self.nlist or default_nlist(n), n)
-            index = faiss.IndexIVFFlat(
-                faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT
-            )
+            if self.kind == "ivf":
+                index = faiss.IndexIVFFlat(
+                    faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT
+                )
+            else:
+                index = faiss.IndexIVFPQFastScan(
+                    faiss.IndexFlatIP(dim), dim, nlist, dim // 2, 4, faiss.METRIC_INNER_PRODUCT
+                )
+                # codes of the residual to the list centroid: finer than codes of the row
+                index.by_residual = True
             index.cp.seed = self.seed
             index.cp.niter = KMEANS_ITERATIONS
             index.cp.max_points_per_centroid = KMEANS_POINTS_PER_CENTROID
@@ -138,12 +163,12 @@ class FaissIndex:
 
             self._res = faiss.StandardGpuResources()
             index = faiss.index_cpu_to_gpu(self._res, rows.device.index or 0, index)
-            if self.kind == "ivf":
+            if self.kind in IVF_KINDS:
                 index.train(rows)
             index.add(rows)
         else:
             host = rows.cpu().numpy()
-            if self.kind == "ivf":
+            if self.kind in IVF_KINDS:
                 index.train(host)
             index.add(host)
         self.index, self.has_bias, self.n = index, bias is not None, n
@@ -152,7 +177,7 @@ class FaissIndex:
     @property
     def tunable(self) -> bool:
         """An IVF index on the host: its nprobe can be set between searches (target_mass)."""
-        return self.kind == "ivf" and self.index is not None and not self.on_gpu
+        return self.kind in IVF_KINDS and self.index is not None and not self.on_gpu
 
     def set_nprobe(self, nprobe: int) -> None:
         """Lists read per query from now on (IVF on the host; kept for the next build)."""
@@ -185,6 +210,8 @@ class FaissIndex:
             raise RuntimeError("FaissIndex.search before build(): call build(weight, bias) first")
         _follow_torch_threads()
         queries = _augment(hidden, 1.0 if self.has_bias else None)
+        if self.kind == "ivfpq":
+            queries = _pad_even(queries)
         k_eff = min(k, self.n)
         if queries.shape[0] == 0 or k_eff == 0:  # faiss asserts k > 0
             ids = torch.full((queries.shape[0], k), -1, dtype=torch.int64, device=hidden.device)
