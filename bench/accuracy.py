@@ -199,6 +199,7 @@ class Model(nn.Module):
             rerank_copy=RERANK_COPY[getattr(args, "rerank_copy", "auto")]
             if method == "lsh"
             else None,
+            faiss_index=getattr(args, "faiss_index", "auto"),
             sparse_grad=self.sparse,
             seed=args.seed,
         )
@@ -389,6 +390,8 @@ def run_one(data: Data, data_info: dict, spec: str, args, session: str) -> dict:
         label += f"-T{args.num_uniform}-min{args.search_min_mass:g}"
     if getattr(args, "rerank_copy", "auto") != "auto" and method == "lsh":
         label += "-copy" if args.rerank_copy == "true" else "-live"
+    if getattr(args, "faiss_index", "auto") != "auto" and method == "faiss":
+        label += f"-{args.faiss_index}"
     for epoch in range(args.epochs):
         order = torch.randperm(N, generator=torch.Generator().manual_seed(args.seed * 1000 + epoch))
         e_wall = 0.0
@@ -705,6 +708,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="SampledSoftmaxLoss rerank_copy of the lsh runs: true = lists scored from a copy "
         "of the rows taken at refresh, false = the live rows, auto = the library's default",
+    )
+    p.add_argument(
+        "--faiss-index",
+        choices=("auto", "flat", "ivf", "ivfpq"),
+        default="auto",
+        help="SampledSoftmaxLoss faiss_index of the faiss runs (auto: the library's default)",
     )
     p.add_argument("--eval-examples", type=int, default=8192)
     p.add_argument("--evals-per-epoch", type=int, default=2)

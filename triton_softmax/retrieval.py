@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from .reference.sampled_logits import row_dots
+
 
 def exact_topk(
     hidden: torch.Tensor,
@@ -54,7 +56,7 @@ def rerank_topk(
     """Exact scores of the candidate ids (N, R) (-1 = empty), top-k of them: (scores, ids)."""
     valid = candidates >= 0
     safe = candidates.clamp_min(0)
-    z = torch.bmm(weight[safe].float(), hidden.float().unsqueeze(2)).squeeze(2)
+    z = row_dots(weight[safe].float(), hidden.float())
     if bias is not None:
         z = z + bias[safe].float()
     z = torch.where(valid, z, torch.full_like(z, float("-inf")))

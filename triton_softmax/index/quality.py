@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 
+from ..reference.sampled_logits import row_dots
 from .clusters import ClusterIndex
 from .faiss import FaissIndex
 from .rerank import dedupe_rows
@@ -86,7 +87,7 @@ def captured_mass(
     the target and duplicates are dropped). lse_noty: lse_without_target of the same rows."""
     srt, ok = distinct_candidates(ids, target)
     safe = srt.clamp_min(0)
-    z = torch.einsum("nkd,nd->nk", weight.detach()[safe].float(), hidden.detach().float())
+    z = row_dots(weight.detach()[safe].float(), hidden.detach().float())
     if bias is not None:
         z = z + bias.detach()[safe].float()
     p = torch.exp(torch.nan_to_num(z, nan=float("-inf")) - lse_noty.unsqueeze(1))

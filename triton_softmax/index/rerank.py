@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from ..candidates import first_occurrences
+from ..reference.sampled_logits import row_dots
 
 # rows of one gather (chunk x U x d floats) are bounded by this many floats (~64 MiB)
 GATHER_FLOATS = 1 << 24
@@ -74,7 +75,7 @@ def exact_scores(
         hi = min(N, lo + step)
         part = ids[lo:hi]
         safe = part.clamp_min(0)
-        z = torch.bmm(weight[safe].float(), h[lo:hi].unsqueeze(2)).squeeze(2)
+        z = row_dots(weight[safe].float(), h[lo:hi])
         if bias is not None:
             z = z + bias[safe].float()
         ok = (part >= 0) & ~torch.isnan(z)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from .sampled_logits import acc_dtype
+from .sampled_logits import acc_dtype, row_dots
 
 # rows of one gather (chunk x p x max_list x d floats) are bounded by this many: ~64 MiB fp32
 # on a CPU (cache-sized blocks), ~512 MiB on a GPU, where each chunk costs a few launches
@@ -63,7 +63,7 @@ def list_topk_ref(
     for lo in range(0, N, step):
         hi = min(N, lo + step)
         m = members[lo:hi].reshape(hi - lo, -1)
-        z = torch.bmm(weight[m].to(acc), h[lo:hi].unsqueeze(2)).squeeze(2)
+        z = row_dots(weight[m].to(acc), h[lo:hi])
         if bias is not None:
             z = z + bias[m].to(acc)
         z = z.view(hi - lo, p, max_list)

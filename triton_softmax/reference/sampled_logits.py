@@ -30,6 +30,15 @@ def gather_rows(weight: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     return weight.index_select(0, ids.reshape(-1)).view(*ids.shape, weight.shape[1])
 
 
+def row_dots(rows: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """(N, M) dot products of each row's gathered rows (N, M, d) with its h (N, d).
+
+    As (N, 1, d) x (N, d, M): on a CPU this runs 2-8x faster than (N, M, d) x (N, d, 1)
+    (0.8 vs 6.9 ms at N = 256, M = 65, d = 128; 59 vs 145 ms at 2 x 300,000 x 128; one
+    thread, session 10): that form takes a slow matrix-vector path per row."""
+    return torch.bmm(h.unsqueeze(1), rows.transpose(1, 2)).squeeze(1)
+
+
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
@@ -116,7 +125,7 @@ def _cap_slope(z_capped: torch.Tensor, softcap: float) -> torch.Tensor | float:
 
 def _candidate_logits(h, rows, bias, cand_ids, softcap=0.0):
     """z (N, M) from h (N, d) and gathered rows (N, M, d), both in the accumulation dtype."""
-    z = torch.bmm(rows, h.unsqueeze(2)).squeeze(2)
+    z = row_dots(rows, h)
     z = z + bias[cand_ids].to(z.dtype) if bias is not None else z
     return cap_logits(z, softcap)
 
