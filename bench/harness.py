@@ -50,7 +50,7 @@ from . import peers
 # lsh_copy / lsh_live: the lsh path with rerank_copy=True / False (lists scored from a copy
 # of the rows / the live rows; the default decides by device); lsh_np<p>: lsh_nprobe=p
 OUR_PATHS = ("full", "faiss", "lsh", "faiss_shared", "lsh_shared", "uniform", "uniform_shared")
-OUR_PATHS += ("lsh_copy", "lsh_live")
+OUR_PATHS += ("lsh_copy", "lsh_live", "faiss_ivf")  # faiss_ivf: IVF-Flat, the default to s9
 NPROBE_VARIANT = re.compile(r"lsh_np([1-9][0-9]*)")
 
 
@@ -401,6 +401,7 @@ class OursRunner(Runner):
             candidate_scheme="shared_samples" if variant == "shared" else "per_example",
             rerank_copy={"copy": True, "live": False}.get(variant),
             lsh_nprobe=int(variant[2:]) if NPROBE_VARIANT.fullmatch(method) else None,
+            faiss_index="ivf" if variant == "ivf" else "auto",
             seed=seed,
         )
         # path: what the module runs (full/faiss/lsh); resolved: the method name when the

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The accuracy runs behind the README's Accuracy section (issue 5), in the order they ran.
 # Each run is alone in its process, one torch thread, one after another; records land in
-# bench/results/accuracy-*-<session>.json. Usage: bash scripts/accuracy_runs.sh [synset|refresh|teacher|teacher6-sampled|teacher6-full|lemma|lemma-a|lemma-b|synset-full|synset-long|teacher6|teacher6-faiss|teacher6-full-capped|teacher7-throughput|synset-pair|synset-baseline|synset-warm|synset-baseline6|synset-copy|synset-t1024|synset-kept|synset-kept2|synset-full-kept|synset-scheme|synset-ivfpq]
+# bench/results/accuracy-*-<session>.json. Usage: bash scripts/accuracy_runs.sh [synset|refresh|teacher|teacher6-sampled|teacher6-full|lemma|lemma-a|lemma-b|synset-full|synset-long|teacher6|teacher6-faiss|teacher6-full-capped|teacher7-throughput|synset-pair|synset-baseline|synset-warm|synset-baseline6|synset-copy|synset-t1024|synset-kept|synset-kept2|synset-full-kept|synset-scheme|synset-ivfpq|synset-ivfpq-t1024]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 S=${SESSION:-$(date -u +%Y%m%d-%H%M%S)}
@@ -106,6 +106,14 @@ case "${1:-synset}" in
     # the synset recipe (6 epochs, |S| = |T| = 64), memory kept, side by side
     run --task wordnet-synset --epochs 6 --methods faiss --faiss-index ivf --keep-freed-memory &
     run --task wordnet-synset --epochs 6 --methods faiss --faiss-index ivfpq --keep-freed-memory
+    wait ;;
+  synset-ivfpq-t1024)  # session 10: synset-kept2's recipe on the faiss path with 4-bit PQ lists
+    # (shared T = 1024, search from a captured mass of 0.3) beside the K = 4096 baseline
+    run --task wordnet-synset --epochs 12 --methods faiss --faiss-index ivfpq \
+      --candidate-scheme shared_samples --num-uniform 1024 --search-min-mass 0.3 \
+      --keep-freed-memory &
+    run --task wordnet-synset --epochs 12 --methods shared_neg --shared-negatives 4096 \
+      --keep-freed-memory
     wait ;;
   synset-full-kept)  # session 8: the exact softmax (6 epochs, as synset-full) with memory kept
     run --task wordnet-synset --epochs 6 --methods full --keep-freed-memory ;;

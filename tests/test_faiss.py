@@ -81,3 +81,18 @@ def test_ivfpq_through_the_loss_trains_and_explains_itself():
     assert torch.isfinite(loss) and W.grad is not None and torch.isfinite(h.grad).all()
     with pytest.raises(ValueError, match="ivfpq"):
         SampledSoftmaxLoss(weight=W, method="faiss", faiss_index="ivfp")
+
+
+def test_auto_kind_is_flat_below_1e5_then_ivfpq_on_the_host(monkeypatch):
+    from triton_softmax.index import factory
+
+    assert factory.faiss_kind("auto", 99_999) == "flat"
+    assert factory.faiss_kind("auto", 100_000) == "ivfpq"
+    assert factory.faiss_kind("auto", 100_000, "cpu") == "ivfpq"
+    assert factory.faiss_kind("ivf", 10**6) == "ivf"  # an explicit kind stays
+    # faiss-gpu serving CUDA weights keeps IVF-Flat (its IVF-PQ has no fast-scan)
+    monkeypatch.setattr(factory, "faiss_gpu_available", lambda: True)
+    assert factory.faiss_kind("auto", 10**6, "cuda") == "ivf"
+    assert factory.faiss_kind("auto", 10**6, "cpu") == "ivfpq"
+    monkeypatch.setattr(factory, "faiss_gpu_available", lambda: False)
+    assert factory.faiss_kind("auto", 10**6, "cuda") == "ivfpq"  # faiss-cpu: host copy

@@ -245,3 +245,24 @@ def test_old_names_still_import():
     assert ops.chunked_ce_fwd is ops.linear_ce_fwd
     for name in triton_softmax.__all__:
         assert getattr(triton_softmax, name) is not None
+
+
+def test_default_candidate_scheme_shares_t_where_the_estimator_allows_it():
+    kw = dict(method="uniform", num_candidates=4, num_uniform=8)
+    assert SampledSoftmaxLoss(50, 4, **kw).sampling_options.scheme == "shared_samples"
+    # softcap and a sharded module support only per-example T: auto falls back to it
+    assert SampledSoftmaxLoss(50, 4, softcap=5.0, **kw).sampling_options.scheme == "per_example"
+    sharded = SampledSoftmaxLoss(50, 4, shard=ShardSpec(), num_candidates=4, num_uniform=8)
+    assert sharded.sampling_options.scheme == "per_example"
+    # an explicit scheme stays, and a wrong one names the choices
+    explicit = SampledSoftmaxLoss(50, 4, candidate_scheme="per_example", **kw)
+    assert explicit.sampling_options.scheme == "per_example"
+    with pytest.raises(ValueError, match="'auto' or one of"):
+        SampledSoftmaxLoss(50, 4, candidate_scheme="shared", **kw)
+    # the functional forms keep their explicit per-example default
+    assert inspect.signature(triton_softmax.sampled_softmax_cross_entropy).parameters[
+        "scheme"
+    ].default == "per_example"
+    # what runs is one T for the batch: the step draws |T| ids, not N x |T|
+    m = SampledSoftmaxLoss(50, 4, **kw)
+    assert "one T shared by the batch" in m.explain()

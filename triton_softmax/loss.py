@@ -84,9 +84,10 @@ class SampledSoftmaxLoss(nn.Module):
     method: "auto" | "full" | "faiss" | "lsh" | "uniform" (no index: S = {target}, T uniform,
     shared by the batch with candidate_scheme="shared_samples"); num_candidates |S|;
     num_uniform |T|; lsh_bits K (None: from n, L, |S|), lsh_tables L; faiss_index "auto" |
-    "flat" | "ivf" with faiss_nlist / faiss_nprobe; sparse_grad: the weight gradient is a
-    sparse tensor of candidate rows (use torch.optim.SGD or SparseAdam); seed fixes the
-    hyperplanes and the uniform draws of every step (so runs and resumed runs repeat).
+    "flat" | "ivf" | "ivfpq" (4-bit PQ codes, fast-scan) with faiss_nlist / faiss_nprobe;
+    sparse_grad: the weight gradient is a sparse tensor of candidate rows (use
+    torch.optim.SGD or SparseAdam); seed fixes the hyperplanes and the uniform draws of
+    every step (so runs and resumed runs repeat).
 
     target_mass t in (0, 1): at each refresh, the captured softmax mass of the retrieved S
     (its share of the exact non-target mass) is measured on <= 64 rows of the last training
@@ -132,6 +133,7 @@ class SampledSoftmaxLoss(nn.Module):
         given = dict(loss=loss, sampling=sampling, index=index, drift=drift, grad=grad)
         opts = from_kwargs(dict(given, shard=shard), flat_options, type(self).__name__)
         self.loss_options: LossOptions = opts["loss"]
+        opts["sampling"] = opts["sampling"].resolved(opts["loss"], opts["shard"])  # "auto"
         self.sampling_options: SamplingOptions = opts["sampling"]
         self.drift_options: DriftOptions = opts["drift"]
         self.grad_options: GradOptions = opts["grad"]

@@ -66,14 +66,15 @@ class LossOptions:
 
 @dataclass(frozen=True)
 class SamplingOptions:
-    """num_candidates |S| (with the target); num_uniform |T|; scheme: per_example /
-    shared_samples / batch_union / bucket_shared; bucket_impl (bucket_shared): auto / gather /
-    tiles; sampler: "uniform" | "log_uniform" | (n,) class weights | a Sampler (a weight
-    tensor is wrapped in a CategoricalSampler, so the options stay hashable)."""
+    """num_candidates |S| (with the target); num_uniform |T|; scheme: auto / per_example /
+    shared_samples / batch_union / bucket_shared (auto: see `resolved`); bucket_impl
+    (bucket_shared): auto / gather / tiles; sampler: "uniform" | "log_uniform" | (n,) class
+    weights | a Sampler (a weight tensor is wrapped in a CategoricalSampler, so the options
+    stay hashable)."""
 
     num_candidates: int = 512
     num_uniform: int = 512
-    scheme: str = "per_example"
+    scheme: str = "auto"
     bucket_impl: str = "auto"
     sampler: str | Sampler = "uniform"
     remove_accidental_hits: bool = True
@@ -81,8 +82,10 @@ class SamplingOptions:
     def __post_init__(self) -> None:
         checks.check_int_option("num_candidates (|S|)", self.num_candidates, 1)
         checks.check_int_option("num_uniform (|T|)", self.num_uniform, 0)
-        if self.scheme not in SCHEMES:
-            raise ValueError(f"candidate_scheme must be one of {SCHEMES}, got {self.scheme!r}")
+        if self.scheme not in ("auto", *SCHEMES):
+            raise ValueError(
+                f"candidate_scheme must be 'auto' or one of {SCHEMES}, got {self.scheme!r}"
+            )
         if self.bucket_impl not in BUCKET_IMPLS:
             raise ValueError(f"bucket_impl must be one of {BUCKET_IMPLS}, got {self.bucket_impl!r}")
         if isinstance(self.sampler, torch.Tensor):
@@ -98,6 +101,20 @@ class SamplingOptions:
                 f"got {self.sampler!r}"
             )
 
+    def resolved(self, loss: LossOptions, shard: ShardSpec | None) -> SamplingOptions:
+        """scheme "auto" -> "shared_samples" (each row its own S, one T for the batch scored
+        as a dense product: the estimator stays exact per row), or "per_example" where only
+        it is supported (softcap, a sharded module). An explicit scheme stays.
+
+        Measured on one thread (session 10): at n = 1e6, N = 256, |S| = 64, |T| = 1,024 a
+        step with shared T is 4-10x faster (lsh 155 vs 663 ms, faiss ivfpq 56 vs 559 ms);
+        WordNet synset, |S| = |T| = 64, 12 epochs: final P@1 0.982 vs 0.984 per-example at
+        33 vs 38 s per epoch (session 9)."""
+        if self.scheme != "auto":
+            return self
+        per_example = bool(loss.softcap) or shard is not None
+        return dataclasses.replace(self, scheme="per_example" if per_example else "shared_samples")
+
     @property
     def uniform(self) -> bool:
         return isinstance(self.sampler, str) and self.sampler == "uniform"
@@ -106,10 +123,11 @@ class SamplingOptions:
 @dataclass(frozen=True)
 class IndexOptions:
     """method auto/full/faiss/lsh/uniform (uniform: no index, S = {target}); lsh_bits K
-    (None: from n, L, |S|), lsh_tables L; faiss_index auto/flat/ivf with faiss_nlist /
-    faiss_nprobe; refresh_every training steps; partial_refresh: re-hash only rows with a
-    sparse gradient; seed: hyperplanes and draws; lsh_generator: what the lsh path retrieves
-    S with, "clusters" | "simhash" (unions reranked by exact logits) | "tables" (LSHIndex,
+    (None: from n, L, |S|), lsh_tables L; faiss_index auto/flat/ivf/ivfpq with
+    faiss_nlist / faiss_nprobe (auto: index.factory.faiss_kind); refresh_every training
+    steps; partial_refresh: re-hash only rows with a sparse gradient; seed: hyperplanes
+    and draws; lsh_generator: what the lsh path retrieves S with, "clusters" | "simhash"
+    (unions reranked by exact logits) | "tables" (LSHIndex,
     ranked by collision count); None: "tables" under bucket_shared, else "clusters";
     target_mass in (0, 1) (sampled paths): at each refresh the captured softmax mass of the
     retrieved S is measured on the last training batch (up to 64 rows) and the clusters /

@@ -133,8 +133,12 @@ class FaissIndex:
         )
         rows = _augment(weight, bias)
         n, dim = rows.shape
+        # ivfpq stays on the host: FAISS's GPU IVF-PQ has no fast-scan layout to copy into
         self.on_gpu = bool(
-            (self.use_gpu or self.use_gpu is None) and weight.is_cuda and faiss_gpu_available()
+            (self.use_gpu or self.use_gpu is None)
+            and weight.is_cuda
+            and faiss_gpu_available()
+            and self.kind != "ivfpq"
         )
         if self.kind == "ivfpq":
             rows = _pad_even(rows)

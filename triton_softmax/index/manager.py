@@ -57,7 +57,7 @@ class IndexManager:
     def explain(
         self, method: str, num_uniform: int | None = None, scheme: str | None = None
     ) -> str:
-        text = describe(method, self.rows, self.num_candidates, self.options)
+        text = describe(method, self.rows, self.num_candidates, self.options, self.device)
         excluded = getattr(self.index, "num_excluded", 0) if self.method == method else 0
         if excluded:
             text += (
