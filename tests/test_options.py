@@ -260,9 +260,10 @@ def test_default_candidate_scheme_shares_t_where_the_estimator_allows_it():
     with pytest.raises(ValueError, match="'auto' or one of"):
         SampledSoftmaxLoss(50, 4, candidate_scheme="shared", **kw)
     # the functional forms keep their explicit per-example default
-    assert inspect.signature(triton_softmax.sampled_softmax_cross_entropy).parameters[
-        "scheme"
-    ].default == "per_example"
+    assert (
+        inspect.signature(triton_softmax.sampled_softmax_cross_entropy).parameters["scheme"].default
+        == "per_example"
+    )
     # what runs is one T for the batch: the step draws |T| ids, not N x |T|
     m = SampledSoftmaxLoss(50, 4, **kw)
     assert "one T shared by the batch" in m.explain()
