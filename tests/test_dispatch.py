@@ -162,3 +162,55 @@ def test_inference_uses_its_own_crossover_or_says_it_has_none():
         "auto", 30_000, 128, 256, torch.float32, CPU, 64, 64, table=table, inference=True
     )
     assert c.method == "full" and "50000" in c.reason
+
+
+def test_auto_ranks_the_paths_past_their_crossover_by_their_time_at_n():
+    # lsh crosses first (2e4) but faiss is faster from 1e5 on: the table's times decide
+    recs = [
+        dict(method=m, n=n, d=128, N=256, dtype="float32", median_ms=t, status="ok")
+        for m, n, t in [
+            ("full", 10**3, 1.0),
+            ("full", 10**4, 10.0),
+            ("full", 10**5, 100.0),
+            ("full", 10**6, 1000.0),
+            ("lsh", 10**3, 30.0),
+            ("lsh", 10**4, 8.0),
+            ("lsh", 10**5, 60.0),
+            ("lsh", 10**6, 120.0),
+            ("faiss", 10**3, 90.0),
+            ("faiss", 10**4, 60.0),
+            ("faiss", 10**5, 40.0),
+            ("faiss", 10**6, 50.0),
+        ]
+    ]
+    (e,) = crossovers_from_records(recs)
+    assert e["lsh"] < e["faiss"] and e["ms"]["faiss"] == [90.0, 60.0, 40.0, 50.0]
+    table = {"format": TABLE_FORMAT, "devices": {"cpu": {"source": "t", "entries": [e]}}}
+    dispatch.validate_table(table)
+    pick = {
+        n: choose_method("auto", n, 128, 256, torch.float32, CPU, 64, 64, table=table)
+        for n in (3 * 10**4, 10**5, 10**6)
+    }
+    assert pick[3 * 10**4].method == "lsh"  # below faiss's crossover: lsh alone
+    assert pick[10**5].method == "faiss" and pick[10**5].ranked == ("faiss", "lsh", "full")
+    assert pick[10**6].method == "faiss" and "faiss ~50 ms, lsh ~120 ms" in pick[10**6].reason
+    assert dispatch.time_at(e, "lsh", 3 * 10**5) == pytest.approx(60 * 3**0.30103, rel=1e-6)
+    # a table without times keeps the crossover order
+    del e["ms"]
+    assert (
+        choose_method("auto", 10**6, 128, 256, torch.float32, CPU, 64, 64, table=table).method
+        == "lsh"
+    )
+    with pytest.raises(ValueError, match="ms"):
+        dispatch.validate_table(
+            {
+                "format": TABLE_FORMAT,
+                "devices": {
+                    "cpu": {
+                        "entries": [
+                            dict(d=1, N=1, dtype="float32", measured_n=[1, 2], ms={"lsh": [1.0]})
+                        ]
+                    }
+                },
+            }
+        )

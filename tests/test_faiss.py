@@ -96,3 +96,16 @@ def test_auto_kind_is_flat_below_1e5_then_ivfpq_on_the_host(monkeypatch):
     assert factory.faiss_kind("auto", 10**6, "cpu") == "ivfpq"
     monkeypatch.setattr(factory, "faiss_gpu_available", lambda: False)
     assert factory.faiss_kind("auto", 10**6, "cuda") == "ivfpq"  # faiss-cpu: host copy
+
+
+def test_ivfpq_over_too_few_rows_to_train_its_codes_builds_the_exact_flat_index():
+    from triton_softmax.index.faiss import PQ_MIN_ROWS
+
+    g = torch.Generator().manual_seed(4)
+    for n in (1, 5, PQ_MIN_ROWS - 1):
+        W, h = torch.randn(n, 7, generator=g), torch.randn(3, 7, generator=g)
+        idx = FaissIndex("ivfpq").build(W)
+        assert idx.built_kind == "flat" and not idx.tunable
+        k = min(n, 4)
+        assert recall_at_k(idx.search(h, k), exact_topk(h, W, k)[1]) == 1.0
+    assert FaissIndex("ivfpq", nlist=4).build(torch.randn(PQ_MIN_ROWS, 8)).built_kind == "ivfpq"

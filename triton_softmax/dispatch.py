@@ -78,7 +78,33 @@ def validate_table(table: object) -> dict:
                     raise ValueError(f"device {dev!r}: entry {e} has a bad {key!r}")
             if not isinstance(e.get("dtype"), str):
                 raise ValueError(f"device {dev!r}: entry {e} lacks a dtype")
+            ms = e.get("ms")
+            if ms is not None and not (
+                isinstance(ms, dict)
+                and all(
+                    isinstance(v, list)
+                    and len(v) == len(e.get("measured_n", ()))
+                    and all(x is None or (isinstance(x, (int, float)) and x > 0) for x in v)
+                    for v in ms.values()
+                )
+            ):
+                raise ValueError(f"device {dev!r}: entry {e} has a bad 'ms' (times per n)")
     return table
+
+
+def time_at(entry: dict, key: str, n: int) -> float | None:
+    """ms of path `key` at n from the entry's measured times, log-log interpolated (the end
+    segments extended); None where the entry has fewer than two times for it."""
+    ns, ms = entry.get("measured_n") or [], (entry.get("ms") or {}).get(key) or []
+    pts = [(math.log(a), math.log(b)) for a, b in zip(ns, ms) if b is not None]
+    if len(pts) < 2:
+        return None
+    x = math.log(max(n, 1))
+    i = 1
+    while i < len(pts) - 1 and pts[i][0] < x:
+        i += 1
+    (x0, y0), (x1, y1) = pts[i - 1], pts[i]
+    return math.exp(y0 + (y1 - y0) * (x - x0) / (x1 - x0))
 
 
 @functools.lru_cache(maxsize=8)
@@ -236,9 +262,19 @@ def choose_method(
     over = sorted((x, m) for m, x in options if n >= x)
     note = ("; " + "; ".join(notes)) if notes else ""
     if over:
+        # fastest first where the table has the times (a path that crossed early can still
+        # be the slower one at this n), else in crossover order
+        keys = {m: f"{m}_topk" if inference and f"{m}_topk" in entry else m for _, m in over}
+        est = {m: time_at(entry, keys[m], n) for _, m in over}
+        if all(t is not None for t in est.values()):
+            over = sorted(over, key=lambda xm: est[xm[1]])
         x, m = over[0]
         ranked = (*(name for _, name in over), "full")
         reason = f"n = {n} >= {m} crossover {x} measured at {at}{note}"
+        if len(over) > 1 and all(t is not None for t in est.values()):
+            reason += "; fastest here by the table's times: " + ", ".join(
+                f"{name} ~{est[name]:.0f} ms" for _, name in over
+            )
         return Choice(m, reason, inputs, ranked)
     if options:
         first = min(x for _, x in options)

@@ -156,6 +156,12 @@ def crossovers_from_records(records: list[dict]) -> list[dict]:
             x = crossover(ns, [by[base][k] for k in ns], [by[m][k] for k in ns]) if ns else None
             entry[m] = None if x is None else int(round(x))
         entry["measured_n"] = sorted(by["full"])
+        # the times themselves: method="auto" ranks the paths past their crossover by their
+        # time at n (interpolated), not by where they crossed
+        entry["ms"] = {
+            m: [round(by[m][k], 4) if k in by[m] else None for k in entry["measured_n"]]
+            for m in sorted(by)
+        }
         entries.append(entry)
     return entries
 
@@ -181,6 +187,13 @@ def _device_name(device: torch.device) -> str:
         return torch.cuda.get_device_name(device)
     import platform
 
+    try:  # Linux names the CPU model; platform.processor() is often just "x86_64"
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
     return platform.processor() or platform.machine()
 
 

@@ -36,6 +36,9 @@ except Exception as exc:  # pragma: no cover - depends on the environment
     FAISS_IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
 
 INDEX_KINDS = ("flat", "ivf", "ivfpq")
+# ivfpq below this many rows builds the flat index: 16 codes per sub-quantizer want 39 points
+# each (FAISS's k-means minimum) to train
+PQ_MIN_ROWS = 16 * 39
 IVF_KINDS = ("ivf", "ivfpq")
 
 
@@ -116,6 +119,7 @@ class FaissIndex:
             seed,
         )
         self.index = None
+        self.built_kind = kind  # what the last build made (ivfpq over few rows: flat)
         self.has_bias = False
         self.n = 0
         self.on_gpu = False
@@ -134,20 +138,22 @@ class FaissIndex:
         rows = _augment(weight, bias)
         n, dim = rows.shape
         # ivfpq stays on the host: FAISS's GPU IVF-PQ has no fast-scan layout to copy into
+        # fewer rows than 4-bit PQ training wants: the exact flat index (said by built_kind)
+        kind = "flat" if self.kind == "ivfpq" and n < PQ_MIN_ROWS else self.kind
         self.on_gpu = bool(
             (self.use_gpu or self.use_gpu is None)
             and weight.is_cuda
             and faiss_gpu_available()
-            and self.kind != "ivfpq"
+            and kind != "ivfpq"
         )
-        if self.kind == "ivfpq":
+        if kind == "ivfpq":
             rows = _pad_even(rows)
             dim = rows.shape[1]
-        if self.kind == "flat":
+        if kind == "flat":
             index = faiss.IndexFlatIP(dim)
         else:
             nlist = min(self.nlist or default_nlist(n), n)
-            if self.kind == "ivf":
+            if kind == "ivf":
                 index = faiss.IndexIVFFlat(
                     faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT
                 )
@@ -167,21 +173,21 @@ class FaissIndex:
 
             self._res = faiss.StandardGpuResources()
             index = faiss.index_cpu_to_gpu(self._res, rows.device.index or 0, index)
-            if self.kind in IVF_KINDS:
+            if kind in IVF_KINDS:
                 index.train(rows)
             index.add(rows)
         else:
             host = rows.cpu().numpy()
-            if self.kind in IVF_KINDS:
+            if kind in IVF_KINDS:
                 index.train(host)
             index.add(host)
-        self.index, self.has_bias, self.n = index, bias is not None, n
+        self.index, self.has_bias, self.n, self.built_kind = index, bias is not None, n, kind
         return self
 
     @property
     def tunable(self) -> bool:
         """An IVF index on the host: its nprobe can be set between searches (target_mass)."""
-        return self.kind in IVF_KINDS and self.index is not None and not self.on_gpu
+        return self.built_kind in IVF_KINDS and self.index is not None and not self.on_gpu
 
     def set_nprobe(self, nprobe: int) -> None:
         """Lists read per query from now on (IVF on the host; kept for the next build)."""
@@ -214,7 +220,7 @@ class FaissIndex:
             raise RuntimeError("FaissIndex.search before build(): call build(weight, bias) first")
         _follow_torch_threads()
         queries = _augment(hidden, 1.0 if self.has_bias else None)
-        if self.kind == "ivfpq":
+        if self.built_kind == "ivfpq":
             queries = _pad_even(queries)
         k_eff = min(k, self.n)
         if queries.shape[0] == 0 or k_eff == 0:  # faiss asserts k > 0
