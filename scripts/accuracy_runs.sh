@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The accuracy runs behind the README's Accuracy section (issue 5), in the order they ran.
 # Each run is alone in its process, one torch thread, one after another; records land in
-# bench/results/accuracy-*-<session>.json. Usage: bash scripts/accuracy_runs.sh [synset|refresh|teacher|teacher6-sampled|teacher6-full|lemma|lemma-a|lemma-b|synset-full|synset-long|teacher6|teacher6-faiss|teacher6-full-capped|teacher7-throughput|synset-pair|synset-baseline|synset-warm|synset-baseline6|synset-copy|synset-t1024|synset-kept|synset-kept2|synset-full-kept|synset-scheme|synset-ivfpq|synset-ivfpq-t1024]
+# bench/results/accuracy-*-<session>.json. Usage: bash scripts/accuracy_runs.sh [synset|refresh|teacher|teacher6-sampled|teacher6-full|lemma|lemma-a|lemma-b|synset-full|synset-long|teacher6|teacher6-faiss|teacher6-full-capped|teacher7-throughput|synset-pair|synset-baseline|synset-warm|synset-baseline6|synset-copy|synset-t1024|synset-kept|synset-kept2|synset-full-kept|synset-scheme|synset-ivfpq|synset-ivfpq-t1024|synset-ivfpq-k1024|synset-ivfpq-search]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 S=${SESSION:-$(date -u +%Y%m%d-%H%M%S)}
@@ -112,6 +112,20 @@ case "${1:-synset}" in
     run --task wordnet-synset --epochs 12 --methods faiss --faiss-index ivfpq \
       --candidate-scheme shared_samples --num-uniform 1024 --search-min-mass 0.3 \
       --keep-freed-memory &
+    run --task wordnet-synset --epochs 12 --methods shared_neg --shared-negatives 4096 \
+      --keep-freed-memory
+    wait ;;
+  synset-ivfpq-k1024)  # session 10: the same faiss ivfpq run beside the K = 1024 baseline
+    run --task wordnet-synset --epochs 12 --methods faiss --faiss-index ivfpq \
+      --candidate-scheme shared_samples --num-uniform 1024 --search-min-mass 0.3 \
+      --keep-freed-memory &
+    run --task wordnet-synset --epochs 12 --methods shared_neg --shared-negatives 1024 \
+      --keep-freed-memory
+    wait ;;
+  synset-ivfpq-search)  # session 10: the faiss ivfpq run searching from the first step (no
+    # search_min_mass: its search is cheap now) beside the K = 4096 baseline
+    run --task wordnet-synset --epochs 12 --methods faiss --faiss-index ivfpq \
+      --candidate-scheme shared_samples --num-uniform 1024 --keep-freed-memory &
     run --task wordnet-synset --epochs 12 --methods shared_neg --shared-negatives 4096 \
       --keep-freed-memory
     wait ;;
