@@ -81,8 +81,9 @@ class SampledSoftmaxLoss(nn.Module):
     old signature (method=, num_candidates=, lsh_tables=, sparse_grad=, candidate_scheme=,
     drift_every=, group=, bounds=, ...), which overrides that field of a given object.
 
-    method: "auto" | "full" | "faiss" | "lsh" | "uniform" (no index: S = {target}, T uniform,
-    shared by the batch with candidate_scheme="shared_samples"); num_candidates |S|;
+    method: "auto" | "full" | "faiss" | "lsh" | "uniform" (no index: S = {target}, T uniform);
+    candidate_scheme "auto" (default): one T shared by the batch ("shared_samples"), or
+    "per_example" under softcap or sharding (SamplingOptions.resolved); num_candidates |S|;
     num_uniform |T|; lsh_bits K (None: from n, L, |S|), lsh_tables L; faiss_index "auto" |
     "flat" | "ivf" | "ivfpq" (4-bit PQ codes, fast-scan) with faiss_nlist / faiss_nprobe;
     sparse_grad: the weight gradient is a sparse tensor of candidate rows (use
