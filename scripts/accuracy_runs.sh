@@ -6,6 +6,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 S=${SESSION:-$(date -u +%Y%m%d-%H%M%S)}
 run() { python3 -m bench.accuracy --threads 1 --no-progress --session "$S" "$@"; }
+# faiss ivfpq with a shared T of 1024 (and the extra options) beside the baseline with K = $1,
+# both 12 epochs with memory kept
+ivfpq_beside_baseline() {
+  local K=$1
+  shift
+  run --task wordnet-synset --epochs 12 --methods faiss --faiss-index ivfpq \
+    --candidate-scheme shared_samples --num-uniform 1024 --keep-freed-memory "$@" &
+  run --task wordnet-synset --epochs 12 --methods shared_neg --shared-negatives "$K" \
+    --keep-freed-memory
+  wait
+}
 case "${1:-synset}" in
   synset)   # 117,659 classes, 6 epochs, |S| = |T| = 64, index refresh every 100 steps
     run --task wordnet-synset --epochs 6 --methods full,faiss,lsh,uniform ;;
@@ -109,26 +120,12 @@ case "${1:-synset}" in
     wait ;;
   synset-ivfpq-t1024)  # session 10: synset-kept2's recipe on the faiss path with 4-bit PQ lists
     # (shared T = 1024, search from a captured mass of 0.3) beside the K = 4096 baseline
-    run --task wordnet-synset --epochs 12 --methods faiss --faiss-index ivfpq \
-      --candidate-scheme shared_samples --num-uniform 1024 --search-min-mass 0.3 \
-      --keep-freed-memory &
-    run --task wordnet-synset --epochs 12 --methods shared_neg --shared-negatives 4096 \
-      --keep-freed-memory
-    wait ;;
+    ivfpq_beside_baseline 4096 --search-min-mass 0.3 ;;
   synset-ivfpq-k1024)  # session 10: the same faiss ivfpq run beside the K = 1024 baseline
-    run --task wordnet-synset --epochs 12 --methods faiss --faiss-index ivfpq \
-      --candidate-scheme shared_samples --num-uniform 1024 --search-min-mass 0.3 \
-      --keep-freed-memory &
-    run --task wordnet-synset --epochs 12 --methods shared_neg --shared-negatives 1024 \
-      --keep-freed-memory
-    wait ;;
+    ivfpq_beside_baseline 1024 --search-min-mass 0.3 ;;
   synset-ivfpq-search)  # session 10: the faiss ivfpq run searching from the first step (no
     # search_min_mass: its search is cheap now) beside the K = 4096 baseline
-    run --task wordnet-synset --epochs 12 --methods faiss --faiss-index ivfpq \
-      --candidate-scheme shared_samples --num-uniform 1024 --keep-freed-memory &
-    run --task wordnet-synset --epochs 12 --methods shared_neg --shared-negatives 4096 \
-      --keep-freed-memory
-    wait ;;
+    ivfpq_beside_baseline 4096 ;;
   synset-full-kept)  # session 8: the exact softmax (6 epochs, as synset-full) with memory kept
     run --task wordnet-synset --epochs 6 --methods full --keep-freed-memory ;;
 esac

@@ -165,23 +165,13 @@ def test_inference_uses_its_own_crossover_or_says_it_has_none():
 
 
 def test_auto_ranks_the_paths_past_their_crossover_by_their_time_at_n():
-    # lsh crosses first (2e4) but faiss is faster from 1e5 on: the table's times decide
+    # lsh crosses first (below 1e4) but faiss is faster from 1e5 on: the table's times decide
+    ms = {"full": [1.0, 10.0, 100.0, 1000.0], "lsh": [30.0, 8.0, 60.0, 120.0]}
+    ms["faiss"] = [90.0, 60.0, 40.0, 50.0]
     recs = [
-        dict(method=m, n=n, d=128, N=256, dtype="float32", median_ms=t, status="ok")
-        for m, n, t in [
-            ("full", 10**3, 1.0),
-            ("full", 10**4, 10.0),
-            ("full", 10**5, 100.0),
-            ("full", 10**6, 1000.0),
-            ("lsh", 10**3, 30.0),
-            ("lsh", 10**4, 8.0),
-            ("lsh", 10**5, 60.0),
-            ("lsh", 10**6, 120.0),
-            ("faiss", 10**3, 90.0),
-            ("faiss", 10**4, 60.0),
-            ("faiss", 10**5, 40.0),
-            ("faiss", 10**6, 50.0),
-        ]
+        dict(method=m, n=10 ** (3 + i), d=128, N=256, dtype="float32", median_ms=t, status="ok")
+        for m, times in ms.items()
+        for i, t in enumerate(times)
     ]
     (e,) = crossovers_from_records(recs)
     assert e["lsh"] < e["faiss"] and e["ms"]["faiss"] == [90.0, 60.0, 40.0, 50.0]
