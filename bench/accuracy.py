@@ -388,8 +388,6 @@ def run_one(data: Data, data_info: dict, spec: str, args, session: str) -> dict:
         label += f"-{args.candidate_scheme}"
     if getattr(args, "search_min_mass", None) is not None and method in ("faiss", "lsh"):
         label += f"-T{args.num_uniform}-min{args.search_min_mass:g}"
-    elif getattr(args, "num_uniform", 64) != 64 and method in ("faiss", "lsh"):
-        label += f"-T{args.num_uniform}"
     if getattr(args, "rerank_copy", "auto") != "auto" and method == "lsh":
         label += "-copy" if args.rerank_copy == "true" else "-live"
     if getattr(args, "faiss_index", "auto") != "auto" and method == "faiss":

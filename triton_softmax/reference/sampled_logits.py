@@ -33,9 +33,9 @@ def gather_rows(weight: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
 def row_dots(rows: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     """(N, M) dot products of each row's gathered rows (N, M, d) with its h (N, d).
 
-    As (N, 1, d) x (N, d, M): on a CPU this runs 2-8x faster than (N, M, d) x (N, d, 1)
-    (0.8 vs 6.9 ms at N = 256, M = 65, d = 128; 59 vs 145 ms at 2 x 300,000 x 128; one
-    thread, session 10): that form takes a slow matrix-vector path per row."""
+    As (N, 1, d) x (N, d, M): on a CPU this runs 1.9-3.0x faster than (N, M, d) x (N, d, 1)
+    (1.2 vs 3.2 ms at N = 256, M = 65, d = 128; 64 vs 124 ms at 2 x 300,000 x 128; one
+    thread; scripts/row_dots_ab.py, bench/results/row_dots_ab-20261201-s10.json)."""
     return torch.bmm(h.unsqueeze(1), rows.transpose(1, 2)).squeeze(1)
 
 
