@@ -73,7 +73,8 @@ def test_ivfpq_through_the_loss_trains_and_explains_itself():
     layer = SampledSoftmaxLoss(
         weight=W, method="faiss", faiss_index="ivfpq", num_candidates=16, num_uniform=16
     )
-    assert "ivfpq" in layer.explain()
+    assert "ivfpq" in layer.explain() and "approximate ranking" in layer.explain()
+    assert "one T shared by the batch" in layer.explain()  # candidate_scheme="auto"
     h = torch.randn(N, d, generator=g, requires_grad=True)
     y = torch.randint(0, n, (N,), generator=g)
     loss = layer(h, y)
@@ -109,3 +110,8 @@ def test_ivfpq_over_too_few_rows_to_train_its_codes_builds_the_exact_flat_index(
         k = min(n, 4)
         assert recall_at_k(idx.search(h, k), exact_topk(h, W, k)[1]) == 1.0
     assert FaissIndex("ivfpq", nlist=4).build(torch.randn(PQ_MIN_ROWS, 8)).built_kind == "ivfpq"
+    from triton_softmax import SampledSoftmaxLoss
+
+    kw = dict(method="faiss", faiss_index="ivfpq", num_candidates=8, num_uniform=8)
+    small = SampledSoftmaxLoss(600, 8, **kw)
+    assert "faiss index flat (ivfpq trains" in small.explain()

@@ -267,3 +267,5 @@ def test_default_candidate_scheme_shares_t_where_the_estimator_allows_it():
     # what runs is one T for the batch: the step draws |T| ids, not N x |T|
     m = SampledSoftmaxLoss(50, 4, **kw)
     assert "one T shared by the batch" in m.explain()
+    per_example = SampledSoftmaxLoss(50, 4, candidate_scheme="per_example", **kw)
+    assert "one T shared by the batch" not in per_example.explain()

@@ -64,8 +64,8 @@ class IndexManager:
                 f" ({excluded} rows non-finite or masked, not in the lists; the first "
                 "non-finite one is added to every search)"
             )
-        if method == "uniform" and scheme == "shared_samples":
-            text += "; one T shared by the batch (a dense product), hits on the target removed"
+        if method != "full" and scheme == "shared_samples":
+            text += "; one T shared by the batch (a dense product), draws in a row's S removed"
         if method != "full" and num_uniform == 0 and self.num_candidates < self.rows:
             text += (
                 "; num_uniform=0: a softmax over the retrieved S only, not an estimate of the "
