@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The accuracy runs behind the README's Accuracy section (issue 5), in the order they ran.
 # Each run is alone in its process, one torch thread, one after another; records land in
-# bench/results/accuracy-*-<session>.json. Usage: bash scripts/accuracy_runs.sh [synset|refresh|teacher|teacher6-sampled|teacher6-full|lemma|lemma-a|lemma-b|synset-full|synset-long|teacher6|teacher6-faiss|teacher6-full-capped|teacher7-throughput|synset-pair|synset-baseline|synset-warm|synset-baseline6|synset-copy|synset-t1024|synset-kept|synset-kept2|synset-full-kept|synset-scheme|synset-ivfpq|synset-ivfpq-t1024|synset-ivfpq-k1024|synset-ivfpq-search]
+# bench/results/accuracy-*-<session>.json. Usage: bash scripts/accuracy_runs.sh [synset|refresh|teacher|teacher6-sampled|teacher6-full|lemma|lemma-a|lemma-b|synset-full|synset-long|teacher6|teacher6-faiss|teacher6-full-capped|teacher7-throughput|synset-pair|synset-baseline|synset-warm|synset-baseline6|synset-copy|synset-t1024|synset-kept|synset-kept2|synset-full-kept|synset-scheme|synset-ivfpq|synset-ivfpq-t1024|synset-ivfpq-k1024|synset-ivfpq-search|synset-lsh-ivfpq]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 S=${SESSION:-$(date -u +%Y%m%d-%H%M%S)}
@@ -126,6 +126,11 @@ case "${1:-synset}" in
   synset-ivfpq-search)  # session 10: the faiss ivfpq run searching from the first step (no
     # search_min_mass: its search is cheap now) beside the K = 4096 baseline
     ivfpq_beside_baseline 4096 ;;
+  synset-lsh-ivfpq)  # session 10: issue 18's recipe (6 epochs, |S| = |T| = 64, per-example T),
+    # lsh against faiss's new default index, side by side, memory kept
+    run --task wordnet-synset --epochs 6 --methods lsh --keep-freed-memory &
+    run --task wordnet-synset --epochs 6 --methods faiss --faiss-index ivfpq --keep-freed-memory
+    wait ;;
   synset-full-kept)  # session 8: the exact softmax (6 epochs, as synset-full) with memory kept
     run --task wordnet-synset --epochs 6 --methods full --keep-freed-memory ;;
 esac
