@@ -107,7 +107,8 @@ class SamplingOptions:
         it is supported (softcap, a sharded module). An explicit scheme stays.
 
         Measured on one thread (session 10): at n = 1e6, N = 256, |S| = 64, |T| = 1,024 a
-        step with shared T is 4-10x faster (lsh 155 vs 663 ms, faiss ivfpq 56 vs 559 ms);
+        step with shared T is 2-4.5x faster (lsh 177 vs 371 ms, faiss ivfpq 50 vs 227 ms;
+        bench/results/step_profile-n1000000-N256-S64-T1024-20261201-s10cpu.json);
         WordNet synset, |S| = |T| = 64, 12 epochs: final P@1 0.982 vs 0.984 per-example at
         33 vs 38 s per epoch (session 9)."""
         if self.scheme != "auto":
