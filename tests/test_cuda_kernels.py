@@ -253,6 +253,7 @@ def test_grad_hidden_matches_twin(dtype):
         dict(method="lsh", lsh_generator="simhash"),
         dict(method="lsh", lsh_generator="tables"),
         dict(method="lsh", candidate_scheme="shared_samples"),
+        dict(method="lsh", candidate_scheme="per_example"),  # the default until session 10
         dict(method="lsh", lsh_generator="tables", candidate_scheme="bucket_shared"),
         dict(method="uniform"),
     ],
