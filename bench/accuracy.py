@@ -60,6 +60,7 @@ from bench import harness
 from bench.baselines import shared_negative_loss
 from bench.harness import cpu_model
 from triton_softmax import SampledSoftmaxLoss, exact_topk, sampled_softmax_from_candidates
+from triton_softmax.checks import FAISS_INDEX_KINDS
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 TASKS = ("wordnet-synset", "wordnet-lemma", "teacher")
@@ -711,7 +712,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--faiss-index",
-        choices=("auto", "flat", "ivf", "ivfpq"),
+        choices=("auto", *FAISS_INDEX_KINDS),
         default="auto",
         help="SampledSoftmaxLoss faiss_index of the faiss runs (auto: the library's default)",
     )

@@ -150,6 +150,9 @@ def check_loss_options(
     check_int_option("num_uniform (|T|)", num_uniform, 0)
 
 
+FAISS_INDEX_KINDS = ("flat", "ivf", "ivfpq")  # index/faiss.py builds them
+
+
 def check_index_options(
     *,
     method: str = "auto",
@@ -164,8 +167,10 @@ def check_index_options(
     check_int_option("lsh_tables (L)", lsh_tables, 1, 256)
     if lsh_bits is not None:
         check_int_option("lsh_bits (K)", lsh_bits, 1, 20)
-    if faiss_index not in ("auto", "flat", "ivf", "ivfpq"):
-        raise ValueError(f"faiss_index must be auto/flat/ivf/ivfpq, got {faiss_index!r}")
+    if faiss_index not in ("auto", *FAISS_INDEX_KINDS):
+        raise ValueError(
+            f"faiss_index must be auto/{'/'.join(FAISS_INDEX_KINDS)}, got {faiss_index!r}"
+        )
     check_int_option("refresh_every", refresh_every, 1)
 
 

@@ -266,12 +266,13 @@ def choose_method(
         # be the slower one at this n), else in crossover order
         keys = {m: f"{m}_topk" if inference and f"{m}_topk" in entry else m for _, m in over}
         est = {m: time_at(entry, keys[m], n) for _, m in over}
-        if all(t is not None for t in est.values()):
+        timed = all(t is not None for t in est.values())
+        if timed:
             over = sorted(over, key=lambda xm: est[xm[1]])
         x, m = over[0]
         ranked = (*(name for _, name in over), "full")
         reason = f"n = {n} >= {m} crossover {x} measured at {at}{note}"
-        if len(over) > 1 and all(t is not None for t in est.values()):
+        if len(over) > 1 and timed:
             reason += "; fastest here by the table's times: " + ", ".join(
                 f"{name} ~{est[name]:.0f} ms" for _, name in over
             )

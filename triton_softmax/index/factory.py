@@ -5,7 +5,14 @@ from __future__ import annotations
 import torch
 
 from .clusters import ClusterIndex
-from .faiss import PQ_MIN_ROWS, FaissIndex, default_nlist, faiss_gpu_available
+from .faiss import (
+    IVF_KINDS,
+    PQ_MIN_ROWS,
+    FaissIndex,
+    built_kind,
+    default_nlist,
+    faiss_gpu_available,
+)
 from .generators import make_generator
 from .simhash import LSHIndex, default_num_bits
 from .simhash_rerank import SimHashIndex
@@ -90,10 +97,10 @@ def describe(method: str, n: int, num_candidates: int, options, device=None) -> 
         return f"; lsh K={K} bits x L={options.lsh_tables} tables"
     if method == "faiss":
         kind = faiss_kind(options.faiss_index, n, device)
-        if kind == "ivfpq" and n < PQ_MIN_ROWS:
-            return f"; faiss index flat (ivfpq trains its codes on at least {PQ_MIN_ROWS} rows)"
+        if built_kind(kind, n) != kind:
+            return f"; faiss index flat ({kind} trains its codes on at least {PQ_MIN_ROWS} rows)"
         text = f"; faiss index {kind}"
-        if kind in ("ivf", "ivfpq"):
+        if kind in IVF_KINDS:
             text += f" nlist={options.faiss_nlist or default_nlist(n)}"
         if kind == "ivfpq":
             text += " (4-bit PQ codes: approximate ranking; S is scored with exact logits)"

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from .. import nonfinite as _nf
-from ..checks import check_int_option
+from ..checks import FAISS_INDEX_KINDS, check_int_option
 
 try:  # faiss is optional: the faiss path is unavailable without it
     import faiss
@@ -36,11 +36,17 @@ except Exception as exc:  # pragma: no cover - depends on the environment
     faiss = None
     FAISS_IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
 
-INDEX_KINDS = ("flat", "ivf", "ivfpq")
+INDEX_KINDS = FAISS_INDEX_KINDS
 # ivfpq below this many rows builds the flat index: 16 codes per sub-quantizer want 39 points
 # each (FAISS's k-means minimum) to train
 PQ_MIN_ROWS = 16 * 39
 IVF_KINDS = ("ivf", "ivfpq")
+
+
+def built_kind(kind: str, n: int) -> str:
+    """The index a build over n rows makes for `kind`: ivfpq over fewer than PQ_MIN_ROWS rows
+    is the exact flat index."""
+    return "flat" if kind == "ivfpq" and n < PQ_MIN_ROWS else kind
 
 
 def faiss_available() -> bool:
@@ -138,8 +144,7 @@ class FaissIndex:
         )
         rows = _augment(weight, bias)
         n, dim = rows.shape
-        # fewer rows than 4-bit PQ training wants: the exact flat index (said by built_kind)
-        kind = "flat" if self.kind == "ivfpq" and n < PQ_MIN_ROWS else self.kind
+        kind = built_kind(self.kind, n)  # fewer rows than 4-bit PQ training wants: flat
         # ivfpq stays on the host: FAISS's GPU IVF-PQ has no fast-scan layout to copy into
         self.on_gpu = bool(
             (self.use_gpu or self.use_gpu is None)
