@@ -16,10 +16,12 @@ gradient form, FusedSparseAdam on the coalesced one).
 Part 2, whole steps (zero_grad, forward, backward, SGD step) side by side: one repeat of every
 configuration per round, rounds interleaved, medians: the hand-written shared-negative
 baseline (bench/baselines.py) at K = |T| and each --K, the library's lsh / uniform paths
-with per-example and shared T, and lsh with candidate_scheme="batch_union" at small |S| per
-row (--union-S: the batch's hard candidates and the shared T scored as one dense product,
-per-row estimator weights exact). All configurations share one weight tensor (SGD moves it a
-little every step; the index is built once, before timing, and never refreshed).
+with per-example and shared T, each searching path's index search alone (`*_search_only`:
+the floor a faster loss cannot go below), and lsh with candidate_scheme="batch_union" at
+small |S| per row (--union-S: the batch's hard candidates and the shared T scored as one
+dense product, per-row estimator weights exact). All configurations share one weight tensor
+(SGD moves it a little every step; the index is built once, before timing, and never
+refreshed).
 
 Part 3, exact top-k of --topk-N queries over --topk-n classes: exact_topk (chunked), its
 previous form, and plain h @ W.T + topk (an (N, n) buffer), interleaved rounds.
@@ -198,6 +200,16 @@ class _Step:
         self.opt.step()
 
 
+class _Search:
+    """The index search of one configuration alone (|S| - 1 ids per row)."""
+
+    def __init__(self, name, index, h, k):
+        self.name, self.index, self.h, self.k = name, index, h, k
+
+    def __call__(self):
+        self.index.search(self.h, self.k)
+
+
 def step_comparison(W: nn.Parameter, h, y, args) -> dict:
     """Part 2: whole steps, interleaved rounds, medians."""
     n, d = W.shape
@@ -207,6 +219,7 @@ def step_comparison(W: nn.Parameter, h, y, args) -> dict:
         configs.append((f"baseline_shared_neg_K{K}", base))
     common = dict(weight=W, num_candidates=args.S, num_uniform=args.T, sparse_grad=True)
     refresh_s = {}
+    searches = []
     for spec in args.methods:  # "faiss:ivfpq" = method faiss with faiss_index="ivfpq"
         method, _, kind = spec.partition(":")
         extra = dict(faiss_index=kind) if kind else {}
@@ -219,6 +232,9 @@ def step_comparison(W: nn.Parameter, h, y, args) -> dict:
                 refresh_s[name] = _clock() - t0  # one build: amortise over refresh_every
                 m.refresh_every = 1 << 62
             configs.append((name, m))
+            if method != "uniform" and scheme == "per_example":  # the search alone: the
+                # part of the step a faster loss cannot remove
+                searches.append((f"{method}{'_' + kind if kind else ''}_search_only", m))
     for S in args.union_S:  # hard candidates of the whole batch scored as one dense product
         m = SampledSoftmaxLoss(
             weight=W,
@@ -236,6 +252,9 @@ def step_comparison(W: nn.Parameter, h, y, args) -> dict:
         hh = h.detach().clone().requires_grad_(True)
         opt = torch.optim.SGD([W], lr=1e-3)
         steps.append(_Step(name, module, hh, y, opt))
+    hd = h.detach()
+    for name, m in searches:
+        steps.append(_Search(name, m.index, hd, args.S - 1))
     for s in steps:  # warm-up
         s()
     times: dict[str, list[float]] = {s.name: [] for s in steps}

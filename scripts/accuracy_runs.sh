@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The accuracy runs behind the README's Accuracy section (issue 5), in the order they ran.
 # Each run is alone in its process, one torch thread, one after another; records land in
-# bench/results/accuracy-*-<session>.json. Usage: bash scripts/accuracy_runs.sh [synset|refresh|teacher|teacher6-sampled|teacher6-full|lemma|lemma-a|lemma-b|synset-full|synset-long|teacher6|teacher6-faiss|teacher6-full-capped|teacher7-throughput|synset-pair|synset-baseline|synset-warm|synset-baseline6|synset-copy|synset-t1024|synset-kept|synset-kept2|synset-full-kept|synset-scheme|synset-ivfpq|synset-ivfpq-t1024|synset-ivfpq-k1024|synset-ivfpq-search|synset-lsh-ivfpq]
+# bench/results/accuracy-*-<session>.json. Usage: bash scripts/accuracy_runs.sh [synset|refresh|teacher|teacher6-sampled|teacher6-full|lemma|lemma-a|lemma-b|synset-full|synset-long|teacher6|teacher6-faiss|teacher6-full-capped|teacher7-throughput|synset-pair|synset-baseline|synset-warm|synset-baseline6|synset-copy|synset-t1024|synset-kept|synset-kept2|synset-full-kept|synset-scheme|synset-ivfpq|synset-ivfpq-t1024|synset-ivfpq-k1024|synset-ivfpq-search|synset-lsh-ivfpq|synset-lsh-ivfpq12|synset-ivfpq-sparse-adam|synset-ivfpq-t|synset-ivfpq-seed1]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 S=${SESSION:-$(date -u +%Y%m%d-%H%M%S)}
@@ -15,6 +15,16 @@ ivfpq_beside_baseline() {
     --candidate-scheme shared_samples --num-uniform 1024 --keep-freed-memory "$@" &
   run --task wordnet-synset --epochs 12 --methods shared_neg --shared-negatives "$K" \
     --keep-freed-memory
+  wait
+}
+# faiss ivfpq (shared T = 1,024, search_min_mass 0.3) beside the baseline with K = $1, both
+# 12 epochs with memory kept, the output layer's optimizer $2 (adam | sparse-adam), seed $3
+ivfpq_pair() {
+  run --task wordnet-synset --epochs 12 --methods faiss --faiss-index ivfpq \
+    --candidate-scheme shared_samples --num-uniform 1024 --keep-freed-memory \
+    --search-min-mass 0.3 --output-optimizer "$2" --seed "$3" &
+  run --task wordnet-synset --epochs 12 --methods shared_neg --shared-negatives "$1" \
+    --keep-freed-memory --output-optimizer "$2" --seed "$3"
   wait
 }
 case "${1:-synset}" in
@@ -130,6 +140,25 @@ case "${1:-synset}" in
     # lsh against faiss's new default index, side by side, memory kept
     run --task wordnet-synset --epochs 6 --methods lsh --keep-freed-memory &
     run --task wordnet-synset --epochs 6 --methods faiss --faiss-index ivfpq --keep-freed-memory
+    wait ;;
+  synset-ivfpq-sparse-adam)  # session 11: the k1024 pair with lazy Adam (SparseAdam) on the
+    # output layer of both runs instead of Adam
+    ivfpq_pair 1024 sparse-adam 0 ;;
+  synset-ivfpq-t)  # session 11: the shared-T faiss ivfpq run with |T| = 256 and 512, side by side
+    run --task wordnet-synset --epochs 12 --methods faiss --faiss-index ivfpq \
+      --candidate-scheme shared_samples --num-uniform 256 --keep-freed-memory \
+      --search-min-mass 0.3 &
+    run --task wordnet-synset --epochs 12 --methods faiss --faiss-index ivfpq \
+      --candidate-scheme shared_samples --num-uniform 512 --keep-freed-memory \
+      --search-min-mass 0.3
+    wait ;;
+  synset-ivfpq-seed1)  # session 11: the k1024 pair again with --seed 1 (other initial weights,
+    # data order and samples)
+    ivfpq_pair 1024 adam 1 ;;
+  synset-lsh-ivfpq12)  # session 11: the same on the recipe's 12 epochs (issue 18's recipe,
+    # accuracy-wordnet-synset-*-s3synset.json), side by side, memory kept
+    run --task wordnet-synset --epochs 12 --methods lsh --keep-freed-memory &
+    run --task wordnet-synset --epochs 12 --methods faiss --faiss-index ivfpq --keep-freed-memory
     wait ;;
   synset-full-kept)  # session 8: the exact softmax (6 epochs, as synset-full) with memory kept
     run --task wordnet-synset --epochs 6 --methods full --keep-freed-memory ;;

@@ -264,5 +264,28 @@ def test_step_profile_runs_its_stages_with_the_default_generator(tmp_path):
     assert stages["generator"] == "ClusterIndex" and stages["search"]["median_ms"] > 0
     assert 0 < stages["fraction_scored"] <= 1
     assert stages["grad_max_abs_diff"] < 1e-4  # coalesced dW = the uncoalesced one, summed
-    assert {"baseline_shared_neg_K8", "lsh_per_example", "lsh_batch_union_S2"} <= set(rec["steps"])
+    want = {"baseline_shared_neg_K8", "lsh_per_example", "lsh_batch_union_S2", "lsh_search_only"}
+    assert want <= set(rec["steps"])
+    assert "uniform_search_only" not in rec["steps"]  # uniform has no search
     assert rec["topk"]["same_ids_as_plain"]
+
+
+def test_cpu_search_floor_runs_and_bounds_the_lsh_search(tmp_path):
+    """scripts/cpu_search_floor.py at toy size (planted only; no snapshot): one row, its
+    lower bound the larger of the FLOP and byte bounds, every part timed."""
+    pytest.importorskip("faiss")
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "cpu_search_floor.py"
+    spec = importlib.util.spec_from_file_location("cpu_search_floor", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "floor.json"
+    assert (
+        mod.main(["--n", "20000", "--snapshot", str(tmp_path / "none.pt"), "--out", str(out)]) == 0
+    )
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["problem"] == "planted" and row["n"] == 20000
+    assert 0 < row["share_of_lists_read_per_batch"] <= 1
+    assert row["lsh_floor_ms"] == max(row["lsh_flop_floor_ms"], row["lsh_byte_floor_ms"]) > 0
+    assert row["faiss_ivfpq_search_ms"] > 0 and row["lsh_topk_of_scores_ms"] > 0
