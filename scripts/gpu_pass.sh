@@ -109,6 +109,15 @@ if stage bucket_tiles; then  # tiles vs per-example gathers (issue 3), bf16, d =
   echo "rc=$?" >> "$RES/bucket_tiles.log"
   mark bucket_tiles
 fi
+if stage issue18; then  # not in the default STAGES (a second call: STAGES=issue18): issue
+  # 18/19's CPU configuration on the GPU, lsh (list tiles on the device) against faiss (ivfpq
+  # on the host, faiss-cpu), each index's search alone beside the steps
+  timeout 120 python3 -m bench.step_profile --device cuda --n 1e6 --N 256 --d 128 --S 64 \
+    --T 1024 --K 1024 4096 --methods lsh faiss uniform --union-S --skip-stages --topk-n 0 \
+    --repeats 9 --out "$RES/step_profile_issue18_cuda.json" > "$RES/step_profile_issue18.log" 2>&1
+  echo "rc=$?" >> "$RES/step_profile_issue18.log"
+  mark issue18
+fi
 if stage tune; then
   XDG_CACHE_HOME="$RES/cache" timeout 45 python3 -m triton_softmax.tune --repeats 3 \
     > "$RES/tune.log" 2>&1
