@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from triton_softmax import FaissIndex, exact_topk, recall_at_k
+from triton_softmax import FaissIndex, SampledSoftmaxLoss, exact_topk, recall_at_k
 
 pytest.importorskip("faiss")
 
@@ -115,3 +115,62 @@ def test_ivfpq_over_too_few_rows_to_train_its_codes_builds_the_exact_flat_index(
     kw = dict(method="faiss", faiss_index="ivfpq", num_candidates=8, num_uniform=8)
     small = SampledSoftmaxLoss(600, 8, **kw)
     assert "faiss index flat (ivfpq trains" in small.explain()
+
+
+def _masked_problem(n: int, selectable: int, d: int = 8, seed: int = 2):
+    """Rows, a bias masking all but `selectable` classes with -inf, and queries pointing at
+    masked rows (a buggy index would return them)."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(n, d, generator=g)
+    bias = torch.zeros(n)
+    masked = torch.randperm(n, generator=g)[: n - selectable]
+    bias[masked] = float("-inf")
+    keep = torch.ones(n, dtype=torch.bool)
+    keep[masked] = False
+    return w, bias, w[masked[:9]] * 5, keep
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "ivfpq"])
+def test_masked_classes_never_enter_s(kind):
+    """A -inf bias masks a class (a padded vocabulary): FAISS must not spend slots of S on
+    masked classes (before session 11 it returned them: they were indexed as zero rows)."""
+    n, k = 1500, 32
+    w, bias, h, keep = _masked_problem(n, 700)  # 700 >= PQ_MIN_ROWS: a real ivfpq build
+    index = FaissIndex(kind, nprobe=2).build(w, bias)
+    assert index.built_kind == kind and index.n == n and index.num_indexed == 700
+    ids = index.search(h, k)
+    assert bool((ids >= 0).all()) and bool(keep[ids].all())
+    assert all(row.unique().numel() == k for row in ids)
+    w, bias, h, keep = _masked_problem(400, 20)  # k above the selectable classes: -1 after them
+    ids = FaissIndex(kind).build(w, bias).search(h, k)
+    assert bool(keep[ids[:, :20]].all()) and bool((ids[:, 20:] == -1).all())
+
+
+@pytest.mark.parametrize("kind", ["ivf", "ivfpq"])
+def test_search_returns_k_classes_whenever_the_index_holds_k_even_with_one_list_probed(kind):
+    g = torch.Generator().manual_seed(3)
+    w, h = torch.randn(5000, 16, generator=g), torch.randn(32, 16, generator=g)
+    index = FaissIndex(kind, nprobe=1).build(w)  # about 70 rows per list, k = 200
+    ids = index.search(h, 200)
+    assert bool((ids >= 0).all()) and all(row.unique().numel() == 200 for row in ids)
+    assert index.index.nprobe == 1  # the short rows' wider search does not stick
+
+
+def test_nan_class_is_in_every_search_and_a_masked_class_is_not():
+    """nonfinite.py's rule: the first class whose logit can be NaN/+inf joins every search;
+    a -inf bias only masks (it was taken for a non-finite class before session 11)."""
+    g = torch.Generator().manual_seed(4)
+    w, h = torch.randn(300, 8, generator=g), torch.randn(6, 8, generator=g)
+    bias = torch.zeros(300)
+    bias[5] = float("-inf")
+    bias[9] = float("nan")
+    ids = FaissIndex("ivf", nlist=8, nprobe=2).build(w, bias).search(h, 10)
+    assert bool((ids[:, -1] == 9).all()) and not bool((ids == 5).any())
+    assert bool((ids[:, :-1] >= 0).all())
+    layer = SampledSoftmaxLoss(
+        weight=torch.nn.Parameter(w), bias=True, method="faiss", num_candidates=8, num_uniform=8
+    )
+    with torch.no_grad():
+        layer.bias.copy_(bias)
+    layer.refresh("faiss")
+    assert "2 rows non-finite or masked" in layer.explain()

@@ -367,3 +367,37 @@ def test_clusters_checkpoint_restores_warm_refreshed_lists():
     assert torch.equal(b.assign, a.assign) and torch.equal(b.centroids, a.centroids)
     cold = ClusterIndex(8, num_lists=20, nprobe=3).build(w)
     assert not torch.equal(cold.assign, a.assign)
+
+
+def _tables(d: int):
+    from triton_softmax.index.simhash import LSHIndex
+
+    return LSHIndex(d, num_bits=6, num_tables=4, seed=3)
+
+
+@pytest.mark.parametrize("n,k", [(2000, 63), (400, 150), (50, 33)])
+def test_tables_fill_every_slot_whenever_k_classes_exist(n, k):
+    """The SimHash tables (lsh_generator="tables") used to return -1 in the slots their capped
+    buckets did not fill (issue 18: 23-38 of 63); short rows are now filled from uniform
+    classes by exact logit, and a search is a function of its input."""
+    torch.manual_seed(1)
+    w, h = torch.randn(n, 8), torch.randn(17, 8)
+    index = _tables(8).build(w)
+    ids = index.search(h, k)
+    _valid_distinct(ids, n, k)
+    assert torch.equal(ids, index.search(h, k))
+
+
+def test_tables_never_return_masked_classes():
+    torch.manual_seed(2)
+    n, k = 400, 32
+    w, bias = torch.randn(n, 8), torch.zeros(n)
+    masked = torch.randperm(n)[: n - k]
+    bias[masked] = float("-inf")
+    keep = torch.ones(n, dtype=torch.bool)
+    keep[masked] = False
+    index = _tables(8).build(w, bias)
+    ids = index.search(w[masked[:9]] * 5, k)
+    _valid_distinct(ids, n, k)
+    assert bool(keep[ids].all())
+    assert not bool(index.any_nonfinite)  # a -inf bias masks; it is not a non-finite class

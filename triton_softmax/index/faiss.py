@@ -27,6 +27,7 @@ import torch
 
 from .. import nonfinite as _nf
 from ..checks import FAISS_INDEX_KINDS, check_int_option
+from .rerank import check_rows, nonfinite_class
 
 try:  # faiss is optional: the faiss path is unavailable without it
     import faiss
@@ -44,9 +45,9 @@ IVF_KINDS = ("ivf", "ivfpq")
 
 
 def built_kind(kind: str, n: int) -> str:
-    """The index a build over n rows makes for `kind`: ivfpq over fewer than PQ_MIN_ROWS rows
-    is the exact flat index."""
-    return "flat" if kind == "ivfpq" and n < PQ_MIN_ROWS else kind
+    """The index a build over n rows makes for `kind`: ivfpq over fewer than PQ_MIN_ROWS rows,
+    and any kind over no rows (every class masked), is the exact flat index."""
+    return "flat" if n == 0 or (kind == "ivfpq" and n < PQ_MIN_ROWS) else kind
 
 
 def faiss_available() -> bool:
@@ -97,7 +98,11 @@ class FaissIndex:
     ranking); nlist (ivf, default default_nlist(n): about sqrt(n), at least 39
     rows per list); nprobe (ivf, default 16); use_gpu: None = GPU index when faiss-gpu
     imports and weights are on CUDA. FAISS's CPU threads follow torch.get_num_threads().
-    A NaN/inf class row is indexed as zeros and added to every search (nonfinite.py).
+    Classes that cannot be ranked are left out of the index: a class masked by a -inf bias
+    never enters S, and the first class with a NaN/inf row (or NaN/+inf bias) is added to
+    every search instead (nonfinite.py). A query whose probed lists hold fewer than k
+    indexed classes reads every list, so a search returns k classes whenever the index
+    holds k.
     """
 
     def __init__(
@@ -132,6 +137,9 @@ class FaissIndex:
         self.on_gpu = False
         self.any_nonfinite: torch.Tensor | None = None
         self.first_nonfinite: torch.Tensor | None = None
+        self.ids: torch.Tensor | None = None
+        self.num_indexed = 0  # classes in the index: n less the masked and non-finite ones
+        self.num_excluded = 0
 
     @property
     def built(self) -> bool:
@@ -139,9 +147,19 @@ class FaissIndex:
 
     def build(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> FaissIndex:
         _follow_torch_threads()
-        weight, bias, self.any_nonfinite, self.first_nonfinite = _nf.finite_rows(
-            weight.detach(), bias.detach() if bias is not None else None
-        )
+        weight = weight.detach()
+        bias = bias.detach() if bias is not None else None
+        num_classes = weight.shape[0]
+        # a class with a non-finite row can never be ranked: it is left out (and the first
+        # NaN/+inf one goes into every search, nonfinite.py); a -inf bias only masks a class,
+        # which is left out too, so a padded vocabulary never spends a slot of S on it
+        self.any_nonfinite, self.first_nonfinite = nonfinite_class(weight, bias)
+        ok = check_rows(weight, bias, validate=False)
+        self.ids = None  # index position -> class id, where some classes are left out
+        if not bool(ok.all()):  # one host read per build
+            self.ids = ok.nonzero().flatten()
+            weight = weight[self.ids]
+            bias = bias[self.ids] if bias is not None else None
         rows = _augment(weight, bias)
         n, dim = rows.shape
         kind = built_kind(self.kind, n)  # fewer rows than 4-bit PQ training wants: flat
@@ -187,8 +205,17 @@ class FaissIndex:
             if kind in IVF_KINDS:
                 index.train(host)
             index.add(host)
-        self.index, self.has_bias, self.n, self.built_kind = index, bias is not None, n, kind
+        self.index, self.has_bias, self.built_kind = index, bias is not None, kind
+        self.n, self.num_indexed = num_classes, n
+        self.num_excluded = num_classes - n  # explain() reports them
         return self
+
+    def _search_rows(self, queries, k: int) -> torch.Tensor:
+        """(N, k) index positions (int64, -1 where fewer), on the host or FAISS's GPU."""
+        if self.on_gpu:  # pragma: no cover - needs faiss-gpu
+            return self.index.search(queries, k)[1].long()
+        _, pos = self.index.search(np.ascontiguousarray(queries.cpu().numpy()), k)
+        return torch.from_numpy(pos)
 
     @property
     def tunable(self) -> bool:
@@ -228,16 +255,26 @@ class FaissIndex:
         queries = _augment(hidden, 1.0 if self.has_bias else None)
         if self.built_kind == "ivfpq":
             queries = _pad_even(queries)
-        k_eff = min(k, self.n)
+        k_eff = min(k, self.num_indexed)
         if queries.shape[0] == 0 or k_eff == 0:  # faiss asserts k > 0
             ids = torch.full((queries.shape[0], k), -1, dtype=torch.int64, device=hidden.device)
             return _nf.add_nonfinite_class(ids, self.any_nonfinite, self.first_nonfinite)
-        if self.on_gpu:  # pragma: no cover - needs faiss-gpu
-            _, ids = self.index.search(queries, k_eff)
-            ids = ids.long()
-        else:
-            _, ids = self.index.search(np.ascontiguousarray(queries.cpu().numpy()), k_eff)
-            ids = torch.from_numpy(ids).to(hidden.device)
+        pos = self._search_rows(queries, k_eff)
+        short = (pos < 0).any(dim=1)
+        if self.built_kind in IVF_KINDS and bool(short.any()):
+            # the probed lists held fewer than k rows: those queries read every list, so S
+            # always holds k classes when the index does (never a silently smaller S)
+            rows = short.nonzero().flatten()
+            nprobe = self.index.nprobe
+            self.index.nprobe = self.index.nlist
+            try:
+                again = self._search_rows(queries[rows.to(queries.device)], k_eff)
+                pos[rows.to(pos.device)] = again
+            finally:
+                self.index.nprobe = nprobe
+        ids = pos.to(hidden.device)
+        if self.ids is not None:  # positions among the indexed rows -> class ids
+            ids = torch.where(ids >= 0, self.ids.to(ids.device)[ids.clamp_min(0)], ids)
         if k_eff < k:
             ids = torch.cat([ids, ids.new_full((ids.shape[0], k - k_eff), -1)], dim=1)
         return _nf.add_nonfinite_class(ids, self.any_nonfinite, self.first_nonfinite)

@@ -92,6 +92,12 @@ class LSHIndex:
         self.n = 0
         self.any_nonfinite: torch.Tensor | None = None  # see nonfinite.py
         self.first_nonfinite: torch.Tensor | None = None
+        # the classes a search may return (finite row, bias not -inf/NaN), and the live
+        # weights that score the uniform classes filling short rows
+        self.pool: torch.Tensor | None = None
+        self.selectable: torch.Tensor | None = None  # (n,) bool; None: every class
+        self.weight: torch.Tensor | None = None
+        self.bias: torch.Tensor | None = None
 
     @property
     def built(self) -> bool:
@@ -110,7 +116,24 @@ class LSHIndex:
             self.max_norm = self.max_norm.to(device)
             self.any_nonfinite = self.any_nonfinite.to(device)
             self.first_nonfinite = self.first_nonfinite.to(device)
+            self.pool = self.pool.to(device)
+            if self.selectable is not None:
+                self.selectable = self.selectable.to(device)
+            self.weight = self.weight.to(device)  # the next build takes the live ones again
+            if self.bias is not None:
+                self.bias = self.bias.to(device)
         return self
+
+    def _set_selectable(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        """The pool of classes a search may return, and the first NaN/+inf class that joins
+        every search (a -inf bias only masks: nonfinite.py). One host read."""
+        from .rerank import check_rows, nonfinite_class
+
+        self.any_nonfinite, self.first_nonfinite = nonfinite_class(weight, bias)
+        ok = check_rows(weight, bias, validate=False)
+        self.pool = ok.nonzero().flatten()
+        self.selectable = None if self.pool.numel() == ok.numel() else ok
+        self.weight, self.bias = weight, bias
 
     def build(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> LSHIndex:
         from .. import ops
@@ -122,8 +145,9 @@ class LSHIndex:
         if self.hyperplanes.device != weight.device:
             self.hyperplanes = self.hyperplanes.to(weight.device)
         # a NaN/inf class row is hashed as zeros (it would spoil M for every row) and added
-        # to every search instead (nonfinite.py)
-        weight, bias, self.any_nonfinite, self.first_nonfinite = _nf.finite_rows(weight, bias)
+        # to every search instead (nonfinite.py); a masked class (-inf bias) is never returned
+        self._set_selectable(weight, bias)
+        weight, bias, _, _ = _nf.finite_rows(weight, bias)
         # M with headroom: rows may grow by NORM_HEADROOM before the transform is invalid,
         # so a partial update (update_rows) stays exact while they do
         max_norm = max_row_norm(weight, bias) * NORM_HEADROOM
@@ -148,10 +172,11 @@ class LSHIndex:
 
         if not self.built:
             return False
-        weight, bias, any_bad, first_bad = _nf.finite_rows(weight.detach(), bias)
+        live_w, live_b = weight.detach(), bias.detach() if bias is not None else None
+        weight, bias, _, _ = _nf.finite_rows(live_w, live_b)
         if bool(max_row_norm(weight, bias) > self.max_norm):  # one host read per refresh
             return False
-        self.any_nonfinite, self.first_nonfinite = any_bad, first_bad
+        self._set_selectable(live_w, live_b)
         rows = rows.to(self.codes.device).long()
         b = bias.detach()[rows] if bias is not None else None
         self.codes[rows] = ops.simhash_codes(
@@ -196,10 +221,14 @@ class LSHIndex:
         )
 
     def search(self, hidden: torch.Tensor, num_candidates: int) -> torch.Tensor:
-        """(N, num_candidates) int64 class ids, most collisions first, -1 for empty slots
-        ((N, 1) for num_candidates = 0). A non-finite class row found at build takes every
-        query's last slot (nonfinite.py)."""
+        """(N, num_candidates) int64 class ids, most collisions first ((N, 1) for
+        num_candidates = 0). A row whose buckets hold fewer selectable classes is filled from
+        uniform selectable classes by exact logit (rerank.pad_short_rows: no host read), so it
+        holds num_candidates ids whenever that many classes are selectable; -1 only past
+        them. Masked classes (-inf bias) are never returned; a non-finite class row found at
+        build takes every query's last slot (nonfinite.py)."""
         from .. import ops
+        from .rerank import exact_scores, pad_short_rows
 
         if not self.built:
             raise RuntimeError("LSHIndex.search before build(): call build(weight, bias) first")
@@ -214,4 +243,14 @@ class LSHIndex:
             num_candidates,
             B,
         )
+        if self.selectable is not None:  # masked / non-finite classes hashed with the rest
+            ok = (ids >= 0) & self.selectable[ids.clamp_min(0)]
+            ids = torch.where(ok, ids, torch.full_like(ids, -1))
+        if num_candidates > 0 and self.pool.numel() > 0:
+            h = hidden.detach()
+            scores = exact_scores(h, self.weight, self.bias, ids)
+            ids = pad_short_rows(
+                h, self.weight, self.bias, ids, scores, self.pool, num_candidates,
+                torch.Generator().manual_seed(self.seed),  # a search is a function of its input
+            )  # fmt: skip
         return _nf.add_nonfinite_class(ids, self.any_nonfinite, self.first_nonfinite)
