@@ -6,10 +6,12 @@ path's softmax is S + T, and an index would hide a NaN class from S (FAISS never
 SimHash hashes it anywhere, and a NaN row norm spoils the MIPS transform of every row). So
 every index build (which reads all of W anyway) records whether some class row is non-finite
 and which one comes first, as device tensors (one host read per build, none per step); the
-index is built on the finite rows (the bad ones zeroed), and every search puts that class
-into every query's candidates. Until the next build, every row whose logit for that class is
-NaN or +inf is then NaN on every path, as torch's. A class row that turns non-finite between
-builds makes a row's loss NaN only when that row scores it.
+index leaves the bad rows out (FAISS and the reranked generators) or hashes them as zeros and
+never returns them (the SimHash tables), and every search puts that class into every query's
+candidates. Until the next build, every row whose logit for that class is NaN or +inf is then
+NaN on every path, as torch's. A class row that turns non-finite between builds makes a row's
+loss NaN only when that row scores it. A -inf bias is not non-finite here: it masks a class,
+which no index returns (index.rerank.nonfinite_class and check_rows draw the line).
 """
 
 from __future__ import annotations
