@@ -133,6 +133,16 @@ def generators(n: int, d: int, seed: int):
                     ),
                 )
             )
+    for bal, p in ((1.25, 16), (1.25, 17), (1.25, 18), (1.5, 17)):  # lists split sooner
+        rows.append(
+            (
+                f"clusters spherical balance={bal} lists={c0} nprobe={p}",
+                "clusters",
+                {"mode": "spherical", "center": True, "num_lists": c0, "nprobe": p,
+                 "balance": bal},
+                lambda bal=bal: ClusterIndex(d, num_lists=c0, balance=bal, seed=seed),
+            )
+        )  # fmt: skip
     for c, F in ((128, 0.01), (128, 0.025)):
         for p in (1, 2, 4):
             rows.append(
