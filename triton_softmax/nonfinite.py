@@ -19,21 +19,32 @@ from __future__ import annotations
 import torch
 
 
+def nonfinite_class(
+    weight: torch.Tensor, bias: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(any_bad 0-d bool, first_bad 0-d int64): the first class whose logit can be NaN or +inf
+    (a NaN/inf weight entry, a NaN/+inf bias; a -inf bias only masks). The check reads W once
+    through a row max and a row min (NaN and +-inf propagate there; no (n, d) temporary). No
+    host read."""
+    bad = ~(torch.isfinite(weight.amax(dim=1)) & torch.isfinite(weight.amin(dim=1)))
+    if bias is not None:
+        bad = bad | torch.isnan(bias) | (bias == float("inf"))
+    return bad.any(), bad.to(torch.uint8).argmax()
+
+
 def finite_rows(
     weight: torch.Tensor, bias: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
-    """(weight, bias with non-finite class rows zeroed, any_bad 0-d bool, first_bad 0-d int64).
+    """(weight, bias with every row that is not finite zeroed (masked classes included),
+    any_bad, first_bad of nonfinite_class): the rows an index can hash or cluster.
 
-    weight: (n, d) float; bias: (n,) or None. The check reads W once through a row max and a
-    row min (NaN and +-inf propagate there; no (n, d) temporary). One host read per build
-    decides whether to copy: W is copied (bad rows zeroed) only when some row is bad."""
+    weight: (n, d) float; bias: (n,) or None. One host read per build decides whether to
+    copy: W is copied (bad rows zeroed) only when some row is not finite."""
+    any_bad, first_bad = nonfinite_class(weight, bias)
     ok = torch.isfinite(weight.amax(dim=1)) & torch.isfinite(weight.amin(dim=1))
     if bias is not None:
         ok = ok & torch.isfinite(bias)
-    bad = ~ok
-    any_bad = bad.any()
-    first_bad = bad.to(torch.uint8).argmax()
-    if bool(any_bad):  # one host read per index build, not per step
+    if not bool(ok.all()):  # one host read per index build, not per step
         weight = torch.where(ok.unsqueeze(1), weight, torch.zeros((), dtype=weight.dtype))
         if bias is not None:
             bias = torch.where(ok, bias, torch.zeros((), dtype=bias.dtype))

@@ -27,7 +27,7 @@ import torch
 
 from .. import nonfinite as _nf
 from ..checks import FAISS_INDEX_KINDS, check_int_option
-from .rerank import check_rows, nonfinite_class
+from .rerank import check_rows
 
 try:  # faiss is optional: the faiss path is unavailable without it
     import faiss
@@ -137,7 +137,7 @@ class FaissIndex:
         self.on_gpu = False
         self.any_nonfinite: torch.Tensor | None = None
         self.first_nonfinite: torch.Tensor | None = None
-        self.ids: torch.Tensor | None = None
+        self.class_ids: torch.Tensor | None = None
         self.num_indexed = 0  # classes in the index: n less the masked and non-finite ones
         self.num_excluded = 0
 
@@ -153,13 +153,13 @@ class FaissIndex:
         # a class with a non-finite row can never be ranked: it is left out (and the first
         # NaN/+inf one goes into every search, nonfinite.py); a -inf bias only masks a class,
         # which is left out too, so a padded vocabulary never spends a slot of S on it
-        self.any_nonfinite, self.first_nonfinite = nonfinite_class(weight, bias)
+        self.any_nonfinite, self.first_nonfinite = _nf.nonfinite_class(weight, bias)
         ok = check_rows(weight, bias, validate=False)
-        self.ids = None  # index position -> class id, where some classes are left out
+        self.class_ids = None  # index position -> class id, where some classes are left out
         if not bool(ok.all()):  # one host read per build
-            self.ids = ok.nonzero().flatten()
-            weight = weight[self.ids]
-            bias = bias[self.ids] if bias is not None else None
+            self.class_ids = ok.nonzero().flatten()
+            weight = weight[self.class_ids]
+            bias = bias[self.class_ids] if bias is not None else None
         rows = _augment(weight, bias)
         n, dim = rows.shape
         kind = built_kind(self.kind, n)  # fewer rows than 4-bit PQ training wants: flat
@@ -260,7 +260,7 @@ class FaissIndex:
             ids = torch.full((queries.shape[0], k), -1, dtype=torch.int64, device=hidden.device)
             return _nf.add_nonfinite_class(ids, self.any_nonfinite, self.first_nonfinite)
         pos = self._search_rows(queries, k_eff)
-        short = (pos < 0).any(dim=1)
+        short = (pos < 0).any(dim=1)  # on the host for faiss-cpu; one read per search on faiss-gpu
         if self.built_kind in IVF_KINDS and bool(short.any()):
             # the probed lists held fewer than k rows: those queries read every list, so S
             # always holds k classes when the index does (never a silently smaller S)
@@ -273,8 +273,8 @@ class FaissIndex:
             finally:
                 self.index.nprobe = nprobe
         ids = pos.to(hidden.device)
-        if self.ids is not None:  # positions among the indexed rows -> class ids
-            ids = torch.where(ids >= 0, self.ids.to(ids.device)[ids.clamp_min(0)], ids)
+        if self.class_ids is not None:  # positions among the indexed rows -> class ids
+            ids = torch.where(ids >= 0, self.class_ids.to(ids.device)[ids.clamp_min(0)], ids)
         if k_eff < k:
             ids = torch.cat([ids, ids.new_full((ids.shape[0], k - k_eff), -1)], dim=1)
         return _nf.add_nonfinite_class(ids, self.any_nonfinite, self.first_nonfinite)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from ..candidates import first_occurrences
+from ..nonfinite import nonfinite_class  # noqa: F401  (the generators import it from here)
 from ..reference.sampled_logits import row_dots
 
 # rows of one gather (chunk x U x d floats) are bounded by this many floats (~64 MiB)
@@ -35,17 +36,6 @@ def check_rows(weight: torch.Tensor, bias: torch.Tensor | None, validate: bool) 
             raise ValueError("bias holds NaN or +inf; mask a class with bias = -inf only")
         row_ok = row_ok & torch.isfinite(bias)
     return row_ok
-
-
-def nonfinite_class(
-    weight: torch.Tensor, bias: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(any_bad 0-d bool, first_bad 0-d int64): the first class whose logit can be NaN or +inf
-    (a NaN/inf weight entry, a NaN/+inf bias; a -inf bias only masks). No host read."""
-    bad = ~(torch.isfinite(weight.amax(dim=1)) & torch.isfinite(weight.amin(dim=1)))
-    if bias is not None:
-        bad = bad | torch.isnan(bias) | (bias == float("inf"))
-    return bad.any(), bad.to(torch.uint8).argmax()
 
 
 def dedupe_rows(ids: torch.Tensor) -> torch.Tensor:

@@ -125,11 +125,10 @@ class LSHIndex:
         return self
 
     def _set_selectable(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
-        """The pool of classes a search may return, and the first NaN/+inf class that joins
-        every search (a -inf bias only masks: nonfinite.py). One host read."""
-        from .rerank import check_rows, nonfinite_class
+        """The pool of classes a search may return (not masked, not non-finite) and the live
+        weights that score the classes filling short rows. One host read."""
+        from .rerank import check_rows
 
-        self.any_nonfinite, self.first_nonfinite = nonfinite_class(weight, bias)
         ok = check_rows(weight, bias, validate=False)
         self.pool = ok.nonzero().flatten()
         self.selectable = None if self.pool.numel() == ok.numel() else ok
@@ -147,7 +146,7 @@ class LSHIndex:
         # a NaN/inf class row is hashed as zeros (it would spoil M for every row) and added
         # to every search instead (nonfinite.py); a masked class (-inf bias) is never returned
         self._set_selectable(weight, bias)
-        weight, bias, _, _ = _nf.finite_rows(weight, bias)
+        weight, bias, self.any_nonfinite, self.first_nonfinite = _nf.finite_rows(weight, bias)
         # M with headroom: rows may grow by NORM_HEADROOM before the transform is invalid,
         # so a partial update (update_rows) stays exact while they do
         max_norm = max_row_norm(weight, bias) * NORM_HEADROOM
@@ -173,9 +172,10 @@ class LSHIndex:
         if not self.built:
             return False
         live_w, live_b = weight.detach(), bias.detach() if bias is not None else None
-        weight, bias, _, _ = _nf.finite_rows(live_w, live_b)
+        weight, bias, any_bad, first_bad = _nf.finite_rows(live_w, live_b)
         if bool(max_row_norm(weight, bias) > self.max_norm):  # one host read per refresh
             return False
+        self.any_nonfinite, self.first_nonfinite = any_bad, first_bad
         self._set_selectable(live_w, live_b)
         rows = rows.to(self.codes.device).long()
         b = bias.detach()[rows] if bias is not None else None
@@ -246,7 +246,8 @@ class LSHIndex:
         if self.selectable is not None:  # masked / non-finite classes hashed with the rest
             ok = (ids >= 0) & self.selectable[ids.clamp_min(0)]
             ids = torch.where(ok, ids, torch.full_like(ids, -1))
-        if num_candidates > 0 and self.pool.numel() > 0:
+        # fill short rows; on the host, where a read is free, only when some row is short
+        if num_candidates > 0 and self.pool.numel() > 0 and (ids.is_cuda or bool((ids < 0).any())):
             h = hidden.detach()
             scores = exact_scores(h, self.weight, self.bias, ids)
             ids = pad_short_rows(
