@@ -264,6 +264,7 @@ def test_gpu_configs_align_with_class_splits():
 @pytest.mark.parametrize("bias, eps", [(True, 0.0), (False, 0.1)])
 def test_public_full_path_matches_torch(monkeypatch, bias, eps):
     monkeypatch.setenv("TRITON_SOFTMAX_IMPL", "triton")
+    monkeypatch.setenv("TRITON_SOFTMAX_EXACT_KERNEL", "fused")  # the chunked default: its file
     calls = []
     for name in ("linear_ce_fwd", "linear_ce_bwd"):
         fn = getattr(kernels, name)

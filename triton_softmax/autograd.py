@@ -4,7 +4,7 @@ Each loss Function takes its tensors and one LossParams (label smoothing, z-loss
 sparse / deterministic gradients); the old trailing positional flags are still accepted
 (LossParams.from_flags). The z-loss is added in one place (_add_z_loss) and its gradient
 fixed up in one place per gradient layout (_z_loss_scale, then _fix_target_term on candidate
-coefficients or _fix_dense_target_terms on dense gradients).
+coefficients; the exact path passes the target terms' gradient to ops.linear_ce_bwd).
 """
 
 from __future__ import annotations
@@ -162,26 +162,6 @@ def _fix_target_term(coef, dh, delta, weight, target):
     return coef, dh
 
 
-def _fix_dense_target_terms(dh, dW, db, delta, hidden, weight, target, eps):
-    """_fix_target_term for dense gradients: the kernels scaled the one-hot and smoothing
-    terms by g_p too; they take g: add delta ((1 - eps) 1[j = y] + eps / n) back to dz."""
-    if delta is None:
-        return dh, dW, db
-    n = weight.shape[0]
-    acc = dh.dtype
-    h = hidden.to(acc)
-    dh = dh + (1.0 - eps) * delta.unsqueeze(1) * weight[target].to(acc)
-    dW = dW.index_add(0, target, (1.0 - eps) * delta.unsqueeze(1) * h)
-    if db is not None:
-        db = db.index_add(0, target, (1.0 - eps) * delta)
-    if eps:
-        dh = dh + (eps / n) * delta.unsqueeze(1) * weight.to(acc).sum(0)
-        dW = dW + (eps / n) * (delta.unsqueeze(1) * h).sum(0)
-        if db is not None:
-            db = db + (eps / n) * delta.sum()
-    return dh, dW, db
-
-
 class ChunkedCrossEntropyFunction(torch.autograd.Function):
     """Exact per-example cross-entropy (N,) fp32 (fp64 for fp64) without an (N, n) logits tensor."""
 
@@ -202,22 +182,19 @@ class ChunkedCrossEntropyFunction(torch.autograd.Function):
         hidden, weight, bias, target, lse = ctx.saved_tensors
         eps = ctx.label_smoothing
         g_p, delta = _z_loss_scale(grad_loss, lse, ctx.z_loss)
-        if ctx.softcap:  # the twin takes the one-hot terms' gradient directly
-            dh, dW, db = ops.linear_ce_bwd(
-                g_p,
-                hidden,
-                weight,
-                bias,
-                target,
-                lse,
-                eps,
-                softcap=ctx.softcap,
-                target_grad=None if delta is None else grad_loss,
-            )
-            delta = None
-        else:
-            dh, dW, db = ops.linear_ce_bwd(g_p, hidden, weight, bias, target, lse, eps)
-        dh, dW, db = _fix_dense_target_terms(dh, dW, db, delta, hidden, weight, target, eps)
+        # the one-hot terms' own gradient goes in (ops puts it on whichever path runs): the
+        # chunked kernel writes dW once in the weight's dtype, with no fix-up pass after it
+        dh, dW, db = ops.linear_ce_bwd(
+            g_p,
+            hidden,
+            weight,
+            bias,
+            target,
+            lse,
+            eps,
+            softcap=ctx.softcap,
+            target_grad=None if delta is None else grad_loss,
+        )
         dh = dh.to(hidden.dtype) if ctx.needs_input_grad[0] else None
         dW = dW.to(weight.dtype) if ctx.needs_input_grad[1] else None
         db = db.to(bias.dtype) if (bias is not None and ctx.needs_input_grad[2]) else None

@@ -136,8 +136,16 @@ ROUTES: dict[str, Route] = {
     ),
     "grad_hidden": Route("grad_hidden", grad_hidden_ref, probe=2),
     "scatter_grad_weight": Route("scatter_grad_weight", scatter_grad_weight_ref, probe=2),
-    "linear_ce_fwd": Route("linear_ce_fwd", chunked_ce_fwd_ref, fallback=_fp64_or_softcap),
-    "linear_ce_bwd": Route("linear_ce_bwd", chunked_ce_bwd_ref, probe=1, fallback=_fp64_or_softcap),
+    # the exact path: chunked GEMMs (kernels/linear_ce_chunked.py) by default, the fused
+    # one-pass kernels (kernels/linear_ce.py) under TRITON_SOFTMAX_EXACT_KERNEL=fused
+    "linear_ce_fwd": Route("linear_ce_chunked_fwd", chunked_ce_fwd_ref, fallback=_fp64_or_softcap),
+    "linear_ce_bwd": Route(
+        "linear_ce_chunked_bwd", chunked_ce_bwd_ref, probe=1, fallback=_fp64_or_softcap
+    ),
+    "linear_ce_fused_fwd": Route("linear_ce_fwd", chunked_ce_fwd_ref, fallback=_fp64_or_softcap),
+    "linear_ce_fused_bwd": Route(
+        "linear_ce_bwd", chunked_ce_bwd_ref, probe=1, fallback=_fp64_or_softcap
+    ),
     "bucket_tile_lse": Route("bucket_tile_lse", bucket_tile_lse_ref),
     "bucket_tile_lse_bwd": Route("bucket_tile_lse_bwd", bucket_tile_lse_bwd_ref, probe=2),
     "sparse_adam_update": Route("sparse_adam_update", sparse_adam_update_ref),
@@ -231,18 +239,66 @@ def scatter_grad_weight(coef, ids, hidden, n, deterministic=False):
     )
 
 
+EXACT_KERNELS = ("chunked", "fused")
+EXACT_KERNEL_ENV = "TRITON_SOFTMAX_EXACT_KERNEL"
+
+
+def exact_kernel() -> str:
+    """Which Triton kernels the exact path runs where Triton runs: "chunked" (default: an LSE
+    pass, then per class chunk a GEMM with a dz epilogue and two cuBLAS products, no atomics)
+    or "fused" (the one-pass kernels with atomic dW/dh partials, kept until a GPU run shows
+    where they are faster), from TRITON_SOFTMAX_EXACT_KERNEL."""
+    kind = os.environ.get(EXACT_KERNEL_ENV, "chunked").lower()
+    if kind not in EXACT_KERNELS:
+        raise ValueError(f"{EXACT_KERNEL_ENV} must be one of {EXACT_KERNELS}, got {kind!r}")
+    return kind
+
+
 def linear_ce_fwd(hidden, weight, bias, target, label_smoothing=0.0, softcap=0.0):
     """(loss (N,), lse (N,)) of the exact cross-entropy, chunked; softcap > 0 runs the twin."""
     args = (hidden, weight, bias, target, label_smoothing)
-    return route("linear_ce_fwd", *args, twin_kwargs=_capped(softcap))
+    op = "linear_ce_fwd" if exact_kernel() == "chunked" else "linear_ce_fused_fwd"
+    return route(op, *args, twin_kwargs=_capped(softcap))
 
 
 def linear_ce_bwd(
     grad_loss, hidden, weight, bias, target, lse, label_smoothing=0.0, softcap=0.0, target_grad=None
 ):
-    """(dh, dW, db) of sum grad_loss * loss; softcap > 0 runs the twin (target_grad: see it)."""
+    """(dh, dW, db) of sum grad_loss * loss; softcap > 0 runs the twin.
+
+    target_grad: the one-hot and smoothing terms' own gradient (z-loss scales only the
+    softmax part by grad_loss); the twin and the chunked kernel take it, the fused kernel's
+    result gets the difference added afterwards. dh is float32 (float64 for float64); dW and
+    db are float32 from the twin and the fused kernel, the weight's and bias's dtypes from
+    the chunked kernel (written once there): callers cast to the parameter dtype.
+    """
     args = (grad_loss, hidden, weight, bias, target, lse, label_smoothing)
-    return route("linear_ce_bwd", *args, twin_kwargs=_capped(softcap, target_grad=target_grad))
+    tg = {} if target_grad is None else {"target_grad": target_grad}
+    if exact_kernel() == "chunked" or softcap:
+        return route("linear_ce_bwd", *args, kernel_kwargs=tg, twin_kwargs={**_capped(softcap), **tg})
+    dh, dW, db = route("linear_ce_fused_bwd", *args)
+    if target_grad is None:
+        return dh, dW, db
+    delta = grad_loss.to(dh.dtype) - target_grad.to(dh.dtype)
+    return _add_target_terms(dh, dW, db, delta, hidden, weight, target, label_smoothing)
+
+
+def _add_target_terms(dh, dW, db, delta, hidden, weight, target, eps):
+    """Gradients computed with grad_loss g_p on the one-hot and smoothing terms, put right for
+    their own gradient g = g_p - delta: add delta ((1 - eps) 1[j = y] + eps / n) back to dz."""
+    n = weight.shape[0]
+    acc = dh.dtype
+    h = hidden.to(acc)
+    dh = dh + (1.0 - eps) * delta.unsqueeze(1) * weight[target].to(acc)
+    dW = dW.index_add(0, target, (1.0 - eps) * delta.unsqueeze(1) * h)
+    if db is not None:
+        db = db.index_add(0, target, (1.0 - eps) * delta)
+    if eps:
+        dh = dh + (eps / n) * delta.unsqueeze(1) * weight.to(acc).sum(0)
+        dW = dW + (eps / n) * (delta.unsqueeze(1) * h).sum(0)
+        if db is not None:
+            db = db + (eps / n) * delta.sum()
+    return dh, dW, db
 
 
 # the old names of the full-path ops (the kernel file is linear_ce.py)
