@@ -30,6 +30,7 @@ from triton.compiler import ASTSource  # noqa: E402
 from triton_softmax.kernels import bucket_lookup as bl  # noqa: E402
 from triton_softmax.kernels import bucket_tiles as bt  # noqa: E402
 from triton_softmax.kernels import linear_ce as lce  # noqa: E402
+from triton_softmax.kernels import linear_ce_chunked as lcc  # noqa: E402
 from triton_softmax.kernels import list_scores as ls  # noqa: E402
 from triton_softmax.kernels import sampled_logits as sl  # noqa: E402
 from triton_softmax.kernels import scatter_grad as sg  # noqa: E402
@@ -37,7 +38,7 @@ from triton_softmax.kernels import simhash as sh  # noqa: E402
 
 HAS_BIAS = "--no-bias" not in sys.argv
 ONLY = sys.argv[sys.argv.index("--only") + 1].split(",") if "--only" in sys.argv else None
-DIV16 = {"d", "N", "n", "stride_hm", "stride_wn"}
+DIV16 = {"d", "N", "n", "stride_hm", "stride_wn", "stride_dzm"}
 I32, I64 = "*i32", "*i64"
 
 
@@ -58,6 +59,7 @@ def tile_spec(dtype: str) -> dict:
         INPUT_PRECISION="tf32" if dtype == "bf16" else "ieee",
         stride_hd=1,
         stride_wd=1,
+        stride_dzn=1,
     )
 
 
@@ -72,6 +74,7 @@ TILE_PTRS = dict(
     q_order_ptr=I32,
     run_end_ptr=I32,
     ids_ptr=I32,
+    dz_ptr="IN",
 )
 CAND_PTRS = dict(h_ptr="IN", w_ptr="IN", b_ptr="IN", ids_ptr=I64, tgt_ptr=I64, ids_out_ptr=I64)
 LOOKUP_PTRS = dict(
@@ -93,6 +96,14 @@ KERNELS = [
     ("bucket_tile_lse_bwd", bt.bucket_tile_lse_bwd_kernel, {}, TILE_PTRS, ()),
     ("linear_ce_fwd", lce.linear_ce_fwd_kernel, {}, TILE_PTRS, ()),
     ("linear_ce_bwd", lce.linear_ce_bwd_kernel, {}, TILE_PTRS, ()),
+    ("linear_ce_lse", lcc.linear_ce_lse_kernel, {}, TILE_PTRS, ()),
+    (
+        "linear_ce_dz",
+        lcc.linear_ce_dz_kernel,
+        {},
+        TILE_PTRS,
+        ("target_coef", "smooth_coef"),
+    ),
     (
         "simhash_codes",
         sh.simhash_codes_kernel,

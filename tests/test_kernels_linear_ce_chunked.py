@@ -295,7 +295,9 @@ def _spy(monkeypatch):
         (torch.bfloat16, True, 0.0, 1e-3, "none"),
     ],
 )
-def test_public_full_path_matches_float64_autograd(monkeypatch, dtype, bias, eps, z_loss, reduction):
+def test_public_full_path_matches_float64_autograd(
+    monkeypatch, dtype, bias, eps, z_loss, reduction
+):
     """Chunked kernels through the interpreter against float64 autograd of F.cross_entropy
     (ignore_index, smoothing, bias, z-loss, reductions)."""
     monkeypatch.setenv("TRITON_SOFTMAX_IMPL", "triton")

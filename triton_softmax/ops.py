@@ -275,7 +275,8 @@ def linear_ce_bwd(
     args = (grad_loss, hidden, weight, bias, target, lse, label_smoothing)
     tg = {} if target_grad is None else {"target_grad": target_grad}
     if exact_kernel() == "chunked" or softcap:
-        return route("linear_ce_bwd", *args, kernel_kwargs=tg, twin_kwargs={**_capped(softcap), **tg})
+        twin_kw = {**_capped(softcap), **tg}
+        return route("linear_ce_bwd", *args, kernel_kwargs=tg, twin_kwargs=twin_kw)
     dh, dW, db = route("linear_ce_fused_bwd", *args)
     if target_grad is None:
         return dh, dW, db

@@ -218,9 +218,7 @@ def linear_ce_dz_kernel(
             onehot += smooth_coef
         dz = p - tl.where(gt[:, None] != 0, gt[:, None] * onehot, 0.0)
     ptrs = dz_ptr + offs_m.to(tl.int64)[:, None] * stride_dzm + offs_c[None, :] * stride_dzn
-    tl.store(
-        ptrs, dz.to(dz_ptr.dtype.element_ty), mask=row_mask[:, None] & col_mask[None, :]
-    )
+    tl.store(ptrs, dz.to(dz_ptr.dtype.element_ty), mask=row_mask[:, None] & col_mask[None, :])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,12 +227,16 @@ def linear_ce_dz_kernel(
 # ---------------------------------------------------------------------------------------------
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages), every BLOCK_N divides _SPLIT_ALIGN.
+# ptxas on triton 3.9's sm_90a output (scripts/check_sm90.py, record
+# bench/results/check_sm90-triton3.9-linear_ce_chunked-20261207.txt), bf16 with a bias:
+# 128x128x64 w8 s4 and 64x256x64 w8 s4 spill nothing in either kernel; 128x256x64 w8 s3
+# (Hopper's widest wgmma tile) spills 40 B in the LSE pass and 148 B in the dz kernel, kept
+# for the autotuner to weigh; 128x128x64 w4 and 256x128x64 w8 spilled 100-170 B, dropped.
+# fp32 (IEEE dots on CUDA cores) spills in every config, as in linear_ce.py: the slow path.
 _GEMM_ROWS = [
-    (128, 256, 64, 8, 3),
     (128, 128, 64, 8, 4),
-    (128, 128, 64, 4, 4),
-    (256, 128, 64, 8, 3),
     (64, 256, 64, 8, 4),
+    (128, 256, 64, 8, 3),
 ]
 _GROUP_M = 8
 
