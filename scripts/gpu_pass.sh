@@ -26,7 +26,9 @@ if ls .whl/*.whl >/dev/null 2>&1; then
   export PYTHONPATH=/tmp/site
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-STAGES=${STAGES:-"env tests probe kernels step_profile sweep linear_ce bucket_tiles tune"}
+# `exact` (the exact path: chunked vs fused vs the peers, 4 minutes at most) runs early: on a
+# full pass the last stages may then be cut by the call's limit; STAGES="env exact" alone fits
+STAGES=${STAGES:-"env tests exact probe kernels step_profile sweep linear_ce bucket_tiles tune"}
 stage() { case " $STAGES " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 T0=$(date +%s)
 # after every stage: the timeline, and everything so far packed into $OUT, so a call cut
@@ -45,6 +47,7 @@ if [ "$SIZE" = smoke ]; then
   SWEEP_ARGS=(--n 1e4 1e5 --d 256 --N 1024 --dtype bf16 --repeats 5)
   LCE_ARGS=(--N 4096 --d 1024 --n 32768 131072)
   TILE_ARGS=(--n 1e5 --N 1024)
+  EXACT_ARGS=(--N 4096 --d 1024 --n 32768 131072)
 else  # at most about 9.5 minutes (stage limits; most stages end sooner): timeout_s 600
   T_TESTS=120; T_BENCH=55
   KERNELS_ARGS=(--n 1000000 --C 256 --N 8192)
@@ -53,6 +56,7 @@ else  # at most about 9.5 minutes (stage limits; most stages end sooner): timeou
   SWEEP_ARGS=(--n 1e5 1e6 1e7 --d 512 --N 4096 --dtype bf16)
   LCE_ARGS=(--N 8192 --d 1024 --n 131072 1000000 --impl ours plain cce liger)
   TILE_ARGS=(--n 1e6 --N 8192)
+  EXACT_ARGS=(--N 8192 --d 1024 --n 131072 262144)
 fi
 TESTS_K=${TESTS_K:-}  # a pytest -k expression: rerun only some CUDA tests
 
@@ -70,6 +74,24 @@ if stage tests; then  # CUDA-marked tests: every kernel against its twin, the mo
     tests/ > "$RES/tests_cuda.log" 2>&1
   echo "tests rc=$?" >> "$RES/tests_cuda.log"
   mark tests
+fi
+if stage exact; then  # the exact path on CUDA: <= 4 minutes (45 + 135 + 60 s limits)
+  # 1) the chunked kernels' CUDA tests (float64 oracle, bitwise reruns, default route)
+  timeout 45 python3 -m pytest -q -m cuda -p no:cacheprovider \
+    tests/test_kernels_linear_ce_chunked.py > "$RES/exact_tests.log" 2>&1
+  echo "rc=$?" >> "$RES/exact_tests.log"
+  # 2) bf16 forward and backward timed apart, peak memory: ours (chunked, the default) /
+  #    plain / Cut CE / Liger (skipped when absent) / the fused kernels last (longest compile)
+  TRITON_PRINT_AUTOTUNING=1 timeout 135 python3 bench/linear_ce_cuda.py "${EXACT_ARGS[@]}" \
+    --dtype bf16 --impl ours plain cce liger ours-fused --phases --warmup-ms 10 --rep-ms 100 \
+    --out "$RES/exact_linear_ce_cuda.json" > "$RES/exact_linear_ce_cuda.log" 2>&1
+  echo "rc=$?" >> "$RES/exact_linear_ce_cuda.log"
+  # 3) the README's quick sweep (N = 256, d = 128, fp32, n = 1e3..1e6) on CUDA, exact methods
+  timeout 60 python3 -m bench.sweep --quick --device cuda \
+    --methods full torch torch_compile cce liger --out-dir "$RES" --tag exact-quick \
+    --no-plot --no-progress > "$RES/exact_quick_sweep.log" 2>&1
+  echo "rc=$?" >> "$RES/exact_quick_sweep.log"
+  mark exact
 fi
 if stage probe; then  # session 9's list_topk fault: tl.sort of int64 keys, per num_warps
   timeout 60 python3 scripts/gpu_probe_sort.py --out "$RES/probe_sort.json" \
