@@ -232,7 +232,8 @@ def linear_ce_dz_kernel(
 # 128x128x64 w8 s4 and 64x256x64 w8 s4 spill nothing in either kernel; 128x256x64 w8 s3
 # (Hopper's widest wgmma tile) spills 40 B in the LSE pass and 148 B in the dz kernel, kept
 # for the autotuner to weigh; 128x128x64 w4 and 256x128x64 w8 spilled 100-170 B, dropped.
-# fp32 (IEEE dots on CUDA cores) spills in every config, as in linear_ce.py: the slow path.
+# fp32 (IEEE dots on CUDA cores) spills in every config, as in linear_ce.py (the slow path),
+# and 128x256 spills ~40 KB there: fp32 dots keep only tiles up to 128x128 (_prune).
 _GEMM_ROWS = [
     (128, 128, 64, 8, 4),
     (64, 256, 64, 8, 4),
@@ -253,12 +254,17 @@ def _configs():
     ]
 
 
-linear_ce_lse_kernel = triton.autotune(configs=_configs(), key=["d", "n_bucket"])(
-    linear_ce_lse_kernel
-)
-linear_ce_dz_kernel = triton.autotune(configs=_configs(), key=["d", "n_bucket"])(
-    linear_ce_dz_kernel
-)
+def _prune(configs, named_args, **kwargs):
+    """fp32 dots: tiles of at most 128 x 128 (the wider ones spill tens of KB on sm_90a)."""
+    if kwargs.get("DOT_DTYPE", named_args.get("DOT_DTYPE")) != tl.float32 or len(configs) < 2:
+        return configs
+    fit = [c for c in configs if c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 128 * 128]
+    return fit or configs[:1]
+
+
+_AUTOTUNE = dict(key=["d", "n_bucket"], prune_configs_by={"early_config_prune": _prune})
+linear_ce_lse_kernel = triton.autotune(configs=_configs(), **_AUTOTUNE)(linear_ce_lse_kernel)
+linear_ce_dz_kernel = triton.autotune(configs=_configs(), **_AUTOTUNE)(linear_ce_dz_kernel)
 
 
 # ---------------------------------------------------------------------------------------------
