@@ -97,13 +97,7 @@ KERNELS = [
     ("linear_ce_fwd", lce.linear_ce_fwd_kernel, {}, TILE_PTRS, ()),
     ("linear_ce_bwd", lce.linear_ce_bwd_kernel, {}, TILE_PTRS, ()),
     ("linear_ce_lse", lcc.linear_ce_lse_kernel, {}, TILE_PTRS, ()),
-    (
-        "linear_ce_dz",
-        lcc.linear_ce_dz_kernel,
-        {},
-        TILE_PTRS,
-        ("target_coef", "smooth_coef"),
-    ),
+    ("linear_ce_dz", lcc.linear_ce_dz_kernel, {}, TILE_PTRS, ("target_coef", "smooth_coef")),
     (
         "simhash_codes",
         sh.simhash_codes_kernel,

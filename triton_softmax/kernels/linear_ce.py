@@ -1,5 +1,11 @@
 """Fused linear + softmax cross-entropy: the exact `full` path, never holding (N, n) logits.
 
+Not the default any more: the exact path runs linear_ce_chunked.py's kernels (an LSE pass,
+then per class chunk a GEMM with a dz epilogue and two cuBLAS products, no atomics); these run
+under TRITON_SOFTMAX_EXACT_KERNEL=fused (triton_softmax.ops) until a GPU run shows where, if
+anywhere, they are faster. Their tile helpers are shared with linear_ce_chunked.py and
+bucket_tiles.py.
+
     z_ij   = h_i . W_j + b_j                       tiles of h @ W^T with tl.dot, fp32 acc
     lse_i  = log sum_j exp(z_ij)                    online max / log-sum-exp over class tiles
     loss_i = lse_i - (1 - eps) z_{i,y_i} - eps/n sum_j z_ij          (eps = label smoothing)

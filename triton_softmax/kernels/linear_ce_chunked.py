@@ -234,11 +234,7 @@ def linear_ce_dz_kernel(
 # for the autotuner to weigh; 128x128x64 w4 and 256x128x64 w8 spilled 100-170 B, dropped.
 # fp32 (IEEE dots on CUDA cores) spills in every config, as in linear_ce.py (the slow path),
 # and 128x256 spills ~40 KB there: fp32 dots keep only tiles up to 128x128 (_prune).
-_GEMM_ROWS = [
-    (128, 128, 64, 8, 4),
-    (64, 256, 64, 8, 4),
-    (128, 256, 64, 8, 3),
-]
+_GEMM_ROWS = [(128, 128, 64, 8, 4), (64, 256, 64, 8, 4), (128, 256, 64, 8, 3)]
 _GROUP_M = 8
 
 
