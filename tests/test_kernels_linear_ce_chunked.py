@@ -273,6 +273,16 @@ def test_gpu_configs_align_with_class_splits():
         assert 256 % bn == 0 and min(bm, bn, bk) >= 16
 
 
+def test_fp32_dots_prune_the_wide_tiles():
+    import triton
+    import triton.language as tl
+
+    cfgs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}) for bm, bn, *_ in lcc._GEMM_ROWS]
+    kept = lcc._prune(cfgs, {}, DOT_DTYPE=tl.float32)
+    assert kept and all(c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 128 * 128 for c in kept)
+    assert lcc._prune(cfgs, {}, DOT_DTYPE=tl.bfloat16) == cfgs
+
+
 # ---- the whole path composed: public API -> autograd -> ops -> these launchers -----------------
 
 
