@@ -414,3 +414,22 @@ def test_cuda_int64_offsets():
     _close(dh, t_dh, torch.bfloat16, scale=float(t_dh.abs().max()))
     tail = slice(n - 1000, n)
     _close(dW[tail], t_dW[tail], torch.bfloat16, scale=float(t_dW[tail].abs().max()))
+
+
+def test_rows_past_int32():
+    """W's and h's row 1 start past 2^31 elements (a lazily allocated buffer, see
+    tests/test_int64_offsets.py): both kernels' row offsets must be int64."""
+    from test_int64_offsets import _far_rows
+
+    d = 16
+    W = _far_rows(2, d)
+    h = _far_rows(2, d)
+    y = torch.tensor([1, 0])
+    g = torch.tensor([1.0, 0.5])
+    loss, lse = linear_ce_chunked_fwd(h, W, None, y, 0.1)
+    dh, dW, _ = linear_ce_chunked_bwd(g, h, W, None, y, lse, 0.1)
+    r_loss, r_lse, r_dh, r_dW, _ = _reference64(h.contiguous(), W.contiguous(), None, y, g, 0.1)
+    _close(loss, r_loss, torch.float16)
+    _close(lse, r_lse, torch.float16)
+    _close(dh, r_dh, torch.float16)
+    _close(dW, r_dW, torch.float16)
