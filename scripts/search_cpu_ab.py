@@ -43,6 +43,13 @@ print(json.dumps(dict(median_ms=1e3 * statistics.median(times), recall_top10=rec
 """
 
 
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown CPU"
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--trees", nargs=2, required=True, help="before, after")
@@ -73,7 +80,7 @@ def main() -> int:
     before, after = (statistics.median(x["median_ms"] for x in runs[t]) for t in args.trees)
     rec = dict(
         kind="search_cpu_ab",
-        machine="AMD EPYC, 2 shared vCPUs (load in uptime_at_end)",
+        machine=cpu_model() + f", {os.cpu_count()} vCPUs shared (load: uptime_at_end)",
         uptime_at_end=subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
         n=int(args.n),
         N=args.N,

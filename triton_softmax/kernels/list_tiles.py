@@ -17,7 +17,8 @@ so one integer sort orders by score, ties by smaller position (smaller class id:
 follow class ids inside a list); -0.0 is stored as +0.0 first so the two tie. Each row keeps
 its best BLOCK_L keys sorted descending; a chunk sorted ascending, the element-wise max of
 the two is exactly the BLOCK_L largest of the union (the first step of a bitonic merge),
-sorted again. The id is the key's own low half, so a score can only come back with the
+sorted again (skipped for a chunk none of whose keys beats a row's smallest kept key). The
+id is the key's own low half, so a score can only come back with the
 position it was packed with.
 
 Index arithmetic is int64 (row * stride passes 2^31 at large n d).
@@ -125,8 +126,13 @@ def list_tile_topk_kernel(
             acc += b[None, :]
         z = tl.where(ok[None, :] & (acc == acc), acc, float("-inf"))  # acc != acc: NaN
         z = tl.where(z == 0.0, 0.0, z)  # -0.0 ties with +0.0
-        chunk = tl.sort(_pack_pos(z, (pos - start)[None, :] + zero), dim=1)  # ascending
-        best = tl.sort(tl.maximum(best, chunk), dim=1, descending=True)
+        keys = _pack_pos(z, (pos - start)[None, :] + zero)
+        # the sorts cost more than the dot: skip them when no row's kept set changes (most
+        # chunks once the kept sets fill, when k' is small against the list)
+        beats = tl.max(keys, axis=1) > tl.min(best, axis=1)
+        if tl.max(beats.to(tl.int32), axis=0) > 0:
+            chunk = tl.sort(keys, dim=1)  # ascending
+            best = tl.sort(tl.maximum(best, chunk), dim=1, descending=True)
     score, at = _unpack_pos(best)
     at = tl.where(score == float("-inf"), -1, at)
     keep = (cols_l < k_out)[None, :] & (zero == 0)
