@@ -102,7 +102,7 @@ def _fp64_or_cuda(*args, **kwargs) -> bool:
     the interpreter never shows. Until a GPU run passes
     tests/test_cuda_kernels.py::test_list_topk_matches_twin, CUDA runs the twin (exact,
     sync-free, a padded gather and one batched product per chunk of queries). The clusters
-    search itself no longer calls list_topk on CUDA (index/list_tiles.py)."""
+    search itself no longer calls list_topk on CUDA (ops.list_tile_topk)."""
     return _any_fp64(*args, **kwargs) or (isinstance(args[0], torch.Tensor) and args[0].is_cuda)
 
 
