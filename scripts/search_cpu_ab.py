@@ -2,12 +2,12 @@
 
     python3 scripts/search_cpu_ab.py --trees /work/main . --rounds 3 --out FILE
 
-Each round runs one child process per tree (PYTHONPATH = that tree), alternating, so both
-see the same machine load: the child builds the lsh default's ClusterIndex over the sweep's
-planted problem (bench.harness), times index.search (median of --repeats, perf_counter, one
-torch thread) and reports the recall of the exact top-10 and a hash of the returned ids.
-The record: per tree the median of its rounds' medians, the ratio after / before, and
-whether the ids were identical.
+Each round runs one child process per tree (PYTHONPATH = that tree), the order swapped every
+round, so both see the same machine load and neither always runs first. The child builds the
+lsh default's ClusterIndex over the sweep's planted problem (bench.harness), times
+index.search (median of --repeats, perf_counter, one torch thread) and reports the recall of
+the exact top-10 and a hash of the returned ids. The record: per tree the median of its
+rounds' medians, the ratio after / before, and whether the ids were identical.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def main() -> int:
     args = p.parse_args()
     runs: dict[str, list[dict]] = {t: [] for t in args.trees}
     for r in range(args.rounds):
-        for tree in args.trees:
+        for tree in args.trees if r % 2 == 0 else args.trees[::-1]:  # neither always first
             env = dict(os.environ, PYTHONPATH=str(Path(tree).resolve()), PYTHONHASHSEED="0")
             env.pop("TRITON_INTERPRET", None)
             sizes = [str(v) for v in (args.n, args.N, args.d, args.k, args.repeats)]
