@@ -153,11 +153,13 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--recall-N", type=int, default=512, help="queries checked for recall")
     p.add_argument("--skip-twin", action="store_true", help="CPU: no twin route")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     device, dtype = args.device, DTYPES[args.dtype]
     torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)  # 2 threads on a shared, loaded machine: 10x noise
     rec = dict(
         kind="search_tiles",
         device=torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
