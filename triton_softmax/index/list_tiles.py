@@ -109,9 +109,10 @@ def merge_list_topk(
     scores, pos: (N, p, k') from ops.list_tile_topk (positions in the probed lists); lists:
     (N, p) int64; offsets: (C + 1,) int64; order: (M,) int64 class id of each list position,
     increasing inside each list (kmeans.lists_csr's stable order: then the kernel's ties by
-    position are ties by id, and the rule holds across lists too). Lists are disjoint, so the k best of the union are among them. The sort key is the
-    score's order-preserving bits above 2^31 - 1 - id: one top-k over distinct int64 keys,
-    no tie left to the sort's whim (equal scores: the smaller id first), and a score is
+    position are ties by id, and the rule holds across lists too). Lists are disjoint, so
+    the k best of the union are among them. The sort key is the score's order-preserving
+    bits above 2^31 - 1 - id: one top-k over distinct int64 keys, no tie left to the sort's
+    whim (equal scores: the smaller id first), and a score is
     gathered from the same column as its id."""
     N, p, kk = scores.shape
     if N == 0 or p * kk == 0:
