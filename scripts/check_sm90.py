@@ -32,6 +32,7 @@ from triton_softmax.kernels import bucket_tiles as bt  # noqa: E402
 from triton_softmax.kernels import linear_ce as lce  # noqa: E402
 from triton_softmax.kernels import linear_ce_chunked as lcc  # noqa: E402
 from triton_softmax.kernels import list_scores as ls  # noqa: E402
+from triton_softmax.kernels import list_tiles as lt  # noqa: E402
 from triton_softmax.kernels import sampled_logits as sl  # noqa: E402
 from triton_softmax.kernels import scatter_grad as sg  # noqa: E402
 from triton_softmax.kernels import simhash as sh  # noqa: E402
@@ -89,6 +90,17 @@ LOOKUP_PADS = dict(BIAS_MODE=1, K_PAD=16, L_PAD=8, B_PAD=32)
 LIST_PTRS = dict(
     h_ptr="IN", w_ptr="IN", b_ptr="IN", order_ptr=I64, offsets_ptr=I64, lists_ptr=I64, ids_ptr=I64
 )
+LIST_TILE_PTRS = dict(
+    h_ptr="IN",
+    w_ptr="IN",
+    b_ptr="IN",
+    members_ptr=I64,
+    start_ptr=I64,
+    end_ptr=I64,
+    query_ptr=I64,
+    pair_ptr=I64,
+    pos_ptr=I64,
+)
 
 # (name, kernel, constexprs beyond the config's, pointer element types, fp32 scalars)
 KERNELS = [
@@ -136,6 +148,22 @@ KERNELS = [
     # the launcher's blocks for k' = 63 (d = 128) and for k' = 1024 (the kept set widest)
     ("list_topk(k'=63)", ls.list_topk_kernel, dict(BLOCK_L=64, BLOCK_D=128), LIST_PTRS, ()),
     ("list_topk(k'=1024)", ls.list_topk_kernel, dict(BLOCK_L=1024, BLOCK_D=8), LIST_PTRS, ()),
+    # the launcher's blocks at d = 512: k' = 64 (the smallest kept set) and k' = 512 (|S| of
+    # the GPU sweep, the widest it keeps in registers)
+    (
+        "list_tile_topk(k'=64)",
+        lt.list_tile_topk_kernel,
+        dict(BLOCK_Q=16, BLOCK_L=64, BLOCK_D=64),
+        LIST_TILE_PTRS,
+        (),
+    ),
+    (
+        "list_tile_topk(k'=512)",
+        lt.list_tile_topk_kernel,
+        dict(BLOCK_Q=16, BLOCK_L=512, BLOCK_D=32),
+        LIST_TILE_PTRS,
+        (),
+    ),
     ("grad_hidden", sl.grad_hidden_kernel, dict(BLOCK_D=128), CAND_PTRS, ()),
     ("scatter_grad_atomic", sg.scatter_grad_weight_atomic_kernel, {}, CAND_PTRS, ()),
     (

@@ -212,23 +212,15 @@ def check_search(index, h, k, top, fixed, masked):
 
 @pytest.mark.parametrize("live_rerank", [True, False])
 @pytest.mark.parametrize("k", [4, 30])
-@pytest.mark.parametrize("path", ["fixed", "tiles1", "tiles3", "tiles64"])
-def test_fixed_shape_searches_match_loop(monkeypatch, live_rerank, k, path):
-    """_search_fixed (ops.list_topk) and _search_tiles (list_tiles: the queries of one list
-    scored together; the CUDA path) give the loop's ids on every full row of the handmade
-    lists; tiles of 1 and 3 queries split a list's queries over several tiles, and with 3 a
-    tiny chunk budget splits the tiles."""
-    from triton_softmax.index import list_tiles
-
+@pytest.mark.parametrize("path", ["fixed", "tiles"])
+def test_fixed_shape_searches_match_loop(live_rerank, k, path):
+    """_search_fixed (ops.list_topk) and _search_tiles (ops.list_tile_topk, the CUDA path;
+    here its twin; its kernel: tests/test_list_tiles.py) give the loop's ids on every full
+    row of the handmade lists."""
     index, w, b = handmade_index(live_rerank)
     h = torch.randn(9, 12, generator=torch.Generator().manual_seed(2))
     top = index.search_lists(h, k)
-    search = index._search_fixed
-    if path != "fixed":
-        tile = int(path[5:])
-        monkeypatch.setattr(list_tiles, "TILE_QUERIES", tile)
-        monkeypatch.setattr(list_tiles, "TILE_FLOATS", 1 if tile == 3 else list_tiles.TILE_FLOATS)
-        search = index._search_tiles
+    search = index._search_fixed if path == "fixed" else index._search_tiles
     got = search(h, index.probe_lists(h), k, torch.Generator().manual_seed(0))
     check_search(index, h, k, top, got, index.order[[7]])
 

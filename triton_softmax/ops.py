@@ -24,6 +24,7 @@ import torch
 from .reference.bucket_tiles import bucket_tile_lse_bwd_ref, bucket_tile_lse_ref
 from .reference.linear_ce import chunked_ce_bwd_ref, chunked_ce_fwd_ref
 from .reference.list_scores import list_topk_ref
+from .reference.list_tiles import list_tile_topk_ref
 from .reference.sampled_logits import (
     grad_hidden_ref,
     sampled_logits_bwd_ref,
@@ -101,7 +102,7 @@ def _fp64_or_cuda(*args, **kwargs) -> bool:
     the interpreter never shows. Until a GPU run passes
     tests/test_cuda_kernels.py::test_list_topk_matches_twin, CUDA runs the twin (exact,
     sync-free, a padded gather and one batched product per chunk of queries). The clusters
-    search itself no longer calls list_topk on CUDA (index/list_tiles.py)."""
+    search itself no longer calls list_topk on CUDA (ops.list_tile_topk)."""
     return _any_fp64(*args, **kwargs) or (isinstance(args[0], torch.Tensor) and args[0].is_cuda)
 
 
@@ -150,6 +151,7 @@ ROUTES: dict[str, Route] = {
     "bucket_tile_lse_bwd": Route("bucket_tile_lse_bwd", bucket_tile_lse_bwd_ref, probe=2),
     "sparse_adam_update": Route("sparse_adam_update", sparse_adam_update_ref),
     "list_topk": Route("list_topk", list_topk_ref, fallback=_fp64_or_cuda, fits="list_topk_fits"),
+    "list_tile_topk": Route("list_tile_topk", list_tile_topk_ref, fits="list_tile_topk_fits"),
 }
 
 
@@ -335,6 +337,13 @@ def list_topk(hidden, weight, bias, order, offsets, lists, k, max_list):
     """(scores (N, p, k') float32, ids (N, p, k') int64): the best k' = min(k, max_list)
     members of every probed list of a CSR list index (index/clusters.py), best first."""
     return route("list_topk", hidden, weight, bias, order, offsets, lists, k, max_list)
+
+
+def list_tile_topk(hidden, rows, bias, members, offsets, lists, k, max_list):
+    """(scores (N, p, k') float32, pos (N, p, k') int64): the best k' = min(k, max_list)
+    members of every probed list as positions in the list, best first (ties: the smaller
+    position); list tiles scored on tensor cores (kernels/list_tiles.py)."""
+    return route("list_tile_topk", hidden, rows, bias, members, offsets, lists, k, max_list)
 
 
 def sparse_adam_update(param, exp_avg, exp_avg_sq, rows, values, step_size, beta1, beta2, eps):

@@ -26,12 +26,12 @@ import torch
 from .. import nonfinite as _nf
 from ..checks import check_int_option
 from .kmeans import assign_nearest, balance_lists, lists_csr, spherical_lloyd
-from .list_tiles import list_tile_scores
+from .list_tiles import search_list_tiles
 from .rerank import check_rows, nonfinite_class, pad_short_rows, rerank_union, top_k_ids
 
 MODES = ("mips", "spherical")
 SCORE_BUFFER = 1 << 23  # (query, list, member) scores per chunk of a CPU search (32 MB)
-TILE_SCORES = 1 << 28  # the same on CUDA (_search_tiles: 1 GB)
+TILE_SCORES = 1 << 25  # (query, probe, kept) candidates per chunk on CUDA (~1 GB in all)
 POINTS_PER_LIST = 64  # subsample for the first build, as FAISS's k-means
 NORM_HEADROOM = 1.05  # M with room for rows to grow before update_rows must rebuild
 # live_rerank=None: a copy when the rows are on a CPU and the copy takes at most this many bytes
@@ -369,25 +369,26 @@ class ClusterIndex:
         k: int,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """search_lists in fixed shapes with no host read, each probed list scored once per
-        tile of the queries that probe it (list_tiles.py; the CUDA path since session 9,
-        where ops.list_topk's kernel returned a wrong id). Queries in chunks of at most
-        TILE_SCORES scores; short rows padded as in _search_fixed."""
+        """search_lists in fixed shapes with no host read (the CUDA path, any device runs it):
+        list_tiles.search_list_tiles scores each probed list once per tile of the queries
+        that probe it on tensor cores and keeps (N, p, k') candidates, merged to the k best;
+        queries in chunks of at most TILE_SCORES candidates; short rows padded by
+        rerank.pad_short_rows. Ties: the smaller class id first."""
         N, p = lists.shape
         if self.live_rerank:
             rows, bias, members = self.weight, self.bias, self.order
         else:  # the copy is in list order: its positions are the members
             rows, bias = self._copied_rows()
             members = torch.arange(self.order.numel(), device=self.order.device)
-        step = max(1, TILE_SCORES // max(1, p * self.max_list))
+        step = max(1, TILE_SCORES // max(1, p * min(k, self.max_list)))
         s, top = [], []
         for i in range(0, N, step):
-            h, lst = hidden[i : i + step], lists[i : i + step]
-            si, pos = top_k_ids(
-                list_tile_scores(h, rows, bias, members, self.offsets, lst, self.max_list), None, k
-            )
+            si, ti = search_list_tiles(
+                hidden[i : i + step], rows, bias, members, self.offsets, self.order,
+                lists[i : i + step], k, self.max_list,
+            )  # fmt: skip
             s.append(si)
-            top.append(self._ids_at(lst, pos))
+            top.append(ti)
         s, top = torch.cat(s), torch.cat(top)
         return pad_short_rows(hidden, self.weight, self.bias, top, s, self.rows, k, generator)
 

@@ -1,24 +1,27 @@
-"""Exact scores of every probed list, one dense tile of queries per list, in fixed shapes.
+"""The CUDA search of ClusterIndex (index/clusters.py) in fixed shapes, no host read.
 
-The CUDA path of ClusterIndex.search (index/clusters.py). Query i probes p lists; the
-(query, list) pairs are grouped by list and cut into tiles of up to `tile` queries, so a
-list's rows are gathered once per tile and scored by one batched product (torch.bmm)
-against the tile's queries, instead of once per query: list_topk (the kernel and its twin)
-reads N p L d floats, this about (N p / tile + C) L d. The number of tiles is bounded from
-the shapes alone (ceil(N p / tile) + min(C, N p): a list's last tile is its only partial
-one), so there is no host read: it runs inside a training step. Unused tile slots score
-query 0 and land in a scratch row; unused tiles read no list. Scores are fp32 products
-(exact ranking); bf16 tensor-core scoring with an exact rerank would be faster on a GPU.
+search_list_tiles: ops.list_tile_topk (kernels/list_tiles.py: each probed list scored
+against a tile of the queries probing it by tl.dot, each (query, probe) keeping its best
+k' members in registers; twin reference/list_tiles.py) writes (N, p, k') candidates, and
+merge_list_topk keeps each query's k best of its p k' by one top-k over int64 keys that
+hold the score and the class id together (exact pairing; ties: the smaller class id).
+No (N, p x largest list) score buffer: at n = 10^6 (lists of about 1,000 rows, up to 2x
+that after balancing) and k' = 512 the candidates take a quarter of it, at 10^7 a tenth.
 
-Why: on the H200 (session 9) the per-(query, list) kernel took 49 ms of a 58 ms lsh step at
-n = 10^6, N = 4096, d = 256 (1.6% of classes scored), and one fp32 case returned a wrong
-id. This path was written after that run: it is exact (tested against the CPU's list-by-list
-loop) but its GPU time is not measured yet (bench.step_profile --device cuda times it).
+list_tile_scores: the previous CUDA path, kept as the A/B baseline of the GPU stage
+(bench/search_tiles.py): the same tiles of queries sharing a list, scored by one batched
+fp32 product (torch.bmm) into the (N, p x L) buffer that a top-k then reads.
+
+Why: on the H200 (2026-11-30) the per-(query, list) GEMV kernel (ops.list_topk) took 49 ms
+of a 58 ms lsh step at n = 10^6, N = 4096, d = 256 (1.6% of classes scored), and one fp32
+case returned a wrong id. Neither tile path is timed on a GPU yet.
 """
 
 from __future__ import annotations
 
 import torch
+
+from .. import ops
 
 TILE_QUERIES = 64  # queries of one list scored together
 TILE_FLOATS = 1 << 27  # gathered rows, and scores, of one chunk of tiles (512 MB of fp32)
@@ -90,3 +93,69 @@ def list_tile_scores(
         z = torch.where(ok.unsqueeze(1) & ~torch.isnan(z), z, float("-inf"))
         out.index_copy_(0, slot_pair[t0 * tile : t1 * tile], z.reshape(-1, L))
     return out[:P].view(N, p * L)
+
+
+def merge_list_topk(
+    scores: torch.Tensor,
+    pos: torch.Tensor,
+    lists: torch.Tensor,
+    offsets: torch.Tensor,
+    order: torch.Tensor,
+    k: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each query's k best of its (p, k') list candidates: (scores (N, k) float32, class ids
+    (N, k) int64), best first, (-inf, -1) where fewer than k are finite.
+
+    scores, pos: (N, p, k') from ops.list_tile_topk (positions in the probed lists); lists:
+    (N, p) int64; offsets: (C + 1,) int64; order: (M,) int64 class id of each list position,
+    increasing inside each list (kmeans.lists_csr's stable order: then the kernel's ties by
+    position are ties by id, and the rule holds across lists too). Lists are disjoint, so
+    the k best of the union are among them. The sort key is the score's order-preserving
+    bits above 2^31 - 1 - id: one top-k over distinct int64 keys, no tie left to the sort's
+    whim (equal scores: the smaller id first), and a score is
+    gathered from the same column as its id."""
+    N, p, kk = scores.shape
+    if N == 0 or p * kk == 0:
+        return (
+            scores.new_full((N, k), float("-inf")),
+            torch.full((N, k), -1, dtype=torch.int64, device=scores.device),
+        )
+    at = offsets[lists].unsqueeze(2) + pos.clamp_min(0)
+    ids = torch.where(pos >= 0, order[at.clamp_max(order.numel() - 1)], -1).reshape(N, -1)
+    s = scores.reshape(N, -1).float().contiguous()
+    s = torch.where(s == 0, torch.zeros_like(s), s)  # -0.0 ties with +0.0
+    bits = s.view(torch.int32)
+    ordered = bits ^ ((bits >> 31) & 0x7FFFFFFF)
+    key = (ordered.long() << 32) | (0x7FFFFFFF - ids.clamp_min(0))
+    ok = torch.isfinite(s) & (ids >= 0)
+    key = torch.where(ok, key, torch.iinfo(torch.int64).min)
+    m = min(k, key.shape[1])
+    top = torch.topk(key, m, dim=1).indices
+    ok = torch.gather(ok, 1, top)
+    s = torch.where(ok, torch.gather(s, 1, top), float("-inf"))
+    ids = torch.where(ok, torch.gather(ids, 1, top), -1)
+    if m < k:
+        s = torch.cat([s, s.new_full((N, k - m), float("-inf"))], dim=1)
+        ids = torch.cat([ids, ids.new_full((N, k - m), -1)], dim=1)
+    return s, ids
+
+
+def search_list_tiles(
+    hidden: torch.Tensor,
+    rows: torch.Tensor,
+    bias: torch.Tensor | None,
+    members: torch.Tensor,
+    offsets: torch.Tensor,
+    order: torch.Tensor,
+    lists: torch.Tensor,
+    k: int,
+    max_list: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scores (N, k) float32, class ids (N, k) int64): the k best members of each query's
+    probed lists by exact logit, best first, (-inf, -1) where short; no host read.
+
+    hidden: (N, d); rows: (m, d) the rows members point into, bias (m,) or None; members:
+    (M,) int64; offsets (C + 1,); order: (M,) int64 class id of each list position; lists:
+    (N, p) int64."""
+    sc, pos = ops.list_tile_topk(hidden, rows, bias, members, offsets, lists, k, max_list)
+    return merge_list_topk(sc, pos, lists, offsets, order, k)

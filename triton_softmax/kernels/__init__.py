@@ -17,6 +17,7 @@ from .bucket_tiles import bucket_tile_lse, bucket_tile_lse_bwd  # noqa: F401
 from .linear_ce import linear_ce_bwd, linear_ce_fwd  # noqa: F401
 from .linear_ce_chunked import linear_ce_chunked_bwd, linear_ce_chunked_fwd  # noqa: F401
 from .list_scores import list_topk, list_topk_fits  # noqa: F401
+from .list_tiles import list_tile_topk, list_tile_topk_fits  # noqa: F401
 from .sampled_logits import (  # noqa: F401
     grad_hidden,
     sampled_logits_bwd,

@@ -24,8 +24,8 @@ so triton_softmax.ops runs the twin on CUDA tensors; the interpreter agrees with
 That run also timed the search (this kernel and its merge) at 49 ms of a 58 ms lsh step
 (n = 10^6, N = 4096, d = 256, 1.6% of classes scored): one program per (query, list) reads
 its rows as a GEMV, where a tile of queries sharing a list would read them once: the
-search on CUDA now does that in torch (index/list_tiles.py); a kernel of it is the next
-design.
+search on CUDA now does that on tensor cores (kernels/list_tiles.py, packing positions in
+the list rather than class ids).
 """
 
 from __future__ import annotations
