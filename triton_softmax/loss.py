@@ -307,6 +307,7 @@ class SampledSoftmaxLoss(nn.Module):
         method = self.choice(N, hidden.dtype, hidden.device).method
         if method == "full":
             return full_loss(hidden, self.weight, self.bias, target, lo, self.grad_options)
+        m.resume(method, self.weight, self.bias)  # a loaded checkpoint's index, once
         if m.stale(method, self.weight):  # method="uniform": always (no index), a no-op
             self.refresh(method, scheduled=training)
         elif training and self.drift_monitor.refresh_due(
@@ -359,6 +360,7 @@ class SampledSoftmaxLoss(nn.Module):
         """Sharded: this rank's (cand_ids local, cand_logw) for this step; forward uses exactly
         these. Refreshes the index first if the schedule says so. target: global ids."""
         method = method or self.choice(hidden.shape[0], hidden.dtype, hidden.device).method
+        self.manager.resume(method, self.weight, self.bias)
         if self.manager.stale(method, self.weight):
             self.refresh(method)
         retrieved = self.manager.index.search(hidden, self.num_candidates - 1)
@@ -443,6 +445,7 @@ class SampledSoftmaxLoss(nn.Module):
         if exact or method in ("full", "uniform"):  # uniform: no index to retrieve from
             s, i = exact_topk(hidden, self.weight, k, self.bias)
         else:
+            self.manager.resume(method, self.weight, self.bias)
             if not self.manager.usable(method, self.weight):
                 self.refresh(method)
             cand = self.index.search(hidden, max(self.num_candidates, k))
@@ -453,7 +456,29 @@ class SampledSoftmaxLoss(nn.Module):
 
     # ---- state ---------------------------------------------------------------------------
     def _load_from_state_dict(self, state_dict, prefix, *args) -> None:
-        with self.manager.kept_on_error(args[-1]):  # args[-1]: torch's list of load errors
+        # args: local_metadata, strict, missing_keys, unexpected_keys, error_msgs. A load
+        # that would fail changes nothing: the checkpoint's own state is checked first, and
+        # a strict load whose keys differ from this module's loads none of them (torch then
+        # raises with the keys it lists); a size mismatch, reported by torch only at the
+        # end, puts the counters back (kept_on_error).
+        strict, missing, unexpected, errors = args[1:]
+        extra_key = prefix + "_extra_state"
+        if extra_key in state_dict:
+            self._check_extra_state(state_dict[extra_key])
+        if strict:
+            own = {prefix + name for name, p in self._parameters.items() if p is not None}
+            own |= {
+                prefix + name
+                for name, b in self._buffers.items()
+                if b is not None and name not in self._non_persistent_buffers_set
+            }
+            own.add(extra_key)
+            given = {k for k in state_dict if k.startswith(prefix) and "." not in k[len(prefix) :]}
+            if own != given:
+                missing.extend(sorted(own - given))
+                unexpected.extend(sorted(given - own))
+                return
+        with self.manager.kept_on_error(errors):
             super()._load_from_state_dict(state_dict, prefix, *args)
 
     def get_extra_state(self) -> dict:
@@ -463,18 +488,26 @@ class SampledSoftmaxLoss(nn.Module):
             state["bounds"] = self.sharding.bounds
         return state
 
-    def set_extra_state(self, state: dict) -> None:
+    def _check_extra_state(self, state: dict) -> None:
+        """ValueError when a checkpoint cannot load into this module as configured (shards,
+        lsh bits and tables, the kind and settings of the index it holds)."""
         if self.sharding is not None:
             if [tuple(b) for b in state["bounds"]] != self.bounds:
                 raise ValueError(
                     f"checkpoint has shards {state['bounds']}, module has {self.bounds}"
                 )
-        self.manager.load_state_dict(state)  # rebuilt from the loaded weights at next use
+        for name in ("lsh_bits", "lsh_tables"):
+            if name in state and state[name] != getattr(self, name):
+                raise ValueError(
+                    f"checkpoint has {name}={state[name]!r}, this module {name}="
+                    f"{getattr(self, name)!r}: make the module with the checkpoint's value"
+                )
+        self.manager.check_state(state, self.weight.device)
+
+    def set_extra_state(self, state: dict) -> None:
+        self._check_extra_state(state)
+        self.manager.load_state_dict(state)  # its index is put back at the next use
         self.quality.load_state_dict(state.get("quality"))
-        if "lsh_bits" in state:
-            self.manager.options = dataclasses.replace(
-                self.manager.options, lsh_bits=state["lsh_bits"], lsh_tables=state["lsh_tables"]
-            )
 
     def extra_repr(self) -> str:
         text = f"num_classes={self.num_classes}, dim={self.dim}, "

@@ -25,6 +25,7 @@ import torch
 
 from .. import nonfinite as _nf
 from ..checks import check_int_option
+from .base import Snapshot
 from .kmeans import assign_nearest, balance_lists, lists_csr, spherical_lloyd
 from .list_tiles import list_tile_scores
 from .rerank import check_rows, nonfinite_class, pad_short_rows, rerank_union, top_k_ids
@@ -57,7 +58,7 @@ def copy_rows_by_default(weight: torch.Tensor, bias: torch.Tensor | None) -> boo
     return not weight.is_cuda and weight.shape[0] * cols * 4 <= AUTO_COPY_BYTES
 
 
-class ClusterIndex:
+class ClusterIndex(Snapshot):
     """Balanced k-means lists; search = exact rerank of the union of the best `nprobe` lists.
 
     dim: d of the rows; num_lists: None = default_num_lists(n); nprobe: None =
@@ -494,4 +495,5 @@ class ClusterIndex:
             refresh_iters=self.refresh_iters,
             balance=self.balance,
             seed=self.seed,
+            live_rerank=self.live_rerank_option,
         )
