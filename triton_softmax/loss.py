@@ -34,6 +34,7 @@ from .functional import (  # noqa: F401  (re-exported: the old loss.py names)
 )
 from .index.factory import Index, make_index  # noqa: F401
 from .index.manager import IndexManager
+from .nonfinite import add_nonfinite_class
 from .options import (
     FLAT_KWARGS,
     DriftOptions,
@@ -323,8 +324,11 @@ class SampledSoftmaxLoss(nn.Module):
         if bucket and search and self._use_bucket_tiles(hidden):
             loss = self._bucket_tile_loss(hidden, target)
         else:
-            if not search:  # S = {target}: nothing retrieved
+            if not search:  # S = {target}: nothing retrieved, but a non-finite class
                 retrieved = torch.empty((N, 0), dtype=torch.int64, device=hidden.device)
+                bad = m.scan_nonfinite(self.weight, self.bias)
+                if bad is not None:  # in every row's S, as an index adds it (nonfinite.py)
+                    retrieved = add_nonfinite_class(retrieved, *bad)
             elif bucket:  # the whole union of its buckets
                 retrieved = m.index.union(hidden)
             else:

@@ -64,3 +64,12 @@ def add_nonfinite_class(
         ids = ids.new_full((ids.shape[0], 1), -1)
     last = torch.where(any_bad.to(ids.device), first_bad.to(ids.device), ids[:, -1])
     return torch.cat([ids[:, :-1], last.unsqueeze(1)], dim=1)
+
+
+def nan_rows(loss: torch.Tensor, hidden: torch.Tensor, bad: torch.Tensor) -> torch.Tensor:
+    """loss (N,) with NaN in the rows `bad` (N,) bool, and a NaN gradient w.r.t. those rows of
+    hidden (N, d), as torch's softmax gives a row with a NaN or +inf logit; the other rows'
+    losses and gradients are untouched (the two where's keep a 0 x NaN out of them)."""
+    nan = torch.full((), float("nan"), dtype=loss.dtype, device=loss.device)
+    h = torch.where(bad.unsqueeze(1), hidden.to(loss.dtype), torch.zeros((), dtype=loss.dtype))
+    return loss + torch.where(bad, (h * nan).sum(1), torch.zeros((), dtype=loss.dtype))

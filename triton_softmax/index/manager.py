@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+from .. import nonfinite as _nf
 from ..options import IndexOptions
 from .base import CandidateIndex
 from .factory import describe, make_index
@@ -44,6 +45,10 @@ class IndexManager:
         self.device: torch.device | None = None
         self._touched: torch.Tensor | None = None  # rows with a gradient since the last refresh
         self._touched_all = False
+        # no index to record it (method "uniform", or no search yet): the first non-finite
+        # class row, scanned on the refresh schedule (scan_nonfinite)
+        self._scan: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._scan_step = -1
         self.on_refresh: list[Callable[[], None]] = []
         self.before_build: list[Callable[[], bool]] = []
         self.builds_deferred = 0
@@ -199,6 +204,24 @@ class IndexManager:
         whose build was deferred is not missing: its next scheduled refresh asks again."""
         return self.index is None or self.method != method or self.device != weight.device
 
+    def scan_nonfinite(
+        self, weight: torch.Tensor, bias: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(any_bad, first_bad) of nonfinite.nonfinite_class, or None when every class row
+        was finite, for a forward that retrieves nothing (method "uniform", search_min_mass
+        not met): as an index build records it, once every refresh_every steps (one pass
+        over W and one host read then, none in the other steps), so such a path follows the
+        same non-finite rule as a search (nonfinite.py)."""
+        if (
+            self._scan_step < 0
+            or self.steps - self._scan_step >= self.options.refresh_every
+            or (self._scan is not None and self._scan[0].device != weight.device)
+        ):
+            bad = _nf.nonfinite_class(weight.detach(), bias.detach() if bias is not None else None)
+            self._scan = bad if bool(bad[0]) else None
+            self._scan_step = self.steps
+        return self._scan
+
     def usable(self, method: str, weight: torch.Tensor) -> bool:
         """An index for `method` that is built and can be searched now."""
         return not self.missing(method, weight) and self.index.built
@@ -237,6 +260,8 @@ class IndexManager:
             seed=self.seed,
             touched=touched,
             touched_all=self._touched_all,
+            scan=[t.cpu() for t in self._scan] if self._scan is not None else None,
+            scan_step=self._scan_step,
             index_snapshot=index,
         )
 
@@ -299,6 +324,9 @@ class IndexManager:
         touched = state.get("touched")
         self._touched = touched.clone() if touched is not None else None
         self._touched_all = bool(state.get("touched_all", False))
+        scan = state.get("scan")
+        self._scan = tuple(scan) if scan is not None else None
+        self._scan_step = int(state.get("scan_step", -1))
 
 
 # settings of an index that are state, not configuration (tuned by target_mass, or built)
