@@ -326,9 +326,10 @@ class SampledSoftmaxLoss(nn.Module):
         else:
             if not search:  # S = {target}: nothing retrieved, but a non-finite class
                 retrieved = torch.empty((N, 0), dtype=torch.int64, device=hidden.device)
-                bad = m.scan_nonfinite(self.weight, self.bias)
-                if bad is not None:  # in every row's S, as an index adds it (nonfinite.py)
-                    retrieved = add_nonfinite_class(retrieved, *bad)
+                # in every row's S, as an index adds it (nonfinite.py); a -1 slot when none
+                retrieved = add_nonfinite_class(
+                    retrieved, *m.scan_nonfinite(self.weight, self.bias)
+                )
             elif bucket:  # the whole union of its buckets
                 retrieved = m.index.union(hidden)
             else:

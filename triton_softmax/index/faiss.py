@@ -132,6 +132,7 @@ class FaissIndex(Snapshot):
             seed,
         )
         self.index = None
+        self.dim: int | None = None  # d of the rows at the last build
         self.built_kind = kind  # what the last build made (ivfpq over few rows: flat)
         self.has_bias = False
         self.n = 0
@@ -150,7 +151,7 @@ class FaissIndex(Snapshot):
         _follow_torch_threads()
         weight = weight.detach()
         bias = bias.detach() if bias is not None else None
-        num_classes = weight.shape[0]
+        num_classes, self.dim = weight.shape
         # a class with a non-finite row can never be ranked: it is left out (and the first
         # NaN/+inf one goes into every search, nonfinite.py); a -inf bias only masks a class,
         # which is left out too, so a padded vocabulary never spends a slot of S on it

@@ -206,19 +206,18 @@ class IndexManager:
 
     def scan_nonfinite(
         self, weight: torch.Tensor, bias: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """(any_bad, first_bad) of nonfinite.nonfinite_class, or None when every class row
-        was finite, for a forward that retrieves nothing (method "uniform", search_min_mass
-        not met): as an index build records it, once every refresh_every steps (one pass
-        over W and one host read then, none in the other steps), so such a path follows the
-        same non-finite rule as a search (nonfinite.py)."""
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(any_bad, first_bad) of nonfinite.nonfinite_class for a forward that retrieves
+        nothing (method "uniform", search_min_mass not met), recorded as an index build
+        records it: once every refresh_every steps (one pass over W then, no host read), so
+        such a path follows the same non-finite rule as a search (nonfinite.py)."""
         if (
             self._scan_step < 0
             or self.steps - self._scan_step >= self.options.refresh_every
             or (self._scan is not None and self._scan[0].device != weight.device)
         ):
-            bad = _nf.nonfinite_class(weight.detach(), bias.detach() if bias is not None else None)
-            self._scan = bad if bool(bad[0]) else None
+            b = bias.detach() if bias is not None else None
+            self._scan = _nf.nonfinite_class(weight.detach(), b)
             self._scan_step = self.steps
         return self._scan
 
