@@ -89,3 +89,43 @@ def test_nan_exactly_where_torch_gives_nan(kw, where, value):
     for got, ref in ((layer.weight.grad, ref_dW), (layer.bias.grad, ref_db)):
         got = got.to_dense() if got.is_sparse else got
         assert not bool((torch.isnan(got) & ~torch.isnan(ref)).any())
+
+
+def test_inf_bias_in_s_under_the_shared_scheme_is_nan_as_torch():
+    """Before 2026-12-07: a +inf bias on a retrieved class gave loss [inf, inf, nan] under
+    candidate_scheme="shared_samples", and finite gradients where torch's are NaN."""
+    h, W, b, y = _inputs("bias", float("inf"))
+    ref_loss, ref_dh, _, _ = _torch_oracle(h, W, b, y)
+    assert ref_loss.isnan().all()
+    for scheme in ("shared_samples", "batch_union", "per_example"):
+        layer = SampledSoftmaxLoss(
+            N_CLASSES, DIM, bias=True, method="lsh", candidate_scheme=scheme,
+            num_candidates=6, num_uniform=4, reduction="none", seed=2,
+        )  # fmt: skip
+        with torch.no_grad():
+            layer.weight.copy_(W)
+            layer.bias.copy_(b)
+        hidden = h.clone().requires_grad_()
+        loss = layer(hidden, y)
+        loss.sum().backward()
+        assert loss.isnan().all() and hidden.grad.isnan().any(1).all(), scheme
+
+
+def test_uniform_method_sees_a_nan_weight_row():
+    """Before 2026-12-07: method="uniform" gave finite losses with a NaN weight row, where
+    torch, full and lsh give NaN in every row (module and functional API)."""
+    from triton_softmax import sampled_softmax_cross_entropy
+
+    h, W, b, y = _inputs("weight", float("nan"))
+    assert _torch_oracle(h, W, b, y)[0].isnan().all()
+    layer = SampledSoftmaxLoss(
+        N_CLASSES, DIM, bias=True, method="uniform", num_uniform=4, reduction="none"
+    )
+    with torch.no_grad():
+        layer.weight.copy_(W)
+        layer.bias.copy_(b)
+    assert layer(h, y).isnan().all()
+    loss = sampled_softmax_cross_entropy(
+        h, W, y, b, method="uniform", num_candidates=6, num_uniform=4, reduction="none"
+    )
+    assert loss.isnan().all()

@@ -460,30 +460,31 @@ class SampledSoftmaxLoss(nn.Module):
         return s, i
 
     # ---- state ---------------------------------------------------------------------------
-    def _load_from_state_dict(self, state_dict, prefix, *args) -> None:
-        # args: local_metadata, strict, missing_keys, unexpected_keys, error_msgs. A load
-        # that would fail changes nothing: the checkpoint's own state is checked first, and
-        # a strict load whose keys differ from this module's loads none of them (torch then
-        # raises with the keys it lists); a size mismatch, reported by torch only at the
-        # end, puts the counters back (kept_on_error).
-        strict, missing, unexpected, errors = args[1:]
-        extra_key = prefix + "_extra_state"
-        if extra_key in state_dict:
-            self._check_extra_state(state_dict[extra_key])
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """torch's load_state_dict, except that a load that fails changes nothing: a strict
+        load whose keys differ from this module's (a bias in one and not the other) raises
+        torch's RuntimeError before any tensor or counter is copied; a checkpoint this
+        module cannot take (another index kind, lsh bits/tables, shards) raises ValueError
+        first; a size mismatch puts the counters back (kept_on_error)."""
         if strict:
-            own = {prefix + name for name, p in self._parameters.items() if p is not None}
-            own |= {
-                prefix + name
-                for name, b in self._buffers.items()
-                if b is not None and name not in self._non_persistent_buffers_set
-            }
-            own.add(extra_key)
-            given = {k for k in state_dict if k.startswith(prefix) and "." not in k[len(prefix) :]}
-            if own != given:
-                missing.extend(sorted(own - given))
-                unexpected.extend(sorted(given - own))
-                return
-        with self.manager.kept_on_error(errors):
+            own = set(self.state_dict(keep_vars=True))
+            missing, unexpected = sorted(own - set(state_dict)), sorted(set(state_dict) - own)
+            if missing or unexpected:
+                text = [f"Missing key(s) in state_dict: {missing}."] if missing else []
+                text += [f"Unexpected key(s) in state_dict: {unexpected}."] if unexpected else []
+                raise RuntimeError(
+                    f"Error(s) in loading state_dict for {type(self).__name__}:\n\t"
+                    + "\n\t".join(text)
+                )
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args) -> None:
+        # args[-1]: torch's list of load errors (a size mismatch is reported there, and
+        # raised only at the end: kept_on_error puts the counters back then)
+        extra_key = prefix + "_extra_state"
+        if extra_key in state_dict:  # before any tensor is copied
+            self._check_extra_state(state_dict[extra_key])
+        with self.manager.kept_on_error(args[-1]):
             super()._load_from_state_dict(state_dict, prefix, *args)
 
     def get_extra_state(self) -> dict:
