@@ -91,6 +91,25 @@ class SampledSoftmaxLoss(nn.Module):
     torch.optim.SGD or SparseAdam); seed fixes the hyperplanes and the uniform draws of
     every step (so runs and resumed runs repeat).
 
+    Checkpoints (state_dict / load_state_dict): the extra state holds the step count, seed,
+    refresh schedule, the rows touched since the last refresh (partial_refresh) and the index
+    as the last refresh built it (index.base.Snapshot: SimHash tables, k-means lists with
+    their centroids and the copy of the rows they score, the multi-probe SimHash tables, the
+    serialized FAISS index). A module loaded from it puts that index back at its first use
+    and refreshes at the steps the saved run would (0, R, 2R, ...), so for every method,
+    generator and candidate scheme the resumed run's losses equal the uninterrupted run's
+    bitwise, whether the checkpoint was taken before, at or between refreshes
+    (tests/test_resume.py). The cost: the checkpoint grows by the index (for FAISS flat/IVF
+    and the clusters' row copy, about n x d floats more). Loaded on another device type
+    (a CPU checkpoint onto CUDA), the index is rebuilt from the loaded weights instead
+    (the layouts differ), the schedule kept: equal from the next refresh on. A load that
+    fails changes nothing: a checkpoint whose index is of another kind or settings than
+    this module builds (method, lsh_generator, lsh bits/tables, FAISS kind, k-means lists),
+    or whose lsh_bits / lsh_tables differ from this module's, raises ValueError naming
+    both before any tensor is copied (make the module as the saved one was); a strict load
+    with missing or unexpected keys raises torch's RuntimeError, likewise before any copy.
+    A module with no index (method "full" or "uniform") ignores a checkpoint's index.
+
     target_mass t in (0, 1): at each refresh, the captured softmax mass of the retrieved S
     (its share of the exact non-target mass) is measured on <= 64 rows of the last training
     batch and the clusters / FAISS IVF nprobe set to the smallest rung of 1, 2, 4, ... that

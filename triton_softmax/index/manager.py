@@ -1,9 +1,10 @@
 """IndexManager: the candidate index of one output layer, its refresh schedule and state.
 
 Owned by the module (composition): it holds the index over the layer's rows (all n, or one
-shard's), rebuilds it every `refresh_every` training steps, on `refresh()`, after a device
-move and after a checkpoint load, re-hashes only the rows with a gradient when
-partial_refresh is on, and keeps the counters a checkpoint carries. It talks to the index
+shard's), rebuilds it every `refresh_every` training steps, on `refresh()` and after a device
+move, re-hashes only the rows with a gradient when partial_refresh is on, and keeps what a
+checkpoint carries: the counters, the schedule and the index as last built (put back at the
+first use after a load, so a resumed run repeats the uninterrupted one). It talks to the index
 only through the CandidateIndex protocol (base.py), so a new generator needs no change here.
 """
 
