@@ -27,6 +27,9 @@ CONFIGS = (
     + [
         dict(method="lsh", lsh_generator="clusters", partial_refresh=True, sparse_grad=True),
         dict(method="lsh", lsh_generator="tables", partial_refresh=True, sparse_grad=True),
+        dict(method="lsh", lsh_generator="clusters", target_mass=0.5),  # nprobe tuned
+        dict(method="faiss", faiss_index="ivf", faiss_nlist=8, target_mass=0.5),
+        dict(method="lsh", lsh_generator="clusters", search_min_mass=0.05),
     ]
 )
 
@@ -96,6 +99,10 @@ def test_resume_repeats_the_uninterrupted_run_bitwise(kw):
             assert torch.equal(got, losses[i]), (k, i, float(got), float(losses[i]))
             if kw["method"] not in ("full", "uniform"):
                 assert resumed.steps_at_refresh == refreshed[i], (k, i)
+        # the counters and the last quality measurement (target_mass) as the run's
+        assert resumed.refresh_count == ref.refresh_count, k
+        got, want = resumed.stats().get("captured_mass"), ref.stats().get("captured_mass")
+        assert got == want or (got != got and want != want), (k, got, want)
 
 
 def _trained(steps: int, **kw) -> SampledSoftmaxLoss:

@@ -187,6 +187,7 @@ class SampledSoftmaxLoss(nn.Module):
         self.quality = QualityMonitor(enabled=self.sharding is None)  # quality.py
         self.manager.on_refresh.append(functools.partial(self.quality.on_refresh, self))
         self.manager.before_build.append(functools.partial(self.quality.before_build, self))
+        self.manager.on_resume.append(self.quality.on_resume)
         if index_options.partial_refresh:
             self.weight.register_hook(self.manager.mark_touched)
 

@@ -27,6 +27,7 @@ class IndexManager:
     """rows: classes the index covers; dim: d; num_candidates: |S| (sets the default LSH K).
 
     on_refresh: callables run after every (full or partial) refresh (the drift probe);
+    on_resume: callables run when a loaded checkpoint's index is put back (no build);
     before_build: callables asked before a scheduled build; one returning False defers it
     to the next scheduled refresh (quality.py: nothing the index could find yet).
     """
@@ -51,6 +52,7 @@ class IndexManager:
         self._scan: tuple[torch.Tensor, torch.Tensor] | None = None
         self._scan_step = -1
         self.on_refresh: list[Callable[[], None]] = []
+        self.on_resume: list[Callable[[], None]] = []  # a checkpoint's index was put back
         self.before_build: list[Callable[[], bool]] = []
         self.builds_deferred = 0
         self._pending_index_state: dict | None = None  # an older checkpoint's cluster lists
@@ -145,6 +147,8 @@ class IndexManager:
         self.index.restore(snap["index"], weight, bias)
         self.method, self.device = method, weight.device
         self._loaded = False
+        for hook in self.on_resume:
+            hook()
         return True
 
     def due(self) -> bool:
