@@ -510,6 +510,7 @@ class SampledSoftmaxLoss(nn.Module):
     def get_extra_state(self) -> dict:
         state = dict(self.manager.state_dict(), lsh_bits=self.lsh_bits, lsh_tables=self.lsh_tables)
         state["quality"] = self.quality.state_dict()
+        state["drift"] = self.drift_monitor.state_dict()
         if self.sharding is not None:
             state["bounds"] = self.sharding.bounds
         return state
@@ -534,6 +535,7 @@ class SampledSoftmaxLoss(nn.Module):
         self._check_extra_state(state)
         self.manager.load_state_dict(state)  # its index is put back at the next use
         self.quality.load_state_dict(state.get("quality"))
+        self.drift_monitor.load_state_dict(state.get("drift"), self.weight.device)
 
     def extra_repr(self) -> str:
         text = f"num_classes={self.num_classes}, dim={self.dim}, "
