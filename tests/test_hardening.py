@@ -155,3 +155,20 @@ def test_cuda_target_out_of_range_is_a_device_assert_not_a_sync():
     ok = "returned before sync" in out.stdout and "no assert" not in out.stdout
     assert ok, out.stderr[-2000:]
     assert out.returncode != 0
+
+
+@pytest.mark.parametrize("method", ["lsh", "faiss"])
+def test_functional_index_of_another_d_raises_before_any_search(method):
+    """Before 2026-12-07: an index built for d = 8 given hidden of d = 6 raised a bare
+    AssertionError deep in the search; now a ValueError naming both sizes."""
+    from triton_softmax import sampled_softmax_cross_entropy
+    from triton_softmax.index.factory import make_index
+
+    if method == "faiss":
+        pytest.importorskip("faiss")
+    index = make_index(method, 100, 8, 16).build(torch.randn(100, 8))
+    h, W, y = torch.randn(4, 6), torch.randn(100, 6), torch.randint(0, 100, (4,))
+    with pytest.raises(ValueError, match="built for d=8 but hidden and weight have d=6"):
+        sampled_softmax_cross_entropy(
+            h, W, y, method=method, index=index, num_candidates=8, num_uniform=4
+        )

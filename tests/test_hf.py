@@ -398,3 +398,25 @@ def test_sequence_classification_sampled_trains():
     _train(model, 10, ids, labels, lr=1e-2)
     after = _exact_loss(model, ids, labels)
     assert after < before - 1.0, (before, after)
+
+
+@pytest.mark.parametrize("family", ["llama_tied", "llama"])
+def test_sampled_head_follows_resize_token_embeddings(family):
+    """resize_token_embeddings on a tied model keeps the head's Parameter and swaps its data
+    (transformers 5): the patched head's loss module follows the new size, and the loss is
+    the estimator over the new vocabulary (every class reachable: |S| + |T| >= n, exact)."""
+    model = _causal_lm(family)
+    ids, _, labels = _batch()
+    hf.patch(model, method="lsh", num_candidates=16, num_uniform=16)
+    model(input_ids=ids, labels=labels).loss.backward()  # a module for 300 classes
+    model.zero_grad(set_to_none=True)
+    model.resize_token_embeddings(1300)
+    assert model.lm_head.weight.shape[0] == 1300
+    labels = labels.clone()
+    labels[0, -1] = 1299  # a new class
+    out = model(input_ids=ids, labels=labels)
+    out.loss.backward()
+    state = model.__dict__[hf._ATTR]
+    assert state.loss_module.weight is model.lm_head.weight
+    assert state.loss_module.num_classes == 1300 and torch.isfinite(out.loss)
+    assert state.loss_module.steps == 2  # the schedule goes on from the old module's step

@@ -232,6 +232,9 @@ class SharedCandidatesFunction(torch.autograd.Function):
             z_sh = z_sh + bias[shared_ids].to(acc)
         z_sh = z_sh.add_(shared_logw.to(acc))  # weighted logits: all the backward needs
         lse = torch.logaddexp(lse_s, torch.logsumexp(z_sh, dim=1))
+        # a +inf logit in S or the shared part: NaN as torch's log_softmax (z - max) gives,
+        # in the loss and, through lse, in the row's gradients
+        lse = torch.where(lse == float("inf"), torch.full_like(lse, float("nan")), lse)
         ctx.save_for_backward(
             hidden, weight, bias, s_ids, s_logw, shared_ids, shared_logw, target, lse, z_sh, w_sh,
             rows, z,

@@ -60,12 +60,16 @@ def bucket_tile_loss(
         terms.append(torch.logsumexp((z_t + logw).masked_fill(hit, float("-inf")), 1, True))
     else:
         warn_no_uniform(n, n - 1)
-    lse = torch.logsumexp(torch.cat(terms, dim=1), dim=1)
-    loss = nan_at_inf_lse(lse - z_y, lse)  # NaN at a +inf logit, as torch
     if index.any_nonfinite is not None:  # a NaN/inf class at the build: in every row's S
+        # (once: not where its bucket or the target holds it already), so the row is NaN
+        # where its logit is NaN or +inf and its gradient where torch's is (p x inf)
         c = index.first_nonfinite
         z_bad = h @ weight[c].to(acc)
         if bias is not None:
             z_bad = z_bad + bias[c].to(acc)
-        loss = loss + torch.where(index.any_nonfinite, z_bad * 0.0, 0.0)
+        held = (q_codes.long() == k_codes[c].long()).any(1) | (y == c)
+        keep = index.any_nonfinite & ~held
+        terms.append(torch.where(keep, z_bad, float("-inf")).unsqueeze(1))
+    lse = torch.logsumexp(torch.cat(terms, dim=1), dim=1)
+    loss = nan_at_inf_lse(lse - z_y, lse)  # NaN at a +inf logit, as torch
     return (loss, lse) if return_lse else loss

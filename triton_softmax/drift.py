@@ -50,6 +50,24 @@ class DriftMonitor:
         self._probe_ids = torch.randperm(n, generator=gen)[:k].to(weight.device)
         self._probe_ref = self._probe_state(weight, bias, index, method)
 
+    def state_dict(self) -> dict:
+        """The probe rows and their state at the last refresh (refresh_drift compares against
+        them) and the drift-triggered refresh count: a resumed run refreshes when the saved
+        one would."""
+        ids, ref = self._probe_ids, self._probe_ref
+        return dict(
+            refresh_count=self.refresh_count,
+            probe_ids=ids.cpu() if ids is not None else None,
+            probe_ref=ref.cpu() if ref is not None else None,
+        )
+
+    def load_state_dict(self, state: dict | None, device: torch.device) -> None:
+        state = state or {}
+        self.refresh_count = int(state.get("refresh_count", 0))
+        ids, ref = state.get("probe_ids"), state.get("probe_ref")
+        self._probe_ids = ids.to(device) if ids is not None else None
+        self._probe_ref = ref.to(device) if ref is not None else None
+
     @torch.no_grad()
     def index_drift(self, weight, bias, index, method: str | None) -> float:
         """How far the weights moved since the last refresh, on the probe rows (a host read)."""

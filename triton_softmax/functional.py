@@ -32,6 +32,7 @@ from .autograd import (
 )
 from .dispatch import Choice, choose_method
 from .index.factory import Index, make_index
+from .nonfinite import add_nonfinite_class, nonfinite_class
 from .options import (
     BUCKET_IMPLS,  # noqa: F401  (re-exported: the old loss.py names)
     SCHEMES,
@@ -336,7 +337,10 @@ def sampled_softmax_cross_entropy(
     bias: (n,) or None. method: "auto" | "full" | "faiss" | "lsh" | "uniform" (no index:
     S = {target}, T uniform). For the lsh / faiss paths pass the `index` you keep
     (LSHIndex / FaissIndex, built on `weight`); without one an index is built for this call
-    alone, which costs a full hashing pass or index build.
+    alone, which costs a full hashing pass or index build. The index must be built over
+    this weight's n classes and d (ValueError otherwise). method="uniform" reads W once per
+    call (a row max and min) for a non-finite class row, which then joins every row's S
+    (nonfinite.py: the module does it once per refresh_every steps).
     num_candidates: |S| including the target; num_uniform: |T|. z_loss adds z_loss * lse^2
     per row (lse: the exact or estimated log partition function). scheme, sampler and
     remove_accidental_hits: see sampled_softmax_from_candidates. Returns a 0-d float32
@@ -371,6 +375,9 @@ def sampled_softmax_cross_entropy(
         return full_loss(hidden, weight, bias, target, loss, grad)
     if choice.method == "uniform":  # S = {target}: nothing to retrieve, no index
         retrieved = torch.empty((N, 0), dtype=torch.int64, device=hidden.device)
+        # but a non-finite class row in every row's S, as an index adds it (nonfinite.py)
+        bad = nonfinite_class(weight.detach(), bias.detach() if bias is not None else None)
+        retrieved = add_nonfinite_class(retrieved, *bad)
     else:
         if index is None:
             index = make_index(choice.method, n, d, num_candidates, device=weight.device)
@@ -378,6 +385,9 @@ def sampled_softmax_cross_entropy(
             index.build(weight, bias)
         if index.n != n:
             raise ValueError(f"index was built over {index.n} classes but weight has n={n}")
+        index_d = getattr(index, "dim", None)
+        if index_d is not None and index_d != d:  # before any search asserts deep inside
+            raise ValueError(f"index was built for d={index_d} but hidden and weight have d={d}")
         retrieved = index.search(hidden, num_candidates - 1)
     return estimator_loss(
         hidden, weight, target, retrieved, bias, loss, sampling, grad, generator, scheme

@@ -34,6 +34,7 @@ from .functional import (  # noqa: F401  (re-exported: the old loss.py names)
 )
 from .index.factory import Index, make_index  # noqa: F401
 from .index.manager import IndexManager
+from .nonfinite import add_nonfinite_class
 from .options import (
     FLAT_KWARGS,
     DriftOptions,
@@ -89,6 +90,25 @@ class SampledSoftmaxLoss(nn.Module):
     sparse_grad: the weight gradient is a sparse tensor of candidate rows (use
     torch.optim.SGD or SparseAdam); seed fixes the hyperplanes and the uniform draws of
     every step (so runs and resumed runs repeat).
+
+    Checkpoints (state_dict / load_state_dict): the extra state holds the step count, seed,
+    refresh schedule, the rows touched since the last refresh (partial_refresh) and the index
+    as the last refresh built it (index.base.Snapshot: SimHash tables, k-means lists with
+    their centroids and the copy of the rows they score, the multi-probe SimHash tables, the
+    serialized FAISS index). A module loaded from it puts that index back at its first use
+    and refreshes at the steps the saved run would (0, R, 2R, ...), so for every method,
+    generator and candidate scheme the resumed run's losses equal the uninterrupted run's
+    bitwise, whether the checkpoint was taken before, at or between refreshes
+    (tests/test_resume.py). The cost: the checkpoint grows by the index (for FAISS flat/IVF
+    and the clusters' row copy, about n x d floats more). Loaded on another device type
+    (a CPU checkpoint onto CUDA), the index is rebuilt from the loaded weights instead
+    (the layouts differ), the schedule kept: equal from the next refresh on. A load that
+    fails changes nothing: a checkpoint whose index is of another kind or settings than
+    this module builds (method, lsh_generator, lsh bits/tables, FAISS kind, k-means lists),
+    or whose lsh_bits / lsh_tables differ from this module's, raises ValueError naming
+    both before any tensor is copied (make the module as the saved one was); a strict load
+    with missing or unexpected keys raises torch's RuntimeError, likewise before any copy.
+    A module with no index (method "full" or "uniform") ignores a checkpoint's index.
 
     target_mass t in (0, 1): at each refresh, the captured softmax mass of the retrieved S
     (its share of the exact non-target mass) is measured on <= 64 rows of the last training
@@ -167,6 +187,7 @@ class SampledSoftmaxLoss(nn.Module):
         self.quality = QualityMonitor(enabled=self.sharding is None)  # quality.py
         self.manager.on_refresh.append(functools.partial(self.quality.on_refresh, self))
         self.manager.before_build.append(functools.partial(self.quality.before_build, self))
+        self.manager.on_resume.append(self.quality.on_resume)
         if index_options.partial_refresh:
             self.weight.register_hook(self.manager.mark_touched)
 
@@ -307,6 +328,7 @@ class SampledSoftmaxLoss(nn.Module):
         method = self.choice(N, hidden.dtype, hidden.device).method
         if method == "full":
             return full_loss(hidden, self.weight, self.bias, target, lo, self.grad_options)
+        m.resume(method, self.weight, self.bias)  # a loaded checkpoint's index, once
         if m.stale(method, self.weight):  # method="uniform": always (no index), a no-op
             self.refresh(method, scheduled=training)
         elif training and self.drift_monitor.refresh_due(
@@ -322,8 +344,12 @@ class SampledSoftmaxLoss(nn.Module):
         if bucket and search and self._use_bucket_tiles(hidden):
             loss = self._bucket_tile_loss(hidden, target)
         else:
-            if not search:  # S = {target}: nothing retrieved
+            if not search:  # S = {target}: nothing retrieved, but a non-finite class
                 retrieved = torch.empty((N, 0), dtype=torch.int64, device=hidden.device)
+                # in every row's S, as an index adds it (nonfinite.py); a -1 slot when none
+                retrieved = add_nonfinite_class(
+                    retrieved, *m.scan_nonfinite(self.weight, self.bias)
+                )
             elif bucket:  # the whole union of its buckets
                 retrieved = m.index.union(hidden)
             else:
@@ -359,6 +385,7 @@ class SampledSoftmaxLoss(nn.Module):
         """Sharded: this rank's (cand_ids local, cand_logw) for this step; forward uses exactly
         these. Refreshes the index first if the schedule says so. target: global ids."""
         method = method or self.choice(hidden.shape[0], hidden.dtype, hidden.device).method
+        self.manager.resume(method, self.weight, self.bias)
         if self.manager.stale(method, self.weight):
             self.refresh(method)
         retrieved = self.manager.index.search(hidden, self.num_candidates - 1)
@@ -443,6 +470,7 @@ class SampledSoftmaxLoss(nn.Module):
         if exact or method in ("full", "uniform"):  # uniform: no index to retrieve from
             s, i = exact_topk(hidden, self.weight, k, self.bias)
         else:
+            self.manager.resume(method, self.weight, self.bias)
             if not self.manager.usable(method, self.weight):
                 self.refresh(method)
             cand = self.index.search(hidden, max(self.num_candidates, k))
@@ -452,29 +480,62 @@ class SampledSoftmaxLoss(nn.Module):
         return s, i
 
     # ---- state ---------------------------------------------------------------------------
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """torch's load_state_dict, except that a load that fails changes nothing: a strict
+        load whose keys differ from this module's (a bias in one and not the other) raises
+        torch's RuntimeError before any tensor or counter is copied; a checkpoint this
+        module cannot take (another index kind, lsh bits/tables, shards) raises ValueError
+        first; a size mismatch puts the counters back (kept_on_error)."""
+        if strict:
+            own = set(self.state_dict(keep_vars=True))
+            missing, unexpected = sorted(own - set(state_dict)), sorted(set(state_dict) - own)
+            if missing or unexpected:
+                text = [f"Missing key(s) in state_dict: {missing}."] if missing else []
+                text += [f"Unexpected key(s) in state_dict: {unexpected}."] if unexpected else []
+                raise RuntimeError(
+                    f"Error(s) in loading state_dict for {type(self).__name__}:\n\t"
+                    + "\n\t".join(text)
+                )
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
     def _load_from_state_dict(self, state_dict, prefix, *args) -> None:
-        with self.manager.kept_on_error(args[-1]):  # args[-1]: torch's list of load errors
+        # args[-1]: torch's list of load errors (a size mismatch is reported there, and
+        # raised only at the end: kept_on_error puts the counters back then)
+        extra_key = prefix + "_extra_state"
+        if extra_key in state_dict:  # before any tensor is copied
+            self._check_extra_state(state_dict[extra_key])
+        with self.manager.kept_on_error(args[-1]):
             super()._load_from_state_dict(state_dict, prefix, *args)
 
     def get_extra_state(self) -> dict:
         state = dict(self.manager.state_dict(), lsh_bits=self.lsh_bits, lsh_tables=self.lsh_tables)
         state["quality"] = self.quality.state_dict()
+        state["drift"] = self.drift_monitor.state_dict()
         if self.sharding is not None:
             state["bounds"] = self.sharding.bounds
         return state
 
-    def set_extra_state(self, state: dict) -> None:
+    def _check_extra_state(self, state: dict) -> None:
+        """ValueError when a checkpoint cannot load into this module as configured (shards,
+        lsh bits and tables, the kind and settings of the index it holds)."""
         if self.sharding is not None:
             if [tuple(b) for b in state["bounds"]] != self.bounds:
                 raise ValueError(
                     f"checkpoint has shards {state['bounds']}, module has {self.bounds}"
                 )
-        self.manager.load_state_dict(state)  # rebuilt from the loaded weights at next use
+        for name in ("lsh_bits", "lsh_tables"):
+            if name in state and state[name] != getattr(self, name):
+                raise ValueError(
+                    f"checkpoint has {name}={state[name]!r}, this module {name}="
+                    f"{getattr(self, name)!r}: make the module with the checkpoint's value"
+                )
+        self.manager.check_state(state, self.weight.device)
+
+    def set_extra_state(self, state: dict) -> None:
+        self._check_extra_state(state)
+        self.manager.load_state_dict(state)  # its index is put back at the next use
         self.quality.load_state_dict(state.get("quality"))
-        if "lsh_bits" in state:
-            self.manager.options = dataclasses.replace(
-                self.manager.options, lsh_bits=state["lsh_bits"], lsh_tables=state["lsh_tables"]
-            )
+        self.drift_monitor.load_state_dict(state.get("drift"), self.weight.device)
 
     def extra_repr(self) -> str:
         text = f"num_classes={self.num_classes}, dim={self.dim}, "

@@ -9,9 +9,13 @@ and which one comes first, as device tensors (one host read per build, none per 
 index leaves the bad rows out (FAISS and the reranked generators) or hashes them as zeros and
 never returns them (the SimHash tables), and every search puts that class into every query's
 candidates. Until the next build, every row whose logit for that class is NaN or +inf is then
-NaN on every path, as torch's. A class row that turns non-finite between builds makes a row's
-loss NaN only when that row scores it. A -inf bias is not non-finite here: it masks a class,
-which no index returns (index.rerank.nonfinite_class and check_rows draw the line).
+NaN on every path, as torch's. A path with no search (method="uniform", or search_min_mass not
+met yet) gets the same class from IndexManager.scan_nonfinite, one pass over W on the refresh
+schedule; the bucket tiles score it once per row; the shared-T schemes turn a +inf log-sum-exp
+into NaN (loss and gradients), as the per-example kernel does. A class row that turns
+non-finite between builds makes a row's loss NaN only when that row scores it. A -inf bias
+is not non-finite here: it masks a class, which no index returns (index.rerank.nonfinite_class
+and check_rows draw the line).
 """
 
 from __future__ import annotations

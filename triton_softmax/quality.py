@@ -280,6 +280,11 @@ class QualityMonitor:
             measured={p: dict(r) for p, r in self.measured.items()},
         )
 
+    def on_resume(self) -> None:
+        """A checkpoint's index was put back as saved (its nprobe with it): the next refresh
+        measures, as the uninterrupted run's does."""
+        self._restore = None
+
     def load_state_dict(self, state: dict | None) -> None:
         """Restore the auto choice and the last measurement: the index rebuilt after the load
         gets the saved nprobe (not a new probe), and the next select comes when the schedule

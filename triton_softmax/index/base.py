@@ -53,3 +53,40 @@ class CandidateIndex(Protocol):
         """What a checkpoint needs to rebuild the same index (settings and seed; the tables
         themselves are rebuilt from the loaded weights)."""
         ...
+
+
+# Attributes of a built index that are views of the module's live weight and bias: a snapshot
+# leaves them out and a restore points them at the receiving module's parameters.
+LIVE_ATTRS = ("weight", "bias")
+
+
+class Snapshot:
+    """snapshot / restore for an index whose built state is its attributes (tensors and plain
+    values): a checkpoint then holds the index as the last refresh built it, so a resumed run
+    searches what the uninterrupted one searches until its next scheduled refresh, and that
+    refresh (a warm one for the k-means lists) starts from the same state.
+
+    Names starting with "_" (caches, FAISS GPU resources) are left out."""
+
+    def snapshot(self) -> dict[str, Any]:
+        """The built index as plain values and CPU tensors (torch.save / weights_only safe)."""
+        state = {}
+        for name, value in vars(self).items():
+            if name in LIVE_ATTRS or name.startswith("_"):
+                continue
+            if isinstance(value, torch.Tensor):
+                value = value.detach().cpu().clone()
+            state[name] = value
+        return state
+
+    def restore(
+        self, state: dict[str, Any], weight: torch.Tensor, bias: torch.Tensor | None
+    ) -> None:
+        """Put back a snapshot, its tensors on the weight's device, reading the live rows
+        from `weight` (n, d) and `bias` (n,) or None."""
+        for name, value in state.items():
+            if isinstance(value, torch.Tensor):
+                value = value.to(weight.device)
+            setattr(self, name, value)
+        self.weight = weight.detach()
+        self.bias = bias.detach() if bias is not None else None

@@ -27,6 +27,7 @@ import torch
 
 from .. import nonfinite as _nf
 from ..checks import FAISS_INDEX_KINDS, check_int_option
+from .base import Snapshot
 from .rerank import check_rows
 
 try:  # faiss is optional: the faiss path is unavailable without it
@@ -91,7 +92,7 @@ def _follow_torch_threads() -> None:
     faiss.omp_set_num_threads(torch.get_num_threads())
 
 
-class FaissIndex:
+class FaissIndex(Snapshot):
     """Top-k inner-product search over class rows with FAISS.
 
     kind: "flat", "ivf" or "ivfpq" (ivf lists of 4-bit PQ codes, fast-scan; approximate
@@ -131,6 +132,7 @@ class FaissIndex:
             seed,
         )
         self.index = None
+        self.dim: int | None = None  # d of the rows at the last build
         self.built_kind = kind  # what the last build made (ivfpq over few rows: flat)
         self.has_bias = False
         self.n = 0
@@ -149,7 +151,7 @@ class FaissIndex:
         _follow_torch_threads()
         weight = weight.detach()
         bias = bias.detach() if bias is not None else None
-        num_classes = weight.shape[0]
+        num_classes, self.dim = weight.shape
         # a class with a non-finite row can never be ranked: it is left out (and the first
         # NaN/+inf one goes into every search, nonfinite.py); a -inf bias only masks a class,
         # which is left out too, so a padded vocabulary never spends a slot of S on it
@@ -245,6 +247,28 @@ class FaissIndex:
     def state_dict(self) -> dict:
         """Settings and seed: the index is rebuilt from the loaded weights."""
         return dict(kind=self.kind, nlist=self.nlist, nprobe=self.nprobe, seed=self.seed)
+
+    def snapshot(self) -> dict:
+        """Snapshot.snapshot, with the FAISS index serialized (a uint8 tensor: on the host,
+        from a GPU index's host copy). It holds the indexed rows (flat, ivf) or their codes
+        (ivfpq) as the last refresh took them: a checkpoint grows by about that much."""
+        state = super().snapshot()
+        index = state.pop("index")
+        if index is not None:
+            host = faiss.index_gpu_to_cpu(index) if self.on_gpu else index
+            state["serialized"] = torch.from_numpy(faiss.serialize_index(host).copy())
+        return state
+
+    def restore(self, state: dict, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        state = dict(state)
+        serialized = state.pop("serialized", None)
+        super().restore(state, weight, bias)
+        self.index = None
+        if serialized is not None:
+            self.index = faiss.deserialize_index(serialized.cpu().numpy())
+            if self.on_gpu:  # pragma: no cover - needs faiss-gpu
+                self._res = faiss.StandardGpuResources()
+                self.index = faiss.index_cpu_to_gpu(self._res, weight.device.index or 0, self.index)
 
     def search(self, hidden: torch.Tensor, k: int) -> torch.Tensor:
         """(N, k) int64 class ids by descending inner product, -1 where fewer than k found

@@ -26,6 +26,7 @@ from ..reference.simhash import (  # noqa: F401  (re-exported: the old lsh.py na
     lsh_candidates_ref,
     simhash_codes_ref,
 )
+from .base import Snapshot
 
 MAX_BITS = 20  # dense CSR offsets hold 2^K + 1 int64 per table
 NORM_HEADROOM = 1.05  # M = 1.05 max |x_j| at build: room for rows to grow between refreshes
@@ -64,7 +65,7 @@ def max_row_norm(weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tenso
     return sq.max().sqrt()
 
 
-class LSHIndex:
+class LSHIndex(Snapshot):
     """SimHash LSH tables over a weight matrix; rebuilt by `build` (the refresh).
 
     num_bits K (<= 20), num_tables L, hyperplanes from `seed` (identical on every device and

@@ -24,6 +24,7 @@ import torch
 from .. import nonfinite as _nf
 from .. import ops
 from ..checks import check_int_option
+from .base import Snapshot
 from .rerank import check_rows, nonfinite_class, rerank_union
 from .simhash import MAX_BITS, make_hyperplanes
 
@@ -35,7 +36,7 @@ def default_bits(n: int) -> int:
     return int(min(MAX_BITS, max(1, round(math.log2(max(2.0, n / 2))))))
 
 
-class SimHashIndex:
+class SimHashIndex(Snapshot):
     """Multi-probe SimHash over centred keys, union reranked exactly.
 
     dim: d; num_bits K (None: default_bits(n)); num_tables L; probes per table (1 = own

@@ -72,12 +72,18 @@ class _Patch:
     loss_module: SampledSoftmaxLoss | None = None
 
     def sampled_module(self, weight: nn.Parameter, bias: nn.Parameter | None) -> SampledSoftmaxLoss:
-        """The SampledSoftmaxLoss tied to the head's current weight (rebuilt if it changed)."""
+        """The SampledSoftmaxLoss tied to the head's current weight: made anew when the head
+        has another Parameter or the same one resized (resize_token_embeddings on a tied
+        model swaps the data of the Parameter it keeps), its index then built over the new
+        rows; the step count (the refresh schedule and the draws) goes on."""
         m = self.loss_module
-        if m is None or m.weight is not weight:
+        if m is None or m.weight is not weight or tuple(weight.shape) != (m.num_classes, m.dim):
+            old = m
             m = SampledSoftmaxLoss(
                 weight=weight, method=self.method, reduction="none", **self.module_options
             )
+            if old is not None:
+                m.steps = old.steps
             self.loss_module = m
         if m.bias is not bias:
             m.bias = bias  # the head's own bias Parameter (or None): gradients flow to it
