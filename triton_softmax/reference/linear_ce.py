@@ -22,6 +22,7 @@ the CPU path, so it is written for a CPU:
 
 from __future__ import annotations
 
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -50,7 +51,7 @@ def class_parts(n: int, chunk: int, device: torch.device) -> list[tuple[int, int
     return [(bounds[k], bounds[k + 1]) for k in range(parts)]
 
 
-_POOL: dict[str, ThreadPoolExecutor] = {}
+_POOL: dict[tuple[int, int], ThreadPoolExecutor] = {}
 _POOL_LOCK = threading.Lock()
 
 
@@ -74,9 +75,15 @@ def _on_parts(fn, parts: list[tuple[int, int]]) -> list:
             return fn(lo, hi)
 
     with _POOL_LOCK:
-        pool = _POOL.get("pool")
-        if pool is None or pool._max_workers < len(parts):
-            pool = _POOL["pool"] = ThreadPoolExecutor(len(parts), "triton_softmax_ce")
+        # a new pool when it is too small, or in a forked child (the parent's worker
+        # threads do not exist there: its queued tasks would never run)
+        key = (os.getpid(), len(parts))
+        pool = _POOL.get(key)
+        if pool is None:
+            for old in _POOL.values():
+                old.shutdown(wait=False)
+            _POOL.clear()
+            pool = _POOL[key] = ThreadPoolExecutor(len(parts), "triton_softmax_ce")
     try:
         return [f.result() for f in [pool.submit(task, lo, hi) for lo, hi in parts]]
     finally:
