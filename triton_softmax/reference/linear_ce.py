@@ -92,9 +92,10 @@ def _on_parts(fn, parts: list[tuple[int, int]]) -> list:
         torch.set_num_threads(threads)
 
 
-def _chunk_logits(h, weight, bias, lo, hi, acc, softcap=0.0):
-    """z (N, hi - lo) in acc: h @ W[lo:hi].T + b[lo:hi], soft-capped; a fresh tensor."""
-    w = weight[lo:hi].to(acc)
+def _chunk_logits(h, weight, bias, lo, hi, acc, softcap=0.0, w=None):
+    """z (N, hi - lo) in acc: h @ W[lo:hi].T + b[lo:hi], soft-capped; a fresh tensor.
+    w: W[lo:hi] already in acc, when the caller has it."""
+    w = weight[lo:hi].to(acc) if w is None else w
     z = torch.addmm(bias[lo:hi].to(acc), h, w.T) if bias is not None else h @ w.T
     if softcap:  # cap_logits in place: the same operations in the same order
         z.div_(softcap).tanh_().mul_(softcap)
@@ -196,7 +197,7 @@ def chunked_ce_bwd_ref(
         for lo in range(p_lo, p_hi, chunk):
             hi = min(p_hi, lo + chunk)
             w = weight[lo:hi].to(acc)
-            dz = _chunk_logits(h, weight, bias, lo, hi, acc, softcap)
+            dz = _chunk_logits(h, weight, bias, lo, hi, acc, softcap, w)
             slope = _cap_slope(dz, softcap)
             dz.sub_(lse_col).exp_().mul_(g)  # g * softmax, in place of the logits
             in_chunk = (target >= lo) & (target < hi)
