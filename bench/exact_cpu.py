@@ -15,10 +15,11 @@ shared: a load change hits every method alike), median of `repeats` time.perf_co
 
 as bench.sweep measures a step (bench.harness runners: dense nn.Parameter, hidden requires
 grad, SGD), with its peak memory (harness.measure_memory: torch's CPU allocations over one
-step + the runner's state). With --hf, the tiny Llama of examples/hf_causal_lm.py (vocab
-16,384, d 64, 2 layers, batch 16 x 32 tokens, AdamW, one thread as the README's record):
-unpatched, patched exact before and after, ms per step and peak memory. Ratios are time of
-torch (or unpatched) / time of the method: > 1 is faster than the baseline.
+step + the runner's state; measured on one thread, see one_thread_memory). With --hf, the
+tiny Llama of examples/hf_causal_lm.py (vocab 16,384, d 64, 2 layers, batch 16 x 32 tokens,
+AdamW, one thread as the README's record): unpatched, patched exact before and after, ms
+per step and peak memory. Ratios are time of torch (or unpatched) / time of the method: > 1
+is faster than the baseline.
 """
 
 from __future__ import annotations
@@ -107,6 +108,37 @@ def interleaved(steps: dict, repeats: int, warmup: int) -> dict:
     }
 
 
+def one_thread_memory(runner, workers: bool, problem: harness.Problem) -> dict:
+    """harness.measure_memory of one step on one intra-op thread, plus for this checkout's
+    full path the temporaries of its other class-part workers.
+
+    torch's profiler loses the allocations of the worker threads (with 2 threads it
+    reported 0 bytes for the whole step), so the step is measured on one thread, where the
+    twin runs its single part inline; each further worker holds what that part held beside
+    dW (its chunk's logits and temporaries, its dh): measured here as peak_step - dW."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        runner.step()
+        m = harness.measure_memory(
+            runner.step, "cpu", harness.storage_bytes(runner.state_tensors()), 0
+        )
+    finally:
+        torch.set_num_threads(threads)
+    m["mem_threads"] = 1
+    if workers:
+        dW = problem.n * problem.d * 4
+        part = max(0, m["peak_step_bytes"] - dW)
+        extra = (threads - 1) * part
+        m.update(
+            worker_bytes=part,
+            workers=threads,
+            peak_step_bytes=m["peak_step_bytes"] + extra,
+            peak_mem_bytes=m["peak_mem_bytes"] + extra,
+        )
+    return m
+
+
 def linear_problem(n: int, args, before) -> dict:
     import triton_softmax
 
@@ -122,10 +154,7 @@ def linear_problem(n: int, args, before) -> dict:
     first = {k: float(r.step()) for k, r in runners.items()}
     load = os.getloadavg()
     times = interleaved({k: r.step for k, r in runners.items()}, args.repeats, args.warmup)
-    mem = {
-        k: harness.measure_memory(r.step, "cpu", harness.storage_bytes(r.state_tensors()), 0)
-        for k, r in runners.items()
-    }
+    mem = {k: one_thread_memory(r, k == "full", problem) for k, r in runners.items()}
     out = dict(n=n, d=args.d, N=args.N, dtype="fp32", exact_loss=problem.exact_loss, methods={})
     base_ms, base_mem = times["torch"]["median_ms"], mem["torch"]["peak_mem_bytes"]
     for k in runners:
