@@ -722,7 +722,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--lsh-generator",
         default=None,
         help="the lsh path's candidate generator: clusters | simhash | tables (default: the "
-        "library's, clusters since issue 18; tables = the collision-count SimHash tables)",
+        "library's, clusters since 2026-11-30; tables = the collision-count SimHash tables)",
     )
     p.add_argument(
         "--time-limit",

@@ -1,4 +1,4 @@
-"""Which candidate generator finds the classes that matter, and at what cost (issue 18).
+"""Which candidate generator finds the classes that matter, and at what cost.
 
     python -m bench.candidates [--problem synset|planted] [--snapshot FILE] [--queries 2048]
                                [--n 100000] [--only SUBSTR] [--out DIR]

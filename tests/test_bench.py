@@ -271,15 +271,11 @@ def test_step_profile_runs_its_stages_with_the_default_generator(tmp_path):
 
 
 def test_cpu_search_floor_runs_and_bounds_the_lsh_search(tmp_path):
-    """scripts/cpu_search_floor.py at toy size (planted only; no snapshot): one row, its
+    """bench.search_floor at toy size (planted only; no snapshot): one row, its
     lower bound the larger of the FLOP and byte bounds, every part timed."""
     pytest.importorskip("faiss")
-    import importlib.util
+    from bench import search_floor as mod
 
-    path = Path(__file__).resolve().parent.parent / "scripts" / "cpu_search_floor.py"
-    spec = importlib.util.spec_from_file_location("cpu_search_floor", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
     out = tmp_path / "floor.json"
     assert (
         mod.main(["--n", "20000", "--snapshot", str(tmp_path / "none.pt"), "--out", str(out)]) == 0

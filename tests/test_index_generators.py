@@ -1,4 +1,4 @@
-"""The reranked candidate generators of issue 18 (index/clusters.py, index/simhash_rerank.py)."""
+"""The reranked candidate generators (index/clusters.py, index/simhash_rerank.py)."""
 
 from __future__ import annotations
 
@@ -378,7 +378,7 @@ def _tables(d: int):
 @pytest.mark.parametrize("n,k", [(2000, 63), (400, 150), (50, 33)])
 def test_tables_fill_every_slot_whenever_k_classes_exist(n, k):
     """The SimHash tables (lsh_generator="tables") used to return -1 in the slots their capped
-    buckets did not fill (issue 18: 23-38 of 63); short rows are now filled from uniform
+    buckets did not fill (23-38 of 63 on 2026-11-30); short rows are now filled from uniform
     classes by exact logit, and a search is a function of its input."""
     torch.manual_seed(1)
     w, h = torch.randn(n, 8), torch.randn(17, 8)

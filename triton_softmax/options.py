@@ -106,11 +106,11 @@ class SamplingOptions:
         as a dense product: the estimator stays exact per row), or "per_example" where only
         it is supported (softcap, a sharded module). An explicit scheme stays.
 
-        Measured on one thread (session 10): at n = 1e6, N = 256, |S| = 64, |T| = 1,024 a
+        Measured on one thread (2026-12-01): at n = 1e6, N = 256, |S| = 64, |T| = 1,024 a
         step with shared T is 2-4.5x faster (lsh 177 vs 371 ms, faiss ivfpq 50 vs 227 ms;
-        bench/results/step_profile-n1000000-N256-S64-T1024-20261201-s10cpu.json);
+        bench/results/step_profile-n1000000-N256-S64-T1024-20261201-defaults.json);
         WordNet synset, |S| = |T| = 64, 12 epochs: final P@1 0.982 vs 0.984 per-example at
-        33 vs 38 s per epoch (session 9)."""
+        33 vs 38 s per epoch (2026-12-01)."""
         if self.scheme != "auto":
             return self
         per_example = bool(loss.softcap) or shard is not None

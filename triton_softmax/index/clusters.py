@@ -370,7 +370,7 @@ class ClusterIndex:
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """search_lists in fixed shapes with no host read, each probed list scored once per
-        tile of the queries that probe it (list_tiles.py; the CUDA path since session 9,
+        tile of the queries that probe it (list_tiles.py; the CUDA path since 2026-12-01,
         where ops.list_topk's kernel returned a wrong id). Queries in chunks of at most
         TILE_SCORES scores; short rows padded as in _search_fixed."""
         N, p = lists.shape

@@ -3,7 +3,7 @@
 "tables": index.simhash.LSHIndex (SimHash tables ranked by collision count; the bucket_shared
 scheme needs its codes and tables). "clusters": index.clusters.ClusterIndex. "simhash":
 index.simhash_rerank.SimHashIndex. Defaults chosen from bench/candidates.py's frontier on the
-trained WordNet synset snapshot (see README, issue 18).
+trained WordNet synset snapshot (docs/accuracy.md).
 """
 
 from __future__ import annotations

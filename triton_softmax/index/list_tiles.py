@@ -10,7 +10,7 @@ one), so there is no host read: it runs inside a training step. Unused tile slot
 query 0 and land in a scratch row; unused tiles read no list. Scores are fp32 products
 (exact ranking); bf16 tensor-core scoring with an exact rerank would be faster on a GPU.
 
-Why: on the H200 (session 9) the per-(query, list) kernel took 49 ms of a 58 ms lsh step at
+Why: on the H200 (2026-11-30) the per-(query, list) kernel took 49 ms of a 58 ms lsh step at
 n = 10^6, N = 4096, d = 256 (1.6% of classes scored), and one fp32 case returned a wrong
 id. This path was written after that run: it is exact (tested against the CPU's list-by-list
 loop) but its GPU time is not measured yet (bench.step_profile --device cuda times it).

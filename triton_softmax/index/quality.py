@@ -1,4 +1,4 @@
-"""Captured softmax mass: how much of the exact softmax a candidate set holds (issue 18).
+"""Captured softmax mass: how much of the exact softmax a candidate set holds.
 
 For a query row with target y and candidate ids S, the captured mass is
 

@@ -4,7 +4,7 @@ classes by logit (overlapping lists), union reranked by exact logits.
 Class-side k-means (clusters.py) groups classes that look alike; but a query's largest logits
 are spread over many such groups. Grouping the *queries* instead and precomputing, for each
 query centroid u, the F classes with the largest u . w + b puts the classes a typical query of
-that group ranks highest in one list (the "top-c classes per direction" of issue 18, with
+that group ranks highest in one list (the "top-c classes per direction" idea, with
 the directions learnt from the queries). A query reads its `nprobe` best centroids' lists.
 
 Needs a sample of queries: `observe(hidden)` keeps the most recent `sample_size` rows (a

@@ -1,7 +1,7 @@
 """SimHash tables whose bucket union is scored with exact logits (multi-probe, centred keys).
 
 The lsh path of index/simhash.py ranks a capped read of each bucket by collision count, which on a
-trained model keeps almost none of the classes with the largest logits (issue 18). Here:
+trained model keeps almost none of the classes with the largest logits. Here:
   - keys are centred rows x - mu (q . mu is the same for every class: free for ranking),
     hashed either normalised ("normalized": the angle of x - mu) or through the MIPS
     transform ("mips": [x - mu, sqrt(M^2 - |x - mu|^2)] / M, index/simhash.py's transform);

@@ -1,0 +1,68 @@
+"""The project names its own history by dates, versions and commit ids only: no label of an
+internal work period ("session 9", "s10ivfpq") and no tracker number ("issue 18") in any
+tracked file or file name."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# "session 9", "session-10", "sessions 5 and 6"; "issue 18", "issue #20", "issue18"
+TEXT_LABELS = re.compile(
+    r"\bsessions?[ -]?\d{1,2}\b|\bissue[ -]?#?\d{1,3}\b|\bissues \d{1,3}\b", re.IGNORECASE
+)
+# a work-period tag: "s10ivfpq", "s8kept3", "s9" as a word of a name ("-s9-smoke", "_s10.")
+TAG = re.compile(r"(?<![A-Za-z0-9])s\d{1,2}[a-z]+\d*(?![A-Za-z0-9])|(?<=[-_+])s\d{1,2}(?=$|[-_+.])")
+
+
+def tracked_files() -> list[str]:
+    try:
+        out = subprocess.run(
+            ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True, text=True
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout")
+    return [f for f in out.split("\0") if f]
+
+
+def labels_in(text: str, *, tags: bool) -> list[str]:
+    found = [m.group(0) for m in TEXT_LABELS.finditer(text)]
+    if tags:
+        found += [m.group(0) for m in TAG.finditer(text)]
+    return found
+
+
+def test_the_patterns_catch_labels_and_spare_ordinary_words():
+    for bad in ("session 9", "Session-10", "sessions 5 and 6", "issue 18", "issue #20", "issue18"):
+        assert labels_in(bad, tags=False), bad
+    for bad in ("x-s10ivfpq.json", "gpu-h200-20261130-s9-smoke", "a_s10.jsonl", "s5pair+s6base"):
+        assert labels_in(bad, tags=True), bad
+    for ok in ("--session 20261127-024000", "s2, i2 = exact_topk(", "s00020410", "issues"):
+        assert not labels_in(ok, tags=True), ok
+
+
+def test_no_label_in_file_names():
+    bad = [f for f in tracked_files() if labels_in(f, tags=True)]
+    assert not bad, f"file names with internal labels: {bad[:20]}"
+
+
+def test_no_label_in_tracked_text():
+    bad = []
+    for f in tracked_files():
+        path = ROOT / f
+        if not path.is_file() or path.suffix in {".png", ".whl", ".pt", ".gz", ".tgz"}:
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            continue
+        for i, line in enumerate(text.splitlines(), 1):
+            hits = labels_in(line, tags=True)
+            if hits:
+                bad.append(f"{f}:{i}: {hits}")
+    assert not bad, "internal labels:\n" + "\n".join(bad[:40])
