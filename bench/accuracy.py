@@ -721,7 +721,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--lsh-generator",
         default=None,
-        help="the lsh path's candidate generator: clusters | simhash | tables (default: the "
+        help="the lsh path's candidate generator: clusters | tables (default: the "
         "library's, clusters since 2026-11-30; tables = the collision-count SimHash tables)",
     )
     p.add_argument(

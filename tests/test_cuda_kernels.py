@@ -250,7 +250,6 @@ def test_grad_hidden_matches_twin(dtype):
     "kw",
     [
         dict(method="lsh", lsh_generator="clusters"),
-        dict(method="lsh", lsh_generator="simhash"),
         dict(method="lsh", lsh_generator="tables"),
         dict(method="lsh", candidate_scheme="shared_samples"),
         dict(method="lsh", candidate_scheme="per_example"),  # the default until 2026-12-01

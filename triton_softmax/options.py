@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from . import checks
-from .index.generators import DEFAULT_LSH_GENERATOR, LSH_GENERATORS
+from .index.generators import DEFAULT_LSH_GENERATOR, check_lsh_generator
 from .samplers import CategoricalSampler, Sampler
 
 SCHEMES = ("per_example", "shared_samples", "batch_union", "bucket_shared")
@@ -127,8 +127,8 @@ class IndexOptions:
     (None: from n, L, |S|), lsh_tables L; faiss_index auto/flat/ivf/ivfpq with
     faiss_nlist / faiss_nprobe (auto: index.factory.faiss_kind); refresh_every training
     steps; partial_refresh: re-hash only rows with a sparse gradient; seed: hyperplanes
-    and draws; lsh_generator: what the lsh path retrieves S with, "clusters" | "simhash"
-    (unions reranked by exact logits) | "tables" (LSHIndex,
+    and draws; lsh_generator: what the lsh path retrieves S with, "clusters" (k-means
+    lists, union reranked by exact logits) | "tables" (LSHIndex, SimHash tables
     ranked by collision count); None: "tables" under bucket_shared, else "clusters";
     target_mass in (0, 1) (sampled paths): at each refresh the captured softmax mass of the
     retrieved S is measured on the last training batch (up to 64 rows) and the clusters /
@@ -176,10 +176,8 @@ class IndexOptions:
             if isinstance(t, bool) or not isinstance(t, numbers.Real) or not 0.0 < t < 1.0:
                 raise ValueError(f"target_mass must be a float in (0, 1) or None, got {t!r}")
             _set(self, "target_mass", float(t))
-        if self.lsh_generator is not None and self.lsh_generator not in LSH_GENERATORS:
-            raise ValueError(
-                f"lsh_generator must be one of {LSH_GENERATORS}, got {self.lsh_generator!r}"
-            )
+        if self.lsh_generator is not None:
+            check_lsh_generator(self.lsh_generator)
         checks.check_index_options(
             method=self.method,
             lsh_bits=self.lsh_bits,

@@ -15,9 +15,8 @@ from .faiss import (
 )
 from .generators import make_generator
 from .simhash import LSHIndex, default_num_bits
-from .simhash_rerank import SimHashIndex
 
-Index = LSHIndex | FaissIndex | ClusterIndex | SimHashIndex
+Index = LSHIndex | FaissIndex | ClusterIndex
 
 
 def faiss_kind(faiss_index: str, n: int, device: torch.device | str | None = None) -> str:
@@ -58,7 +57,7 @@ def make_index(
     """An unbuilt index for `method` ("lsh" or "faiss") with the library's defaults.
 
     lsh_generator: "tables" (or None) = LSHIndex (ranked by collision count), or
-    "clusters" / "simhash" (index/generators.py: unions reranked by exact logits);
+    "clusters" (index/generators.py: k-means lists, union reranked by exact logits);
     rerank_copy: the clusters lists are scored from a copy of the rows taken at build (None:
     on a CPU, clusters.copy_rows_by_default); lsh_nprobe: clusters lists read per query."""
     if method == "lsh" and lsh_generator not in (None, "tables"):
