@@ -351,6 +351,13 @@ def accuracy_md() -> str:
         "\n" + source("candidates-synset-20261130-104232.json"),
         source("candidates-synset-20261130-110518.json"),
     ]
+    out += [
+        "\n![the 2026-11-30 frontier, retired generators included: recall and mass "
+        "against share scored]"
+        "(../plots/candidates-synset.png)\n",
+        "\n![P@1 against training time, WordNet synset, 2026-11-30 / 2026-12-01 runs]"
+        "(../plots/accuracy-wordnet-synset-20261130-kept+20261201-ivfpq+20261201-k1024+20261201-search.png)\n",
+    ]
     order = sorted(groups, key=lambda t: (t[:8], t), reverse=True)
     for tag in order:
         recs = groups[tag]
