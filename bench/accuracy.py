@@ -721,8 +721,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--lsh-generator",
         default=None,
-        help="the lsh path's candidate generator: clusters | simhash | tables (default: the "
-        "library's, clusters since issue 18; tables = the collision-count SimHash tables)",
+        help="the lsh path's candidate generator: clusters | tables (default: the "
+        "library's, clusters since 2026-11-30; tables = the collision-count SimHash tables)",
     )
     p.add_argument(
         "--time-limit",

@@ -1,4 +1,4 @@
-"""The sampled softmax most users write themselves: the peer to beat on speed (issue 19).
+"""The sampled softmax most users write themselves: the peer to beat on speed.
 
 TensorFlow's `sampled_softmax_loss` pattern in about 20 lines of PyTorch: ONE set of K
 uniform negatives shared by the whole batch, one dense (N, d) x (d, K) product, the true

@@ -51,7 +51,7 @@ def tile_stats(layer: SampledSoftmaxLoss, h: torch.Tensor) -> dict:
         tiles += int((sizes > 0).sum())
         queries += int(counts[sizes > 0].sum())
     # the union per query in chunks of queries: search_union's (N, L * bucket) top-k took
-    # 19.7 GiB at N = 8192 on the H200 run (session 9)
+    # 19.7 GiB at N = 8192 on the H200 run of 2026-11-30
     sizes = torch.cat([(layer.index.search_union(c) >= 0).sum(1) for c in h.split(1024)])
     return dict(
         tiles=tiles,

@@ -1,4 +1,4 @@
-"""Which candidate generator finds the classes that matter, and at what cost (issue 18).
+"""Which candidate generator finds the classes that matter, and at what cost.
 
     python -m bench.candidates [--problem synset|planted] [--snapshot FILE] [--queries 2048]
                                [--n 100000] [--only SUBSTR] [--out DIR]
@@ -13,8 +13,6 @@ sweep's planted problem (bench/harness.py: uniform weights, hidden planted near 
   - fraction_scored: share of the n classes the generator scores exactly per query (the
     union it reranks; 63 / n for a generator that returns its ids unscored);
   - search_ms_per_1024 (and build_s): wall time on this machine, one torch thread.
-query-clusters rows (index/query_clusters.py) build their lists from a sample of other
-queries (the snapshot's remaining training glosses; planted: 2,048 fresh queries).
 References: uniform (63 random ids), FAISS flat (exact top-63), FAISS IVF at several nprobe
 (IVF-Flat, and ivfpq: 4-bit PQ codes scored by fast-scan, its 63 ids unreranked),
 and today's lsh path (lsh.LSHIndex with make_index's defaults). Also the geometry: row-norm
@@ -39,8 +37,6 @@ from triton_softmax import faiss_available
 from triton_softmax.faiss_index import FaissIndex, default_nlist
 from triton_softmax.index.clusters import ClusterIndex
 from triton_softmax.index.quality import captured_mass, distinct_candidates
-from triton_softmax.index.query_clusters import QueryClusterIndex
-from triton_softmax.index.simhash_rerank import SimHashIndex
 from triton_softmax.loss import make_index
 
 S_MINUS_1 = 63  # |S| - 1 ids per query, as the accuracy recipe (|S| = 64 with the target)
@@ -143,31 +139,6 @@ def generators(n: int, d: int, seed: int):
                 lambda bal=bal: ClusterIndex(d, num_lists=c0, balance=bal, seed=seed),
             )
         )  # fmt: skip
-    for c, F in ((128, 0.01), (128, 0.025)):
-        for p in (1, 2, 4):
-            rows.append(
-                (
-                    f"query-clusters lists={c} size={F} nprobe={p}",
-                    "query_clusters",
-                    {"num_lists": c, "list_size": F, "nprobe": p},
-                    lambda c=c, F=F: QueryClusterIndex(
-                        d, num_lists=c, list_size=max(1, int(F * n)), seed=seed
-                    ),
-                )
-            )
-    K0 = int(round(math.log2(n / 2)))
-    for keys in ("normalized", "mips"):
-        for K, L, P, B in ((K0, 8, 1, 16), (K0, 8, 8, 16), (K0 - 3, 8, 4, 64), (K0 - 4, 16, 1, 96)):
-            rows.append(
-                (
-                    f"simhash {keys} K={K} L={L} probes={P} reads={B}",
-                    "simhash",
-                    {"keys": keys, "bits": K, "tables": L, "probes": P, "reads": B},
-                    lambda keys=keys, K=K, L=L, P=P, B=B: SimHashIndex(
-                        d, K, L, P, keys, max_per_bucket=B, seed=seed
-                    ),
-                )
-            )
     return rows
 
 
@@ -229,8 +200,6 @@ def main(argv: list[str] | None = None) -> dict:
             key = (family, tuple(sorted((k, v) for k, v in settings.items() if k != "nprobe")))
             if key not in built:
                 index = make()
-                if family == "query_clusters":
-                    index.observe(sample)
                 t0 = time.perf_counter()
                 index.build(W)
                 built.clear()

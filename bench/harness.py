@@ -25,6 +25,7 @@ Peak memory:
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import math
@@ -33,6 +34,8 @@ import platform
 import re
 import statistics
 import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -220,13 +223,53 @@ def _proc_status_kb(key: str) -> int | None:
     return None
 
 
+# What the profiler itself prints around every profiled step (Kineto's start/stop trace
+# lines, c10's once-per-process note that a block freed in the step was allocated before it):
+# chatter about the measurement, not about the code measured.
+_PROFILER_CHATTER = re.compile(
+    r"SyncActivityProfilerHandler\.cpp:\d+\] profiler_(start|stop)"
+    r"|Memory block of unknown size was allocated before the profiling started"
+)
+
+
+@contextlib.contextmanager
+def _profiler_chatter_filtered():
+    """Run the block with the process's stderr (fd 2, where Kineto and c10 write from C++)
+    captured; afterwards write every captured line back except the profiler's chatter."""
+    os.environ.setdefault("KINETO_LOG_LEVEL", "6")  # read when Kineto first starts: no USDT lines
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no usable fd 2 (embedded interpreters): leave it as is
+        yield
+        return
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            kept = [
+                line
+                for line in tmp.read().decode(errors="replace").splitlines(keepends=True)
+                if not _PROFILER_CHATTER.search(line)
+            ]
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()
+
+
 def _cpu_profiled_peak(fn: Callable[[], object]) -> int:
     """Peak of the running sum of torch CPU allocations (+) and frees (-) during fn()."""
     from torch._C._profiler import _EventType
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
+    with _profiler_chatter_filtered():
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            fn()
     events = []
     stack = list(prof.profiler.kineto_results.experimental_event_tree())
     while stack:

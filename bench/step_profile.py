@@ -7,7 +7,7 @@ Part 1, stages of the library's lsh step (per-example S and T, sparse weight gra
 timed on its own (median of --repeats after one warm-up, inputs from the previous stage):
 the search (clusters: routing to lists, then the exact scores of the probed lists; SimHash
 tables: hashing, then lookup by collision count; on CUDA the clusters search's list tiles
-beside the per-(query, list) path they replaced in session 9: list_topk's twin and kernel),
+beside the per-(query, list) path they replaced on 2026-12-01: list_topk's twin and kernel),
 candidate build (S + uniform T), logits
 (forward), backward (coefficients and dh), gradient assembly (the sparse dW: the previous
 uncoalesced form and today's coalesced one), optimizer (SGD, torch.optim.SparseAdam on each
@@ -68,7 +68,7 @@ def _clock() -> float:
 
 
 def uncoalesced_grad_weight(coef, ids, hidden, n, dtype):
-    """The sparse dW as the library built it before issue 19: one row per nonzero slot,
+    """The sparse dW as the library built it before 2026-11-30: one row per nonzero slot,
     uncoalesced (kept here as the 'today' of the comparison)."""
     d = hidden.shape[1]
     keep = (coef != 0).nonzero()
@@ -121,7 +121,7 @@ def stage_profile(W: nn.Parameter, h, y, args) -> dict:
         out.update(lists=int(index.centroids.shape[0]), nprobe=index.effective_nprobe)
         out["probe_lists"] = median_ms(lambda: index.probe_lists(hd), r)
         out["search"] = median_ms(lambda: index.search(hd, args.S - 1), r)
-        if hd.is_cuda:  # the search's tiles (the CUDA path since session 9) beside the
+        if hd.is_cuda:  # the search's tiles (the CUDA path since 2026-12-01) beside the
             # per-(query, list) path it replaced: list_topk's twin, and its kernel
             lists = index.probe_lists(hd)
             out["search_fixed_list_topk_twin"] = median_ms(
@@ -275,7 +275,7 @@ def step_comparison(W: nn.Parameter, h, y, args) -> dict:
 
 
 def previous_exact_topk(hidden, weight, k, chunk=1 << 16):
-    """exact_topk as it was before issue 19 (top-k over [best | whole chunk] per chunk)."""
+    """exact_topk as it was before 2026-11-30 (top-k over [best | whole chunk] per chunk)."""
     N, n, dev = hidden.shape[0], weight.shape[0], hidden.device
     best_s = torch.full((N, 0), float("-inf"), device=dev)
     best_i = torch.zeros((N, 0), dtype=torch.int64, device=dev)

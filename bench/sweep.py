@@ -543,9 +543,9 @@ def summary_table(records: list[dict]) -> str:
     steps = [r for r in records if r.get("kind") == "step"]
     keys = sorted({(r["device"], r["dtype"], r["d"], r["N"], r["n"]) for r in steps})
     head = (
-        f"{'n':>9} {'method':<14} {'status':<7} {'step ms':>9} {'[min-max]':>17} "
-        f"{'amort. ms':>9} {'x torch':>7} {'x(amort)':>8} {'peak MiB':>9} {'|dloss|':>8} "
-        f"{'rec.tgt':>7} {'rec@10':>6}"
+        f"{'n':>9} {'method':<20} {'status':<7} {'step ms':>9} {'min-max ms':>17} "
+        f"{'+refresh ms':>11} {'vs torch':>8} {'+refresh':>8} {'peak MiB':>9} {'loss err':>8} "
+        f"{'tgt recall':>10} {'top10 recall':>12}"
     )
     lines = []
     last = None
@@ -572,16 +572,26 @@ def summary_table(records: list[dict]) -> str:
             mm = f"[{r['min_ms']:.1f}-{r['max_ms']:.1f}]" if ok else ""
             peak = r.get("peak_mem_bytes")
             lines.append(
-                f"{n:>9} {name:<14} {r['status']:<7} {_fmt(r.get('median_ms'), '9.1f'):>9} "
-                f"{mm:>17} {_fmt(r.get('amortised_ms'), '9.1f'):>9} {_fmt(sp, '7.2f'):>7} "
+                f"{n:>9} {name:<20} {r['status']:<7} {_fmt(r.get('median_ms'), '9.1f'):>9} "
+                f"{mm:>17} {_fmt(r.get('amortised_ms'), '9.1f'):>11} {_fmt(sp, '7.2f'):>8} "
                 f"{_fmt(spa, '8.2f'):>8} {_fmt(peak / 2**20 if peak else None, '9.0f'):>9} "
                 f"{_fmt(r.get('loss_abs_diff'), '8.1e'):>8} "
-                f"{_fmt(r.get('target_recall'), '7.2f'):>7} "
-                f"{_fmt(r.get('top10_recall'), '6.2f'):>6}"
+                f"{_fmt(r.get('target_recall'), '7.2f'):>10} "
+                f"{_fmt(r.get('top10_recall'), '6.2f'):>12}"
             )
             if r["status"] != "ok" and r.get("reason"):
                 lines.append(f"{'':>9}   ({r['reason'][:150]})")
+    if lines:
+        lines += ["", LEGEND]
     return "\n".join(lines)
+
+
+LEGEND = (
+    "legend: step ms = median training step (forward, backward, SGD); +refresh = with the "
+    "index rebuild spread over refresh_every steps; vs torch = plain PyTorch's step time / "
+    "this one; loss err = |loss - exact loss|; tgt / top10 recall = share of targets / of the "
+    "exact top-10 classes among the candidates; a->b = asked for a, ran b"
+)
 
 
 def main(argv=None) -> int:
@@ -597,13 +607,12 @@ def main(argv=None) -> int:
     run_id = f"{args.device}_{slug}_{stamp}" + (f"_{args.tag}" if args.tag else "")
     path = args.out_dir / f"{run_id}.jsonl"
     emit = Writer(path, env, run_id)
-    print(
-        f"[bench] {env['device_name']} | torch {env['torch_version']} | "
-        f"triton {env['triton_version']} | faiss {env['faiss_version']} | "
-        f"{env['torch_threads']} threads | commit {str(env['git_commit'])[:10]}"
-        f"{' (dirty)' if env['git_dirty'] else ''}\n[bench] records -> {path}",
-        flush=True,
+    machine = (
+        f"{env['device_name']}, {env['torch_threads']} threads, torch {env['torch_version']}, "
+        f"triton {env['triton_version']}, faiss {env['faiss_version']}, commit "
+        f"{str(env['git_commit'])[:10]}{' (dirty)' if env['git_dirty'] else ''}"
     )
+    print(f"[bench] records -> {path}", flush=True)
 
     peaks = None
     if not args.no_roofline:
@@ -611,16 +620,7 @@ def main(argv=None) -> int:
             args.device, args.dtype, args.peak_copy_mb, args.peak_matmul, args.repeats
         )
         for p in peaks.values():
-            emit(dict(kind="peak", **p))
-        print(
-            "[bench] peaks: copy {:.1f} GB/s; ".format(peaks["copy"]["value"] / 1e9)
-            + "; ".join(
-                f"matmul {v['dtype']} {v['value'] / 1e9:.1f} GFLOP/s"
-                for k, v in peaks.items()
-                if k.startswith("matmul")
-            ),
-            flush=True,
-        )
+            emit(dict(kind="peak", **p))  # the roofline plot draws them
 
     problems = [
         (dt, d, N, n) for dt in args.dtype for d in args.d for N in args.N for n in sorted(args.n)
@@ -657,9 +657,7 @@ def main(argv=None) -> int:
             rec = run_method(m, problem, args, peaks, emit)
             if m == "lsh" and rec["status"] == "ok":  # what shared_neg_matched matches
                 args.lsh_ms = {**getattr(args, "lsh_ms", {}), (n, d, N): rec["median_ms"]}
-            bar.update(1)
-            if rec["status"] != "ok":
-                bar.write(f"[bench] n={n} {m}: {rec['status']}: {rec.get('reason')}")
+            bar.update(1)  # a method that did not run says why in the table's row
         del problem
         gc.collect()
     bar.close()
@@ -670,7 +668,7 @@ def main(argv=None) -> int:
         plot_dir = args.plot_dir or (Path(__file__).resolve().parents[1] / "plots")
         files = _plot.main(["--results", str(path), "--out-dir", str(plot_dir)])
         print(f"[bench] plots -> {', '.join(str(f) for f in files)}")
-    print(summary_table(emit.records))
+    print(f"\nmachine: {machine}" + summary_table(emit.records))
     print(f"\n[bench] {len(emit.records)} records in {path}")
     return 0
 

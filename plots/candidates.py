@@ -1,4 +1,4 @@
-"""Candidate-generator frontier (issue 18): recall and captured mass vs fraction of classes
+"""Candidate-generator frontier: recall and captured mass vs fraction of classes
 scored, from bench/candidates.py's JSON records only.
 
     python -m plots.candidates [RECORD.json ...] [--out plots]

@@ -6,7 +6,8 @@
 
 Figures (PNG, one panel per (device, dtype, d, N) left after the filters):
   time_per_step.png  step time vs class count, log-log, one line per path/peer
-                     (faiss/lsh: amortised step = step + index refresh / refresh_every)
+                     (faiss/lsh: amortised step = step + index refresh / refresh_every),
+                     and beside it the recall of the exact top-10 against step time
   speedup.png        plain-PyTorch step time / each method's (amortised) step time
   peak_memory.png    peak memory of a step vs class count
   roofline.png       per device: achieved GFLOP/s vs arithmetic intensity under the measured
@@ -14,7 +15,7 @@ Figures (PNG, one panel per (device, dtype, d, N) left after the filters):
 Where one (device, dtype, d, N, n, method) was measured in several runs, the latest counts.
 Methods not drawn in a panel (skipped, oom, failed) are listed under it with their status, and
 so are points where the dispatcher ran another path than the one asked for (e.g. faiss ran
-full because |S| + |T| >= n).
+full because |S| + |T| >= n). Every method has its own colour; the legend sits outside the panels.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import textwrap
 from collections import defaultdict
 from pathlib import Path
 
@@ -35,27 +37,72 @@ RESULTS = ROOT / "bench" / "results"
 ORDER = [
     "lsh",
     "lsh_copy",
+    "lsh_live",
     "lsh_shared",
     "faiss",
     "faiss_shared",
+    "faiss_ivf",
+    "uniform",
+    "uniform_shared",
     "full",
     "torch",
     "torch_compile",
     "cce",
     "liger",
+    "shared_neg1024",
+    "shared_neg_matched",
 ]
+# One colour per method (a reader matches lines by colour first): the sampled paths warm, the
+# exact ones and the peers cool, the hand-written baseline grey; no two methods share one.
+_TAB20 = plt.get_cmap("tab20").colors
 STYLE = {
-    "lsh": dict(color="tab:red", marker="o"),
-    "faiss": dict(color="tab:orange", marker="s"),
-    "lsh_copy": dict(color="tab:red", marker="o", linestyle=":"),
-    "lsh_shared": dict(color="tab:red", marker="o", linestyle="-.", markerfacecolor="none"),
-    "faiss_shared": dict(color="tab:orange", marker="s", linestyle="-.", markerfacecolor="none"),
-    "full": dict(color="tab:blue", marker="^"),
+    "lsh": dict(color=_TAB20[6], marker="o"),
+    "lsh_copy": dict(color=_TAB20[7], marker="o", linestyle=":"),
+    "lsh_live": dict(color=_TAB20[13], marker="o", linestyle=":"),
+    "lsh_shared": dict(color=_TAB20[12], marker="o", linestyle="-."),
+    "faiss": dict(color=_TAB20[2], marker="s"),
+    "faiss_shared": dict(color=_TAB20[3], marker="s", linestyle="-."),
+    "faiss_ivf": dict(color=_TAB20[16], marker="s", linestyle=":"),
+    "uniform": dict(color=_TAB20[10], marker="<"),
+    "uniform_shared": dict(color=_TAB20[11], marker="<", linestyle="-."),
+    "full": dict(color=_TAB20[0], marker="^"),
     "torch": dict(color="black", marker="x", linestyle="--"),
-    "torch_compile": dict(color="tab:gray", marker="+", linestyle="--"),
-    "cce": dict(color="tab:green", marker="D", linestyle=":"),
-    "liger": dict(color="tab:purple", marker="v", linestyle=":"),
+    "torch_compile": dict(color=_TAB20[1], marker="+", linestyle="--"),
+    "cce": dict(color=_TAB20[4], marker="D", linestyle=":"),
+    "liger": dict(color=_TAB20[8], marker="v", linestyle=":"),
+    "shared_neg1024": dict(color=_TAB20[14], marker="P", linestyle="--"),
+    "shared_neg_matched": dict(color=_TAB20[15], marker="P", linestyle=":"),
 }
+_SPARE = [_TAB20[i] for i in (5, 9, 17, 18, 19)]
+
+
+def style(method: str) -> dict:
+    """The method's line style; a method without one (lsh_np20, say) takes a spare colour."""
+    if method in STYLE:
+        return STYLE[method]
+    return dict(color=_SPARE[sum(map(ord, method)) % len(_SPARE)], marker=".", linestyle="-.")
+
+
+def _method_order(methods) -> list[str]:
+    return sorted(methods, key=lambda m: (ORDER.index(m) if m in ORDER else len(ORDER), m))
+
+
+def _legend_outside(fig, axes) -> None:
+    """One legend for the figure, right of the panels, so it never covers a point."""
+    seen: dict = {}
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            seen.setdefault(lab, h)
+    if seen:
+        labels = _method_order(seen)
+        fig.legend(
+            [seen[lab] for lab in labels],
+            labels,
+            loc="center left",
+            bbox_to_anchor=(1.0, 0.5),
+            fontsize=8,
+            frameon=False,
+        )
 
 
 def load_records(paths: list[Path]) -> list[dict]:
@@ -130,20 +177,27 @@ def _panels(
     *,
     logy=True,
     hline: float | None = None,
+    quality: bool = False,
 ) -> Path | None:
+    """One panel per (device, dtype, d, N) of value(r) against n; with quality=True each
+    panel has a second one beside it: recall of the exact top-10 against step time."""
     groups = defaultdict(list)
     for r in steps:
         groups[_panel_key(r)].append(r)
     if not groups:
         return None
     keys = sorted(groups, key=lambda k: tuple(str(x) for x in k))
-    fig, axes = _grid(len(keys))
+    quality_axes: list = []
+    all_notes: list[str] = []
+    if quality:
+        fig, grid = plt.subplots(len(keys), 2, figsize=(11, 4.4 * len(keys)), squeeze=False)
+        axes, quality_axes = [row[0] for row in grid], [row[1] for row in grid]
+    else:
+        fig, axes = _grid(len(keys))
     for ax, key in zip(axes, keys, strict=False):
         rows = groups[key]
         notes = []
-        methods = sorted(
-            {r["method"] for r in rows}, key=lambda m: ORDER.index(m) if m in ORDER else len(ORDER)
-        )
+        methods = _method_order({r["method"] for r in rows})
         for m in methods:
             pts = sorted(
                 (r["n"], value(r, rows)) for r in rows if r["method"] == m and r["status"] == "ok"
@@ -170,7 +224,7 @@ def _panels(
                 notes.append(f"{m} ran " + ", ".join(f"{rm} at n={n:.0e}" for rm, n in ran))
             if pts:
                 xs, ys = zip(*pts, strict=True)
-                ax.plot(xs, ys, label=m, **STYLE.get(m, {}))
+                ax.plot(xs, ys, label=m, **style(m))
         ax.set_xscale("log")
         if logy:
             ax.set_yscale("log")
@@ -181,25 +235,59 @@ def _panels(
         ax.set_xlabel("classes n")
         ax.set_ylabel(ylabel)
         ax.grid(True, which="both", alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
-        if notes:
-            ax.text(
-                0.01,
-                -0.28,
-                "; ".join(notes)[:400],
-                transform=ax.transAxes,
-                fontsize=6,
-                va="top",
-                wrap=True,
-            )
+        if notes:  # under the figure, one line per panel: long notes never squeeze a panel
+            all_notes.append(f"{dev} {dt} d={d} N={N}: " + "; ".join(notes)[:300])
+    if quality:
+        for ax, key in zip(quality_axes, keys, strict=False):
+            _quality_panel(ax, key, groups[key])
     fig.suptitle(
         f"{title}\n{', '.join(sorted({str(k[0]) for k in keys}))} — {_dates(steps)}", fontsize=10
     )
     fig.tight_layout()
-    fig.savefig(out, dpi=120)
+    _legend_outside(fig, axes + quality_axes)
+    if all_notes:
+        fig.text(
+            0.01, -0.01, "\n".join(textwrap.fill(t, 160) for t in all_notes), fontsize=6, va="top"
+        )
+    fig.savefig(out, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return out
+
+
+def _quality_panel(ax, key: tuple, rows: list[dict]) -> None:
+    """Recall of the exact top-10 against step time: what each sampled step buys. One point
+    per (method, n), labelled with n; the exact paths and peers have recall 1 by definition
+    and are not drawn."""
+    for m in _method_order({r["method"] for r in rows}):
+        pts = sorted(
+            (r["n"], _step_time(r), r.get("top10_recall"))
+            for r in rows
+            if r["method"] == m
+            and r["status"] == "ok"
+            and r.get("top10_recall") is not None
+            and r.get("resolved_method") in (None, m)
+            and _step_time(r)
+        )
+        if not pts:
+            continue
+        st = style(m)
+        ax.plot(
+            [p[1] for p in pts],
+            [p[2] for p in pts],
+            label=m,
+            color=st["color"],
+            marker=st.get("marker", "o"),
+            linestyle=st.get("linestyle", "-"),
+        )
+        for n, t, rec in pts:
+            ax.annotate(f"{n:.0e}", (t, rec), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    dev, dt, d, N = key
+    ax.set_xscale("log")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(f"{dev}\n{dt}, d={d}, N={N}: quality vs time (labels: n)", fontsize=9)
+    ax.set_xlabel("ms per step (with the refresh spread)")
+    ax.set_ylabel("recall of the exact top-10")
+    ax.grid(True, which="both", alpha=0.3)
 
 
 def _speedup(r: dict, rows: list[dict]) -> float | None:
@@ -313,6 +401,7 @@ def main(argv=None) -> list[Path]:
             "ms per step (fwd+bwd+SGD)",
             "Time per training step vs classes (faiss/lsh amortise the index refresh)",
             args.out_dir / "time_per_step.png",
+            quality=True,
         ),
         _panels(
             steps,
@@ -331,11 +420,9 @@ def main(argv=None) -> list[Path]:
         ),
         roofline_figure(roof, args.out_dir / "roofline.png"),
     ]
-    written = [w for w in written if w is not None]
-    for w in written:
-        print(f"wrote {w}")
-    return written
+    return [w for w in written if w is not None]
 
 
 if __name__ == "__main__":
-    main()
+    for path in main():
+        print(f"wrote {path}")

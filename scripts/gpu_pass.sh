@@ -8,7 +8,7 @@
 # `bash scripts/gpu_pass.sh` and carry [".whl"].
 #
 # SIZE=smoke runs every stage at small sizes with short limits (does it all run on this GPU
-# and this Triton? 5.5 minutes before its last stage was cut in session 9); SIZE=full
+# and this Triton? 5.5 minutes before its last stage was cut on 2026-11-30); SIZE=full
 # (default) at the sizes the README reports. Budget one call, timeout_s 600, for either.
 # Each stage has its own time limit so one slow stage cannot eat the others; STAGES picks a
 # subset. Stages run in order of what matters most if the call is cut short.
@@ -93,7 +93,7 @@ if stage exact; then  # the exact path on CUDA: <= 4 minutes (45 + 135 + 60 s li
   echo "rc=$?" >> "$RES/exact_quick_sweep.log"
   mark exact
 fi
-if stage probe; then  # session 9's list_topk fault: tl.sort of int64 keys, per num_warps
+if stage probe; then  # the H200 run's list_topk fault (2026-11-30): tl.sort of int64 keys, per num_warps
   timeout 60 python3 scripts/gpu_probe_sort.py --out "$RES/probe_sort.json" \
     > "$RES/probe_sort.log" 2>&1
   echo "rc=$?" >> "$RES/probe_sort.log"
@@ -105,7 +105,7 @@ if stage kernels; then
   echo "rc=$?" >> "$RES/kernels_cuda.log"
   mark kernels
 fi
-if stage step_profile; then  # issue 19 on the GPU: stages, steps vs the baseline, optimizers
+if stage step_profile; then  # on the GPU: stages, steps vs the baseline, optimizers
   timeout $(( T_BENCH * 3 / 2 )) python3 -m bench.step_profile --device cuda "${STEP_ARGS[@]}" \
     --out "$RES/step_profile_cuda.json" > "$RES/step_profile.log" 2>&1
   echo "rc=$?" >> "$RES/step_profile.log"
@@ -125,20 +125,20 @@ if stage linear_ce; then
   echo "rc=$?" >> "$RES/linear_ce_cuda.log"
   mark linear_ce
 fi
-if stage bucket_tiles; then  # tiles vs per-example gathers (issue 3), bf16, d = 512
+if stage bucket_tiles; then  # tiles vs per-example gathers, bf16, d = 512
   timeout 45 python3 -m bench.bucket_tiles --device cuda --dtype bf16 --d 512 \
     "${TILE_ARGS[@]}" --S 1024 --T 1024 --out "$RES" > "$RES/bucket_tiles.log" 2>&1
   echo "rc=$?" >> "$RES/bucket_tiles.log"
   mark bucket_tiles
 fi
-if stage issue18; then  # not in the default STAGES (a second call: STAGES=issue18): issue
-  # 18/19's CPU configuration on the GPU, lsh (list tiles on the device) against faiss (ivfpq
+if stage search_vs_faiss; then  # not in the default STAGES (STAGES=search_vs_faiss): the CPU
+  # step profile's configuration on the GPU, lsh (list tiles on the device) against faiss (ivfpq
   # on the host, faiss-cpu), each index's search alone beside the steps
   timeout 120 python3 -m bench.step_profile --device cuda --n 1e6 --N 256 --d 128 --S 64 \
     --T 1024 --K 1024 4096 --methods lsh faiss uniform --union-S --skip-stages --topk-n 0 \
-    --repeats 9 --out "$RES/step_profile_issue18_cuda.json" > "$RES/step_profile_issue18.log" 2>&1
-  echo "rc=$?" >> "$RES/step_profile_issue18.log"
-  mark issue18
+    --repeats 9 --out "$RES/step_profile_vs_faiss_cuda.json" > "$RES/step_profile_vs_faiss.log" 2>&1
+  echo "rc=$?" >> "$RES/step_profile_vs_faiss.log"
+  mark search_vs_faiss
 fi
 if stage search; then  # not in the default STAGES (its own call, <= 4 minutes: STAGES="env
   # search"): the clusters search on tensor cores (kernels/list_tiles.py) against its twin and

@@ -1,9 +1,9 @@
-"""Where list_topk's wrong id on the H200 (session 9) comes from: a probe for the next GPU pass.
+"""Where list_topk's wrong id on the H200 (2026-11-30) comes from: a probe for the next GPU pass.
 
     python3 scripts/gpu_probe_sort.py [--out FILE]     # on a GPU
     TRITON_INTERPRET=1 python3 scripts/gpu_probe_sort.py --device cpu   # the probe checked here
 
-Session 9's H200 run (triton 3.6) gave, for fp32 at k' = 40, one output slot of
+The H200 run of 2026-11-30 (triton 3.6) gave, for fp32 at k' = 40, one output slot of
 kernels/list_scores.list_topk with the right score and the id of another kept class: the
 high half of one packed int64 key with the low half of another. Three suspects, each timed
 apart here with every num_warps the autotuner may pick:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -108,7 +109,47 @@ def test_sweep_end_to_end_writes_valid_records(tmp_path, capsys):
         "lsh_lookup",
     } <= kernels
     out = capsys.readouterr().out
-    assert "x torch" in out  # the summary table is printed
+    assert "vs torch" in out and "legend: " in out  # the summary table is printed
+
+
+# What the sweep may print: progress bars, its table (machine, section, column header, rows,
+# a row's reason, the legend) and the paths it saved. Nothing else (no profiler chatter).
+SWEEP_LINE = re.compile(
+    r"$"
+    r"|\[bench\] records -> \S+$|\[bench\] plots -> .+$|\[bench\] \d+ records in \S+$"
+    r"|machine: .+$|== \S+ \S+ d=\d+ N=\d+ ==$|\s+n method\s+status\s+step ms .+$"
+    r"|\s+\d+ \S+\s+(ok|skipped|failed|oom)\s.*$|\s+\(.+\)$|legend: .+$"
+)
+PROGRESS = re.compile(r".*\d+%\|.*\| \d+/\d+ \[.*\]\s*$")
+
+
+def test_sweep_prints_only_progress_table_legend_and_paths(tmp_path, capfd):
+    """At a tiny size, with the CPU memory measurement (torch's profiler) on every step and the
+    progress bar on: every line of stdout and stderr, C++ writes included, is one of them."""
+    args = [a for a in TINY if a != "--no-progress"]
+    methods = ["full", "lsh", "torch", "cce", "shared_neg1024"]
+    assert (
+        sweep.main(
+            [
+                *args,
+                "--out-dir",
+                str(tmp_path),
+                "--no-roofline",
+                "--n",
+                "300",
+                "--methods",
+                *methods,
+            ]
+        )
+        == 0
+    )
+    out, err = capfd.readouterr()
+    lines = out.splitlines() + [p for line in err.splitlines() for p in line.split("\r")]
+    odd = [ln for ln in lines if not (SWEEP_LINE.match(ln) or PROGRESS.match(ln))]
+    assert not odd, odd
+    assert sum(bool(PROGRESS.match(ln)) for ln in lines) >= 1
+    rows = [ln for ln in out.splitlines() if re.match(r"\s+300 ", ln)]
+    assert len(rows) == len(methods)  # one row per method, skipped cce included
 
 
 def test_sweep_lsh_variants_configure_the_index(tmp_path):
@@ -188,6 +229,7 @@ def _fixture_records() -> list[dict]:
                     max_ms=t,
                     amortised_ms=t,
                     peak_mem_bytes=(i + 1) * 2**20,
+                    top10_recall=0.5 if m in ("lsh", "faiss") else None,
                 )
             )
         recs.append(
@@ -240,6 +282,34 @@ def test_plot_draws_from_fixture(tmp_path):
         assert f.stat().st_size > 1000
 
 
+def test_plot_one_colour_per_method_legend_outside_and_a_quality_panel(tmp_path, monkeypatch):
+    colours = [str(plot.style(m)["color"]) for m in plot.ORDER]
+    assert len(set(colours)) == len(colours)
+    made = {}
+    real = plot.plt.subplots
+
+    def spy(*a, **k):
+        fig, ax = real(*a, **k)
+        made.setdefault("figs", []).append(fig)
+        return fig, ax
+
+    monkeypatch.setattr(plot.plt, "subplots", spy)
+    monkeypatch.setattr(plot.plt, "close", lambda fig: None)
+    res = tmp_path / "results"
+    res.mkdir()
+    (res / "fixture.jsonl").write_text("\n".join(json.dumps(r) for r in _fixture_records()))
+    plot.main(["--results", str(res), "--out-dir", str(tmp_path / "plots")])
+    fig = made["figs"][0]  # time_per_step.png
+    time_ax, quality_ax = fig.axes[0], fig.axes[1]
+    assert quality_ax.get_ylabel() == "recall of the exact top-10"
+    assert not time_ax.get_legend() and len(fig.legends) == 1
+    box = fig.legends[0].get_window_extent(fig.canvas.get_renderer())
+    for ax in fig.axes:  # the legend covers no panel
+        assert not box.overlaps(ax.get_window_extent(fig.canvas.get_renderer()))
+    drawn = {line.get_label() for line in quality_ax.get_lines()}
+    assert drawn and drawn <= {"faiss", "lsh", "faiss_shared", "lsh_shared"}
+
+
 def test_roofline_bound_is_never_beaten_by_the_bound_itself():
     w = roofline.sampled_fwd(N=256, M=1025, d=128, s=4)
     bw, fl = 1e10, 1e11
@@ -271,15 +341,11 @@ def test_step_profile_runs_its_stages_with_the_default_generator(tmp_path):
 
 
 def test_cpu_search_floor_runs_and_bounds_the_lsh_search(tmp_path):
-    """scripts/cpu_search_floor.py at toy size (planted only; no snapshot): one row, its
+    """bench.search_floor at toy size (planted only; no snapshot): one row, its
     lower bound the larger of the FLOP and byte bounds, every part timed."""
     pytest.importorskip("faiss")
-    import importlib.util
+    from bench import search_floor as mod
 
-    path = Path(__file__).resolve().parent.parent / "scripts" / "cpu_search_floor.py"
-    spec = importlib.util.spec_from_file_location("cpu_search_floor", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
     out = tmp_path / "floor.json"
     assert (
         mod.main(["--n", "20000", "--snapshot", str(tmp_path / "none.pt"), "--out", str(out)]) == 0

@@ -19,7 +19,7 @@ def test_candidates_planted_writes_a_record(tmp_path):
             "--queries",
             "64",
             "--only",
-            "uniform,today,faiss flat,clusters spherical lists=55 nprobe=8,simhash normalized",
+            "uniform,today,faiss flat,clusters spherical lists=55 nprobe=8",
             "--out",
             str(tmp_path),
         ]

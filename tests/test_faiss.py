@@ -133,7 +133,7 @@ def _masked_problem(n: int, selectable: int, d: int = 8, seed: int = 2):
 @pytest.mark.parametrize("kind", ["flat", "ivf", "ivfpq"])
 def test_masked_classes_never_enter_s(kind):
     """A -inf bias masks a class (a padded vocabulary): FAISS must not spend slots of S on
-    masked classes (before session 11 it returned them: they were indexed as zero rows)."""
+    masked classes (before 2026-12-01 06:00 it returned them: they were indexed as zero rows)."""
     n, k = 1500, 32
     w, bias, h, keep = _masked_problem(n, 700)  # 700 >= PQ_MIN_ROWS: a real ivfpq build
     index = FaissIndex(kind, nprobe=2).build(w, bias)
@@ -158,7 +158,7 @@ def test_search_returns_k_classes_whenever_the_index_holds_k_even_with_one_list_
 
 def test_nan_class_is_in_every_search_and_a_masked_class_is_not():
     """nonfinite.py's rule: the first class whose logit can be NaN/+inf joins every search;
-    a -inf bias only masks (it was taken for a non-finite class before session 11)."""
+    a -inf bias only masks (it was taken for a non-finite class before 2026-12-01 06:00)."""
     g = torch.Generator().manual_seed(4)
     w, h = torch.randn(300, 8, generator=g), torch.randn(6, 8, generator=g)
     bias = torch.zeros(300)

@@ -295,7 +295,7 @@ def test_real_build_paths_agree():
 
 @pytest.mark.cuda
 def test_cuda_search_is_sync_free():
-    """On CUDA, search_lists takes the list tiles (index/list_tiles.py, since the session-9
+    """On CUDA, search_lists takes the list tiles (index/list_tiles.py, since the 2026-12-01
     H200 run) with no host read (sync debug mode raises on one) and returns the CPU loop's
     ids on the same lists."""
     gen = torch.Generator().manual_seed(7)

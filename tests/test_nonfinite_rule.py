@@ -19,7 +19,7 @@ PATHS = (
     ]
     + [
         dict(method="lsh", lsh_generator=g, candidate_scheme=s)
-        for g in ("clusters", "simhash", "tables")
+        for g in ("clusters", "tables")
         for s in ("per_example", "shared_samples", "batch_union")
     ]
     + [

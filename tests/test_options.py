@@ -61,7 +61,7 @@ def test_options_validate_themselves_naming_the_option(make, name):
 
 
 def test_loss_options_take_numpy_ignore_index_and_full_smoothing():
-    """issue 20: any integer ignore_index (numpy's too, stored as a Python int), and
+    """Any integer ignore_index (numpy's too, stored as a Python int), and
     label_smoothing = 1 (torch accepts it: the loss is then the uniform-target term)."""
     import numpy as np
 

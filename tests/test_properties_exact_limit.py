@@ -1,4 +1,4 @@
-"""Property test (hypothesis, issue 20): with candidates covering every class, every path and
+"""Property test (hypothesis): with candidates covering every class, every path and
 candidate scheme equals F.cross_entropy in float64 to 1e-12 (loss and gradients), over target
 dtypes (int64, int32, uint8 where n <= 255, int16), ignore_index values, reductions, bias,
 label smoothing (full path), samplers and sparse gradients.

@@ -1,4 +1,4 @@
-"""Property test (hypothesis, issue 20): the estimator's Z-hat is unbiased for the partition
+"""Property test (hypothesis): the estimator's Z-hat is unbiased for the partition
 function under every sampler (uniform over the complement, uniform, log-uniform, class
 weights, class weights with near-zero entries) and every candidate scheme; zero weights raise.
 

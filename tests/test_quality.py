@@ -1,4 +1,4 @@
-"""target_mass and method="auto"'s quality rule (quality.py, index/quality.py, issue 18 part 3).
+"""target_mass and method="auto"'s quality rule (quality.py, index/quality.py).
 
 The planted problem: 40 tight groups of 50 rows; a query near a row of a group has the
 group's other rows as its largest non-target logits, so a candidate set that finds the

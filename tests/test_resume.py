@@ -14,7 +14,7 @@ from triton_softmax import SampledSoftmaxLoss
 N_CLASSES, DIM, BATCH, EVERY, STEPS = 300, 8, 6, 3, 8
 LSH = [
     dict(method="lsh", lsh_generator=g, candidate_scheme=s)
-    for g in ("clusters", "simhash", "tables")
+    for g in ("clusters", "tables")
     for s in ("per_example", "shared_samples", "batch_union")
 ] + [
     dict(method="lsh", candidate_scheme="bucket_shared", bucket_impl=impl)
@@ -135,10 +135,10 @@ def test_refresh_schedule_after_load_is_the_uninterrupted_one(method):
 
 @pytest.mark.parametrize(
     "other",
-    [dict(method="faiss"), dict(method="lsh", lsh_generator="simhash"), dict(method="full")],
+    [dict(method="faiss"), dict(method="lsh", lsh_generator="tables"), dict(method="full")],
 )
 def test_checkpoint_of_another_index_kind_raises_at_load_and_changes_nothing(other):
-    """Before: a clusters checkpoint loaded into a faiss or simhash module without error, and
+    """Before: a clusters checkpoint loaded into a faiss or SimHash-tables module without error, and
     the next forward raised AttributeError. A module with no index (full) ignores it."""
     src = _trained(4, lsh_generator="clusters")
     dst = _trained(2, **other)

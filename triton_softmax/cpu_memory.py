@@ -6,7 +6,7 @@ mmap and unmaps it when freed. A sampled step on a CPU allocates many such buffe
 gathered candidate rows, (N, M, d); the sparse gradient's rows; FAISS's and the clusters
 search's score buffers) and the first touch of every 4 KB page of each one is a page fault
 that the kernel answers with a zeroed page: at n = 1e6, N = 256, |S| = |T| = 512 on one
-thread the faults were half of the step (this project's CPU, session 8). Keeping freed
+thread the faults were half of the step (this project's CPU, 2026-11-30). Keeping freed
 blocks in the heap instead (no mmap for large blocks, no trimming of the heap's top) lets
 the next step reuse pages that are already mapped.
 

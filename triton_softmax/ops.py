@@ -98,7 +98,7 @@ def _fp64_or_softcap(*args, softcap: float = 0.0, **kwargs) -> bool:
 def _fp64_or_cuda(*args, **kwargs) -> bool:
     """Fallback rule of list_topk: _any_fp64, or CUDA tensors. On an H200 with triton 3.6
     the kernel's sort of packed (score, id) int64 keys returned one id of 40 from another
-    key (score right, id a class already listed; bench/results/gpu-h200-20261130-s9/), which
+    key (score right, id a class already listed; bench/results/gpu-h200-20261130-full/), which
     the interpreter never shows. Until a GPU run passes
     tests/test_cuda_kernels.py::test_list_topk_matches_twin, CUDA runs the twin (exact,
     sync-free, a padded gather and one batched product per chunk of queries). The clusters

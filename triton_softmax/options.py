@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from . import checks
-from .index.generators import DEFAULT_LSH_GENERATOR, LSH_GENERATORS
+from .index.generators import DEFAULT_LSH_GENERATOR, check_lsh_generator
 from .samplers import CategoricalSampler, Sampler
 
 SCHEMES = ("per_example", "shared_samples", "batch_union", "bucket_shared")
@@ -106,11 +106,11 @@ class SamplingOptions:
         as a dense product: the estimator stays exact per row), or "per_example" where only
         it is supported (softcap, a sharded module). An explicit scheme stays.
 
-        Measured on one thread (session 10): at n = 1e6, N = 256, |S| = 64, |T| = 1,024 a
+        Measured on one thread (2026-12-01): at n = 1e6, N = 256, |S| = 64, |T| = 1,024 a
         step with shared T is 2-4.5x faster (lsh 177 vs 371 ms, faiss ivfpq 50 vs 227 ms;
-        bench/results/step_profile-n1000000-N256-S64-T1024-20261201-s10cpu.json);
+        bench/results/step_profile-n1000000-N256-S64-T1024-20261201-defaults.json);
         WordNet synset, |S| = |T| = 64, 12 epochs: final P@1 0.982 vs 0.984 per-example at
-        33 vs 38 s per epoch (session 9)."""
+        33 vs 38 s per epoch (2026-12-01)."""
         if self.scheme != "auto":
             return self
         per_example = bool(loss.softcap) or shard is not None
@@ -131,8 +131,8 @@ class IndexOptions:
     the rows are re-assigned to the lists' current centroids while a full refresh also moves
     the centroids by warm Lloyd iterations: captured mass 0.428 vs 0.437 after 11 refreshes,
     bench/results/partial-refresh-clusters-cpu-20261207.json); seed: hyperplanes
-    and draws; lsh_generator: what the lsh path retrieves S with, "clusters" | "simhash"
-    (unions reranked by exact logits) | "tables" (LSHIndex,
+    and draws; lsh_generator: what the lsh path retrieves S with, "clusters" (k-means
+    lists, union reranked by exact logits) | "tables" (LSHIndex, SimHash tables
     ranked by collision count); None: "tables" under bucket_shared, else "clusters";
     target_mass in (0, 1) (sampled paths): at each refresh the captured softmax mass of the
     retrieved S is measured on the last training batch (up to 64 rows) and the clusters /
@@ -180,10 +180,8 @@ class IndexOptions:
             if isinstance(t, bool) or not isinstance(t, numbers.Real) or not 0.0 < t < 1.0:
                 raise ValueError(f"target_mass must be a float in (0, 1) or None, got {t!r}")
             _set(self, "target_mass", float(t))
-        if self.lsh_generator is not None and self.lsh_generator not in LSH_GENERATORS:
-            raise ValueError(
-                f"lsh_generator must be one of {LSH_GENERATORS}, got {self.lsh_generator!r}"
-            )
+        if self.lsh_generator is not None:
+            check_lsh_generator(self.lsh_generator)
         checks.check_index_options(
             method=self.method,
             lsh_bits=self.lsh_bits,

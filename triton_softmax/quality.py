@@ -1,4 +1,4 @@
-"""Quality as the knob: target_mass and method="auto"'s quality rule (issue 18, part 3).
+"""Quality as the knob: target_mass and method="auto"'s quality rule.
 
 The module keeps references to the first PROBE_ROWS rows of its last training batch (a view:
 no copy, no host sync per step). With a target (IndexOptions.target_mass, or under

@@ -20,9 +20,10 @@ def exact_topk(
     (N, 2k): no (N, n) buffer, and the big top-k runs over a cache-sized (N, chunk) block.
     chunk: classes per block (default on a CPU: about 2^22 logits, 16 MB, per block, at
     least k: at or below h @ W.T + topk for N = 64 ... 4096 at n = 1.2e5, where 2^20 was 2x
-    slower at N = 4096 and 10% faster at N <= 256; scripts/exact_topk_chunks.py. On a GPU
-    2^27 logits, 512 MB: there 2^22 (25 small chunks) was 3.9x slower than h @ W.T + topk
-    at N = 1024, n = 1e5 on an H200; bench/results/gpu-h200-20261130-s9-smoke/).
+    slower at N = 4096 and 10% faster at N <= 256; bench/results/exact_topk_chunks-20261130.json,
+    script at commit 192b72e). On a GPU 2^27 logits, 512 MB: there 2^22 (25 small chunks)
+    was 3.9x slower than h @ W.T + topk at N = 1024, n = 1e5 on an H200;
+    bench/results/gpu-h200-20261130-smoke/).
     """
     N, n = hidden.shape[0], weight.shape[0]
     k = min(k, n)

@@ -15,9 +15,8 @@ from .faiss import (
 )
 from .generators import make_generator
 from .simhash import LSHIndex, default_num_bits
-from .simhash_rerank import SimHashIndex
 
-Index = LSHIndex | FaissIndex | ClusterIndex | SimHashIndex
+Index = LSHIndex | FaissIndex | ClusterIndex
 
 
 def faiss_kind(faiss_index: str, n: int, device: torch.device | str | None = None) -> str:
@@ -25,10 +24,10 @@ def faiss_kind(faiss_index: str, n: int, device: torch.device | str | None = Non
     scored by fast-scan) where FAISS runs on the host, "ivf" where faiss-gpu serves CUDA
     weights (FAISS's GPU IVF-PQ has no fast-scan). An explicit kind stays.
 
-    ivfpq against IVF-Flat, same nlist and nprobe, one thread (session 10): WordNet synset,
+    ivfpq against IVF-Flat, same nlist and nprobe, one thread (2026-12-01): WordNet synset,
     6 epochs side by side, final P@1 0.984 vs 0.982 at 36 vs 58 s per epoch; its trained
     snapshot, recall of the exact top-32 0.250 vs 0.253, captured mass 0.153 vs 0.158, at
-    32 vs 230 ms per 1,024 queries (bench/results/*-s10ivfpq.json)."""
+    32 vs 230 ms per 1,024 queries (bench/results/*-20261201-ivfpq.json)."""
     if faiss_index != "auto":
         return faiss_index
     if n < 100_000:
@@ -57,8 +56,8 @@ def make_index(
 ) -> Index:
     """An unbuilt index for `method` ("lsh" or "faiss") with the library's defaults.
 
-    lsh_generator (issue 18): "tables" (or None) = LSHIndex (ranked by collision count), or
-    "clusters" / "simhash" (index/generators.py: unions reranked by exact logits);
+    lsh_generator: "tables" (or None) = LSHIndex (ranked by collision count), or
+    "clusters" (index/generators.py: k-means lists, union reranked by exact logits);
     rerank_copy: the clusters lists are scored from a copy of the rows taken at build (None:
     on a CPU, clusters.copy_rows_by_default); lsh_nprobe: clusters lists read per query."""
     if method == "lsh" and lsh_generator not in (None, "tables"):

@@ -14,7 +14,7 @@ approximate inner products; the loss scores the ids it returns with exact logits
 reading 32 bytes of codes per row instead of 512 makes its search about 7x faster than
 IVF-Flat at the same nprobe (16) on a CPU, at nearly the same quality on a trained model
 (WordNet synset snapshot, one thread: 32 vs 230 ms per 1,024 queries, recall of the exact
-top-32 0.250 vs 0.253; bench/results/candidates-synset-20261201-s10ivfpq.json).
+top-32 0.250 vs 0.253; bench/results/candidates-synset-20261201-ivfpq.json).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ import torch
 ASSIGN_CHUNK = 1 << 14  # rows per assignment matmul on CUDA
 # scores per assignment block on a CPU (4 MB): the product and its argmax stay in cache; at
 # c = 1,000 centroids, 200,000 keys, 1 thread, 1,048-row blocks took 1.0 s where 16,384-row
-# blocks took 2.7 s (AMD EPYC, session 7)
+# blocks took 2.7 s (AMD EPYC, 2026-11-30)
 ASSIGN_SCORES = 1 << 20
 
 

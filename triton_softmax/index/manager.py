@@ -346,7 +346,7 @@ def _kind(method: str, settings: dict) -> str:
     if method == "faiss":
         return f"({settings.get('kind')})"
     kind = settings.get("kind")
-    name = {"simhash": "simhash" if "probes" in settings else "tables"}.get(kind, kind)
+    name = {"simhash": "tables"}.get(kind, kind)
     if name == "tables":
         return f"(tables, K={settings.get('num_bits')} bits x L={settings.get('num_tables')})"
     return f"({name})"

@@ -1,4 +1,4 @@
-"""Captured softmax mass: how much of the exact softmax a candidate set holds (issue 18).
+"""Captured softmax mass: how much of the exact softmax a candidate set holds.
 
 For a query row with target y and candidate ids S, the captured mass is
 
@@ -21,7 +21,6 @@ from ..reference.sampled_logits import row_dots
 from .clusters import ClusterIndex
 from .faiss import FaissIndex
 from .rerank import dedupe_rows
-from .simhash_rerank import SimHashIndex
 
 CLASS_CHUNK = 1 << 16  # classes per block of the exact pass
 
@@ -95,7 +94,7 @@ def captured_mass(
 
 
 def _padded(index) -> bool:
-    return isinstance(index, (ClusterIndex, SimHashIndex))
+    return isinstance(index, ClusterIndex)
 
 
 def probe_ladder(index) -> list[int] | None:

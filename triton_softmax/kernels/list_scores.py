@@ -18,7 +18,7 @@ unpacked and stored: (N, p, k') scores and ids, never (N, p, largest list).
 Index arithmetic is int64 (row * stride passes 2^31 at large n d). No host read in the
 launcher beyond shapes and dtypes: it runs inside a training step.
 
-Not yet exact on a GPU: on an H200 with triton 3.6 (session 9) one fp32 case returned an
+Not yet exact on a GPU: on an H200 with triton 3.6 (2026-11-30) one fp32 case returned an
 id from another key at k' = 40 (tests/test_cuda_kernels.py::test_list_topk_matches_twin),
 so triton_softmax.ops runs the twin on CUDA tensors; the interpreter agrees with the twin.
 That run also timed the search (this kernel and its merge) at 49 ms of a 58 ms lsh step

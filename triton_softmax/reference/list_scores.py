@@ -24,7 +24,7 @@ from .sampled_logits import acc_dtype, row_dots
 # rows of one gather (chunk x p x max_list x d floats) are bounded by this many: ~64 MiB fp32
 # on a CPU (cache-sized blocks), ~512 MiB on a GPU, where each chunk costs a few launches
 # and at n = 10^6, N = 4096, p = 16 the CPU bound would mean thousands of them per search
-# (this twin is the CUDA path of ops.list_topk since session 9)
+# (this twin is the CUDA path of ops.list_topk since 2026-12-01)
 GATHER_FLOATS = 1 << 24
 GATHER_FLOATS_CUDA = 1 << 27
 

@@ -35,7 +35,7 @@ def row_dots(rows: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
 
     As (N, 1, d) x (N, d, M): on a CPU this runs 1.9-3.0x faster than (N, M, d) x (N, d, 1)
     (1.2 vs 3.2 ms at N = 256, M = 65, d = 128; 64 vs 124 ms at 2 x 300,000 x 128; one
-    thread; scripts/row_dots_ab.py, bench/results/row_dots_ab-20261201-s10.json)."""
+    thread; bench/results/row_dots_ab-20261201.json)."""
     return torch.bmm(h.unsqueeze(1), rows.transpose(1, 2)).squeeze(1)
 
 
