@@ -14,6 +14,15 @@ method in turn:
            same number of scored classes per example as faiss/lsh), each with weight
            (n - 1) / (|S| - 1 + |T|): sampled_softmax_from_candidates with no retrieved ids
 
+--task pycode (triton_softmax/data/pycode.py): next-token prediction over the Python
+standard library's source on this machine (about 1.2e5 Zipfian classes, 7.7M training
+tokens, held-out files); the model embeds each of the --context previous tokens
+(--context-embed-dim each), concatenates them and runs the same MLP. Each evaluation is on
+--eval-examples held-out positions: exact NLL over all classes and its perplexity
+(heldout_nll, heldout_ppl), P@1 and P@5 (p1 / p5 are the held-out ones for this task).
+--eval-at 30,60,120 evaluates at the first step past each training wall-clock budget, so
+runs are compared at budgets, not epochs (scripts/budget_table.py prints the table).
+
 A method may carry its own refresh interval: "lsh@20" refreshes the index every 20 steps.
 
 Same for every method: the seed (so the same initial weights), the data order (one seeded
