@@ -490,6 +490,8 @@ def run_one(data: Data, data_info: dict, spec: str, args, session: str) -> dict:
         label = f"shared_neg-K{args.shared_negatives}"
     elif getattr(args, "candidate_scheme", "per_example") != "per_example" and method != "uniform":
         label += f"-{args.candidate_scheme}"
+        if args.num_uniform != 64 and getattr(args, "search_min_mass", None) is None:
+            label += f"-T{args.num_uniform}"  # a shared T's size is the run's identity
     if getattr(args, "search_min_mass", None) is not None and method in ("faiss", "lsh"):
         label += f"-T{args.num_uniform}-min{args.search_min_mass:g}"
     if getattr(args, "rerank_copy", "auto") != "auto" and method == "lsh":
