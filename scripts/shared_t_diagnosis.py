@@ -178,6 +178,17 @@ def adam_push(n=120_089, N=1024, T=64, shared_sizes=(64, 1024), steps=20_000, se
     return res
 
 
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip() + f", {os.cpu_count()} vCPUs"
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     date = datetime.date.today().strftime("%Y%m%d")
@@ -186,7 +197,7 @@ def main() -> None:
     torch.set_num_threads(1)
     rec = dict(
         kind="shared_t_diagnosis",
-        machine=platform.processor() or platform.machine(),
+        machine=_cpu_model(),
         torch=torch.__version__,
         load_start=list(os.getloadavg()),
         unbiasedness=unbiasedness(),
