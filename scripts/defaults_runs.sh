@@ -16,7 +16,7 @@ B=${BUDGET:-240}  # seconds of training per run; EVAL_AT: budgets evaluated
 common=(--epochs 1 --time-limit "$B" --eval-at "${EVAL_AT:-30,60,120,180,240}" --evals-per-epoch 1
   --threads 1 --no-progress --out "$OUT" --session "$S")
 pycode() { python3 -m bench.accuracy --task pycode --eval-examples 2048 "${common[@]}" "$@"; }
-synset() { python3 -m bench.accuracy --task wordnet-synset --eval-examples 4096 "${common[@]}" "$@"; }
+synset() { python3 -m bench.accuracy --task wordnet-synset --eval-examples 4096 "${common[@]}" --epochs 12 "$@"; }
 case "$1" in
   pycode-faiss)
     pycode --methods faiss --candidate-scheme per_example &
