@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${2:-bench/results}
-S=${SESSION:-cpu-$(date -u +%Y%m%d)}
+S=${SESSION:-cpu-$1-$(date -u +%Y%m%d)}  # one name per pair: records never overwrite
 B=${BUDGET:-240}  # seconds of training per run; EVAL_AT: budgets evaluated
 common=(--epochs 1 --time-limit "$B" --eval-at "${EVAL_AT:-30,60,120,180,240}" --evals-per-epoch 1
   --threads 1 --no-progress --out "$OUT" --session "$S")
