@@ -4,6 +4,7 @@
 # fixed training wall-clock budgets. Usage: bash scripts/defaults_runs.sh PAIR [OUT]
 #   pycode-faiss      faiss: per_example beside one shared T of 1,024
 #   pycode-base       the hand-written baseline (K = 1,024) beside the exact softmax
+#   pycode-full       faiss per_example (the default since 2026-12-07) beside the exact softmax
 #   pycode-shared64   faiss with one shared T of 64 (the default until 2026-12-07) beside per_example
 #   pycode-lsh        lsh: per_example beside a shared T of 64
 #   synset-faiss      WordNet synset, faiss: per_example beside a shared T of 64
@@ -23,6 +24,9 @@ case "$1" in
     pycode --methods faiss --candidate-scheme shared_samples --num-uniform 1024 ;;
   pycode-base)
     pycode --methods shared_neg --shared-negatives 1024 &
+    pycode --methods full ;;
+  pycode-full)
+    pycode --methods faiss --candidate-scheme auto &
     pycode --methods full ;;
   pycode-shared64)
     pycode --methods faiss --candidate-scheme shared_samples &
