@@ -17,7 +17,7 @@ import json
 
 def at_budget(curve: list[dict], budget: float, key: str) -> tuple[float, int] | None:
     for p in curve:
-        if p["wall_s"] >= budget - 1e-9 and p["step"] > 0:
+        if p["wall_s"] >= budget - 1e-9 and p["step"] > 0 and key in p:
             return p[key], p["step"]
     return None
 
