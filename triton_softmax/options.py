@@ -118,7 +118,10 @@ class SamplingOptions:
         perplexity after 2 / 4 / 10 min per-example 161 / 110 / 85, shared T 234 / 187 / 111,
         and the shared T's rose twice by 19-22% between evaluations (157 -> 187, 143 -> 174)
         where per-example's moved by at most +2%; P@1 0.396 vs 0.375 after 10 min
-        (bench/results/accuracy-pycode-*-cpu-600s-20261207.json)."""
+        (bench/results/accuracy-pycode-*-cpu-600s-20261207.json). On WordNet synset (near-
+        uniform classes, faiss, same sizes, 4 min) the two tie by 4 min (P@1 0.962 vs 0.968)
+        and the shared T leads the first minute (0.43 vs 0.57 at 1 min, 0.96 vs 0.88 at 2):
+        bench/results/accuracy-wordnet-synset-*-cpu-synset-20261207.json."""
         if self.scheme != "auto":
             return self
         return dataclasses.replace(self, scheme="per_example")
