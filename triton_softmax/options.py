@@ -120,7 +120,8 @@ class SamplingOptions:
         where per-example's moved by at most +2%; P@1 0.396 vs 0.375 after 10 min
         (bench/results/accuracy-pycode-*-cpu-600s-20261207.json). On WordNet synset (near-
         uniform classes, faiss, same sizes, 4 min) the two tie by 4 min (P@1 0.962 vs 0.968)
-        and the shared T leads the first minute (0.43 vs 0.57 at 1 min, 0.96 vs 0.88 at 2):
+        and the shared T leads the first minute (per-example vs shared: 0.43 vs 0.57 at 1 min,
+        0.96 vs 0.88 at 2 min):
         bench/results/accuracy-wordnet-synset-*-cpu-synset-20261207.json."""
         if self.scheme != "auto":
             return self
