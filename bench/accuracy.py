@@ -14,6 +14,15 @@ method in turn:
            same number of scored classes per example as faiss/lsh), each with weight
            (n - 1) / (|S| - 1 + |T|): sampled_softmax_from_candidates with no retrieved ids
 
+--task pycode (triton_softmax/data/pycode.py): next-token prediction over the Python
+standard library's source on this machine (about 1.2e5 Zipfian classes, 7.7M training
+tokens, held-out files); the model embeds each of the --context previous tokens
+(--context-embed-dim each), concatenates them and runs the same MLP. Each evaluation is on
+--eval-examples held-out positions: exact NLL over all classes and its perplexity
+(heldout_nll, heldout_ppl), P@1 and P@5 (p1 / p5 are the held-out ones for this task).
+--eval-at 30,60,120 evaluates at the first step past each training wall-clock budget, so
+runs are compared at budgets, not epochs (scripts/budget_table.py prints the table).
+
 A method may carry its own refresh interval: "lsh@20" refreshes the index every 20 steps.
 
 Same for every method: the seed (so the same initial weights), the data order (one seeded
@@ -63,7 +72,7 @@ from triton_softmax import SampledSoftmaxLoss, exact_topk, sampled_softmax_from_
 from triton_softmax.checks import FAISS_INDEX_KINDS
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-TASKS = ("wordnet-synset", "wordnet-lemma", "teacher")
+TASKS = ("wordnet-synset", "wordnet-lemma", "teacher", "pycode")
 METHODS = ("full", "faiss", "lsh", "uniform", "shared_neg")
 # --rerank-copy: the rerank_copy it sets on the lsh runs (auto: the library's default)
 RERANK_COPY = {"auto": None, "true": True, "false": False}
@@ -88,10 +97,14 @@ class Data:
         if self.kind == "text":
             bags = self.task.train if split == "train" else self.task.heldout
             return bags.batch(idx)
+        if self.kind == "context":
+            return (self.task.contexts(idx, split),)
         x = self.task.train_x if split == "train" else self.task.heldout_x
         return (x[idx],)
 
     def num_heldout(self) -> int:
+        if self.kind == "context":
+            return self.task.num_examples("heldout")
         return int(self.task.heldout_label_sets.shape[0]) if self.has_heldout else 0
 
 
@@ -109,6 +122,9 @@ def load_data(args) -> tuple[Data, dict]:
             seed=args.seed,
         )
         d = Data(task, "text")
+    elif args.task == "pycode":
+        task = tsd.pycode_task(context=args.context)
+        d = Data(_ContextView(task), "context")
     else:
         task = tsd.make_teacher_task(
             num_classes=args.max_classes or 100_000,
@@ -127,6 +143,8 @@ def load_data(args) -> tuple[Data, dict]:
         if d.kind == "text":
             b = task.train
             task.train = type(b)(b.tokens, b.starts[keep], b.lengths[keep])
+        elif d.kind == "context":
+            raise SystemExit("--max-examples is not supported for --task pycode")
         else:
             task.train_x = task.train_x[keep]
         d.train_labels = d.train_labels[keep]
@@ -138,7 +156,7 @@ def load_data(args) -> tuple[Data, dict]:
         train_examples=d.num_train,
         heldout_examples=d.num_heldout(),
     )
-    if d.kind == "text":
+    if d.kind in ("text", "context"):
         info["vocab"] = len(task.vocab)
     else:
         info.update(
@@ -149,6 +167,24 @@ def load_data(args) -> tuple[Data, dict]:
             sigma=task.sigma,
         )
     return d, info
+
+
+class _ContextView:
+    """PyCodeTask as Data reads a task: labels and label sets as attributes."""
+
+    def __init__(self, task):
+        self.task = task
+        self.name, self.vocab, self.info = task.name, task.vocab, task.info
+        self.num_classes = task.num_classes
+        self.train_labels = task.labels("train")
+        self.train_label_sets = self.train_labels.unsqueeze(1)
+        self.heldout_label_sets = task.labels("heldout").unsqueeze(1)
+
+    def contexts(self, idx: torch.Tensor, split: str = "train") -> torch.Tensor:
+        return self.task.contexts(idx, split)
+
+    def num_examples(self, split: str = "train") -> int:
+        return self.task.num_examples(split)
 
 
 # ---- model -----------------------------------------------------------------------------------
@@ -179,6 +215,9 @@ class Model(nn.Module):
                 len(data.task.vocab), args.embed_dim, mode="mean", sparse=True
             )
             in_dim = args.embed_dim
+        elif data.kind == "context":  # one embedding per position, concatenated
+            self.embed = nn.Embedding(len(data.task.vocab), args.context_embed_dim, sparse=True)
+            in_dim = args.context * args.context_embed_dim
         else:
             self.embed = None
             in_dim = data.task.dim
@@ -211,7 +250,7 @@ class Model(nn.Module):
 
     def hidden(self, *inputs) -> torch.Tensor:
         x = self.embed(*inputs) if self.embed is not None else inputs[0]
-        return self.mlp(x)
+        return self.mlp(x.flatten(1))
 
     def loss(self, inputs, target: torch.Tensor) -> torch.Tensor:
         h = self.hidden(*inputs)
@@ -287,6 +326,45 @@ def evaluate(
     return hits1 / n, hits5 / n
 
 
+@torch.no_grad()
+def evaluate_nll(
+    model: Model, data: Data, idx: torch.Tensor, split: str = "heldout", batch: int = 1024
+) -> dict:
+    """Exact softmax over all classes on examples idx: mean NLL (nats), perplexity exp(NLL),
+    P@1 and P@5 (one pass: per chunk of classes the logits' log-sum-exp and top-5)."""
+    model.eval()
+    W = model.output.weight.detach()
+    b = model.output.bias.detach() if model.output.bias is not None else None
+    labels = data.train_labels if split == "train" else data.task.heldout_label_sets[:, 0]
+    nll = 0.0
+    hits1 = hits5 = 0
+    for a in range(0, idx.numel(), batch):
+        ib = idx[a : a + batch]
+        h = model.hidden(*data.inputs(ib, split)).float()
+        y = labels[ib]
+        lse = torch.full((h.shape[0],), float("-inf"))
+        best_s = torch.full((h.shape[0], 0), float("-inf"))
+        best_i = torch.zeros((h.shape[0], 0), dtype=torch.int64)
+        for lo in range(0, W.shape[0], 16384):  # one product per chunk: lse and top-5
+            z = h @ W[lo : lo + 16384].float().T
+            if b is not None:
+                z = z + b[lo : lo + 16384].float()
+            lse = torch.logaddexp(lse, torch.logsumexp(z, 1))
+            s, i = torch.topk(z, min(5, z.shape[1]), 1)
+            best_s, pos = torch.topk(
+                torch.cat([best_s, s], 1), min(5, best_s.shape[1] + s.shape[1]), 1
+            )
+            best_i = torch.cat([best_i, i + lo], 1).gather(1, pos)
+        z_y = (h * W[y].float()).sum(1) + (b[y].float() if b is not None else 0.0)
+        nll += float((lse - z_y).sum())
+        hit = best_i == y.unsqueeze(1)
+        hits1 += int(hit[:, 0].sum())
+        hits5 += int(hit.any(1).sum())
+    model.train()
+    m = max(idx.numel(), 1)
+    return dict(nll=nll / m, ppl=math.exp(nll / m), p1=hits1 / m, p5=hits5 / m)
+
+
 # ---- one run ---------------------------------------------------------------------------------
 def _versions() -> dict:
     v = dict(
@@ -340,10 +418,16 @@ def run_one(data: Data, data_info: dict, spec: str, args, session: str) -> dict:
     eval_idx = torch.randperm(N, generator=eval_gen)[: args.eval_examples].sort().values
     eval_sets = data.train_label_sets[eval_idx]
     held_idx = held_sets = None
-    if data.has_heldout:
+    if data.kind == "context":  # a seeded sample of held-out positions
+        held_gen = torch.Generator().manual_seed(args.seed + 3)
+        held_idx = torch.randperm(data.num_heldout(), generator=held_gen)[: args.eval_examples]
+        held_idx = held_idx.sort().values
+    elif data.has_heldout:
         held_idx = torch.arange(min(data.num_heldout(), args.eval_examples))
         held_sets = data.task.heldout_label_sets[held_idx]
     every = max(1, math.ceil(steps_per_epoch / args.evals_per_epoch))
+    # wall-clock budgets (s) at which to evaluate as well: the first step that reaches each
+    eval_at = sorted(float(x) for x in (args.eval_at or "").split(",") if x.strip())
 
     wall = 0.0
     eval_seconds = 0.0
@@ -354,6 +438,25 @@ def run_one(data: Data, data_info: dict, spec: str, args, session: str) -> dict:
     def point(epoch: float, step: int, loss: float) -> None:
         nonlocal eval_seconds
         t0 = time.perf_counter()
+        if data.kind == "context":  # held-out only: exact NLL, perplexity, P@1, P@5
+            ev = evaluate_nll(model, data, held_idx)
+            eval_seconds += time.perf_counter() - t0
+            curve.append(
+                dict(
+                    epoch=round(epoch, 4),
+                    step=step,
+                    wall_s=wall,
+                    p1=ev["p1"],
+                    p5=ev["p5"],
+                    heldout_p1=ev["p1"],
+                    heldout_p5=ev["p5"],
+                    heldout_nll=ev["nll"],
+                    heldout_ppl=ev["ppl"],
+                    loss=loss,
+                    load1=os.getloadavg()[0],
+                )
+            )
+            return
         p1, p5 = evaluate(model, data, eval_idx, eval_sets)
         rec = dict(
             epoch=round(epoch, 4),
@@ -387,6 +490,8 @@ def run_one(data: Data, data_info: dict, spec: str, args, session: str) -> dict:
         label = f"shared_neg-K{args.shared_negatives}"
     elif getattr(args, "candidate_scheme", "per_example") != "per_example" and method != "uniform":
         label += f"-{args.candidate_scheme}"
+        if args.num_uniform != 64 and getattr(args, "search_min_mass", None) is None:
+            label += f"-T{args.num_uniform}"  # a shared T's size is the run's identity
     if getattr(args, "search_min_mass", None) is not None and method in ("faiss", "lsh"):
         label += f"-T{args.num_uniform}-min{args.search_min_mass:g}"
     if getattr(args, "rerank_copy", "auto") != "auto" and method == "lsh":
@@ -432,7 +537,10 @@ def run_one(data: Data, data_info: dict, spec: str, args, session: str) -> dict:
             e_wall += dt
             step += 1
             loss_sum, loss_n = loss_sum + lv, loss_n + 1
-            if (s + 1) % every == 0 or s + 1 == steps_per_epoch:
+            due = bool(eval_at) and wall >= eval_at[0]
+            while eval_at and wall >= eval_at[0]:
+                eval_at.pop(0)
+            if due or (s + 1) % every == 0 or s + 1 == steps_per_epoch:
                 point(epoch + (s + 1) / steps_per_epoch, step, loss_sum / loss_n)
                 loss_sum, loss_n = 0.0, 0
                 bar.set_postfix(p1=f"{curve[-1]['p1']:.3f}", wall=f"{wall:.0f}s")
@@ -465,7 +573,7 @@ def run_one(data: Data, data_info: dict, spec: str, args, session: str) -> dict:
         process_cpu_s=cpu_s,
         eval_seconds=eval_seconds,
         eval=dict(
-            train_examples=int(eval_idx.numel()),
+            train_examples=0 if data.kind == "context" else int(eval_idx.numel()),
             heldout_examples=int(held_idx.numel()) if held_idx is not None else 0,
             points_per_epoch=args.evals_per_epoch,
             exact=True,
@@ -717,6 +825,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="SampledSoftmaxLoss faiss_index of the faiss runs (auto: the library's default)",
     )
     p.add_argument("--eval-examples", type=int, default=8192)
+    p.add_argument(
+        "--eval-at",
+        default=None,
+        help="comma list of training wall seconds at which to evaluate too (the first step "
+        "at or past each), e.g. 30,60,120,240",
+    )
+    p.add_argument("--context", type=int, default=8, help="pycode: tokens of context")
+    p.add_argument(
+        "--context-embed-dim", type=int, default=32, help="pycode: embedding size per position"
+    )
     p.add_argument("--evals-per-epoch", type=int, default=2)
     p.add_argument(
         "--lsh-generator",

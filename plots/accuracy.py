@@ -54,6 +54,7 @@ def plot_session(records: list[dict], path: str) -> str:
     import matplotlib.pyplot as plt
 
     heldout = any("heldout_p1" in r["final"] for r in records)
+    ppl = any("heldout_ppl" in r["final"] for r in records)  # pycode: perplexity panel
     ncols = 3 if heldout else 2
     fig, axes = plt.subplots(1, ncols, figsize=(6.2 * ncols, 4.8), squeeze=False)
     seen: dict[str, int] = {}
@@ -78,7 +79,10 @@ def plot_session(records: list[dict], path: str) -> str:
             marker=".",
             label=name,
         )
-        if heldout and "heldout_p1" in r["final"]:
+        if ppl and "heldout_ppl" in r["final"]:
+            pts = [(p["wall_s"], p["heldout_ppl"]) for p in r["curve"] if p["step"] > 0]
+            axes[0][2].plot(*zip(*pts), color=color, ls=ls, marker=".", label=name)
+        elif heldout and "heldout_p1" in r["final"]:
             axes[0][2].plot(
                 t, [p["heldout_p1"] for p in r["curve"]], color=color, ls=ls, marker=".", label=name
             )
@@ -100,14 +104,22 @@ def plot_session(records: list[dict], path: str) -> str:
     loads = [x for r in records for x in (r["load_avg_start"][0], r["load_avg_end"][0])]
     data = r0["data"]
     what = "training glosses" if r0["task"] == "wordnet-synset" else "training examples"
+    n_eval = r0["eval"]["train_examples"]
+    if ppl:
+        what, n_eval = "held-out positions", r0["eval"]["heldout_examples"]
     axes[0][0].set_title(
-        f"{r0['task']}: {data['num_classes']:,} classes, exact P@1 on "
-        f"{r0['eval']['train_examples']:,} {what}",
-        fontsize=9,
+        f"{r0['task']}: {data['num_classes']:,} classes, exact P@1 on {n_eval:,} {what}", fontsize=9
     )
     axes[0][0].set_ylabel("P@1 (exact softmax)")
     axes[0][1].set_title("the same P@1 against epochs (free of the machine's load)", fontsize=9)
-    if heldout:
+    if ppl:
+        axes[0][2].set_title(
+            f"held-out perplexity, exact over all classes ({r0['eval']['heldout_examples']:,} "
+            "positions; log scale)",
+            fontsize=9,
+        )
+        axes[0][2].set_yscale("log")
+    elif heldout:
         axes[0][2].set_title(
             f"held-out P@1 ({r0['eval']['heldout_examples']:,} examples)", fontsize=9
         )

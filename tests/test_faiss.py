@@ -74,7 +74,7 @@ def test_ivfpq_through_the_loss_trains_and_explains_itself():
         weight=W, method="faiss", faiss_index="ivfpq", num_candidates=16, num_uniform=16
     )
     assert "ivfpq" in layer.explain() and "approximate ranking" in layer.explain()
-    assert "one T shared by the batch" in layer.explain()  # candidate_scheme="auto"
+    assert "per-example T" in layer.explain()  # candidate_scheme="auto"
     h = torch.randn(N, d, generator=g, requires_grad=True)
     y = torch.randint(0, n, (N,), generator=g)
     loss = layer(h, y)

@@ -247,10 +247,11 @@ def test_old_names_still_import():
         assert getattr(triton_softmax, name) is not None
 
 
-def test_default_candidate_scheme_shares_t_where_the_estimator_allows_it():
+def test_default_candidate_scheme_is_per_example_t():
+    """auto -> per_example since 2026-12-07 (a T shared by the batch trained worse per
+    second under Adam: tests/test_default_scheme_coverage.py)."""
     kw = dict(method="uniform", num_candidates=4, num_uniform=8)
-    assert SampledSoftmaxLoss(50, 4, **kw).sampling_options.scheme == "shared_samples"
-    # softcap and a sharded module support only per-example T: auto falls back to it
+    assert SampledSoftmaxLoss(50, 4, **kw).sampling_options.scheme == "per_example"
     assert SampledSoftmaxLoss(50, 4, softcap=5.0, **kw).sampling_options.scheme == "per_example"
     sharded = SampledSoftmaxLoss(50, 4, shard=ShardSpec(), num_candidates=4, num_uniform=8)
     assert sharded.sampling_options.scheme == "per_example"
@@ -264,8 +265,11 @@ def test_default_candidate_scheme_shares_t_where_the_estimator_allows_it():
         inspect.signature(triton_softmax.sampled_softmax_cross_entropy).parameters["scheme"].default
         == "per_example"
     )
-    # what runs is one T for the batch: the step draws |T| ids, not N x |T|
+    # explain() says which ran: per-example T by default, the shared T when asked for
     m = SampledSoftmaxLoss(50, 4, **kw)
-    assert "one T shared by the batch" in m.explain()
-    per_example = SampledSoftmaxLoss(50, 4, candidate_scheme="per_example", **kw)
-    assert "one T shared by the batch" not in per_example.explain()
+    assert "one T shared by the batch" not in m.explain()
+    assert "per-example T" in m.explain() and "candidate_scheme='auto' -> per_example" in (
+        m.explain()
+    )
+    shared = SampledSoftmaxLoss(50, 4, candidate_scheme="shared_samples", **kw)
+    assert "one T shared by the batch" in shared.explain()

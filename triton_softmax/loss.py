@@ -83,8 +83,9 @@ class SampledSoftmaxLoss(nn.Module):
     drift_every=, group=, bounds=, ...), which overrides that field of a given object.
 
     method: "auto" | "full" | "faiss" | "lsh" | "uniform" (no index: S = {target}, T uniform);
-    candidate_scheme "auto" (default): one T shared by the batch ("shared_samples"), or
-    "per_example" under softcap or sharding (SamplingOptions.resolved); num_candidates |S|;
+    candidate_scheme "auto" (default): "per_example", each row its own |T| uniform draws from
+    outside its S ("shared_samples", one T for the batch, has a faster step but trains worse
+    per second under Adam: SamplingOptions.resolved says why); num_candidates |S|;
     num_uniform |T|; lsh_bits K (None: from n, L, |S|), lsh_tables L; faiss_index "auto" |
     "flat" | "ivf" | "ivfpq" (4-bit PQ codes, fast-scan) with faiss_nlist / faiss_nprobe;
     sparse_grad: the weight gradient is a sparse tensor of candidate rows (use
@@ -154,6 +155,7 @@ class SampledSoftmaxLoss(nn.Module):
         given = dict(loss=loss, sampling=sampling, index=index, drift=drift, grad=grad)
         opts = from_kwargs(dict(given, shard=shard), flat_options, type(self).__name__)
         self.loss_options: LossOptions = opts["loss"]
+        self._scheme_asked = opts["sampling"].scheme  # explain() says why "auto" resolved so
         opts["sampling"] = opts["sampling"].resolved(opts["loss"], opts["shard"])  # "auto"
         self.sampling_options: SamplingOptions = opts["sampling"]
         self.drift_options: DriftOptions = opts["drift"]
@@ -265,7 +267,12 @@ class SampledSoftmaxLoss(nn.Module):
         c = self.choice(batch, dtype)
         return (
             c.explain()
-            + self.manager.explain(c.method, self.num_uniform, self.sampling_options.scheme)
+            + self.manager.explain(
+                c.method,
+                self.num_uniform,
+                self.sampling_options.scheme,
+                auto=getattr(self, "_scheme_asked", None) == "auto",
+            )
             + self.quality.explain(self.index_options, c)
             + memory_hint(c.method, self.weight)
         )

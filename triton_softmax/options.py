@@ -102,19 +102,30 @@ class SamplingOptions:
             )
 
     def resolved(self, loss: LossOptions, shard: ShardSpec | None) -> SamplingOptions:
-        """scheme "auto" -> "shared_samples" (each row its own S, one T for the batch scored
-        as a dense product: the estimator stays exact per row), or "per_example" where only
-        it is supported (softcap, a sharded module). An explicit scheme stays.
+        """scheme "auto" -> "per_example": each row its own S and its own |T| uniform draws
+        from the complement of S (exact weights (n - |S_i|) / |T|). An explicit scheme stays.
 
-        Measured on one thread (2026-12-01): at n = 1e6, N = 256, |S| = 64, |T| = 1,024 a
-        step with shared T is 2-4.5x faster (lsh 177 vs 371 ms, faiss ivfpq 50 vs 227 ms;
-        bench/results/step_profile-n1000000-N256-S64-T1024-20261201-defaults.json);
-        WordNet synset, |S| = |T| = 64, 12 epochs: final P@1 0.982 vs 0.984 per-example at
-        33 vs 38 s per epoch (2026-12-01)."""
+        Why not one T shared by the batch (the "auto" of 2026-12-01 to 2026-12-07), though
+        its step is 2-4.5x faster: it is unbiased per row, but a class outside S gets a
+        gradient once every n / |T| steps (N rows' worth at once) instead of small pieces
+        about every n / (N |T|) steps, and Adam divides each coordinate by its recent RMS,
+        so the rare spike moves the row ~40x less per step (n = 120,089, N = 1,024,
+        |T| = 64: 0.013 vs 0.59 of a steady gradient's move; SparseAdam 0.003 vs 0.41;
+        bench/results/shared-t-diagnosis-cpu-20261207.json). Classes outside every S are
+        barely pushed down while targets are pushed up. Measured on the stdlib next-token task
+        (bench.accuracy --task pycode, 120,089 classes, faiss ivfpq, |S| = |T| = 64, N = 1,024,
+        Adam, one thread, Intel Xeon 2.6 GHz shared by other jobs, 2026-12-07): held-out
+        perplexity after 2 / 4 / 10 min per-example 161 / 110 / 85, shared T 234 / 187 / 111,
+        and the shared T's rose twice by 19-22% between evaluations (157 -> 187, 143 -> 174)
+        where per-example's moved by at most +2%; P@1 0.396 vs 0.375 after 10 min
+        (bench/results/accuracy-pycode-*-cpu-600s-20261207.json). On WordNet synset (near-
+        uniform classes, faiss, same sizes, 4 min) the two tie by 4 min (P@1 0.962 vs 0.968)
+        and the shared T leads the first minute (per-example vs shared: 0.43 vs 0.57 at 1 min,
+        0.96 vs 0.88 at 2 min):
+        bench/results/accuracy-wordnet-synset-*-cpu-synset-20261207.json."""
         if self.scheme != "auto":
             return self
-        per_example = bool(loss.softcap) or shard is not None
-        return dataclasses.replace(self, scheme="per_example" if per_example else "shared_samples")
+        return dataclasses.replace(self, scheme="per_example")
 
     @property
     def uniform(self) -> bool:

@@ -1,5 +1,7 @@
-"""Data for the accuracy benchmark: WordNet reverse-dictionary tasks and a synthetic teacher."""
+"""Data for the accuracy benchmark: WordNet reverse-dictionary tasks, a synthetic teacher and a
+Zipfian next-token task over the Python standard library's source (pycode)."""
 
+from .pycode import PyCodeTask, pycode_task
 from .teacher import TeacherTask, make_teacher_task
 from .wordnet import (
     Bags,
@@ -14,12 +16,14 @@ from .wordnet import (
 
 __all__ = [
     "Bags",
+    "PyCodeTask",
     "Synset",
     "TeacherTask",
     "TextTask",
     "WordNetNotFound",
     "lemma_task",
     "make_teacher_task",
+    "pycode_task",
     "read_synsets",
     "synset_task",
     "tokenize",

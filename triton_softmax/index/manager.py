@@ -63,7 +63,11 @@ class IndexManager:
         return self.options.seed
 
     def explain(
-        self, method: str, num_uniform: int | None = None, scheme: str | None = None
+        self,
+        method: str,
+        num_uniform: int | None = None,
+        scheme: str | None = None,
+        auto: bool = False,
     ) -> str:
         text = describe(method, self.rows, self.num_candidates, self.options, self.device)
         excluded = getattr(self.index, "num_excluded", 0) if self.method == method else 0
@@ -73,7 +77,22 @@ class IndexManager:
                 "non-finite one is added to every search)"
             )
         if method != "full" and scheme == "shared_samples":
-            text += "; one T shared by the batch (a dense product), draws in a row's S removed"
+            text += (
+                f"; one T shared by the batch ({num_uniform} draws, a dense N x {num_uniform} "
+                "product), draws in a row's S removed, weight n / |T|"
+            )
+        elif method != "full" and scheme == "per_example" and num_uniform:
+            text += (
+                f"; per-example T: each row draws |T| = {num_uniform} classes uniformly from "
+                "outside its S, weight (n - |S_i|) / |T|"
+            )
+        if method != "full" and auto and scheme == "per_example" and num_uniform:
+            text += (
+                " (candidate_scheme='auto' -> per_example; why: N x |T| classes pushed down a "
+                "step; a T shared by the batch pushes |T|, and under Adam its rare large "
+                "gradients trained worse per second: held-out perplexity rose on the stdlib "
+                "next-token task; SamplingOptions.resolved)"
+            )
         if method != "full" and num_uniform == 0 and self.num_candidates < self.rows:
             text += (
                 "; num_uniform=0: a softmax over the retrieved S only, not an estimate of the "
