@@ -21,7 +21,7 @@ tokens, held-out files); the model embeds each of the --context previous tokens
 --eval-examples held-out positions: exact NLL over all classes and its perplexity
 (heldout_nll, heldout_ppl), P@1 and P@5 (p1 / p5 are the held-out ones for this task).
 --eval-at 30,60,120 evaluates at the first step past each training wall-clock budget, so
-runs are compared at budgets, not epochs (scripts/budget_table.py prints the table).
+runs are compared at budgets, not epochs (python3 -m bench.budget_table prints the table).
 
 A method may carry its own refresh interval: "lsh@20" refreshes the index every 20 steps.
 

@@ -47,6 +47,7 @@ SWEEP_ORDER = [
     "shared_neg1024",
     "shared_neg_matched",
 ]
+QUICK_SWEEP_CPU = "cpu_intel-r-xeon-r-processor-2-60ghz_20261207_082822.jsonl"
 BASELINE = "shared_neg1024"  # the hand-written sampled softmax: one shared K of 1,024 negatives
 
 
@@ -118,6 +119,7 @@ def sweep_rows(recs: list[dict], n_values=None) -> list[list[str]]:
                     f(r.get("top10_recall"), ".2f"),
                     f(r.get("target_recall"), ".2f"),
                     f(r.get("loss_abs_diff"), ".1e"),
+                    f(r["peak_mem_bytes"] / 2**20, ".0f") if r.get("peak_mem_bytes") else "–",
                 ]
             )
     return rows
@@ -133,6 +135,7 @@ SWEEP_HEAD = [
     "top-10 recall",
     "target recall",
     "loss err",
+    "peak MiB",
 ]
 SWEEP_LEGEND = (
     "step ms: median training step (forward, backward, SGD); +refresh: with the index "
@@ -140,7 +143,8 @@ SWEEP_LEGEND = (
     "(> 1 is faster); x baseline: this step / the hand-written shared-negative step "
     f"(`{BASELINE}`, K = 1,024); top-10 / target recall: share of the exact top-10 classes / "
     "of the targets among the candidates (sampled paths only); loss err: |loss − exact loss|; "
-    "(ran X): the dispatcher ran X because |S| + |T| ≥ n.\n"
+    "peak MiB: the step's peak memory with the weight and index (CPU: torch's allocations, "
+    "one thread); (ran X): the dispatcher ran X because |S| + |T| ≥ n.\n"
 )
 
 
@@ -192,6 +196,50 @@ def interleaved_table(default: str, kept: str) -> str:
     return table(head, rows) + "\n" + source(default) + source(kept)
 
 
+def exact_cpu_tables(name: str) -> str:
+    """The exact path against plain PyTorch (and its own previous version) from one
+    bench.exact_cpu record: fwd + bwd + SGD medians, interleaved, and peak step memory."""
+    r = load(name)
+    mib = 2**20
+    head = ["n", "full ms", "torch ms", "full vs torch", "torch.compile ms", "previous full ms",
+            "full peak MiB", "torch peak MiB", "peak ratio"]  # fmt: skip
+    rows = []
+    for p in r["problems"]:
+        m = p["methods"]
+        full, torch_ = m["full"], m["torch"]
+        rows.append(
+            [
+                f"{p['n']:.0e}".replace("e+0", "e"),
+                f(full["median_ms"], ".0f"),
+                f(torch_["median_ms"], ".0f"),
+                f(torch_["median_ms"] / full["median_ms"], ".2f") + "×",
+                f(m.get("torch_compile", {}).get("median_ms"), ".0f"),
+                f(m.get("full_before", {}).get("median_ms"), ".0f"),
+                f(full["peak_mem_bytes"] / mib, ".0f"),
+                f(torch_["peak_mem_bytes"] / mib, ".0f"),
+                f(full["peak_mem_bytes"] / torch_["peak_mem_bytes"], ".2f"),
+            ]
+        )
+    hf = r["hf"]["methods"]
+    hrows = [
+        [k.replace("_", " "), f(v["median_ms"], ".1f"),
+         f(hf["unpatched"]["median_ms"] / v["median_ms"], ".2f") + "×",
+         f(v["peak_step_bytes"] / mib, ".1f")]
+        for k, v in hf.items()
+    ]  # fmt: skip
+    return (
+        f"N = {r['problems'][0]['N']}, d = {r['problems'][0]['d']}, fp32, forward + backward + "
+        f"SGD step, medians of interleaved repeats; `previous full` is the package at "
+        f"{r['before']}:\n\n"
+        + table(head, rows)
+        + f"\nThe Hugging Face patch on a tiny Llama ({r['hf']['model']}, "
+        f"{r['hf']['threads']} thread):\n\n"
+        + table(["model", "ms / step", "vs unpatched", "step peak MiB"], hrows)
+        + "\n"
+        + source(name)
+    )
+
+
 def benchmarks_md() -> str:
     out = [
         "# Benchmarks\n\n",
@@ -201,13 +249,20 @@ def benchmarks_md() -> str:
         "figures within one table (one run), not across tables. GPU figures: docs/gpu.md. "
         "Quality of the same paths on real tasks: docs/accuracy.md.\n\n",
         "## The quick sweep on a CPU\n\n",
-        "d = 128, N = 256, fp32, |S| = |T| = 512 per example (the defaults of 2026-11-30: "
-        "per-example T, FAISS IVF-Flat), 2 torch threads. Peers that need CUDA (Cut "
-        "Cross-Entropy, Liger) are skipped on a CPU.\n\n",
-        table(SWEEP_HEAD, sweep_rows(load("cpu_amd-epyc_20261130_200639.jsonl"))),
+        "d = 128, N = 256, fp32, |S| = |T| = 512, the defaults of 2026-12-07 (per-example T, "
+        "FAISS ivfpq from 10⁵ classes; `*_shared`: one T shared by the batch; `faiss_ivf`: "
+        "IVF-Flat), 2 torch threads. Peers that need CUDA (Cut Cross-Entropy, Liger) are "
+        "skipped on a CPU.\n\n",
+        table(SWEEP_HEAD, sweep_rows(load(QUICK_SWEEP_CPU))),
         "\n" + SWEEP_LEGEND + "\n",
-        source("cpu_amd-epyc_20261130_200639.jsonl"),
-        "\n## n = 10⁶ with the current defaults\n\n",
+        source(QUICK_SWEEP_CPU),
+        "\nThe same sweep on 2026-11-30 (per-example T, FAISS IVF-Flat, the exact path before "
+        "its 2026-12-07 rewrite):\n\n",
+        table(SWEEP_HEAD, sweep_rows(load("cpu_amd-epyc_20261130_200639.jsonl"))),
+        "\n" + source("cpu_amd-epyc_20261130_200639.jsonl"),
+        "\n## The exact path on a CPU (2026-12-07)\n\n",
+        exact_cpu_tables("exact_cpu-20261207-0807.json"),
+        "\n## n = 10⁶ with the defaults of 2026-12-01\n\n",
         'Shared T (`candidate_scheme="auto"`), FAISS ivfpq (`faiss_index="auto"`), '
         "d = 128, N = 256, |S| = |T| = 512, 2 threads, freed memory kept; `faiss_ivf` is the "
         "former IVF-Flat default.\n\n",
@@ -235,6 +290,112 @@ def benchmarks_md() -> str:
 
 
 # ---------------------------------------------------------------- accuracy
+
+
+def at_budget(curve: list[dict], budget: float, key: str) -> tuple[float, int] | None:
+    """The run's evaluation at the first step at or past `budget` seconds of training
+    (bench.accuracy --eval-at evaluates there): (value, step), or None if it ended before."""
+    for p in curve:
+        if p["wall_s"] >= budget - 1e-9 and p["step"] > 0 and key in p:
+            return p[key], p["step"]
+    return None
+
+
+def budget_rows(names: list[str], budgets: list[float], key: str) -> list[list[str]]:
+    """One row per record: label, s/step, the value at each budget (step count), 1-min load
+    at start / end."""
+    fmt = ".1f" if "ppl" in key else ".3f"
+    rows = []
+    for name in names:
+        r = load(name)
+        cells = []
+        for b in budgets:
+            v = at_budget(r["curve"], b, key)
+            cells.append("–" if v is None else f"{format(v[0], fmt)} ({v[1]})")
+        sps = r["train_wall_s"] / max(r["steps"], 1)
+        load_s = f"{r['load_avg_start'][0]:.1f} / {r['load_avg_end'][0]:.1f}"
+        rows.append([r["label"], f"{sps:.2f}", *cells, load_s])
+    return rows
+
+
+def budget_table(names: list[str], budgets: list[float], key: str) -> str:
+    head = ["run", "s/step", *[f"{b / 60:g} min" for b in budgets], "load 1m"]
+    return table(head, budget_rows(names, budgets, key))
+
+
+def _group(session: str) -> list[str]:
+    """The manifest's accuracy records of one side-by-side group (file names end in it)."""
+    return sorted(
+        e["file"]
+        for e in manifest()
+        if e["file"].startswith("accuracy-") and e["file"].endswith(f"-{session}.json")
+    )
+
+
+BUDGET_GROUPS = [  # (group, title, key, budgets in s)
+    (
+        "cpu-pycode-full-20261207",
+        "pycode: the default (faiss, per-example T) beside the exact softmax",
+        "heldout_ppl",
+        [60, 120, 180, 240],
+    ),
+    (
+        "cpu-pycode-default-base-20261207",
+        "pycode: the default beside the hand-written baseline (K = 1,024)",
+        "heldout_ppl",
+        [60, 120, 180, 240],
+    ),
+    (
+        "cpu-600s-20261207",
+        "pycode, 10 minutes: per-example T beside the former default (one T of 64 shared "
+        "by the batch)",
+        "heldout_ppl",
+        [60, 120, 180, 240, 300, 360, 420, 480, 540, 600],
+    ),
+    (
+        "cpu-600s-t1024-20261207",
+        "pycode, 10 minutes: per-example T beside one shared T of 1,024",
+        "heldout_ppl",
+        [60, 120, 180, 240, 300, 360, 420, 480, 540, 600],
+    ),
+    (
+        "cpu-synset-20261207",
+        "WordNet synset (P@1): per-example T, a shared T of 64, a shared T of 1,024, the baseline",
+        "p1",
+        [30, 60, 120, 180, 240],
+    ),
+    (
+        "pycode-cpu-20261207",
+        "pycode under heavy load (1-min load 8-12: few steps, says little)",
+        "heldout_ppl",
+        [60, 120, 180, 240],
+    ),
+]
+
+
+def budgets_md() -> str:
+    out = [
+        "## Quality at wall-clock budgets (2026-12-07)\n\n",
+        "What decides a default: the quality reached after a fixed training time. "
+        "|S| = |T| = 64, batch 1,024, Adam, FAISS ivfpq, one torch thread per run, two runs "
+        "side by side (they see the same load; other jobs shared the machine, the load column "
+        "says how much). Each cell: held-out perplexity over all classes (pycode: next-token "
+        "prediction over the Python standard library's source, 120,089 classes, Zipfian) or "
+        "P@1 (WordNet synset), at the first step at or past the budget, with the step count "
+        "in brackets. `auto` resolved to per-example T in these runs.\n",
+    ]
+    for group, title, key, budgets in BUDGET_GROUPS:
+        names = _group(group)
+        if not names:
+            continue
+        e = entry(names[0])
+        out += [
+            f"\n### {title}\n\n",
+            budget_table(names, budgets, key),
+            f"\n{e['machine']}; `{e['command']}`; records "
+            f"`bench/results/accuracy-*-{group}.json`.\n",
+        ]
+    return "".join(out)
 
 
 def _acc_records() -> list[tuple[str, dict]]:
@@ -333,7 +494,8 @@ def accuracy_md() -> str:
         "well the output layer learns, not generalisation). `mass`: the softmax mass the "
         "candidates captured at the last refresh. Runs of one table ran side by side on the "
         "same machine; compare within a table.\n\n",
-        "## Candidate generators on a trained model\n\n",
+        budgets_md(),
+        "\n## Candidate generators on a trained model\n\n",
         "63 ids per query on the trained WordNet synset snapshot (2,048 queries, one thread): "
         "share of the exact top-32 classes found, softmax mass captured, share of classes "
         "scored exactly, search time per 1,024 queries.\n\n",
@@ -450,40 +612,25 @@ def records_md() -> str:
 
 
 def headline_cpu() -> str:
-    recs = load("cpu_amd-epyc_20261201_040303_defaults-1e6.jsonl")
-    pairs = [
-        ("20261201-k1024", "A: shared T = 1,024, search from mass 0.3"),
-        ("20261201-search", "B: shared T = 1,024, search from step 1"),
-        ("20261201-lsh12", "C: per-example T = 64"),
-        ("20261130-kept", "D: exact, alone"),
+    e = entry(QUICK_SWEEP_CPU)
+    recs = load(QUICK_SWEEP_CPU)
+    out = [
+        f"The quick sweep at n = 10⁵ and 10⁶ (d = 128, N = 256, fp32, |S| = |T| = 512; "
+        f"{e['machine']}, 2 threads, {e['date']}):\n\n",
+        table(SWEEP_HEAD, sweep_rows(recs, n_values={100_000, 1_000_000})),
+        "\nQuality at wall-clock budgets (|S| = |T| = 64, batch 1,024, Adam, one thread per "
+        "run, two runs side by side; same machine, 2026-12-07). pycode: held-out perplexity "
+        "over all 120,089 classes (lower is better), the step count in brackets:\n\n",
     ]
-    groups: dict[str, list] = {}
-    for name, r in _acc_records():
-        groups.setdefault(_tag(name), []).append((name, r))
-    rows = []
-    for tag, label in pairs:
-        for _name, r in sorted(groups[tag], key=lambda x: x[0]):
-            per = r.get("epoch_seconds") or []
-            rows.append(
-                [
-                    label,
-                    _index_desc(r),
-                    f(statistics.median(per) if per else None, ".0f"),
-                    f(r["final"].get("epoch"), ".0f"),
-                    f(r["final"]["wall_s"] / 60, ".1f"),
-                    f(r["final"]["p1"], ".3f"),
-                ]
-            )
-    e = entry("cpu_amd-epyc_20261201_040303_defaults-1e6.jsonl")
-    return (
-        "Speed and quality at n = 10⁶ (planted problem, d = 128, N = 256, |S| = |T| = 512; "
-        f"{e['machine']}, 2 threads, {e['date']}):\n\n"
-        + table(SWEEP_HEAD, sweep_rows(recs))
-        + "\nTime to accuracy on WordNet synset (117,659 classes, N = 1,024; "
-        + f"{entry(groups['20261201-k1024'][0][0])['machine']}, one thread per run, "
-        + "2026-11-30 / 2026-12-01; pairs ran side by side):\n\n"
-        + table(["run (side by side)", "path", "s/epoch", "epochs", "train min", "P@1"], rows)
-    )
+    for group in ("cpu-pycode-full-20261207", "cpu-pycode-default-base-20261207"):
+        names = _group(group)
+        if names:
+            out.append(budget_table(names, [60, 120, 180, 240], "heldout_ppl") + "\n")
+    out += [
+        "WordNet synset (117,659 classes): P@1 on 4,096 training glosses:\n\n",
+        budget_table(_group("cpu-synset-20261207"), [30, 60, 120, 180, 240], "p1"),
+    ]
+    return "".join(out)
 
 
 def headline_gpu() -> str:

@@ -5,6 +5,7 @@
 #   pycode-faiss      faiss: per_example beside one shared T of 1,024
 #   pycode-base       the hand-written baseline (K = 1,024) beside the exact softmax
 #   pycode-full       faiss per_example (the default since 2026-12-07) beside the exact softmax
+#   pycode-default-base  the default (faiss, auto) beside the hand-written baseline (K = 1,024)
 #   pycode-shared64   faiss with one shared T of 64 (the default until 2026-12-07) beside per_example
 #   pycode-lsh        lsh: per_example beside a shared T of 64
 #   synset-faiss      WordNet synset, faiss: per_example beside a shared T of 64
@@ -28,6 +29,9 @@ case "$1" in
   pycode-full)
     pycode --methods faiss --candidate-scheme auto &
     pycode --methods full ;;
+  pycode-default-base)
+    pycode --methods faiss --candidate-scheme auto &
+    pycode --methods shared_neg --shared-negatives 1024 ;;
   pycode-shared64)
     pycode --methods faiss --candidate-scheme shared_samples &
     pycode --methods faiss --candidate-scheme per_example ;;

@@ -1,7 +1,7 @@
 """The module's default candidate scheme pushes down as many classes per step as per-example
 T, with a per-class gradient no noisier.
 
-Why (scripts/shared_t_diagnosis.py, bench/results/shared-t-diagnosis-cpu-20261207.json): the
+Why (python3 -m bench.shared_t_diagnosis, bench/results/shared-t-diagnosis-cpu-20261207.json): the
 shared-T estimator is unbiased per row, but one T of |T| draws shared by N rows gives a class
 outside S a gradient once every n / |T| steps, N rows' worth at once (weight n / |T| each),
 where per-example T gives it small pieces about every n / (N |T|) steps. The expectation is

@@ -134,8 +134,7 @@ def test_refresh_schedule_after_load_is_the_uninterrupted_one(method):
 
 
 @pytest.mark.parametrize(
-    "other",
-    [dict(method="faiss"), dict(method="lsh", lsh_generator="tables"), dict(method="full")],
+    "other", [dict(method="faiss"), dict(method="lsh", lsh_generator="tables"), dict(method="full")]
 )
 def test_checkpoint_of_another_index_kind_raises_at_load_and_changes_nothing(other):
     """Before: a clusters checkpoint loaded into a faiss or SimHash-tables module without error, and

@@ -327,48 +327,64 @@ class SampledSoftmaxLoss(nn.Module):
         return loss
 
     def _forward(self, hidden: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        lo, m = self.loss_options, self.manager
-        N, _, _ = check_inputs(hidden, self.weight, target, self.bias, lo)
+        # validate -> choose -> maintain the index -> retrieve -> score (reduced) -> drift check
+        N, _, _ = check_inputs(hidden, self.weight, target, self.bias, self.loss_options)
         training = self.training and torch.is_grad_enabled()
-        if training:  # the probe rows; under auto, the path chosen by measured quality
-            self.quality.step(self, hidden, target)
-        method = self.choice(N, hidden.dtype, hidden.device).method
+        method = self._choose(hidden, target, training)
         if method == "full":
-            return full_loss(hidden, self.weight, self.bias, target, lo, self.grad_options)
-        m.resume(method, self.weight, self.bias)  # a loaded checkpoint's index, once
-        if m.stale(method, self.weight):  # method="uniform": always (no index), a no-op
+            return full_loss(
+                hidden, self.weight, self.bias, target, self.loss_options, self.grad_options
+            )
+        search = self._maintain_index(method, training)
+        if search and self._bucket_tiles(hidden):  # the tiles score the bucket union themselves
+            loss, retrieved = self._bucket_tile_loss(hidden, target), None
+        else:
+            retrieved = self._retrieve(hidden, N, search)
+            loss = self._estimator_loss(
+                hidden, target, retrieved, self.loss_options, self._generator(hidden.device)
+            )
+        every = self.drift_options.every
+        if training and every and self.steps % every == 0:
+            if retrieved is None:  # the tiles scored the bucket union: check that set
+                retrieved = self.manager.index.union(hidden)
+            self._drift_check(hidden, target, retrieved)
+        return loss
+
+    def _choose(self, hidden: torch.Tensor, target: torch.Tensor, training: bool) -> str:
+        """The path for this batch; in training the quality monitor first takes its probe
+        rows (under auto, the path is chosen by measured quality)."""
+        if training:
+            self.quality.step(self, hidden, target)
+        return self.choice(hidden.shape[0], hidden.dtype, hidden.device).method
+
+    def _maintain_index(self, method: str, training: bool) -> bool:
+        """Everything the index needs before a search, in one place: a loaded checkpoint's
+        index put back (once), the refresh schedule (method="uniform": no index, a no-op),
+        the drift-triggered refresh. Returns whether this step searches (search_min_mass)."""
+        m = self.manager
+        m.resume(method, self.weight, self.bias)
+        if m.stale(method, self.weight):
             self.refresh(method, scheduled=training)
         elif training and self.drift_monitor.refresh_due(
             m.steps - m.steps_at_refresh, self.index_drift
         ):
             self.refresh(method)
             self.drift_monitor.refresh_count += 1
-        every = self.drift_options.every
-        drift_now = training and every and self.steps % every == 0
-        retrieved = None
-        bucket = self.sampling_options.scheme == "bucket_shared"
-        search = method != "uniform" and self.quality.searching(method)  # search_min_mass
-        if bucket and search and self._use_bucket_tiles(hidden):
-            loss = self._bucket_tile_loss(hidden, target)
-        else:
-            if not search:  # S = {target}: nothing retrieved, but a non-finite class
-                retrieved = torch.empty((N, 0), dtype=torch.int64, device=hidden.device)
-                # in every row's S, as an index adds it (nonfinite.py); a -1 slot when none
-                retrieved = add_nonfinite_class(
-                    retrieved, *m.scan_nonfinite(self.weight, self.bias)
-                )
-            elif bucket:  # the whole union of its buckets
-                retrieved = m.index.union(hidden)
-            else:
-                retrieved = m.index.search(hidden, self.num_candidates - 1)
-            loss = self._estimator_loss(
-                hidden, target, retrieved, lo, self._generator(hidden.device)
-            )
-        if drift_now:
-            if retrieved is None:  # the tiles score the bucket union: check that set
-                retrieved = m.index.union(hidden)
-            self._drift_check(hidden, target, retrieved)
-        return loss
+        return method != "uniform" and self.quality.searching(method)
+
+    def _bucket_tiles(self, hidden: torch.Tensor) -> bool:
+        return self.sampling_options.scheme == "bucket_shared" and self._use_bucket_tiles(hidden)
+
+    def _retrieve(self, hidden: torch.Tensor, N: int, search: bool) -> torch.Tensor:
+        """(N, R) retrieved class ids (-1: empty slot) for the estimator's S."""
+        m = self.manager
+        if not search:  # S = {target}: nothing retrieved, but a non-finite class joins every
+            # row's S, as an index adds it (nonfinite.py); a -1 slot when there is none
+            retrieved = torch.empty((N, 0), dtype=torch.int64, device=hidden.device)
+            return add_nonfinite_class(retrieved, *m.scan_nonfinite(self.weight, self.bias))
+        if self.sampling_options.scheme == "bucket_shared":  # the whole union of its buckets
+            return m.index.union(hidden)
+        return m.index.search(hidden, self.num_candidates - 1)
 
     def _sharded_forward(self, hidden: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         lo, sh = self.loss_options, self.sharding

@@ -1,6 +1,6 @@
 """Why one small uniform T shared by the batch trains worse than per-example T: measurements.
 
-    python scripts/shared_t_diagnosis.py [--out bench/results/shared-t-diagnosis-cpu-DATE.json]
+    python3 -m bench.shared_t_diagnosis [--out bench/results/shared-t-diagnosis-cpu-DATE.json]
 
 1. unbiasedness (float64, small sizes): mean over draws of Z-hat_i per row and of the
    batch-summed weight gradient of sum_i Z-hat_i, for each scheme, against the exact values

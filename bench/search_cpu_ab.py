@@ -1,6 +1,6 @@
 """ClusterIndex.search on a CPU, two checkouts interleaved in one run (before / after a change).
 
-    python3 scripts/search_cpu_ab.py --trees /work/main . --rounds 3 --out FILE
+    python3 -m bench.search_cpu_ab --trees OLD_CHECKOUT . --rounds 3 --out FILE
 
 Each round runs one child process per tree (PYTHONPATH = that tree), the order swapped every
 round, so both see the same machine load and neither always runs first. The child builds the

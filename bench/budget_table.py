@@ -1,6 +1,6 @@
 """Quality at fixed wall-clock budgets from bench.accuracy records (a markdown table).
 
-    python scripts/budget_table.py bench/results/accuracy-pycode-*-cpu-20261207.json \
+    python3 -m bench.budget_table bench/results/accuracy-pycode-*-cpu-20261207.json \
         [--budgets 30,60,120,180,240] [--key heldout_ppl|p1]
 
 Each cell is the run's evaluation at the first step at or past the budget (bench.accuracy
@@ -14,12 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 
-
-def at_budget(curve: list[dict], budget: float, key: str) -> tuple[float, int] | None:
-    for p in curve:
-        if p["wall_s"] >= budget - 1e-9 and p["step"] > 0 and key in p:
-            return p[key], p["step"]
-    return None
+from bench.report import at_budget
 
 
 def main() -> None:
