@@ -17,6 +17,7 @@ from torch import nn
 
 from . import checks
 from .bucket_shared import bucket_tile_loss
+from .checkpoint import CheckpointState
 from .cpu_memory import memory_hint
 from .dispatch import Choice
 from .drift import DriftMonitor
@@ -68,7 +69,7 @@ def _option_property(group: str, field: str):
     return property(lambda self: getattr(getattr(self, attr), field), set_field)
 
 
-class SampledSoftmaxLoss(nn.Module):
+class SampledSoftmaxLoss(CheckpointState, nn.Module):
     """Output layer (n classes of dimension d) plus its softmax cross-entropy loss.
 
     Owns weight (n, d) (or ties to a given Parameter) and an optional bias (n,); holds the
@@ -78,38 +79,20 @@ class SampledSoftmaxLoss(nn.Module):
     Options come as objects (options.py): loss (LossOptions), sampling (SamplingOptions),
     index (IndexOptions), drift (DriftOptions), grad (GradOptions), shard (ShardSpec: the
     classes sharded over a process group, this rank owning rows [lo, hi); see sharded.py for
-    the options that cannot shard). Every field can also be given as the flat keyword of the
-    old signature (method=, num_candidates=, lsh_tables=, sparse_grad=, candidate_scheme=,
-    drift_every=, group=, bounds=, ...), which overrides that field of a given object.
+    the options that cannot shard). A flat keyword (method=, num_candidates=, sparse_grad=,
+    group=, ...) overrides that field of a given object.
 
     method: "auto" | "full" | "faiss" | "lsh" | "uniform" (no index: S = {target}, T uniform);
-    candidate_scheme "auto" (default): "per_example", each row its own |T| uniform draws from
-    outside its S ("shared_samples", one T for the batch, has a faster step but trains worse
-    per second under Adam: SamplingOptions.resolved says why); num_candidates |S|;
+    candidate_scheme "auto" (default): "per_example" (a T shared by the batch steps faster but
+    trains worse per second under Adam: SamplingOptions.resolved); num_candidates |S|;
     num_uniform |T|; lsh_bits K (None: from n, L, |S|), lsh_tables L; faiss_index "auto" |
     "flat" | "ivf" | "ivfpq" (4-bit PQ codes, fast-scan) with faiss_nlist / faiss_nprobe;
     sparse_grad: the weight gradient is a sparse tensor of candidate rows (use
     torch.optim.SGD or SparseAdam); seed fixes the hyperplanes and the uniform draws of
     every step (so runs and resumed runs repeat).
 
-    Checkpoints (state_dict / load_state_dict): the extra state holds the step count, seed,
-    refresh schedule, the rows touched since the last refresh (partial_refresh) and the index
-    as the last refresh built it (index.base.Snapshot: SimHash tables, k-means lists with
-    their centroids and the copy of the rows they score, the multi-probe SimHash tables, the
-    serialized FAISS index). A module loaded from it puts that index back at its first use
-    and refreshes at the steps the saved run would (0, R, 2R, ...), so for every method,
-    generator and candidate scheme the resumed run's losses equal the uninterrupted run's
-    bitwise, whether the checkpoint was taken before, at or between refreshes
-    (tests/test_resume.py). The cost: the checkpoint grows by the index (for FAISS flat/IVF
-    and the clusters' row copy, about n x d floats more). Loaded on another device type
-    (a CPU checkpoint onto CUDA), the index is rebuilt from the loaded weights instead
-    (the layouts differ), the schedule kept: equal from the next refresh on. A load that
-    fails changes nothing: a checkpoint whose index is of another kind or settings than
-    this module builds (method, lsh_generator, lsh bits/tables, FAISS kind, k-means lists),
-    or whose lsh_bits / lsh_tables differ from this module's, raises ValueError naming
-    both before any tensor is copied (make the module as the saved one was); a strict load
-    with missing or unexpected keys raises torch's RuntimeError, likewise before any copy.
-    A module with no index (method "full" or "uniform") ignores a checkpoint's index.
+    Checkpoints (state_dict / load_state_dict) resume exactly, and a load that fails changes
+    nothing: checkpoint.py.
 
     target_mass t in (0, 1): at each refresh, the captured softmax mass of the retrieved S
     (its share of the exact non-target mass) is measured on <= 64 rows of the last training
@@ -122,12 +105,10 @@ class SampledSoftmaxLoss(nn.Module):
     refresh measures a captured mass >= m; from that refresh on the search runs.
 
     candidate_scheme="bucket_shared" (method="lsh") scores the whole union of each query's
-    buckets plus one uniform T shared by the batch. bucket_impl picks how: "gather" (per-row
-    candidate lists, sparse gradients possible), "tiles" (bucket_shared.py: one dense tile per
-    (table, bucket), dense gradients, uniform T only), or "auto" = tiles when the gradient
-    is dense and the sampler uniform (Triton kernels on CUDA, twins on CPU), gather
-    otherwise. The gather pads every row to L x the largest bucket read: on CPU at n = 10^5,
-    N = 256 it took 37.8 s per step against 1.03 s for the tiles (bench/bucket_tiles.py).
+    buckets plus one uniform T shared by the batch, by bucket_impl "gather" (per-row lists,
+    sparse gradients possible), "tiles" (bucket_shared.py: dense tiles per (table, bucket),
+    dense gradients, uniform T; 37.8 vs 1.03 s per step at n = 10^5, N = 256 on a CPU,
+    bench/bucket_tiles.py) or "auto" (tiles when the gradient is dense and T uniform).
     """
 
     def __init__(
@@ -443,18 +424,12 @@ class SampledSoftmaxLoss(nn.Module):
     ):
         # bucket_shared: S_i = the bucket union, scored with one shared T; the same
         # estimator as the tiles of bucket_shared.bucket_tile_loss (tested equal)
-        scheme = self.sampling_options.scheme
+        W = self.weight if weight is None else weight
+        b = self.bias if weight is None else bias
+        so, go = self.sampling_options, self.grad_options
+        scheme = "shared_samples" if so.scheme == "bucket_shared" else so.scheme
         return estimator_loss(
-            hidden,
-            self.weight if weight is None else weight,
-            target,
-            retrieved,
-            self.bias if weight is None else bias,
-            loss_opts,
-            self.sampling_options,
-            self.grad_options,
-            generator,
-            scheme="shared_samples" if scheme == "bucket_shared" else scheme,
+            hidden, W, target, retrieved, b, loss_opts, so, go, generator, scheme=scheme
         )
 
     def _drift_check(self, hidden, target, retrieved) -> dict:
@@ -501,64 +476,6 @@ class SampledSoftmaxLoss(nn.Module):
         if self.sharding is not None:
             return self.sharding.merge_topk(s, i, k)
         return s, i
-
-    # ---- state ---------------------------------------------------------------------------
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        """torch's load_state_dict, except that a load that fails changes nothing: a strict
-        load whose keys differ from this module's (a bias in one and not the other) raises
-        torch's RuntimeError before any tensor or counter is copied; a checkpoint this
-        module cannot take (another index kind, lsh bits/tables, shards) raises ValueError
-        first; a size mismatch puts the counters back (kept_on_error)."""
-        if strict:
-            own = set(self.state_dict(keep_vars=True))
-            missing, unexpected = sorted(own - set(state_dict)), sorted(set(state_dict) - own)
-            if missing or unexpected:
-                text = [f"Missing key(s) in state_dict: {missing}."] if missing else []
-                text += [f"Unexpected key(s) in state_dict: {unexpected}."] if unexpected else []
-                raise RuntimeError(
-                    f"Error(s) in loading state_dict for {type(self).__name__}:\n\t"
-                    + "\n\t".join(text)
-                )
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
-
-    def _load_from_state_dict(self, state_dict, prefix, *args) -> None:
-        # args[-1]: torch's list of load errors (a size mismatch is reported there, and
-        # raised only at the end: kept_on_error puts the counters back then)
-        extra_key = prefix + "_extra_state"
-        if extra_key in state_dict:  # before any tensor is copied
-            self._check_extra_state(state_dict[extra_key])
-        with self.manager.kept_on_error(args[-1]):
-            super()._load_from_state_dict(state_dict, prefix, *args)
-
-    def get_extra_state(self) -> dict:
-        state = dict(self.manager.state_dict(), lsh_bits=self.lsh_bits, lsh_tables=self.lsh_tables)
-        state["quality"] = self.quality.state_dict()
-        state["drift"] = self.drift_monitor.state_dict()
-        if self.sharding is not None:
-            state["bounds"] = self.sharding.bounds
-        return state
-
-    def _check_extra_state(self, state: dict) -> None:
-        """ValueError when a checkpoint cannot load into this module as configured (shards,
-        lsh bits and tables, the kind and settings of the index it holds)."""
-        if self.sharding is not None:
-            if [tuple(b) for b in state["bounds"]] != self.bounds:
-                raise ValueError(
-                    f"checkpoint has shards {state['bounds']}, module has {self.bounds}"
-                )
-        for name in ("lsh_bits", "lsh_tables"):
-            if name in state and state[name] != getattr(self, name):
-                raise ValueError(
-                    f"checkpoint has {name}={state[name]!r}, this module {name}="
-                    f"{getattr(self, name)!r}: make the module with the checkpoint's value"
-                )
-        self.manager.check_state(state, self.weight.device)
-
-    def set_extra_state(self, state: dict) -> None:
-        self._check_extra_state(state)
-        self.manager.load_state_dict(state)  # its index is put back at the next use
-        self.quality.load_state_dict(state.get("quality"))
-        self.drift_monitor.load_state_dict(state.get("drift"), self.weight.device)
 
     def extra_repr(self) -> str:
         text = f"num_classes={self.num_classes}, dim={self.dim}, "

@@ -13,12 +13,10 @@ with exact logits under the live weights (rerank.py); search keeps the k best.
 
 Refresh: `build` on an index that is already built warm-starts from its centroids and runs
 `refresh_iters` Lloyd iterations over all rows (torch ops on the weights' device);
-`update_rows` (partial_refresh) re-assigns only the changed rows to their nearest centroid,
-which stays where it was: an approximation of the full refresh, unlike the SimHash tables'
-update_rows (exact). Measured on a CPU (n = 20,000, d = 32, 60 SGD steps, a refresh every 5,
-11 of them partial): captured mass of S 0.428 with partial refreshes vs 0.437 with full warm
-ones at the last refresh (it drifts down slowly as the centroids stay), the same P@1
-(bench/partial_refresh_clusters.py, bench/results/partial-refresh-clusters-cpu-20261207.json).
+`update_rows` (partial_refresh) re-assigns only the changed rows to centroids that stay where
+they were: an approximation of the full refresh (the SimHash tables' is exact). Captured mass
+of S 0.428 vs 0.437 with full warm refreshes, the same P@1, on a CPU at n = 20,000
+(bench/results/partial-refresh-clusters-cpu-20261207.json).
 """
 
 from __future__ import annotations
@@ -55,10 +53,9 @@ def default_nprobe(num_lists: int) -> int:
 
 
 def copy_rows_by_default(weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
-    """live_rerank=None's rule: score the lists from a copy when the rows are on a CPU (there,
-    gathering the live rows of every probed list cost 2x the search: 348 vs 176 ms at n = 1e6,
-    256 queries, 1 thread) and the copy takes at most AUTO_COPY_BYTES; live rows on CUDA,
-    where ops.list_topk gathers them in its loads."""
+    """live_rerank=None's rule: score the lists from a copy when the rows are on a CPU (live
+    gathers cost 2x the search there: 348 vs 176 ms at n = 1e6) and the copy takes at most
+    AUTO_COPY_BYTES; live rows on CUDA, where the list-tile kernel gathers them."""
     cols = weight.shape[1] + (1 if bias is not None else 0)
     return not weight.is_cuda and weight.shape[0] * cols * 4 <= AUTO_COPY_BYTES
 
@@ -349,11 +346,8 @@ class ClusterIndex(Snapshot):
         k: int,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """search_lists in fixed shapes with no host read (the CUDA path; any device runs it):
-        ops.list_topk keeps each probed list's best k' = min(k, largest list), one topk over
-        the (N, p k') buffer keeps the k best, and rows left short are padded by
-        rerank.pad_short_rows from the classes selectable at build (masks, not a branch).
-        Same ids as the list-by-list loop for every row with k valid list members."""
+        """The previous fixed-shape path (ops.list_topk per (query, list); not used on CUDA
+        since its H200 fault, kept with its tests until a GPU run retires or clears it)."""
         from .. import ops
 
         N = hidden.shape[0]
