@@ -339,7 +339,7 @@ def sampled_softmax_cross_entropy(
     (LSHIndex / FaissIndex, built on `weight`); without one an index is built for this call
     alone, which costs a full hashing pass or index build. The index must be built over
     this weight's n classes and d (ValueError otherwise). method="uniform" reads W once per
-    call (a row max and min) for a non-finite class row, which then joins every row's S
+    call (a row sum) for a non-finite class row, which then joins every row's S
     (nonfinite.py: the module does it once per refresh_every steps).
     num_candidates: |S| including the target; num_uniform: |T|. z_loss adds z_loss * lse^2
     per row (lse: the exact or estimated log partition function). scheme, sampler and
