@@ -232,6 +232,7 @@ class Model(nn.Module):
             method="full" if method in ("uniform", "shared_neg") else method,
             num_candidates=args.num_candidates,
             num_uniform=args.num_uniform,
+            num_shared=getattr(args, "num_shared", 1024),
             refresh_every=refresh_every,
             lsh_generator=getattr(args, "lsh_generator", None),
             candidate_scheme=getattr(args, "candidate_scheme", "per_example"),
@@ -430,10 +431,17 @@ def run_one(data: Data, data_info: dict, spec: str, args, session: str) -> dict:
     eval_at = sorted(float(x) for x in (args.eval_at or "").split(",") if x.strip())
 
     wall = 0.0
+    train_cpu = 0.0  # process CPU seconds of the training steps (every thread of the run)
     eval_seconds = 0.0
     # where the training wall time goes; "forward" includes index search and refreshes
     phases = dict(batch=0.0, forward=0.0, backward=0.0, optimizer=0.0)
     curve: list[dict] = []
+
+    def clock() -> float:
+        """The budget clock: training wall seconds, or with --clock cpu the run's CPU
+        seconds (on a machine shared by other jobs a one-thread run's CPU time is what a
+        dedicated core would have taken; its wall time is not)."""
+        return train_cpu if args.clock == "cpu" else wall
 
     def point(epoch: float, step: int, loss: float) -> None:
         nonlocal eval_seconds
@@ -446,6 +454,8 @@ def run_one(data: Data, data_info: dict, spec: str, args, session: str) -> dict:
                     epoch=round(epoch, 4),
                     step=step,
                     wall_s=wall,
+                    train_cpu_s=train_cpu,
+                    clock_s=clock(),
                     p1=ev["p1"],
                     p5=ev["p5"],
                     heldout_p1=ev["p1"],
@@ -462,6 +472,8 @@ def run_one(data: Data, data_info: dict, spec: str, args, session: str) -> dict:
             epoch=round(epoch, 4),
             step=step,
             wall_s=wall,
+            train_cpu_s=train_cpu,
+            clock_s=clock(),
             p1=p1,
             p5=p5,
             loss=loss,
@@ -492,6 +504,9 @@ def run_one(data: Data, data_info: dict, spec: str, args, session: str) -> dict:
         label += f"-{args.candidate_scheme}"
         if args.num_uniform != 64 and getattr(args, "search_min_mass", None) is None:
             label += f"-T{args.num_uniform}"  # a shared T's size is the run's identity
+        shared = getattr(args, "num_shared", 1024)
+        if args.candidate_scheme in ("hybrid", "auto") and shared != 1024:
+            label += f"-M{shared}"
     if getattr(args, "search_min_mass", None) is not None and method in ("faiss", "lsh"):
         label += f"-T{args.num_uniform}-min{args.search_min_mass:g}"
     if getattr(args, "rerank_copy", "auto") != "auto" and method == "lsh":
@@ -509,6 +524,7 @@ def run_one(data: Data, data_info: dict, spec: str, args, session: str) -> dict:
             dynamic_ncols=True,
         )
         for s in bar:
+            c0 = time.process_time()
             t0 = time.perf_counter()
             idx = order[s * args.batch_size : (s + 1) * args.batch_size]
             inputs = data.inputs(idx)
@@ -525,6 +541,7 @@ def run_one(data: Data, data_info: dict, spec: str, args, session: str) -> dict:
                 sc.step()
             lv = float(loss.detach())
             t4 = time.perf_counter()
+            train_cpu += time.process_time() - c0
             dt = t4 - t0
             for key, a, b in (
                 ("batch", t0, t1),
@@ -537,14 +554,15 @@ def run_one(data: Data, data_info: dict, spec: str, args, session: str) -> dict:
             e_wall += dt
             step += 1
             loss_sum, loss_n = loss_sum + lv, loss_n + 1
-            due = bool(eval_at) and wall >= eval_at[0]
-            while eval_at and wall >= eval_at[0]:
+            now = clock()
+            due = bool(eval_at) and now >= eval_at[0]
+            while eval_at and now >= eval_at[0]:
                 eval_at.pop(0)
             if due or (s + 1) % every == 0 or s + 1 == steps_per_epoch:
                 point(epoch + (s + 1) / steps_per_epoch, step, loss_sum / loss_n)
                 loss_sum, loss_n = 0.0, 0
                 bar.set_postfix(p1=f"{curve[-1]['p1']:.3f}", wall=f"{wall:.0f}s")
-            if args.time_limit and wall >= args.time_limit:
+            if args.time_limit and now >= args.time_limit:
                 stopped = "time_limit"
                 break
         bar.close()
@@ -580,6 +598,8 @@ def run_one(data: Data, data_info: dict, spec: str, args, session: str) -> dict:
         ),
         epoch_seconds=epoch_seconds,
         train_wall_s=wall,
+        train_cpu_s=train_cpu,
+        clock=args.clock,
         phase_seconds=phases,
         steps=step,
         steps_per_epoch=steps_per_epoch,
@@ -797,6 +817,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-candidates", type=int, default=64, help="|S| with the target")
     p.add_argument("--num-uniform", type=int, default=64, help="|T|")
     p.add_argument(
+        "--num-shared", type=int, default=1024, help="M: the shared T of scheme hybrid (and auto)"
+    )
+    p.add_argument(
         "--shared-negatives", type=int, default=1024, help="K of the shared_neg baseline"
     )
     p.add_argument(
@@ -846,7 +869,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--time-limit",
         type=float,
         default=None,
-        help="stop a run once its training wall time passes this many seconds",
+        help="stop a run once its training time (--clock) passes this many seconds",
+    )
+    p.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="what --time-limit and --eval-at count: training wall seconds, or the run's "
+        "process CPU seconds of training (runs side by side on a shared machine then see the "
+        "budgets a dedicated core would give them)",
     )
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--seed", type=int, default=0)

@@ -293,10 +293,11 @@ def benchmarks_md() -> str:
 
 
 def at_budget(curve: list[dict], budget: float, key: str) -> tuple[float, int] | None:
-    """The run's evaluation at the first step at or past `budget` seconds of training
-    (bench.accuracy --eval-at evaluates there): (value, step), or None if it ended before."""
+    """The run's evaluation at the first step at or past `budget` seconds of training on the
+    run's clock (wall, or CPU seconds with bench.accuracy --clock cpu; --eval-at evaluates
+    there): (value, step), or None if it ended before."""
     for p in curve:
-        if p["wall_s"] >= budget - 1e-9 and p["step"] > 0 and key in p:
+        if p.get("clock_s", p["wall_s"]) >= budget - 1e-9 and p["step"] > 0 and key in p:
             return p[key], p["step"]
     return None
 

@@ -107,6 +107,8 @@ def _sampler(p):
 
 def _explicit(p, retrieved, scheme):
     sampler = _sampler(p) if scheme != "per_example" or p["sampler"] != "uniform" else "uniform"
+    if scheme == "hybrid":
+        sampler = "uniform"  # its own draws are uniform over the complement of S
 
     def fn(h, W, b=None):
         return sampled_softmax_from_candidates(
@@ -122,6 +124,7 @@ def _explicit(p, retrieved, scheme):
             generator=torch.Generator().manual_seed(p["seed"]),
             scheme=scheme,
             sampler=sampler,
+            num_shared=3,
         )
 
     return fn
@@ -173,7 +176,7 @@ def _paths(p):
         retrieved["faiss"] = flat.search(p["h"], n)
     out = []
     for source, ret in retrieved.items():
-        for scheme in SCHEMES:
+        for scheme in (*SCHEMES, "hybrid"):
             fn = _explicit(p, ret, scheme)
             out.append((f"{source}/{scheme}", lambda fn=fn: _loss_and_grads(fn, p)))
     T = min(p["num_uniform"], n - 2)  # |S| + |T| < n: the dispatcher keeps the lsh path

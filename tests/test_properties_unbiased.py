@@ -25,7 +25,7 @@ from triton_softmax import candidates as C
 from triton_softmax.samplers import make_sampler
 
 SAMPLERS = ("complement", "uniform", "log_uniform", "weights", "near_zero")
-SCHEMES = ("per_example", "shared_samples", "batch_union")
+SCHEMES = ("per_example", "shared_samples", "batch_union", "hybrid")
 T = 16
 
 
@@ -64,6 +64,7 @@ def _z_hat_samples(h, W, y, retrieved, sampler, scheme, seed):
                     reduction="none",
                     scheme=scheme,
                     sampler=sampler,
+                    num_shared=5,
                     generator=torch.Generator().manual_seed(seed * 1000 + k),
                 )
                 for k in range(800)
@@ -83,6 +84,8 @@ def _z_hat_samples(h, W, y, retrieved, sampler, scheme, seed):
 def test_z_hat_is_unbiased_under_every_sampler(n, kind, scheme, seed):
     if kind == "complement" and scheme != "per_example":
         scheme = "per_example"  # the complement proposal is the per-example scheme's own
+    if scheme == "hybrid":
+        kind = "uniform"  # hybrid's own draws are uniform over the complement: no proposal
     g = torch.Generator().manual_seed(seed)
     d = 4
     W = torch.randn(n, d, generator=g, dtype=torch.float64)
@@ -92,6 +95,8 @@ def test_z_hat_is_unbiased_under_every_sampler(n, kind, scheme, seed):
     sampler = {"complement": "uniform", "uniform": make_sampler("uniform", n)}.get(kind, kind)
     if kind in ("weights", "near_zero"):
         sampler = _weights(kind, n, g, scheme)
+    if scheme == "hybrid":
+        sampler = "uniform"
     samples, Z = _z_hat_samples(h, W, y, retrieved, sampler, scheme, seed)
     stderr = samples.std() / math.sqrt(samples.numel())
     z_score = float((samples.mean() - Z) / stderr)

@@ -192,11 +192,17 @@ def build_shared_candidates(
     union: bool = False,
     remove_accidental_hits: bool = True,
     logw_dtype: torch.dtype = torch.float32,
+    num_own: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Candidates shared by the whole batch, scored as one dense (N, M) product.
 
     union=False ("shared_samples"): per-example S (gathered) + one T of num_samples draws
       from q shared by every row, log-weight -log|T| - log q(t), hits in S_i removed.
+    num_own > 0 ("hybrid", uniform q only): each row also draws its own num_own classes
+      uniformly from outside S_i (gathered after S, as the per-example scheme does). Both
+      parts estimate the same sum over the complement of S_i, so any convex mix of them is
+      unbiased; the mix alpha = M / (M + num_own) on the shared part gives every draw the
+      same weight, n / (M + num_own) (shared) and (n - |S_i|) / (M + num_own) (own).
     union=True ("batch_union"): S_i = U, the union of every row's S and every target (fixed
       size N (R+1) with duplicates masked, no host sync), + the shared T, hits in U removed.
     Returns (s_ids (N, R'), s_logw (N, R'), shared_ids (M,), shared_logw (N, M)); for the
@@ -212,6 +218,14 @@ def build_shared_candidates(
     if not union:
         hit = _shared_hits(s_ids, s_valid, t_ids)
         s_logw = torch.where(s_valid, zero, ninf)
+        if num_own:
+            own, comp = sample_complement(s_ids, s_valid, n, num_own, generator)
+            total = num_samples + num_own
+            own_logw = torch.log(comp.to(logw_dtype) / total).unsqueeze(1).expand(-1, num_own)
+            own_logw = torch.where(comp.unsqueeze(1) > 0, own_logw, ninf)
+            s_ids = torch.cat([s_ids, own], 1)
+            s_logw = torch.cat([s_logw, own_logw], 1)
+            t_logw = t_logw + math.log(max(num_samples, 1) / total)  # alpha = M / total
         return s_ids, s_logw, t_ids, _hit_logw(t_logw, hit, remove_accidental_hits)
     u_ids = s_ids.reshape(1, -1)
     u_valid = first_occurrences(u_ids, s_valid.reshape(1, -1))

@@ -188,9 +188,9 @@ def estimator_loss(
     scheme = sampling.scheme if scheme is None else scheme
     if loss.softcap and scheme != "per_example":
         raise ValueError(f"softcap is supported with scheme='per_example' only, got {scheme!r}")
-    if scheme not in SCHEMES[:3]:
+    if scheme not in SCHEMES[:4]:
         raise ValueError(
-            f"scheme must be one of {SCHEMES[:3]} here ('bucket_shared' needs the LSH index: "
+            f"scheme must be one of {SCHEMES[:4]} here ('bucket_shared' needs the LSH index: "
             f"SampledSoftmaxLoss(method='lsh', candidate_scheme='bucket_shared')), got {scheme!r}"
         )
     n = weight.shape[0]
@@ -230,16 +230,20 @@ def estimator_loss(
                 hidden, weight, bias, cand_ids, cand_logw, safe_target, params
             )
     else:
+        hybrid = scheme == "hybrid"
+        if hybrid and not _is_uniform(sampler):
+            raise ValueError("scheme='hybrid' draws its per-row T uniformly: sampler='uniform'")
         s_ids, s_logw, sh_ids, sh_logw = candidates.build_shared_candidates(
             retrieved,
             safe_target,
             n,
-            num_uniform,
+            sampling.num_shared if hybrid else num_uniform,
             make_sampler(sampler, n),
             generator,
             union=scheme == "batch_union",
             remove_accidental_hits=sampling.remove_accidental_hits,
             logw_dtype=logw_dtype,
+            num_own=num_uniform if hybrid else 0,
         )
         loss_rows = SharedCandidatesFunction.apply(
             hidden,
@@ -273,6 +277,7 @@ def sampled_softmax_from_candidates(
     remove_accidental_hits: bool = True,
     z_loss: float = 0.0,
     softcap: float = 0.0,
+    num_shared: int = 1024,
 ) -> torch.Tensor:
     """The estimator loss for given retrieved classes S (the target is added, T is drawn).
 
@@ -282,7 +287,9 @@ def sampled_softmax_from_candidates(
 
     scheme: "per_example" (each row its own S and T, gathered: the seeds' method),
     "shared_samples" (own S, one T shared by the batch, scored as a dense product),
-    "batch_union" (S = union of all rows' S and targets, + shared T, all dense).
+    "batch_union" (S = union of all rows' S and targets, + shared T, all dense),
+    "hybrid" (own S and own |T| uniform draws, gathered, plus one T of num_shared uniform
+    draws shared by the batch, dense; every draw weighted n / (num_shared + |T|)).
     sampler: proposal of T: "uniform" (per-example scheme: uniform over the complement of S,
     exact weights), "log_uniform", or class weights (n,); non-uniform proposals get the log-Q
     correction, and draws that hit S get weight 0 unless remove_accidental_hits=False.
@@ -301,6 +308,7 @@ def sampled_softmax_from_candidates(
         scheme=scheme if scheme in SCHEMES else "per_example",  # estimator_loss names it
         sampler=sampler,
         remove_accidental_hits=remove_accidental_hits,
+        num_shared=num_shared,
     )
     grad = GradOptions(sparse_grad, deterministic)
     return estimator_loss(
@@ -330,6 +338,7 @@ def sampled_softmax_cross_entropy(
     scheme: str = "per_example",
     sampler: str | torch.Tensor | Sampler = "uniform",
     remove_accidental_hits: bool = True,
+    num_shared: int = 1024,
 ) -> torch.Tensor:
     """Softmax cross-entropy of logits hidden @ weight.T (+ bias), exact or sampled.
 
@@ -342,9 +351,9 @@ def sampled_softmax_cross_entropy(
     call (a row sum) for a non-finite class row, which then joins every row's S
     (nonfinite.py: the module does it once per refresh_every steps).
     num_candidates: |S| including the target; num_uniform: |T|. z_loss adds z_loss * lse^2
-    per row (lse: the exact or estimated log partition function). scheme, sampler and
-    remove_accidental_hits: see sampled_softmax_from_candidates. Returns a 0-d float32
-    tensor (or (N,) for reduction="none").
+    per row (lse: the exact or estimated log partition function). scheme, sampler,
+    remove_accidental_hits and num_shared: see sampled_softmax_from_candidates. Returns a
+    0-d float32 tensor (or (N,) for reduction="none").
     """
     loss = LossOptions(reduction, ignore_index, label_smoothing, z_loss, softcap, validate)
     checks.check_int_option("num_candidates (|S|)", num_candidates, 1)
@@ -358,6 +367,7 @@ def sampled_softmax_cross_entropy(
         scheme if scheme in SCHEMES else "per_example",
         sampler=sampler,
         remove_accidental_hits=remove_accidental_hits,
+        num_shared=num_shared,
     )
     grad = GradOptions(sparse_grad, deterministic)
     choice = cached_choice(

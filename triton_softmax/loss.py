@@ -249,10 +249,7 @@ class SampledSoftmaxLoss(CheckpointState, nn.Module):
         return (
             c.explain()
             + self.manager.explain(
-                c.method,
-                self.num_uniform,
-                self.sampling_options.scheme,
-                auto=getattr(self, "_scheme_asked", None) == "auto",
+                c.method, self.sampling_options, auto=getattr(self, "_scheme_asked", None) == "auto"
             )
             + self.quality.explain(self.index_options, c)
             + memory_hint(c.method, self.weight)

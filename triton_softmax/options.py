@@ -26,7 +26,7 @@ from . import checks
 from .index.generators import DEFAULT_LSH_GENERATOR, check_lsh_generator
 from .samplers import CategoricalSampler, Sampler
 
-SCHEMES = ("per_example", "shared_samples", "batch_union", "bucket_shared")
+SCHEMES = ("per_example", "shared_samples", "batch_union", "hybrid", "bucket_shared")
 BUCKET_IMPLS = ("auto", "gather", "tiles")
 
 
@@ -75,6 +75,7 @@ class SamplingOptions:
     num_candidates: int = 512
     num_uniform: int = 512
     scheme: str = "auto"
+    num_shared: int = 1024
     bucket_impl: str = "auto"
     sampler: str | Sampler = "uniform"
     remove_accidental_hits: bool = True
@@ -82,6 +83,7 @@ class SamplingOptions:
     def __post_init__(self) -> None:
         checks.check_int_option("num_candidates (|S|)", self.num_candidates, 1)
         checks.check_int_option("num_uniform (|T|)", self.num_uniform, 0)
+        checks.check_int_option("num_shared", self.num_shared, 0)
         if self.scheme not in ("auto", *SCHEMES):
             raise ValueError(
                 f"candidate_scheme must be 'auto' or one of {SCHEMES}, got {self.scheme!r}"
@@ -311,6 +313,7 @@ FLAT_KWARGS: dict[str, tuple[str, str]] = {
     "validate": ("loss", "validate"),
     "num_candidates": ("sampling", "num_candidates"),
     "num_uniform": ("sampling", "num_uniform"),
+    "num_shared": ("sampling", "num_shared"),
     "candidate_scheme": ("sampling", "scheme"),
     "scheme": ("sampling", "scheme"),
     "bucket_impl": ("sampling", "bucket_impl"),

@@ -22,6 +22,15 @@ from ..options import IndexOptions
 from .base import CandidateIndex
 from .factory import describe, make_index
 
+AUTO_WHY = {  # SamplingOptions.resolved has the measurements
+    "per_example": "N x |T| classes pushed down a step; a T shared by the batch pushes |T|, "
+    "and under Adam its rare large gradients trained worse per second: held-out perplexity "
+    "rose on the stdlib next-token task; SamplingOptions.resolved",
+    "hybrid": "own draws push N x |T| classes down a step in small pieces, and the shared "
+    "draws give every row many more scored negatives for one dense product; "
+    "SamplingOptions.resolved",
+}
+
 
 class IndexManager:
     """rows: classes the index covers; dim: d; num_candidates: |S| (sets the default LSH K).
@@ -62,13 +71,9 @@ class IndexManager:
     def seed(self) -> int:
         return self.options.seed
 
-    def explain(
-        self,
-        method: str,
-        num_uniform: int | None = None,
-        scheme: str | None = None,
-        auto: bool = False,
-    ) -> str:
+    def explain(self, method: str, sampling=None, auto: bool = False) -> str:
+        """The index's part of explain(): generator, widths, and the candidate scheme of the
+        SamplingOptions `sampling` (|T|, the shared T's size) and, for "auto", why."""
         text = describe(method, self.rows, self.num_candidates, self.options, self.device)
         excluded = getattr(self.index, "num_excluded", 0) if self.method == method else 0
         if excluded:
@@ -76,6 +81,8 @@ class IndexManager:
                 f" ({excluded} rows non-finite or masked, not in the lists; the first "
                 "non-finite one is added to every search)"
             )
+        scheme = sampling.scheme if sampling is not None else None
+        num_uniform = sampling.num_uniform if sampling is not None else None
         if method != "full" and scheme == "shared_samples":
             text += (
                 f"; one T shared by the batch ({num_uniform} draws, a dense N x {num_uniform} "
@@ -86,13 +93,15 @@ class IndexManager:
                 f"; per-example T: each row draws |T| = {num_uniform} classes uniformly from "
                 "outside its S, weight (n - |S_i|) / |T|"
             )
-        if method != "full" and auto and scheme == "per_example" and num_uniform:
+        elif method != "full" and scheme == "hybrid":
+            m = sampling.num_shared
             text += (
-                " (candidate_scheme='auto' -> per_example; why: N x |T| classes pushed down a "
-                "step; a T shared by the batch pushes |T|, and under Adam its rare large "
-                "gradients trained worse per second: held-out perplexity rose on the stdlib "
-                "next-token task; SamplingOptions.resolved)"
+                f"; hybrid T: each row draws its own |T| = {num_uniform} classes from outside "
+                f"its S (gathered) and the batch shares {m} more (a dense N x {m} product, "
+                f"draws in a row's S removed); every draw weighted about n / {m + num_uniform}"
             )
+        if method != "full" and auto and scheme in ("per_example", "hybrid") and num_uniform:
+            text += f" (candidate_scheme='auto' -> {scheme}; why: {AUTO_WHY[scheme]})"
         if method != "full" and num_uniform == 0 and self.num_candidates < self.rows:
             text += (
                 "; num_uniform=0: a softmax over the retrieved S only, not an estimate of the "
