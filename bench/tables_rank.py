@@ -173,6 +173,7 @@ def main(argv=None) -> int:
     p.add_argument("--recall-N", type=int, default=512, help="queries checked for recall")
     p.add_argument("--before", default=None, help="a checkout to time the default search of")
     p.add_argument("--rounds", type=int, default=4, help="--before: rounds per tree")
+    p.add_argument("--before-label", default=None, help="--before: its commit, for the record")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None)
@@ -194,6 +195,10 @@ def main(argv=None) -> int:
     )
     if args.before:
         rec["default_cpu_before_after"] = before_after(args.before, args)
+        rec["default_cpu_before_after"]["before_label"] = args.before_label
+        rec["default_cpu_before_after"]["after_commit"] = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
     rec["load_avg_end"] = os.getloadavg()
     try:
         import triton
