@@ -45,14 +45,15 @@ def check_rank(rank: str | None) -> None:
 def default_rank(device: torch.device | str | None) -> str:
     """rank=None: "score" on CUDA, "count" elsewhere.
 
-    Measured on a CPU (Intel Xeon @ 2.60GHz, 2 shared vCPUs, load 5.6-5.9, one thread, torch
+    Measured on a CPU (Intel Xeon @ 2.60GHz, 2 shared vCPUs, load 4.9-5.0, one thread, torch
     2.13.0; n = 1e5, d = 128, N = 1,024 planted queries, |S| - 1 = 63, K = 12, L = 8, 32 ids
     read per bucket): recall of the exact top-10 0.0209 scored against 0.0146 counted (1.43x),
-    search 59.4 against 38.1 ms (1.56x slower: the union's ~90 distinct rows per query are
+    search 63.9 against 40.7 ms (1.57x slower: the union's ~90 distinct rows per query are
     gathered and scored on top of the count path's reads and sort;
     bench/results/tables_rank-cpu-n100000-20261207.json). So the host keeps "count" (the
-    faster step) and CUDA, where the list-tile kernel scores the buckets on tensor cores with
-    no (N, L B) buffer, ranks by "score" for its recall; its GPU time is not measured yet
+    faster step; 0.58x the time of 38be7c1's, same ids, from exact_scores' cache-sized
+    gathers) and CUDA, where the list-tile kernel scores the buckets on tensor cores with no
+    (N, L B) buffer, ranks by "score" for its recall; its GPU time is not measured yet
     (scripts/gpu_pass.sh, stage search)."""
     return "score" if device is not None and torch.device(device).type == "cuda" else "count"
 
