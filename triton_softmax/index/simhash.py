@@ -291,7 +291,9 @@ class LSHIndex(Snapshot):
                 scores = exact_scores(h, self.weight, self.bias, ids)
             ids = pad_short_rows(
                 h, self.weight, self.bias, ids, scores, self.pool, num_candidates,
-                torch.Generator().manual_seed(self.seed),  # a search is a function of its input
+                # a search is a function of its input; drawn on the queries' device (a draw on
+                # the host copied to CUDA would be a synchronising copy in the step)
+                torch.Generator(device=h.device).manual_seed(self.seed),
             )  # fmt: skip
         return _nf.add_nonfinite_class(ids, self.any_nonfinite, self.first_nonfinite)
 
