@@ -7,7 +7,9 @@
 
 Per n: one LSHIndex with make_index's defaults (K from n, L = 8 tables, max_per_bucket from
 |S| and L) over the sweep's planted problem (bench.harness: nn.Linear-like weights, hidden
-planted near a target row), then k = |S| - 1 candidates per query by
+planted near a target row) or, with --snapshot FILE, a trained model's output layer and
+hidden states (bench.candidates_snapshot: the WordNet synset model), then k = |S| - 1
+candidates per query by
   - "count": the union of the query's buckets ranked by collision count (ops.lsh_query: the
     fused kernel on CUDA, its twin on a CPU);
   - "score": the same union ranked by exact logit (on a CPU reference/simhash.py
@@ -95,21 +97,33 @@ def routes(index, h: torch.Tensor, k: int, cuda: bool) -> dict:
     return out
 
 
+def problem(n: int, args, device: str, dtype: torch.dtype):
+    """(weight, bias or None, hidden): the planted problem, or a trained snapshot's."""
+    if args.snapshot:
+        snap = torch.load(args.snapshot)
+        W = snap["weight"].to(device, dtype)
+        b = snap.get("bias")
+        h = snap["hidden"][: args.N].to(device, dtype)
+        return W, (b.to(device, dtype) if b is not None else None), h
+    W = make_weight(n, args.d, dtype, device, args.seed)
+    return W, None, make_inputs(W, args.N, args.seed)[0]
+
+
 def one_n(n: int, args, device: str, dtype: torch.dtype) -> dict:
     cuda = device == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    W = make_weight(n, args.d, dtype, device, args.seed)
-    h, _ = make_inputs(W, args.N, args.seed)
+    W, bias, h = problem(n, args, device, dtype)
+    n, d = W.shape
     k = args.S - 1
-    index = make_index("lsh", n, args.d, k, lsh_generator="tables", device=device)
+    index = make_index("lsh", n, d, k, lsh_generator="tables", device=device)
     t0 = time.perf_counter()
-    index.build(W)
+    index.build(W, bias)
     sync()
     out: dict = dict(n=n, k=k, build_s=time.perf_counter() - t0)
     B = index.max_per_bucket or default_max_per_bucket(k, index.num_tables)
     out.update(num_bits=index.num_bits, num_tables=index.num_tables, max_per_bucket=B)
     R = min(args.recall_N, args.N)
-    exact = exact_topk(h[:R], W, 10)[1]
+    exact = exact_topk(h[:R], W, 10, bias)[1]
     fns = routes(index, h, k, cuda)
     res = {}
     for name, fn in fns.items():  # warm-up (compile, autotune) and the quality figures
@@ -176,6 +190,9 @@ def main(argv=None) -> int:
     p.add_argument("--before-label", default=None, help="--before: its commit, for the record")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--snapshot", default=None, help="a trained snapshot (bench.candidates_snapshot)"
+    )
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     device, dtype = args.device, DTYPES[args.dtype]
@@ -186,6 +203,7 @@ def main(argv=None) -> int:
         device=torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
         torch=torch.__version__,
         threads=torch.get_num_threads(),
+        problem=args.snapshot or "planted (bench.harness)",
         N=args.N,
         d=args.d,
         S=args.S,
