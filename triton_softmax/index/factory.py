@@ -57,7 +57,8 @@ def make_index(
 ) -> Index:
     """An unbuilt index for `method` ("lsh" or "faiss") with the library's defaults.
 
-    lsh_generator: "tables" (or None) = LSHIndex (ranked by collision count), or
+    lsh_generator: "tables" (or None) = LSHIndex (ranked by collision count or exact logit:
+    lsh_rank), or
     "clusters" (index/generators.py: k-means lists, union reranked by exact logits);
     rerank_copy: the clusters lists are scored from a copy of the rows taken at build (None:
     on a CPU, clusters.copy_rows_by_default); lsh_nprobe: clusters lists read per query;

@@ -282,9 +282,13 @@ class LSHIndex(Snapshot):
             ids, _ = ops.lsh_query(
                 h, self.hyperplanes, bias, self.sorted_ids, self.offsets, num_candidates, B
             )
-            if self.selectable is not None:  # masked / non-finite classes hashed with the rest
-                ok = (ids >= 0) & self.selectable[ids.clamp_min(0)]
-                ids = torch.where(ok, ids, torch.full_like(ids, -1))
+        # masked / non-finite classes are hashed with the rest (scored: a row non-finite at
+        # build whose live logit is finite again would also take the last slot)
+        if self.selectable is not None:
+            ok = (ids >= 0) & self.selectable[ids.clamp_min(0)]
+            ids = torch.where(ok, ids, torch.full_like(ids, -1))
+            if scores is not None:
+                scores = torch.where(ok, scores, torch.full_like(scores, float("-inf")))
         # fill short rows; on the host, where a read is free, only when some row is short
         if num_candidates > 0 and self.pool.numel() > 0 and (ids.is_cuda or bool((ids < 0).any())):
             if scores is None:
@@ -307,7 +311,7 @@ class LSHIndex(Snapshot):
         from .list_tiles import search_table_tiles, tables_csr
 
         codes = self.query_codes(hidden)
-        if tiles if tiles is not None else hidden.is_cuda:
+        if hidden.is_cuda if tiles is None else tiles:
             if self.flat_offsets is None:
                 self.flat_offsets = tables_csr(self.sorted_ids, self.offsets)
             return search_table_tiles(

@@ -72,8 +72,8 @@ def list_tile_topk_ref(
         z = z.view(hi - lo, p, max_list).float()
         z = torch.where(ok[lo:hi] & ~torch.isnan(z), z, torch.full_like(z, float("-inf")))
         z = torch.where(z == 0, torch.zeros_like(z), z)  # -0.0 -> +0.0
-        rk = r[lo:hi].long()
         if tie_by_row:  # rows ascending first: the stable sort then ties by the smaller row
+            rk = r[lo:hi].long()
             by_row = torch.argsort(rk, dim=2, stable=True)
             z, rk = z.gather(2, by_row), rk.gather(2, by_row)
         # stable: equal scores keep their order, the smaller position first
