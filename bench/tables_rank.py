@@ -115,7 +115,8 @@ def one_n(n: int, args, device: str, dtype: torch.dtype) -> dict:
     W, bias, h = problem(n, args, device, dtype)
     n, d = W.shape
     k = args.S - 1
-    index = make_index("lsh", n, d, k, lsh_generator="tables", device=device)
+    index = make_index("lsh", n, d, k, lsh_generator="tables", device=device, lsh_bits=args.bits)
+    index.max_per_bucket = args.max_per_bucket
     t0 = time.perf_counter()
     index.build(W, bias)
     sync()
@@ -189,6 +190,8 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=4, help="--before: rounds per tree")
     p.add_argument("--before-label", default=None, help="--before: its commit, for the record")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--bits", type=int, default=None, help="K (None: make_index's default)")
+    p.add_argument("--max-per-bucket", type=int, default=None, help="None: the default")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--snapshot", default=None, help="a trained snapshot (bench.candidates_snapshot)"

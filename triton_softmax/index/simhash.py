@@ -54,7 +54,14 @@ def default_rank(device: torch.device | str | None) -> str:
     faster step; 0.58x the time of 38be7c1's, same ids, from exact_scores' cache-sized
     gathers) and CUDA, where the list-tile kernel scores the buckets on tensor cores with no
     (N, L B) buffer, ranks by "score" for its recall; its GPU time is not measured yet
-    (scripts/gpu_pass.sh, stage search)."""
+    (scripts/gpu_pass.sh, stage search). On the trained WordNet synset snapshot (n =
+    117,659, d = 128, bench.candidates_snapshot; same machine, load 5.4-5.7) the default
+    tables hold few of the top classes whichever the ranking: recall of the exact top-10
+    0.0045 scored against 0.0043 counted, 50.8 against 34.4 ms; with larger buckets (K = 8,
+    128 ids read per bucket) scoring finds 0.0264 against 0.0047 (5.6x) at 207 against 100
+    ms (bench/results/tables_rank-cpu-synset-*20261207.json): the ranking decides what a
+    larger read buys, the tables' defaults (K, max_per_bucket) are still those of the
+    count."""
     return "score" if device is not None and torch.device(device).type == "cuda" else "count"
 
 
