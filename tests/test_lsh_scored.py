@@ -183,6 +183,15 @@ def test_merge_drops_repeats_keeps_the_larger_copy():
     assert top.tolist() == [[7]]
 
 
+def test_empty_queries_and_zero_candidates(monkeypatch):
+    h, w, b, qc, sorted_ids, offsets = problem()
+    for rows, k in ((0, 5), (3, 0), (0, 0)):
+        want = lsh_scored_ref(h[:rows], w, b, qc[:rows], sorted_ids, offsets, k, 4)
+        got = tiles(h[:rows], w, b, qc[:rows], sorted_ids, offsets, k, 4, monkeypatch)
+        assert want[1].shape == got[1].shape == (rows, k)
+        assert torch.equal(want[1], got[1]) and torch.equal(want[0], got[0])
+
+
 def test_lsh_index_scored_search(monkeypatch):
     """LSHIndex(rank="score") on built tables: the CPU twin and the kernel route return the
     same ids; each is the float64 top-k of the query's capped buckets where the union holds

@@ -188,11 +188,11 @@ def merge_table_topk(
     unless the accumulation order differed) is kept; then one top-k over (score, id) keys,
     ties by the smaller id, as merge_list_topk. The k best distinct ids of the union are
     among the candidates: within a bucket fewer than k distinct ids beat one of them."""
-    N = scores.shape[0]
-    s = scores.reshape(N, -1).float()
-    ids = ids.reshape(N, -1)
-    if N == 0 or s.shape[1] == 0:
-        return s.new_full((N, k), float("-inf")), ids.new_full((N, k), -1)
+    N, p, kk = scores.shape
+    if N == 0 or p * kk == 0:
+        return scores.new_full((N, k), float("-inf")), ids.new_full((N, k), -1)
+    s = scores.reshape(N, p * kk).float()
+    ids = ids.reshape(N, p * kk)
     s = torch.where(s == 0, torch.zeros_like(s), s).contiguous()  # -0.0 ties with +0.0
     bits = s.view(torch.int32)
     ordered = (bits ^ ((bits >> 31) & 0x7FFFFFFF)).long()  # int32 order of the floats
