@@ -16,7 +16,12 @@ search_table_tiles: the same kernel for the SimHash tables' scored ranking (inde
 rank="score"): lists = the (table, bucket) CSR ranges of all L tables (tables_csr), probes = a
 query's L codes, each read capped at max_per_bucket; then merge_table_topk, which also drops
 the ids repeated across tables (a class sits in one bucket of every table). Twin of the
-whole: reference/simhash.py lsh_scored_ref.
+whole: reference/simhash.py lsh_scored_ref. What it costs: every (query, table) reads up to
+max_per_bucket rows (at |S| = 512, L = 8, d = 512 bf16: 256 rows, 2 MB per query), and a
+tile of queries shares a bucket's rows only when they hash to the same bucket, which spread
+queries rarely do at 2^K buckets per table (most tiles then hold one query: a GEMV in a
+16-row dot). The count ranking reads 4-byte ids only; the recall it gives up is measured in
+bench/results/tables_rank-*.json (index/simhash.py default_rank).
 
 Why: on the H200 (2026-11-30) the per-(query, list) GEMV kernel (ops.list_topk) took 49 ms
 of a 58 ms lsh step at n = 10^6, N = 4096, d = 256 (1.6% of classes scored), and one fp32
