@@ -153,15 +153,32 @@ KERNELS = [
     (
         "list_tile_topk(k'=64)",
         lt.list_tile_topk_kernel,
-        dict(BLOCK_Q=16, BLOCK_L=64, BLOCK_D=64),
+        dict(BLOCK_Q=16, BLOCK_L=64, BLOCK_D=64, TIE_ROW=False),
         LIST_TILE_PTRS,
         (),
     ),
     (
         "list_tile_topk(k'=512)",
         lt.list_tile_topk_kernel,
-        dict(BLOCK_Q=16, BLOCK_L=512, BLOCK_D=32),
+        dict(BLOCK_Q=16, BLOCK_L=512, BLOCK_D=32, TIE_ROW=False),
         LIST_TILE_PTRS,
+        (),
+    ),
+    # the SimHash tables' scored lookup (index/list_tiles.search_table_tiles): int32 members
+    # (the tables' sorted ids), ties by row; the launcher's blocks for |S| = 64 (k' = 32 =
+    # max_per_bucket) and |S| = 512 (k' = 256) at d = 512
+    (
+        "list_tile_topk(tables k'=32)",
+        lt.list_tile_topk_kernel,
+        dict(BLOCK_Q=16, BLOCK_L=32, BLOCK_D=64, TIE_ROW=True),
+        dict(LIST_TILE_PTRS, members_ptr=I32),
+        (),
+    ),
+    (
+        "list_tile_topk(tables k'=256)",
+        lt.list_tile_topk_kernel,
+        dict(BLOCK_Q=16, BLOCK_L=256, BLOCK_D=64, TIE_ROW=True),
+        dict(LIST_TILE_PTRS, members_ptr=I32),
         (),
     ),
     ("grad_hidden", sl.grad_hidden_kernel, dict(BLOCK_D=128), CAND_PTRS, ()),

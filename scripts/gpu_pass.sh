@@ -142,29 +142,36 @@ if stage search_vs_faiss; then  # not in the default STAGES (STAGES=search_vs_fa
 fi
 if stage search; then  # not in the default STAGES (its own call, <= 4 minutes: STAGES="env
   # search"): the clusters search on tensor cores (kernels/list_tiles.py) against its twin and
-  # the previous bmm route, by stage; then the sweep at n = 1e6 and 1e7 (lsh, faiss, full,
+  # the previous bmm route, by stage; the SimHash tables' candidates ranked by collision count
+  # and by exact logit (the same list-tile kernel over the (table, bucket) ranges) with their
+  # recall of the exact top-10; then the sweep at n = 1e6 and 1e7 (lsh, faiss, full,
   # plain, Cut CE, the uniform shared path, the hand-written baseline; recall of the exact
-  # top-10 beside each sampled row) and the lsh step profile by stage
-  timeout 35 python3 -m pytest -q -m cuda -p no:cacheprovider tests/test_list_tiles.py \
-    > "$RES/search_tests.log" 2>&1
+  # top-10 beside each sampled row) and the lsh step profile by stage. Limits sum to 240 s.
+  timeout 40 python3 -m pytest -q -m cuda -p no:cacheprovider tests/test_list_tiles.py \
+    tests/test_lsh_scored.py > "$RES/search_tests.log" 2>&1
   echo "rc=$?" >> "$RES/search_tests.log"
-  timeout 60 python3 -m bench.search_tiles --device cuda --n 1e6 1e7 --N 4096 --d 512 \
+  timeout 50 python3 -m bench.search_tiles --device cuda --n 1e6 1e7 --N 4096 --d 512 \
     --dtype bf16 --S 512 --repeats 10 --out "$RES/search_tiles_cuda.json" \
     > "$RES/search_tiles.log" 2>&1
   echo "rc=$?" >> "$RES/search_tiles.log"
   mark search_tiles
+  timeout 25 python3 -m bench.tables_rank --device cuda --n 1e6 --N 4096 --d 512 \
+    --dtype bf16 --S 512 --repeats 5 --out "$RES/tables_rank_cuda.json" \
+    > "$RES/tables_rank.log" 2>&1
+  echo "rc=$?" >> "$RES/tables_rank.log"
+  mark tables_rank
   # faiss-cpu on CUDA tensors copies the weight to the host: at 1e6 only
-  timeout 55 python3 -m bench.sweep --device cuda --n 1e6 --d 512 --N 4096 --dtype bf16 \
+  timeout 50 python3 -m bench.sweep --device cuda --n 1e6 --d 512 --N 4096 --dtype bf16 \
     --methods lsh faiss full torch cce uniform_shared shared_neg1024 --no-roofline \
     --out-dir "$RES" --tag gpu-search-1e6 --no-plot --no-progress > "$RES/sweep_search_1e6.log" 2>&1
   echo "rc=$?" >> "$RES/sweep_search_1e6.log"
   mark sweep_search_1e6
-  timeout 60 python3 -m bench.sweep --device cuda --n 1e7 --d 512 --N 4096 --dtype bf16 \
+  timeout 50 python3 -m bench.sweep --device cuda --n 1e7 --d 512 --N 4096 --dtype bf16 \
     --methods lsh full torch cce uniform_shared shared_neg1024 --no-roofline \
     --out-dir "$RES" --tag gpu-search-1e7 --no-plot --no-progress > "$RES/sweep_search_1e7.log" 2>&1
   echo "rc=$?" >> "$RES/sweep_search_1e7.log"
   mark sweep_search_1e7
-  timeout 30 python3 -m bench.step_profile --device cuda --n 1e6 --N 4096 --d 512 --S 512 \
+  timeout 25 python3 -m bench.step_profile --device cuda --n 1e6 --N 4096 --d 512 --S 512 \
     --T 512 --K 1024 --methods lsh uniform --repeats 5 --topk-n 0 \
     --out "$RES/step_profile_search_cuda.json" > "$RES/step_profile_search.log" 2>&1
   echo "rc=$?" >> "$RES/step_profile_search.log"

@@ -147,7 +147,7 @@ def test_kernel_edge_shapes_and_validation():
     with pytest.raises(ValueError, match="lists"):
         list_tile_topk(h, w, b, members, offsets, lists[:2], 4, L)
     with pytest.raises(TypeError, match="members"):
-        list_tile_topk(h, w, b, members.int(), offsets, lists, 4, L)
+        list_tile_topk(h, w, b, members.short(), offsets, lists, 4, L)  # int32: the tables
     with pytest.raises(ValueError, match="bias"):
         list_tile_topk(h, w, b[:3], members, offsets, lists, 4, L)
     with pytest.raises(TypeError, match="ops.list_tile_topk"):

@@ -339,11 +339,15 @@ def list_topk(hidden, weight, bias, order, offsets, lists, k, max_list):
     return route("list_topk", hidden, weight, bias, order, offsets, lists, k, max_list)
 
 
-def list_tile_topk(hidden, rows, bias, members, offsets, lists, k, max_list):
+def list_tile_topk(hidden, rows, bias, members, offsets, lists, k, max_list, tie_by_row=False):
     """(scores (N, p, k') float32, pos (N, p, k') int64): the best k' = min(k, max_list)
     members of every probed list as positions in the list, best first (ties: the smaller
-    position); list tiles scored on tensor cores (kernels/list_tiles.py)."""
-    return route("list_tile_topk", hidden, rows, bias, members, offsets, lists, k, max_list)
+    position; tie_by_row: the member's row instead of its position, ties by smaller row; a
+    list read up to its first max_list members); list tiles scored on tensor cores
+    (kernels/list_tiles.py)."""
+    return route(
+        "list_tile_topk", hidden, rows, bias, members, offsets, lists, k, max_list, tie_by_row
+    )
 
 
 def sparse_adam_update(param, exp_avg, exp_avg_sq, rows, values, step_size, beta1, beta2, eps):

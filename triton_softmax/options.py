@@ -24,6 +24,7 @@ import torch
 
 from . import checks
 from .index.generators import DEFAULT_LSH_GENERATOR, check_lsh_generator
+from .index.simhash import check_rank
 from .samplers import CategoricalSampler, Sampler
 
 SCHEMES = ("per_example", "shared_samples", "batch_union", "hybrid", "bucket_shared")
@@ -161,7 +162,11 @@ class IndexOptions:
     n x d float32), instead of gathering the live rows; False: the live rows; None (default):
     the copy when the weights are on a CPU and it takes at most 4 GiB (gathering the live rows
     there cost 2x the search at n = 1e6), live rows on CUDA; lsh_nprobe (clusters): lists read
-    per query (None: 16; target_mass tunes it at each refresh)."""
+    per query (None: 16; target_mass tunes it at each refresh); lsh_rank (lsh_generator
+    "tables"): how the union of a query's SimHash buckets is ranked, "count" (collision
+    count, kernels/bucket_lookup.py) | "score" (exact logit under the live weights, the
+    clusters' tensor-core list tiles on CUDA) | None: "score" on CUDA, "count" elsewhere
+    (index/simhash.py default_rank says what was measured)."""
 
     method: str = "auto"
     lsh_bits: int | None = None
@@ -177,8 +182,10 @@ class IndexOptions:
     search_min_mass: float | None = None
     rerank_copy: bool | None = None
     lsh_nprobe: int | None = None
+    lsh_rank: str | None = None
 
     def __post_init__(self) -> None:
+        check_rank(self.lsh_rank)
         if self.rerank_copy is not None and not isinstance(self.rerank_copy, bool):
             raise ValueError(f"rerank_copy must be True, False or None, got {self.rerank_copy!r}")
         if self.lsh_nprobe is not None:
@@ -291,6 +298,11 @@ def check_combination(
                 f"is {index.lsh_generator!r} (candidate_scheme='bucket_shared' and sharded "
                 "modules use 'tables'); drop it or set lsh_generator='clusters'"
             )
+    if index.lsh_rank is not None and index.lsh_generator not in (None, "tables"):
+        raise ValueError(
+            f"lsh_rank ranks the SimHash tables' buckets, and this module's lsh generator is "
+            f"{index.lsh_generator!r}; drop it or set lsh_generator='tables'"
+        )
     if index.search_min_mass is not None and index.method not in ("lsh", "faiss"):
         raise ValueError(
             "search_min_mass switches the search of method 'lsh' or 'faiss' on and off, "
@@ -333,6 +345,7 @@ FLAT_KWARGS: dict[str, tuple[str, str]] = {
     "search_min_mass": ("index", "search_min_mass"),
     "rerank_copy": ("index", "rerank_copy"),
     "lsh_nprobe": ("index", "lsh_nprobe"),
+    "lsh_rank": ("index", "lsh_rank"),
     "drift_every": ("drift", "every"),
     "drift_rows": ("drift", "rows"),
     "drift_hook": ("drift", "hook"),

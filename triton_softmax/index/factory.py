@@ -14,7 +14,7 @@ from .faiss import (
     faiss_gpu_available,
 )
 from .generators import make_generator
-from .simhash import LSHIndex, default_num_bits
+from .simhash import LSHIndex, default_num_bits, default_rank
 
 Index = LSHIndex | FaissIndex | ClusterIndex
 
@@ -53,14 +53,19 @@ def make_index(
     validate: bool = False,
     rerank_copy: bool | None = None,
     lsh_nprobe: int | None = None,
+    lsh_rank: str | None = None,
 ) -> Index:
     """An unbuilt index for `method` ("lsh" or "faiss") with the library's defaults.
 
-    lsh_generator: "tables" (or None) = LSHIndex (ranked by collision count), or
+    lsh_generator: "tables" (or None) = LSHIndex (ranked by collision count or exact logit:
+    lsh_rank), or
     "clusters" (index/generators.py: k-means lists, union reranked by exact logits);
     rerank_copy: the clusters lists are scored from a copy of the rows taken at build (None:
-    on a CPU, clusters.copy_rows_by_default); lsh_nprobe: clusters lists read per query."""
+    on a CPU, clusters.copy_rows_by_default); lsh_nprobe: clusters lists read per query;
+    lsh_rank: the tables' ranking, "count" | "score" | None (simhash.default_rank)."""
     if method == "lsh" and lsh_generator not in (None, "tables"):
+        if lsh_rank is not None:
+            raise ValueError(f"lsh_rank is for the tables generator, not {lsh_generator!r}")
         return make_generator(
             lsh_generator,
             n,
@@ -72,7 +77,7 @@ def make_index(
         )
     if method == "lsh":
         K = lsh_bits if lsh_bits is not None else default_num_bits(n, lsh_tables, num_candidates)
-        return LSHIndex(d, K, lsh_tables, seed=seed, device=device)
+        return LSHIndex(d, K, lsh_tables, seed=seed, device=device, rank=lsh_rank)
     if method == "faiss":
         kind = faiss_kind(faiss_index, n, device)
         return FaissIndex(kind, nlist=faiss_nlist, nprobe=faiss_nprobe, seed=seed)
@@ -93,7 +98,9 @@ def describe(method: str, n: int, num_candidates: int, options, device=None) -> 
         return f"; lsh generator {gen} (union reranked by exact logits of {rows}{probes})"
     if method == "lsh":
         K = options.lsh_bits or default_num_bits(n, options.lsh_tables, num_candidates)
-        return f"; lsh K={K} bits x L={options.lsh_tables} tables"
+        rank = getattr(options, "lsh_rank", None) or default_rank(device)
+        by = "exact logit" if rank == "score" else "collision count"
+        return f"; lsh K={K} bits x L={options.lsh_tables} tables, buckets ranked by {by}"
     if method == "faiss":
         kind = faiss_kind(options.faiss_index, n, device)
         if built_kind(kind, n) != kind:

@@ -2,7 +2,8 @@
 
 "clusters" (the default): index.clusters.ClusterIndex, k-means lists whose union is scored
 with exact logits. "tables": index.simhash.LSHIndex, SimHash tables hashed and looked up by the
-fused Triton kernels (kernels/simhash.py, kernels/bucket_lookup.py), ranked by collision count;
+fused Triton kernels (kernels/simhash.py, kernels/bucket_lookup.py), the buckets' union ranked
+by collision count or by exact logit (IndexOptions.lsh_rank; on CUDA by exact logit);
 the bucket_shared scheme needs its codes and tables. Defaults chosen from bench/candidates.py's
 frontier on the trained WordNet synset snapshot (docs/accuracy.md).
 

@@ -12,6 +12,17 @@ list_tile_scores: the previous CUDA path, kept as the A/B baseline of the GPU st
 (bench/search_tiles.py): the same tiles of queries sharing a list, scored by one batched
 fp32 product (torch.bmm) into the (N, p x L) buffer that a top-k then reads.
 
+search_table_tiles: the same kernel for the SimHash tables' scored ranking (index/simhash.py,
+rank="score"): lists = the (table, bucket) CSR ranges of all L tables (tables_csr), probes = a
+query's L codes, each read capped at max_per_bucket; then merge_table_topk, which also drops
+the ids repeated across tables (a class sits in one bucket of every table). Twin of the
+whole: reference/simhash.py lsh_scored_ref. What it costs: every (query, table) reads up to
+max_per_bucket rows (at |S| = 512, L = 8, d = 512 bf16: 256 rows, 2 MB per query), and a
+tile of queries shares a bucket's rows only when they hash to the same bucket, which spread
+queries rarely do at 2^K buckets per table (most tiles then hold one query: a GEMV in a
+16-row dot). The count ranking reads 4-byte ids only; the recall it gives up is measured in
+bench/results/tables_rank-*.json (index/simhash.py default_rank).
+
 Why: on the H200 (2026-11-30) the per-(query, list) GEMV kernel (ops.list_topk) took 49 ms
 of a 58 ms lsh step at n = 10^6, N = 4096, d = 256 (1.6% of classes scored), and one fp32
 case returned a wrong id. Neither tile path is timed on a GPU yet.
@@ -159,3 +170,80 @@ def search_list_tiles(
     (N, p) int64."""
     sc, pos = ops.list_tile_topk(hidden, rows, bias, members, offsets, lists, k, max_list)
     return merge_list_topk(sc, pos, lists, offsets, order, k)
+
+
+def tables_csr(sorted_ids: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """(L 2^K + 1,) int64: the SimHash tables' L CSR offset rows (L, 2^K + 1) as one CSR over
+    sorted_ids (L, n) flattened: list t 2^K + c is bucket c of table t."""
+    L, n = sorted_ids.shape
+    base = torch.arange(L, device=offsets.device).unsqueeze(1) * n
+    tail = torch.full((1,), L * n, dtype=torch.int64, device=offsets.device)
+    return torch.cat([(offsets[:, :-1] + base).reshape(-1), tail])
+
+
+def merge_table_topk(
+    scores: torch.Tensor, ids: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each query's k best distinct ids of its (p, k') bucket candidates: (scores (N, k)
+    float32, ids (N, k) int64), best first, (-inf, -1) where fewer than k are finite.
+
+    scores, ids: (N, p, k') from ops.list_tile_topk(..., tie_by_row=True), -1 / -inf empty.
+    The same class comes back from several tables: one sort of (id, score) keys puts its
+    copies side by side, the last (its largest score: the copies are one dot product, equal
+    unless the accumulation order differed) is kept; then one top-k over (score, id) keys,
+    ties by the smaller id, as merge_list_topk. The k best distinct ids of the union are
+    among the candidates: within a bucket fewer than k distinct ids beat one of them."""
+    N, p, kk = scores.shape
+    if N == 0 or p * kk == 0:
+        return scores.new_full((N, k), float("-inf")), ids.new_full((N, k), -1)
+    s = scores.reshape(N, p * kk).float()
+    ids = ids.reshape(N, p * kk)
+    s = torch.where(s == 0, torch.zeros_like(s), s).contiguous()  # -0.0 ties with +0.0
+    bits = s.view(torch.int32)
+    ordered = (bits ^ ((bits >> 31) & 0x7FFFFFFF)).long()  # int32 order of the floats
+    ok = torch.isfinite(s) & (ids >= 0)
+    by_id = torch.where(ok, (ids << 32) | (ordered + 2**31), -1)
+    by_id, at = torch.sort(by_id, dim=1)
+    ids = torch.where(by_id >= 0, by_id >> 32, -1)
+    last = torch.ones_like(ok)
+    last[:, :-1] = ids[:, :-1] != ids[:, 1:]
+    ok = last & (ids >= 0)
+    ordered = ordered.gather(1, at)
+    key = torch.where(ok, (ordered << 32) | (0x7FFFFFFF - ids.clamp_min(0)), -(2**63))
+    m = min(k, key.shape[1])
+    top = torch.topk(key, m, dim=1).indices
+    ok = ok.gather(1, top)
+    s = torch.where(ok, s.gather(1, at.gather(1, top)), float("-inf"))
+    ids = torch.where(ok, ids.gather(1, top), -1)
+    if m < k:
+        s = torch.cat([s, s.new_full((N, k - m), float("-inf"))], dim=1)
+        ids = torch.cat([ids, ids.new_full((N, k - m), -1)], dim=1)
+    return s, ids
+
+
+def search_table_tiles(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    sorted_ids: torch.Tensor,
+    flat_offsets: torch.Tensor,
+    query_codes: torch.Tensor,
+    k: int,
+    max_per_bucket: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scores (N, k) float32, class ids (N, k) int64): the k best distinct classes of each
+    query's L buckets (each read capped at max_per_bucket) by exact logit, best first, ties
+    by the smaller id, (-inf, -1) where short; no host read. The contract of
+    reference/simhash.py lsh_scored_ref.
+
+    hidden: (N, d); weight: (n, d) the live rows, bias (n,) or None; sorted_ids: (L, n) int32
+    and flat_offsets = tables_csr(sorted_ids, offsets); query_codes: (N, L) int32 in [0, 2^K).
+    """
+    L = sorted_ids.shape[0]
+    nb = (flat_offsets.numel() - 1) // max(1, L)
+    lists = query_codes.long() + torch.arange(L, device=query_codes.device) * nb
+    members = sorted_ids.reshape(-1)
+    sc, ids = ops.list_tile_topk(
+        hidden, weight, bias, members, flat_offsets, lists, k, max_per_bucket, True
+    )
+    return merge_table_topk(sc, ids, k)

@@ -159,6 +159,7 @@ class IndexManager:
             lsh_generator=o.lsh_generator,
             rerank_copy=o.rerank_copy,
             lsh_nprobe=o.lsh_nprobe,
+            lsh_rank=o.lsh_rank,
         )
 
     def resume(self, method: str, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:

@@ -20,6 +20,9 @@ from ..reference.sampled_logits import row_dots
 
 # rows of one gather (chunk x U x d floats) are bounded by this many floats (~64 MiB)
 GATHER_FLOATS = 1 << 24
+# on a CPU, chunks that stay in cache while bmm reads them, gathered by index_select: 2-4x
+# faster than one large advanced-indexing gather (reference/simhash.py GATHER_FLOATS_CPU)
+GATHER_FLOATS_CPU = 1 << 19
 
 
 def check_rows(weight: torch.Tensor, bias: torch.Tensor | None, validate: bool) -> torch.Tensor:
@@ -59,15 +62,16 @@ def exact_scores(
     N, U = ids.shape
     d = weight.shape[1]
     out = torch.empty(N, U, dtype=torch.float32, device=hidden.device)
-    step = max(1, GATHER_FLOATS // max(1, U * d))
+    budget = GATHER_FLOATS if hidden.is_cuda else GATHER_FLOATS_CPU
+    step = max(1, budget // max(1, U * d))
     h = hidden.float()
     for lo in range(0, N, step):
         hi = min(N, lo + step)
         part = ids[lo:hi]
-        safe = part.clamp_min(0)
-        z = row_dots(weight[safe].float(), h[lo:hi])
+        safe = part.clamp_min(0).reshape(-1)
+        z = row_dots(weight.index_select(0, safe).view(hi - lo, U, d).float(), h[lo:hi])
         if bias is not None:
-            z = z + bias[safe].float()
+            z = z + bias.index_select(0, safe).view(hi - lo, U).float()
         ok = (part >= 0) & ~torch.isnan(z)
         out[lo:hi] = torch.where(ok, z, torch.full_like(z, float("-inf")))
     return out

@@ -9,8 +9,12 @@ key only needs r . x + r_mips * sqrt(M^2 - |x|^2), and of a query r . q: hyperpl
 
 Tables: per table, class ids sorted by code (within a bucket in a fixed random order, so a
 capped read of a large bucket is a uniform subsample), with CSR offsets over all 2^K codes.
-A query reads at most `max_per_bucket` ids from each of its L buckets, counts how many
-tables each id collided in, and keeps the `num_candidates` ids with most collisions.
+A query reads at most `max_per_bucket` ids from each of its L buckets; rank="count" counts
+how many tables each id collided in and keeps the `num_candidates` ids with most collisions
+(kernels/bucket_lookup.py); rank="score" scores the union by exact logit under the live
+weights and keeps the best (on CUDA index/list_tiles.search_table_tiles, the clusters'
+tensor-core list tiles over the (table, bucket) ranges; elsewhere its twin,
+reference/simhash.py lsh_scored_ref). Measurements behind the default: see default_rank.
 """
 
 from __future__ import annotations
@@ -24,11 +28,43 @@ from ..checks import check_int_option
 from ..reference.simhash import (  # noqa: F401  (re-exported: the old lsh.py names)
     bucket_table_ref,
     lsh_candidates_ref,
+    lsh_scored_ref,
     simhash_codes_ref,
 )
 from .base import Snapshot
 
 MAX_BITS = 20  # dense CSR offsets hold 2^K + 1 int64 per table
+RANKS = ("count", "score")
+
+
+def check_rank(rank: str | None) -> None:
+    if rank is not None and rank not in RANKS:
+        raise ValueError(f"lsh_rank must be one of {RANKS} or None, got {rank!r}")
+
+
+def default_rank(device: torch.device | str | None) -> str:
+    """rank=None: "score" on CUDA, "count" elsewhere.
+
+    Measured on a CPU (Intel Xeon @ 2.60GHz, 2 shared vCPUs, load 4.9-5.0, one thread, torch
+    2.13.0; n = 1e5, d = 128, N = 1,024 planted queries, |S| - 1 = 63, K = 12, L = 8, 32 ids
+    read per bucket): recall of the exact top-10 0.0209 scored against 0.0146 counted (1.43x),
+    search 63.9 against 40.7 ms (1.57x slower: the union's ~90 distinct rows per query are
+    gathered and scored on top of the count path's reads and sort;
+    bench/results/tables_rank-cpu-n100000-20261207.json). So the host keeps "count" (the
+    faster step; 0.58x the time of 38be7c1's, same ids, from exact_scores' cache-sized
+    gathers) and CUDA, where the list-tile kernel scores the buckets on tensor cores with no
+    (N, L B) buffer, ranks by "score" for its recall; its GPU time is not measured yet
+    (scripts/gpu_pass.sh, stage search). On the trained WordNet synset snapshot (n =
+    117,659, d = 128, bench.candidates_snapshot; same machine, load 5.4-5.7) the default
+    tables hold few of the top classes whichever the ranking: recall of the exact top-10
+    0.0045 scored against 0.0043 counted, 50.8 against 34.4 ms; with larger buckets (K = 8,
+    128 ids read per bucket) scoring finds 0.0264 against 0.0047 (5.6x) at 207 against 100
+    ms (bench/results/tables_rank-cpu-synset-*20261207.json): the ranking decides what a
+    larger read buys, the tables' defaults (K, max_per_bucket) are still those of the
+    count."""
+    return "score" if device is not None and torch.device(device).type == "cuda" else "count"
+
+
 NORM_HEADROOM = 1.05  # M = 1.05 max |x_j| at build: room for rows to grow between refreshes
 
 
@@ -69,7 +105,8 @@ class LSHIndex(Snapshot):
     """SimHash LSH tables over a weight matrix; rebuilt by `build` (the refresh).
 
     num_bits K (<= 20), num_tables L, hyperplanes from `seed` (identical on every device and
-    every rank). `build(weight, bias)` hashes all n rows and sorts them into tables;
+    every rank); rank: "count" | "score" | None (default_rank: by the queries' device).
+    `build(weight, bias)` hashes all n rows and sorts them into tables;
     `search(hidden, num_candidates)` returns ranked candidate ids.
     """
 
@@ -81,8 +118,12 @@ class LSHIndex(Snapshot):
         seed: int = 0,
         max_per_bucket: int | None = None,
         device: torch.device | str | None = None,
+        rank: str | None = None,
     ) -> None:
         check_int_option("lsh_bits (K)", num_bits, 1, MAX_BITS)
+        check_rank(rank)
+        self.rank = rank
+        self.flat_offsets: torch.Tensor | None = None  # tables_csr, made at the first use
         check_int_option("lsh_tables (L)", num_tables, 1, 256)
         self.dim, self.num_bits, self.num_tables, self.seed = dim, num_bits, num_tables, seed
         self.max_per_bucket = max_per_bucket
@@ -113,6 +154,7 @@ class LSHIndex(Snapshot):
         if self.built:
             self.sorted_ids = self.sorted_ids.to(device)
             self.offsets = self.offsets.to(device)
+            self.flat_offsets = None
             self.codes = self.codes.to(device)
             self.max_norm = self.max_norm.to(device)
             self.any_nonfinite = self.any_nonfinite.to(device)
@@ -153,6 +195,7 @@ class LSHIndex(Snapshot):
         max_norm = max_row_norm(weight, bias) * NORM_HEADROOM
         codes = ops.simhash_codes(weight, self.hyperplanes, bias, max_norm)
         self.sorted_ids, self.offsets = ops.bucket_table(codes, self.num_bits, self.seed)
+        self.flat_offsets = None
         self.codes = codes  # (n, L) int32: the bucket-shared scheme dedupes tiles with them
         self.has_bias = bias is not None
         self.n = weight.shape[0]
@@ -184,6 +227,7 @@ class LSHIndex(Snapshot):
             weight.detach()[rows], self.hyperplanes, b, self.max_norm
         )
         self.sorted_ids, self.offsets = ops.bucket_table(self.codes, self.num_bits, self.seed)
+        self.flat_offsets = None
         return True
 
     def query_codes(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -219,40 +263,69 @@ class LSHIndex(Snapshot):
             num_tables=self.num_tables,
             seed=self.seed,
             max_per_bucket=self.max_per_bucket,
-        )
+        )  # not rank: the tables are the same either way, only the search ranks them
 
     def search(self, hidden: torch.Tensor, num_candidates: int) -> torch.Tensor:
-        """(N, num_candidates) int64 class ids, most collisions first ((N, 1) for
-        num_candidates = 0). A row whose buckets hold fewer selectable classes is filled from
-        uniform selectable classes by exact logit (rerank.pad_short_rows: no host read), so it
-        holds num_candidates ids whenever that many classes are selectable; -1 only past
-        them. Masked classes (-inf bias) are never returned; a non-finite class row found at
-        build takes every query's last slot (nonfinite.py)."""
+        """(N, num_candidates) int64 class ids, best first ((N, 1) for num_candidates = 0):
+        most collisions first (rank "count"), or by exact logit under the live weights,
+        ties by the smaller id (rank "score"). A row whose buckets hold fewer selectable
+        classes is filled from uniform selectable classes by exact logit
+        (rerank.pad_short_rows: no host read), so it holds num_candidates ids whenever that
+        many classes are selectable; -1 only past them. Masked classes (-inf bias) are never
+        returned; a non-finite class row found at build takes every query's last slot
+        (nonfinite.py)."""
         from .. import ops
         from .rerank import exact_scores, pad_short_rows
 
         if not self.built:
             raise RuntimeError("LSHIndex.search before build(): call build(weight, bias) first")
         B = self.max_per_bucket or default_max_per_bucket(num_candidates, self.num_tables)
-        bias = 1.0 if self.has_bias else None  # the queries' bias coordinate, as query_codes
-        ids, _ = ops.lsh_query(
-            hidden.detach(),
-            self.hyperplanes,
-            bias,
-            self.sorted_ids,
-            self.offsets,
-            num_candidates,
-            B,
-        )
-        if self.selectable is not None:  # masked / non-finite classes hashed with the rest
+        h = hidden.detach()
+        scores = None
+        if (self.rank or default_rank(h.device)) == "score":
+            scores, ids = self.search_scored(h, num_candidates, B)
+        else:
+            bias = 1.0 if self.has_bias else None  # the queries' bias coordinate
+            ids, _ = ops.lsh_query(
+                h, self.hyperplanes, bias, self.sorted_ids, self.offsets, num_candidates, B
+            )
+        # masked / non-finite classes are hashed with the rest (scored: a row non-finite at
+        # build whose live logit is finite again would also take the last slot)
+        if self.selectable is not None:
             ok = (ids >= 0) & self.selectable[ids.clamp_min(0)]
             ids = torch.where(ok, ids, torch.full_like(ids, -1))
+            if scores is not None:
+                scores = torch.where(ok, scores, torch.full_like(scores, float("-inf")))
         # fill short rows; on the host, where a read is free, only when some row is short
         if num_candidates > 0 and self.pool.numel() > 0 and (ids.is_cuda or bool((ids < 0).any())):
-            h = hidden.detach()
-            scores = exact_scores(h, self.weight, self.bias, ids)
+            if scores is None:
+                scores = exact_scores(h, self.weight, self.bias, ids)
             ids = pad_short_rows(
                 h, self.weight, self.bias, ids, scores, self.pool, num_candidates,
-                torch.Generator().manual_seed(self.seed),  # a search is a function of its input
+                # a search is a function of its input; drawn on the queries' device (a draw on
+                # the host copied to CUDA would be a synchronising copy in the step)
+                torch.Generator(device=h.device).manual_seed(self.seed),
             )  # fmt: skip
         return _nf.add_nonfinite_class(ids, self.any_nonfinite, self.first_nonfinite)
+
+    def search_scored(
+        self, hidden: torch.Tensor, num_candidates: int, max_per_bucket: int, tiles=None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scores (N, C) float32, ids (N, C) int64): the union of the query's buckets ranked
+        by exact logit under the live weights (reference/simhash.py lsh_scored_ref's
+        contract), (-inf, -1) past it. tiles: the list-tile route (None: on CUDA), else the
+        twin (the CPU path: one gather of the union, no (table, bucket) schedule)."""
+        from .list_tiles import search_table_tiles, tables_csr
+
+        codes = self.query_codes(hidden)
+        if hidden.is_cuda if tiles is None else tiles:
+            if self.flat_offsets is None:
+                self.flat_offsets = tables_csr(self.sorted_ids, self.offsets)
+            return search_table_tiles(
+                hidden, self.weight, self.bias, self.sorted_ids, self.flat_offsets, codes,
+                num_candidates, max_per_bucket,
+            )  # fmt: skip
+        return lsh_scored_ref(
+            hidden, self.weight, self.bias, codes, self.sorted_ids, self.offsets,
+            num_candidates, max_per_bucket,
+        )  # fmt: skip

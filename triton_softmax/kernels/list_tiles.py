@@ -21,6 +21,13 @@ sorted again (skipped for a chunk none of whose keys beats a row's smallest kept
 id is the key's own low half, so a score can only come back with the
 position it was packed with.
 
+The SimHash tables' scored lookup (index/list_tiles.search_table_tiles) is the same launch
+with lists = the (table, bucket) CSR ranges of all L tables and probes = a query's L codes:
+members may be int32 (the tables' sorted ids, read in place), max_list caps the read of
+every list at its first max_list members (a bucket's first max_per_bucket ids; the twin
+reads the same prefix), and tie_by_row packs the member's row instead of its position (ties
+by smaller class id, the row returned): a bucket holds its ids in a random order.
+
 Index arithmetic is int64 (row * stride passes 2^31 at large n d).
 """
 
@@ -85,6 +92,7 @@ def list_tile_topk_kernel(
     stride_sp,
     stride_pp,
     HAS_BIAS: tl.constexpr,
+    TIE_ROW: tl.constexpr,
     DOT_DTYPE: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
     BLOCK_Q: tl.constexpr,
@@ -126,7 +134,13 @@ def list_tile_topk_kernel(
             acc += b[None, :]
         z = tl.where(ok[None, :] & (acc == acc), acc, float("-inf"))  # acc != acc: NaN
         z = tl.where(z == 0.0, 0.0, z)  # -0.0 ties with +0.0
-        keys = _pack_pos(z, (pos - start)[None, :] + zero)
+        # TIE_ROW: the row itself is packed (ties by smaller row, and the row comes back):
+        # the SimHash tables' buckets hold their ids in a random order, not by id
+        if TIE_ROW:
+            tie = m
+        else:
+            tie = pos - start
+        keys = _pack_pos(z, tie[None, :] + zero)
         # the sorts cost more than the dot: skip them when no row's kept set changes (most
         # chunks once the kept sets fill, when k' is small against the list)
         beats = tl.max(keys, axis=1) > tl.min(best, axis=1)
@@ -172,19 +186,23 @@ def tile_schedule(
     return start, end, query, pair
 
 
-def list_tile_topk_fits(hidden, rows, bias, members, offsets, lists, k, max_list) -> bool:
+def list_tile_topk_fits(
+    hidden, rows, bias, members, offsets, lists, k, max_list, tie_by_row=False
+) -> bool:
     """Whether k' = min(k, max_list) fits the kernel's registers (<= MAX_KEEP): ops'
     capacity rule (the twin runs otherwise)."""
     return min(int(k), int(max_list)) <= MAX_KEEP
 
 
-def list_tile_topk(hidden, rows, bias, members, offsets, lists, k, max_list):
+def list_tile_topk(hidden, rows, bias, members, offsets, lists, k, max_list, tie_by_row=False):
     """(scores (N, p, k') float32, pos (N, p, k') int64), k' = min(k, max_list): the best
     members of every probed list as positions in the list, best first, ties by smaller
     position, (-inf, -1) in empty slots; the contract of list_tile_topk_ref.
 
-    hidden: (N, d) float; rows: (m, d) float; bias: (m,) or None; members: (M,) int64 row of
-    each list position; offsets: (C + 1,) int64 CSR over members; lists: (N, p) int64."""
+    hidden: (N, d) float; rows: (m, d) float; bias: (m,) or None; members: (M,) int64 (or
+    int32) row of each list position; offsets: (C + 1,) int64 CSR over members; lists: (N,
+    p) int64; max_list: lists are read up to their first max_list members; tie_by_row: pos
+    holds the member's row instead, ties by smaller row."""
     _utils.check_hidden_weight(hidden, rows)
     N, d = hidden.shape
     m = rows.shape[0]
@@ -195,13 +213,13 @@ def list_tile_topk(hidden, rows, bias, members, offsets, lists, k, max_list):
     if members.dim() != 1 or offsets.dim() != 1 or offsets.shape[0] < 1:
         raise ValueError("members must be (M,) and offsets (C + 1,)")
     for name, t in (("members", members), ("offsets", offsets), ("lists", lists)):
-        if t.dtype != torch.int64:
+        if t.dtype != torch.int64 and not (name == "members" and t.dtype == torch.int32):
             raise TypeError(f"{name} must be int64, got {t.dtype}")
     k, max_list = int(k), int(max_list)
     if k < 0 or max_list < 0:
         raise ValueError(f"k and max_list must be >= 0, got {k}, {max_list}")
-    if max_list >= 2**31:
-        raise ValueError(f"max_list {max_list}: positions must fit in 31 bits")
+    if max_list >= 2**31 or (tie_by_row and m >= 2**31):
+        raise ValueError(f"max_list {max_list}, rows {m}: the packed tie must fit in 31 bits")
     _utils.check_devices(
         hidden.device, rows=rows, bias=bias, members=members, offsets=offsets, lists=lists
     )
@@ -225,6 +243,7 @@ def list_tile_topk(hidden, rows, bias, members, offsets, lists, k, max_list):
     members, offsets = members.contiguous(), offsets.contiguous()
     block_q = INTERPRET_BLOCK_Q if _utils.INTERPRET else BLOCK_Q
     start, end, query, pair = tile_schedule(lists, C, offsets, block_q)
+    end = torch.minimum(end, start + max_list)  # a list's first max_list members
     half = hidden.dtype == rows.dtype and hidden.dtype in (torch.bfloat16, torch.float16)
     dot_dtype = tl.float32
     if half and not _utils.INTERPRET:  # the interpreter's bf16 tl.dot is wrong
@@ -257,6 +276,7 @@ def list_tile_topk(hidden, rows, bias, members, offsets, lists, k, max_list):
         scores.stride(0),
         pos.stride(0),
         HAS_BIAS=bias is not None,
+        TIE_ROW=bool(tie_by_row),
         DOT_DTYPE=dot_dtype,
         INPUT_PRECISION="ieee" if dot_dtype == tl.float32 else "tf32",
         BLOCK_Q=block_q,

@@ -37,12 +37,16 @@ def list_tile_topk_ref(
     lists: torch.Tensor,
     k: int,
     max_list: int,
+    tie_by_row: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(scores (N, p, k') float32, pos (N, p, k') int64), k' = min(k, max_list), best first.
 
-    hidden: (N, d) float; rows: (m, d); bias: (m,) or None; members: (M,) int64; offsets:
-    (C + 1,) int64; lists: (N, p) int64 list ids; max_list: at least the size of every list.
-    Logits are accumulated in fp32 (fp64 for fp64 inputs), stored as fp32."""
+    hidden: (N, d) float; rows: (m, d); bias: (m,) or None; members: (M,) int64 (or int32);
+    offsets: (C + 1,) int64; lists: (N, p) int64 list ids; max_list: a list is read up to its
+    first max_list members (the size of the largest list: all of them); tie_by_row: pos holds
+    the member's row (members[offsets[c] + j]) instead of j, and ties keep the smaller row
+    first (the SimHash tables' buckets, whose ids are in a random order). Logits are
+    accumulated in fp32 (fp64 for fp64 inputs), stored as fp32."""
     N, p = lists.shape
     kk = max(0, min(int(k), int(max_list)))
     device = hidden.device
@@ -68,9 +72,15 @@ def list_tile_topk_ref(
         z = z.view(hi - lo, p, max_list).float()
         z = torch.where(ok[lo:hi] & ~torch.isnan(z), z, torch.full_like(z, float("-inf")))
         z = torch.where(z == 0, torch.zeros_like(z), z)  # -0.0 -> +0.0
+        if tie_by_row:  # rows ascending first: the stable sort then ties by the smaller row
+            rk = r[lo:hi].long()
+            by_row = torch.argsort(rk, dim=2, stable=True)
+            z, rk = z.gather(2, by_row), rk.gather(2, by_row)
         # stable: equal scores keep their order, the smaller position first
         s, j = torch.sort(z, dim=2, descending=True, stable=True)
         s, j = s[..., :kk], j[..., :kk]
+        if tie_by_row:
+            j = rk.gather(2, j)
         scores[lo:hi] = s
         pos[lo:hi] = torch.where(s == float("-inf"), torch.full_like(j, -1), j)
     return scores, pos
