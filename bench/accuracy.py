@@ -236,7 +236,7 @@ class Model(nn.Module):
             refresh_every=refresh_every,
             lsh_generator=getattr(args, "lsh_generator", None),
             candidate_scheme=getattr(args, "candidate_scheme", "per_example"),
-            search_min_mass=getattr(args, "search_min_mass", None) if method != "full" else None,
+            search_min_mass=_gate_option(args) if method in ("faiss", "lsh") else None,
             rerank_copy=RERANK_COPY[getattr(args, "rerank_copy", "auto")]
             if method == "lsh"
             else None,
@@ -404,12 +404,22 @@ def parse_method(spec: str, default_refresh: int) -> tuple[str, int]:
     return name, int(r) if r else default_refresh
 
 
+def _gate_option(args) -> float | str | None:
+    """--search-min-mass as SampledSoftmaxLoss takes it: 'off' -> None, 'auto', or a float."""
+    m = getattr(args, "search_min_mass", "off")
+    if m is None or m == "off":
+        return None
+    return m if m == "auto" else float(m)
+
+
 def run_one(data: Data, data_info: dict, spec: str, args, session: str) -> dict:
     from tqdm import tqdm
 
     method, refresh = parse_method(spec, args.refresh_every)
     torch.manual_seed(args.seed)
     model = Model(data, method, refresh, args)
+    # the search gate that runs (search_min_mass as the module resolved it; None: none)
+    gate = model.output.index_options.search_min_mass if method in ("faiss", "lsh") else None
     opts = model.optimizers(args.lr, args.table_lr)
     total_steps = args.epochs * math.ceil(data.num_train / args.batch_size)
     scheds = [lr_schedule(o, args.lr_schedule, total_steps) for o in opts]
@@ -479,7 +489,7 @@ def run_one(data: Data, data_info: dict, spec: str, args, session: str) -> dict:
             loss=loss,
             load1=os.getloadavg()[0],
         )
-        if getattr(args, "search_min_mass", None) is not None and method in ("faiss", "lsh"):
+        if gate is not None:
             st = model.output.stats()  # the last refresh's measurement: is the search on?
             rec.update(captured_mass=st["captured_mass"], search_on=st["search_on"])
         if held_idx is not None:
@@ -502,13 +512,13 @@ def run_one(data: Data, data_info: dict, spec: str, args, session: str) -> dict:
         label = f"shared_neg-K{args.shared_negatives}"
     elif getattr(args, "candidate_scheme", "per_example") != "per_example" and method != "uniform":
         label += f"-{args.candidate_scheme}"
-        if args.num_uniform != 64 and getattr(args, "search_min_mass", None) is None:
+        if args.num_uniform != 64 and gate is None:
             label += f"-T{args.num_uniform}"  # a shared T's size is the run's identity
         shared = getattr(args, "num_shared", 1024)
         if args.candidate_scheme in ("hybrid", "auto") and shared != 1024:
             label += f"-M{shared}"
-    if getattr(args, "search_min_mass", None) is not None and method in ("faiss", "lsh"):
-        label += f"-T{args.num_uniform}-min{args.search_min_mass:g}"
+    if gate is not None:
+        label += f"-T{args.num_uniform}-min{gate:g}"
     if getattr(args, "rerank_copy", "auto") != "auto" and method == "lsh":
         label += "-copy" if args.rerank_copy == "true" else "-live"
     if getattr(args, "faiss_index", "auto") != "auto" and method == "faiss":
@@ -829,9 +839,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--search-min-mass",
-        type=float,
-        default=None,
-        help="SampledSoftmaxLoss search_min_mass of the faiss/lsh runs: no search (S = "
+        default="off",
+        help="SampledSoftmaxLoss search_min_mass of the faiss/lsh runs, a float, 'auto' (the "
+        "library's default) or 'off' (None; this bench's default): no search (S = "
         "{target}, T alone) until a refresh measures this much captured mass",
     )
     p.add_argument(

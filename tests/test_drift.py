@@ -39,6 +39,7 @@ def test_refresh_by_drift(method):
         2000,
         8,
         method=method,
+        search_min_mass=None,  # the search from step 0: drift is the search's
         num_candidates=16,
         num_uniform=8,
         refresh_every=10**6,

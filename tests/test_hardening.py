@@ -82,7 +82,14 @@ def test_sampled_step_allocates_no_n_sized_temporaries(method):
     O(N sqrt(n)), 2.5 MB here: that buffer may be the largest, and it stays below n d / 4."""
     n, d, N = 250_000, 16, 64
     layer = SampledSoftmaxLoss(
-        n, d, method=method, num_candidates=64, num_uniform=64, sparse_grad=True, refresh_every=1000
+        n,
+        d,
+        method=method,
+        num_candidates=64,
+        num_uniform=64,
+        sparse_grad=True,
+        refresh_every=1000,
+        search_min_mass=None,  # the searching step is what is measured
     )
     h, y = torch.randn(N, d), torch.randint(0, n, (N,))
     layer(h, y).backward()  # builds the index (a refresh: O(n d) by design, reported apart)
@@ -100,12 +107,28 @@ def test_sampled_step_allocates_no_n_sized_temporaries(method):
 
 
 def test_refresh_count_survives_checkpoint_and_schedule_continues():
-    a = SampledSoftmaxLoss(1000, 8, method="lsh", num_candidates=16, num_uniform=8, refresh_every=4)
+    a = SampledSoftmaxLoss(
+        1000,
+        8,
+        method="lsh",
+        search_min_mass=None,
+        num_candidates=16,
+        num_uniform=8,
+        refresh_every=4,
+    )
     h, y = torch.randn(4, 8), torch.randint(0, 1000, (4,))
     for _ in range(6):  # refreshes at steps 0 and 4
         a(h, y).backward()
     state = a.state_dict()
-    b = SampledSoftmaxLoss(1000, 8, method="lsh", num_candidates=16, num_uniform=8, refresh_every=4)
+    b = SampledSoftmaxLoss(
+        1000,
+        8,
+        method="lsh",
+        search_min_mass=None,
+        num_candidates=16,
+        num_uniform=8,
+        refresh_every=4,
+    )
     b.load_state_dict(state)
     assert b.refresh_count == 2 and b.steps == 6
     b(h, y).backward()  # rebuilds (never stale) but keeps the schedule: next refresh at 8

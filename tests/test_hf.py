@@ -269,7 +269,14 @@ def test_sampled_path_trains(method):
     vocab = 2000
     model = _causal_lm("llama_tied", vocab_size=vocab)
     ids, _, labels = _batch(B=4, T=16, seed=5, vocab=vocab)
-    hf.patch(model, method=method, num_candidates=64, num_uniform=64, refresh_every=5)
+    hf.patch(
+        model,
+        method=method,
+        num_candidates=64,
+        num_uniform=64,
+        refresh_every=5,
+        search_min_mass=None,
+    )
     before = _exact_loss(model, ids, labels)  # eval mode: the exact loss (exact_eval=True)
     losses = _train(model, 12, ids, labels, lr=1e-2)
     after = _exact_loss(model, ids, labels)

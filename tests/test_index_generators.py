@@ -291,6 +291,7 @@ def test_module_trains_with_each_generator(generator):
         num_candidates=32,
         num_uniform=16,
         refresh_every=5,
+        search_min_mass=None,  # the generator searches from step 0
         bias=True,
     )
     opt = torch.optim.Adam(layer.parameters(), lr=0.05)
@@ -312,7 +313,9 @@ def test_module_trains_with_each_generator(generator):
 
 def test_module_masked_bias_and_nan_rows():
     n, d = 600, 8
-    layer = SampledSoftmaxLoss(n, d, method="lsh", num_candidates=16, num_uniform=0, bias=True)
+    layer = SampledSoftmaxLoss(
+        n, d, method="lsh", search_min_mass=None, num_candidates=16, num_uniform=0, bias=True
+    )
     with torch.no_grad():
         layer.bias[:300] = float("-inf")
     h, y = torch.randn(8, d), torch.randint(300, n, (8,))
@@ -328,7 +331,9 @@ def test_module_masked_bias_and_nan_rows():
     assert bool((found[:, -1] == 400).all()) and int((found == 400).sum()) == 8
     assert "301 rows non-finite or masked" in layer.explain(8)
     assert torch.isnan(layer(h, y))
-    strict = SampledSoftmaxLoss(n, d, method="lsh", num_candidates=16, validate=True)
+    strict = SampledSoftmaxLoss(
+        n, d, method="lsh", search_min_mass=None, num_candidates=16, validate=True
+    )
     with torch.no_grad():
         strict.weight[3, 1] = float("nan")
     with pytest.raises(ValueError, match="weight"):

@@ -19,6 +19,7 @@ def test_partial_refresh_equals_a_full_rehash_with_the_same_scale():
         sparse_grad=True,
         partial_refresh=True,
         refresh_every=2,
+        search_min_mass=None,
         lsh_generator="tables",  # the SimHash tables' update_rows is what this checks
     )
     opt = torch.optim.SGD(layer.parameters(), lr=0.05)

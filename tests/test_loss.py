@@ -246,7 +246,13 @@ def test_sparse_step_changes_only_candidate_rows(method, opt):
 
 def test_refresh_schedule_and_stats():
     layer = SampledSoftmaxLoss(
-        3000, 8, method="lsh", num_candidates=16, num_uniform=8, refresh_every=3
+        3000,
+        8,
+        method="lsh",
+        search_min_mass=None,
+        num_candidates=16,
+        num_uniform=8,
+        refresh_every=3,
     )
     h, y = torch.randn(4, 8), torch.randint(0, 3000, (4,))
     for _ in range(7):

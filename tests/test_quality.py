@@ -44,7 +44,8 @@ def flat(seed=0, rows=64):
 
 
 def layer_for(W, **kw):
-    kw = dict(dict(num_candidates=S, num_uniform=S, refresh_every=5), **kw)
+    # the search from step 0 unless a test sets search_min_mass (the gate is tested apart)
+    kw = dict(dict(num_candidates=S, num_uniform=S, refresh_every=5, search_min_mass=None), **kw)
     return SampledSoftmaxLoss(weight=torch.nn.Parameter(W.clone()), **kw)
 
 

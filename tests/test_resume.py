@@ -121,8 +121,8 @@ def test_refresh_schedule_after_load_is_the_uninterrupted_one(method):
     0, 1, 4, 7 and one taken when the step-6 refresh was due at 6, 7 (not 0, 3, 6 / 6)."""
     batches = _batches()
     for k in range(STEPS):
-        layer = _trained(k, method=method)
-        resumed = _make(dict(method=method))
+        layer = _trained(k, method=method, search_min_mass=None)
+        resumed = _make(dict(method=method, search_min_mass=None))
         resumed.load_state_dict(layer.state_dict())
         opt, refreshed = _optimizer(resumed), []
         for i in range(k, STEPS):
@@ -139,8 +139,8 @@ def test_refresh_schedule_after_load_is_the_uninterrupted_one(method):
 def test_checkpoint_of_another_index_kind_raises_at_load_and_changes_nothing(other):
     """Before: a clusters checkpoint loaded into a faiss or SimHash-tables module without error, and
     the next forward raised AttributeError. A module with no index (full) ignores it."""
-    src = _trained(4, lsh_generator="clusters")
-    dst = _trained(2, **other)
+    src = _trained(4, lsh_generator="clusters", search_min_mass=None)
+    dst = _trained(2, **other, search_min_mass=None if other["method"] != "full" else "auto")
     before = (dst.steps, dst.seed, dst.steps_at_refresh, dst.index, dst.weight.clone())
     if other["method"] == "full":
         dst.load_state_dict(src.state_dict())
@@ -158,7 +158,9 @@ def test_checkpoint_of_another_index_kind_raises_at_load_and_changes_nothing(oth
 def test_failed_strict_load_on_keys_changes_nothing(src_bias):
     """Before: a strict load that failed on a missing or unexpected key (bias vs no bias)
     raised, but steps, seed, schedule and index were already replaced."""
-    kw = dict(method="lsh", num_candidates=12, num_uniform=5, refresh_every=EVERY)
+    kw = dict(
+        method="lsh", search_min_mass=None, num_candidates=12, num_uniform=5, refresh_every=EVERY
+    )
     src = SampledSoftmaxLoss(N_CLASSES, DIM, bias=src_bias, seed=1, **kw)
     dst = SampledSoftmaxLoss(N_CLASSES, DIM, bias=not src_bias, seed=7, **kw)
     opt = _optimizer(dst)

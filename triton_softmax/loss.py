@@ -61,8 +61,8 @@ def _option_property(group: str, field: str):
 
     def set_field(self, value) -> None:
         new = dataclasses.replace(getattr(self, attr), **{field: value})
-        if group == "index":
-            self.manager.options = new
+        if group == "index":  # resolved: search_min_mass "auto" and the generator
+            self.manager.options = new.resolved(self.sampling_options, self.sharding)
         else:
             setattr(self, attr, new)
 

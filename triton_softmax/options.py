@@ -31,6 +31,18 @@ SCHEMES = ("per_example", "shared_samples", "batch_union", "hybrid", "bucket_sha
 BUCKET_IMPLS = ("auto", "gather", "tiles")
 
 
+# The captured mass at which the lsh / faiss search switches on by default. Until then a
+# step is a shared-negative one (S = {target}, T alone), as cheap as the hand-written
+# baseline's, which is what an untrained model's flat softmax deserves. Measured (WordNet
+# synset, 117,659 classes, faiss, |S| = 64, N = 1,024, Adam, one thread per run, budgets on
+# each run's CPU seconds, four runs side by side, Intel Xeon 2.6 GHz, 2026-12-07,
+# bench/results/accuracy-wordnet-synset-*-cpu-defaults-20261207.json): a shared T of 1,024
+# with this gate had P@1 0.355 / 0.942 / 0.950 / 0.984 after 0.5 / 1 / 2 / 4 min, the same
+# without it 0.143 / 0.538 / 0.929 / 0.983 (wall-clock budgets, another run), and 0.3 was
+# the threshold of the 2026-12-01 records (T of 256, 512, 1,024 all gained alike).
+AUTO_SEARCH_MIN_MASS = 0.3
+
+
 def check_nonneg_float(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
         raise ValueError(f"{name} must be a float >= 0 (0: off), got {value!r}")
@@ -157,6 +169,8 @@ class IndexOptions:
     the estimate) until a refresh measures a captured mass >= m, then the search runs from
     that refresh on (an untrained model's flat softmax: it would cost without capturing),
     and no index is built while even the exact top-(|S| - 1) classes hold less than m;
+    "auto" (default): AUTO_SEARCH_MIN_MASS for method "lsh" / "faiss" (not sharded, not
+    bucket_shared), else None (no gate); None: the search runs from the first step;
     rerank_copy (lsh_generator "clusters"): True: score the probed lists from a contiguous
     copy of the rows taken at each refresh, as FAISS does (stale between refreshes, one more
     n x d float32), instead of gathering the live rows; False: the live rows; None (default):
@@ -179,7 +193,7 @@ class IndexOptions:
     seed: int = 0
     lsh_generator: str | None = None
     target_mass: float | None = None
-    search_min_mass: float | None = None
+    search_min_mass: float | str | None = "auto"
     rerank_copy: bool | None = None
     lsh_nprobe: int | None = None
     lsh_rank: str | None = None
@@ -191,9 +205,11 @@ class IndexOptions:
         if self.lsh_nprobe is not None:
             checks.check_int_option("lsh_nprobe", self.lsh_nprobe, 1)
         m = self.search_min_mass
-        if m is not None:
+        if m is not None and m != "auto":
             if isinstance(m, bool) or not isinstance(m, numbers.Real) or not 0.0 < m <= 1.0:
-                raise ValueError(f"search_min_mass must be a float in (0, 1] or None, got {m!r}")
+                raise ValueError(
+                    f"search_min_mass must be a float in (0, 1], 'auto' or None, got {m!r}"
+                )
             _set(self, "search_min_mass", float(m))
         t = self.target_mass
         if t is not None:
@@ -211,13 +227,22 @@ class IndexOptions:
         )
 
     def resolved(self, sampling: SamplingOptions, shard: ShardSpec | None) -> IndexOptions:
-        """These options with lsh_generator chosen: None -> "tables" for the bucket_shared
-        scheme and for a sharded module (its ranks' tables, tested as such), else "clusters"."""
+        """These options with lsh_generator chosen (None -> "tables" for the bucket_shared
+        scheme and for a sharded module (its ranks' tables, tested as such), else "clusters")
+        and search_min_mass "auto" resolved (see the class docstring)."""
+        new = self
+        if self.search_min_mass == "auto":
+            gate = (
+                self.method in ("lsh", "faiss")
+                and shard is None
+                and sampling.scheme != "bucket_shared"
+            )
+            new = dataclasses.replace(new, search_min_mass=AUTO_SEARCH_MIN_MASS if gate else None)
         if self.lsh_generator is not None:
-            return self
+            return new
         tables = sampling.scheme == "bucket_shared" or shard is not None
         gen = "tables" if tables else DEFAULT_LSH_GENERATOR
-        return dataclasses.replace(self, lsh_generator=gen)
+        return dataclasses.replace(new, lsh_generator=gen)
 
 
 @dataclass(frozen=True)

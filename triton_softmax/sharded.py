@@ -55,7 +55,7 @@ def check_shardable(options: dict[str, Any]) -> None:
         "drift_every": drift.every is not None,
         "refresh_drift": drift.refresh_drift is not None,
         "target_mass": options["index"].target_mass is not None,
-        "search_min_mass": options["index"].search_min_mass is not None,
+        "search_min_mass": options["index"].search_min_mass not in (None, "auto"),
     }
     for name, on in used.items():
         if on:
