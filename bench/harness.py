@@ -455,6 +455,9 @@ class OursRunner(Runner):
             rerank_copy={"copy": True, "live": False}.get(variant),
             lsh_nprobe=int(variant[2:]) if NPROBE_VARIANT.fullmatch(method) else None,
             faiss_index="ivf" if variant == "ivf" else "auto",
+            # the step with its search on, as once a model is trained (the default gate
+            # would skip the search on these random weights)
+            search_min_mass=None,
             seed=seed,
         )
         # path: what the module runs (full/faiss/lsh); resolved: the method name when the

@@ -39,7 +39,7 @@ def run(partial: bool, args) -> dict:
     layer = SampledSoftmaxLoss(
         args.n, args.d, method="lsh", lsh_generator="clusters", num_candidates=32,
         num_uniform=32, refresh_every=args.refresh_every, sparse_grad=True,
-        partial_refresh=partial, seed=1,
+        partial_refresh=partial, seed=1, search_min_mass=None,
     )  # fmt: skip
     opt = torch.optim.SGD(layer.parameters(), lr=args.lr)
     centers, x, y = teacher(args.n, args.d, args.steps * args.batch)

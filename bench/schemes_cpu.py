@@ -52,6 +52,7 @@ def main(argv=None) -> int:
                 candidate_scheme=scheme,
                 sparse_grad=True,
                 refresh_every=1 << 30,
+                search_min_mass=None,  # the searching step
             )
             opt = torch.optim.SGD(layer.parameters(), lr=0.0)  # lr 0: same inputs every step
             first = float(layer(h, y).detach())

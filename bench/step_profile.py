@@ -96,7 +96,12 @@ def stage_profile(W: nn.Parameter, h, y, args) -> dict:
     """Part 1: the lsh step's stages, each timed alone."""
     n = W.shape[0]
     module = SampledSoftmaxLoss(
-        weight=W, method="lsh", num_candidates=args.S, num_uniform=args.T, sparse_grad=True
+        weight=W,
+        method="lsh",
+        num_candidates=args.S,
+        num_uniform=args.T,
+        sparse_grad=True,
+        search_min_mass=None,
     )
     t0 = _clock()
     module.refresh("lsh")
@@ -218,13 +223,17 @@ def step_comparison(W: nn.Parameter, h, y, args) -> dict:
         base = SharedNegativeSoftmax(n, d, K, weight=W)
         configs.append((f"baseline_shared_neg_K{K}", base))
     common = dict(weight=W, num_candidates=args.S, num_uniform=args.T, sparse_grad=True)
+    ungated = dict(search_min_mass=None)  # every step searches, as once trained
     refresh_s = {}
     searches = []
     for spec in args.methods:  # "faiss:ivfpq" = method faiss with faiss_index="ivfpq"
         method, _, kind = spec.partition(":")
         extra = dict(faiss_index=kind) if kind else {}
         for scheme in ("per_example", "shared_samples"):
-            m = SampledSoftmaxLoss(method=method, candidate_scheme=scheme, **common, **extra)
+            gate = ungated if method in ("lsh", "faiss") else {}
+            m = SampledSoftmaxLoss(
+                method=method, candidate_scheme=scheme, **common, **extra, **gate
+            )
             name = f"{method}{'_' + kind if kind else ''}_{scheme}"
             if method != "uniform":
                 t0 = _clock()
@@ -243,6 +252,7 @@ def step_comparison(W: nn.Parameter, h, y, args) -> dict:
             num_uniform=args.T,
             sparse_grad=True,
             candidate_scheme="batch_union",
+            search_min_mass=None,
         )
         m.refresh("lsh")
         m.refresh_every = 1 << 62

@@ -58,6 +58,7 @@ def _problem(method, n, d, N, dtype, device, num_candidates, num_uniform, seed):
         num_uniform=num_uniform,
         sparse_grad=method != "full",
         refresh_every=10**9,
+        search_min_mass=None,  # the searching step (random weights would keep the gate shut)
         seed=seed,
         device=device,
         dtype=dtype,
