@@ -420,6 +420,7 @@ def run_one(data: Data, data_info: dict, spec: str, args, session: str) -> dict:
     model = Model(data, method, refresh, args)
     # the search gate that runs (search_min_mass as the module resolved it; None: none)
     gate = model.output.index_options.search_min_mass if method in ("faiss", "lsh") else None
+    t_ran = model.output.sampling_options.num_uniform  # |T| as resolved ("auto" sizes it)
     opts = model.optimizers(args.lr, args.table_lr)
     total_steps = args.epochs * math.ceil(data.num_train / args.batch_size)
     scheds = [lr_schedule(o, args.lr_schedule, total_steps) for o in opts]
@@ -512,13 +513,13 @@ def run_one(data: Data, data_info: dict, spec: str, args, session: str) -> dict:
         label = f"shared_neg-K{args.shared_negatives}"
     elif getattr(args, "candidate_scheme", "per_example") != "per_example" and method != "uniform":
         label += f"-{args.candidate_scheme}"
-        if args.num_uniform != 64 and gate is None:
-            label += f"-T{args.num_uniform}"  # a shared T's size is the run's identity
+        if t_ran != 64 and gate is None:
+            label += f"-T{t_ran}"  # a shared T's size is the run's identity
         shared = getattr(args, "num_shared", 1024)
         if args.candidate_scheme in ("hybrid", "auto") and shared != 1024:
             label += f"-M{shared}"
     if gate is not None:
-        label += f"-T{args.num_uniform}-min{gate:g}"
+        label += f"-T{t_ran}-min{gate:g}"
     if getattr(args, "rerank_copy", "auto") != "auto" and method == "lsh":
         label += "-copy" if args.rerank_copy == "true" else "-live"
     if getattr(args, "faiss_index", "auto") != "auto" and method == "faiss":

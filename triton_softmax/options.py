@@ -41,6 +41,9 @@ BUCKET_IMPLS = ("auto", "gather", "tiles")
 # without it 0.143 / 0.538 / 0.929 / 0.983 (wall-clock budgets, another run), and 0.3 was
 # the threshold of the 2026-12-01 records (T of 256, 512, 1,024 all gained alike).
 AUTO_SEARCH_MIN_MASS = 0.3
+# candidate_scheme "auto": one T of at least this many uniform draws shared by the batch
+# (SamplingOptions.resolved has the measurements).
+AUTO_SHARED_T = 1024
 
 
 def check_nonneg_float(name: str, value: object) -> float:
@@ -117,30 +120,38 @@ class SamplingOptions:
             )
 
     def resolved(self, loss: LossOptions, shard: ShardSpec | None) -> SamplingOptions:
-        """scheme "auto" -> "per_example": each row its own S and its own |T| uniform draws
-        from the complement of S (exact weights (n - |S_i|) / |T|). An explicit scheme stays.
+        """scheme "auto" -> "shared_samples" with a T sized for coverage: each row keeps its
+        own S (exact weights), and the batch shares one T of max(|T|, AUTO_SHARED_T) uniform
+        draws scored as one dense N x |T| product (weight n / |T|, draws in a row's S
+        removed). Sharded modules and softcap, which take the per-example scheme only, get
+        "per_example". An explicit scheme stays.
 
-        Why not one T shared by the batch (the "auto" of 2026-12-01 to 2026-12-07), though
-        its step is 2-4.5x faster: it is unbiased per row, but a class outside S gets a
-        gradient once every n / |T| steps (N rows' worth at once) instead of small pieces
-        about every n / (N |T|) steps, and Adam divides each coordinate by its recent RMS,
-        so the rare spike moves the row ~40x less per step (n = 120,089, N = 1,024,
-        |T| = 64: 0.013 vs 0.59 of a steady gradient's move; SparseAdam 0.003 vs 0.41;
-        bench/results/shared-t-diagnosis-cpu-20261207.json). Classes outside every S are
-        barely pushed down while targets are pushed up. Measured on the stdlib next-token task
-        (bench.accuracy --task pycode, 120,089 classes, faiss ivfpq, |S| = |T| = 64, N = 1,024,
-        Adam, one thread, Intel Xeon 2.6 GHz shared by other jobs, 2026-12-07): held-out
-        perplexity after 2 / 4 / 10 min per-example 161 / 110 / 85, shared T 234 / 187 / 111,
-        and the shared T's rose twice by 19-22% between evaluations (157 -> 187, 143 -> 174)
-        where per-example's moved by at most +2%; P@1 0.396 vs 0.375 after 10 min
-        (bench/results/accuracy-pycode-*-cpu-600s-20261207.json). On WordNet synset (near-
-        uniform classes, faiss, same sizes, 4 min) the two tie by 4 min (P@1 0.962 vs 0.968)
-        and the shared T leads the first minute (per-example vs shared: 0.43 vs 0.57 at 1 min,
-        0.96 vs 0.88 at 2 min):
-        bench/results/accuracy-wordnet-synset-*-cpu-synset-20261207.json."""
+        Judged by quality at fixed training budgets, not by step time (bench.accuracy
+        --clock cpu: each run's CPU seconds, four runs side by side, one thread each; Intel
+        Xeon 2.6 GHz, 2026-12-07; faiss, |S| = 64, N = 1,024, Adam; records
+        bench/results/accuracy-*-cpu-defaults-20261207.json). WordNet synset (117,659
+        classes), P@1 after 0.5 / 1 / 2 / 4 min: a shared T of 1,024 with the search gate
+        (IndexOptions.search_min_mass "auto") 0.359 / 0.912 / 0.932 / 0.980; per-example
+        |T| = 64 (the default of 2026-12-07) 0.012 / 0.589 / 0.899 / 0.978 with the gate and
+        0.012 / 0.436 / 0.926 / 0.972 without; the hand-written shared negatives (K = 1,024)
+        0.389 / 0.897 / 0.899 / 0.929. Per step the schemes learn alike there (P@1 0.73-0.79
+        at step 230 for all of them); the shared T's dense product makes its step cheaper
+        than gathering N x |T| rows. A shared T of only |T| = 64 (the default until
+        2026-12-07) pushes down 64 classes a step in rare large spikes that Adam divides
+        away (bench/results/shared-t-diagnosis-cpu-20261207.json): held-out perplexity rose
+        by 19-22% on the stdlib next-token task; 1,024 draws a step cover the classes 16x
+        as often. On that task (bench.accuracy --task pycode, 120,089 Zipfian classes)
+        held-out perplexity after 1 / 2 / 4 min: shared T 1,024 + gate 137 / 96 / 90,
+        per-example 143 / 103 / 93, the exact softmax 149 / 121 / 104.
+        "hybrid" (own |T| per row plus the shared T) learned more per step on a small
+        teacher problem but its gathered rows cost what per-example's do: P@1 0.576 at 1 min
+        on synset."""
         if self.scheme != "auto":
             return self
-        return dataclasses.replace(self, scheme="per_example")
+        if shard is not None or loss.softcap:
+            return dataclasses.replace(self, scheme="per_example")
+        size = max(self.num_uniform, AUTO_SHARED_T)
+        return dataclasses.replace(self, scheme="shared_samples", num_uniform=size)
 
     @property
     def uniform(self) -> bool:

@@ -29,6 +29,10 @@ AUTO_WHY = {  # SamplingOptions.resolved has the measurements
     "hybrid": "own draws push N x |T| classes down a step in small pieces, and the shared "
     "draws give every row many more scored negatives for one dense product; "
     "SamplingOptions.resolved",
+    "shared_samples": "a T shared by the batch sized for coverage (at least 1,024 draws, "
+    "options.AUTO_SHARED_T) while every row keeps its own S: one dense product, cheaper than "
+    "gathering N x |T| rows, and it led per-example T at every budget from 30 s on WordNet "
+    "synset; SamplingOptions.resolved",
 }
 
 
@@ -100,7 +104,7 @@ class IndexManager:
                 f"its S (gathered) and the batch shares {m} more (a dense N x {m} product, "
                 f"draws in a row's S removed); every draw weighted about n / {m + num_uniform}"
             )
-        if method != "full" and auto and scheme in ("per_example", "hybrid") and num_uniform:
+        if method != "full" and auto and scheme in AUTO_WHY and num_uniform:
             text += f" (candidate_scheme='auto' -> {scheme}; why: {AUTO_WHY[scheme]})"
         if method != "full" and num_uniform == 0 and self.num_candidates < self.rows:
             text += (
