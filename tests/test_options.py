@@ -111,7 +111,8 @@ def test_option_objects_and_flat_keywords_build_the_same_module():
 
 
 def test_flat_keyword_overrides_a_field_and_unknown_keywords_raise():
-    m = SampledSoftmaxLoss(50, 4, sampling=SamplingOptions(num_uniform=3), num_candidates=7)
+    given = SamplingOptions(num_uniform=3, scheme="per_example")  # auto would size |T|
+    m = SampledSoftmaxLoss(50, 4, sampling=given, num_candidates=7)
     assert (m.num_candidates, m.num_uniform) == (7, 3)
     with pytest.raises(TypeError, match="num_candidate"):
         SampledSoftmaxLoss(50, 4, num_candidate=7)
@@ -247,29 +248,23 @@ def test_old_names_still_import():
         assert getattr(triton_softmax, name) is not None
 
 
-def test_default_candidate_scheme_is_per_example_t():
-    """auto -> per_example since 2026-12-07 (a T shared by the batch trained worse per
-    second under Adam: tests/test_default_scheme_coverage.py)."""
+def test_default_candidate_scheme_is_a_shared_t_sized_for_coverage():
+    """auto -> shared_samples with |T| = max(|T|, min(1024, n // 8)) since 2026-12-07 (its
+    P@1 led per-example T at fixed budgets: options.SamplingOptions.resolved); per_example
+    where only it runs (softcap, sharded); num_uniform=0 stays 0."""
     kw = dict(method="uniform", num_candidates=4, num_uniform=8)
-    assert SampledSoftmaxLoss(50, 4, **kw).sampling_options.scheme == "per_example"
+    for n, size in ((50, 8), (4000, 500), (10**5, 1024)):
+        so = SampledSoftmaxLoss(n, 4, **kw).sampling_options
+        assert (so.scheme, so.num_uniform) == ("shared_samples", size), (n, so)
+    big = SampledSoftmaxLoss(10**5, 4, method="uniform", num_uniform=2048).sampling_options
+    assert big.num_uniform == 2048  # a larger asked |T| is kept
+    none = SampledSoftmaxLoss(10**5, 4, method="uniform", num_uniform=0).sampling_options
+    assert none.num_uniform == 0
     assert SampledSoftmaxLoss(50, 4, softcap=5.0, **kw).sampling_options.scheme == "per_example"
     sharded = SampledSoftmaxLoss(50, 4, shard=ShardSpec(), num_candidates=4, num_uniform=8)
     assert sharded.sampling_options.scheme == "per_example"
-    # an explicit scheme stays, and a wrong one names the choices
+    # an explicit scheme stays, with the asked |T|, and a wrong one names the choices
     explicit = SampledSoftmaxLoss(50, 4, candidate_scheme="per_example", **kw)
-    assert explicit.sampling_options.scheme == "per_example"
+    assert (explicit.sampling_options.scheme, explicit.num_uniform) == ("per_example", 8)
     with pytest.raises(ValueError, match="'auto' or one of"):
         SampledSoftmaxLoss(50, 4, candidate_scheme="shared", **kw)
-    # the functional forms keep their explicit per-example default
-    assert (
-        inspect.signature(triton_softmax.sampled_softmax_cross_entropy).parameters["scheme"].default
-        == "per_example"
-    )
-    # explain() says which ran: per-example T by default, the shared T when asked for
-    m = SampledSoftmaxLoss(50, 4, **kw)
-    assert "one T shared by the batch" not in m.explain()
-    assert "per-example T" in m.explain() and "candidate_scheme='auto' -> per_example" in (
-        m.explain()
-    )
-    shared = SampledSoftmaxLoss(50, 4, candidate_scheme="shared_samples", **kw)
-    assert "one T shared by the batch" in shared.explain()

@@ -137,7 +137,7 @@ class SampledSoftmaxLoss(CheckpointState, nn.Module):
         opts = from_kwargs(dict(given, shard=shard), flat_options, type(self).__name__)
         self.loss_options: LossOptions = opts["loss"]
         self._scheme_asked = opts["sampling"].scheme  # explain() says why "auto" resolved so
-        opts["sampling"] = opts["sampling"].resolved(opts["loss"], opts["shard"])  # "auto"
+        opts["sampling"] = opts["sampling"].resolved(opts["loss"], opts["shard"], n_given)
         self.sampling_options: SamplingOptions = opts["sampling"]
         self.drift_options: DriftOptions = opts["drift"]
         self.grad_options: GradOptions = opts["grad"]

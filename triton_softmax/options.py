@@ -119,12 +119,16 @@ class SamplingOptions:
                 f"got {self.sampler!r}"
             )
 
-    def resolved(self, loss: LossOptions, shard: ShardSpec | None) -> SamplingOptions:
+    def resolved(
+        self, loss: LossOptions, shard: ShardSpec | None, n: int | None = None
+    ) -> SamplingOptions:
         """scheme "auto" -> "shared_samples" with a T sized for coverage: each row keeps its
-        own S (exact weights), and the batch shares one T of max(|T|, AUTO_SHARED_T) uniform
-        draws scored as one dense N x |T| product (weight n / |T|, draws in a row's S
-        removed). Sharded modules and softcap, which take the per-example scheme only, get
-        "per_example". An explicit scheme stays.
+        own S (exact weights), and the batch shares one T of max(|T|, min(AUTO_SHARED_T,
+        n // 8)) uniform draws scored as one dense N x |T| product (weight n / |T|, draws in
+        a row's S removed; the n // 8 cap keeps a small problem's |S| + |T| below n, where
+        the dispatcher would fall back to the exact loss). Sharded modules and softcap, which
+        take the per-example scheme only, get "per_example". num_uniform=0 (no T) stays 0.
+        An explicit scheme stays.
 
         Judged by quality at fixed training budgets, not by step time (bench.accuracy
         --clock cpu: each run's CPU seconds, four runs side by side, one thread each; Intel
@@ -150,7 +154,9 @@ class SamplingOptions:
             return self
         if shard is not None or loss.softcap:
             return dataclasses.replace(self, scheme="per_example")
-        size = max(self.num_uniform, AUTO_SHARED_T)
+        cap = AUTO_SHARED_T if n is None else min(AUTO_SHARED_T, n // 8)
+        # num_uniform=0 asked for no T at all (a softmax over S): it stays 0
+        size = max(self.num_uniform, cap) if self.num_uniform else 0
         return dataclasses.replace(self, scheme="shared_samples", num_uniform=size)
 
     @property
