@@ -64,7 +64,7 @@ def plot_session(records: list[dict], path: str) -> str:
         k = seen.get(r["method"], 0)
         seen[r["method"]] = k + 1
         ls = ":" if r["method"] == "uniform" else DASHES[k % len(DASHES)]
-        t = [p["wall_s"] for p in r["curve"]]
+        t = [p.get("clock_s", p["wall_s"]) for p in r["curve"]]  # the run's budget clock
         name = f"{r['label']} ({r['device']['torch_threads']} thr)"
         if r.get("stopped"):
             name += f", stopped by {r['stopped']}"
@@ -80,7 +80,11 @@ def plot_session(records: list[dict], path: str) -> str:
             label=name,
         )
         if ppl and "heldout_ppl" in r["final"]:
-            pts = [(p["wall_s"], p["heldout_ppl"]) for p in r["curve"] if p["step"] > 0]
+            pts = [
+                (p.get("clock_s", p["wall_s"]), p["heldout_ppl"])
+                for p in r["curve"]
+                if p["step"] > 0
+            ]
             axes[0][2].plot(*zip(*pts), color=color, ls=ls, marker=".", label=name)
         elif heldout and "heldout_p1" in r["final"]:
             axes[0][2].plot(
@@ -132,7 +136,9 @@ def plot_session(records: list[dict], path: str) -> str:
                 label="Bayes (teacher argmax)",
             )
     for i, ax in enumerate(axes[0]):
-        ax.set_xlabel("epoch" if i == 1 else "training wall time (s), evaluation excluded")
+        cpu = any(r.get("clock") == "cpu" for r in records)
+        what = "training CPU seconds of each run" if cpu else "training wall time (s)"
+        ax.set_xlabel("epoch" if i == 1 else f"{what}, evaluation excluded")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     dev = r0["device"]

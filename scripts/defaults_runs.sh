@@ -10,6 +10,17 @@
 #   pycode-lsh        lsh: per_example beside a shared T of 64
 #   synset-faiss      WordNet synset, faiss: per_example beside a shared T of 64
 #   synset-base       WordNet synset: shared T of 1,024 (faiss) beside the baseline K = 1,024
+# Four runs side by side, budgets on each run's CPU seconds (--clock cpu: on a machine
+# shared by other jobs that is what a dedicated core would give each run), the defaults of
+# 2026-12-07 on (auto: a shared T of max(|T|, 1,024) with the search gate at 0.3):
+#   synset-4way-a     per-example | hybrid | shared T 1,024 + gate | baseline K = 1,024
+#   synset-4way-b     hybrid + gate | per-example + gate | shared T 1,024 + gate | baseline
+#   pycode-4way-a     per-example | hybrid | shared T 1,024 | hybrid + gate
+#   pycode-4way-b     shared T 1,024 + gate | hybrid |T| = 16 + gate | per-example | exact
+#   lemma-4way        WordNet lemma: default faiss | per-example | default lsh | baseline
+#   synset-512        |S| = |T| = 512: default faiss | per-example | default lsh | baseline
+#   synset-b256       batch 256: default faiss | per-example | default lsh | baseline
+#   pycode-480        8 min: default faiss | per-example | exact; synset default lsh, 12 epochs
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${2:-bench/results}
@@ -19,6 +30,10 @@ common=(--epochs 1 --time-limit "$B" --eval-at "${EVAL_AT:-30,60,120,180,240}" -
   --threads 1 --no-progress --out "$OUT" --session "$S")
 pycode() { python3 -m bench.accuracy --task pycode --eval-examples 2048 "${common[@]}" "$@"; }
 synset() { python3 -m bench.accuracy --task wordnet-synset --eval-examples 4096 "${common[@]}" --epochs 12 "$@"; }
+quad=(--clock cpu --epochs 12)
+lemma() { python3 -m bench.accuracy --task wordnet-lemma --eval-examples 4096 "${common[@]}" "${quad[@]}" "$@"; }
+auto=(--candidate-scheme auto --search-min-mass auto)
+gate=(--search-min-mass 0.3)
 case "$1" in
   pycode-faiss)
     pycode --methods faiss --candidate-scheme per_example &
@@ -44,6 +59,48 @@ case "$1" in
   synset-base)
     synset --methods faiss --candidate-scheme shared_samples --num-uniform 1024 &
     synset --methods shared_neg --shared-negatives 1024 ;;
+  synset-4way-a)
+    synset "${quad[@]}" --methods faiss --candidate-scheme per_example &
+    synset "${quad[@]}" --methods faiss --candidate-scheme hybrid &
+    synset "${quad[@]}" --methods faiss --candidate-scheme shared_samples --num-uniform 1024 "${gate[@]}" &
+    synset "${quad[@]}" --methods shared_neg --shared-negatives 1024 ;;
+  synset-4way-b)
+    synset "${quad[@]}" --methods faiss --candidate-scheme hybrid "${gate[@]}" &
+    synset "${quad[@]}" --methods faiss --candidate-scheme per_example "${gate[@]}" &
+    synset "${quad[@]}" --methods faiss --candidate-scheme shared_samples --num-uniform 1024 "${gate[@]}" &
+    synset "${quad[@]}" --methods shared_neg --shared-negatives 1024 ;;
+  pycode-4way-a)
+    pycode "${quad[@]}" --methods faiss --candidate-scheme per_example &
+    pycode "${quad[@]}" --methods faiss --candidate-scheme hybrid &
+    pycode "${quad[@]}" --methods faiss --candidate-scheme shared_samples --num-uniform 1024 &
+    pycode "${quad[@]}" --methods faiss --candidate-scheme hybrid "${gate[@]}" ;;
+  pycode-4way-b)
+    pycode "${quad[@]}" --methods faiss --candidate-scheme shared_samples --num-uniform 1024 "${gate[@]}" &
+    pycode "${quad[@]}" --methods faiss --candidate-scheme hybrid --num-uniform 16 "${gate[@]}" &
+    pycode "${quad[@]}" --methods faiss --candidate-scheme per_example &
+    pycode "${quad[@]}" --methods full ;;
+  lemma-4way)
+    lemma --methods faiss "${auto[@]}" &
+    lemma --methods faiss --candidate-scheme per_example &
+    lemma --methods lsh "${auto[@]}" &
+    lemma --methods shared_neg --shared-negatives 1024 ;;
+  synset-512)
+    synset "${quad[@]}" --num-candidates 512 --num-uniform 512 --methods faiss "${auto[@]}" &
+    synset "${quad[@]}" --num-candidates 512 --num-uniform 512 --methods faiss --candidate-scheme per_example &
+    synset "${quad[@]}" --num-candidates 512 --num-uniform 512 --methods lsh "${auto[@]}" &
+    synset "${quad[@]}" --methods shared_neg --shared-negatives 1024 ;;
+  synset-b256)
+    synset "${quad[@]}" --batch-size 256 --methods faiss "${auto[@]}" &
+    synset "${quad[@]}" --batch-size 256 --methods faiss --candidate-scheme per_example &
+    synset "${quad[@]}" --batch-size 256 --methods lsh "${auto[@]}" &
+    synset "${quad[@]}" --batch-size 256 --methods shared_neg --shared-negatives 1024 ;;
+  pycode-480)
+    pycode "${quad[@]}" --methods faiss "${auto[@]}" &
+    pycode "${quad[@]}" --methods faiss --candidate-scheme per_example &
+    pycode "${quad[@]}" --methods full &
+    python3 -m bench.accuracy --task wordnet-synset --eval-examples 4096 --epochs 12 \
+      --evals-per-epoch 1 --threads 1 --no-progress --out "$OUT" --session "${FINAL:-$S-final}" \
+      --methods lsh "${auto[@]}" ;;
   *) echo "unknown pair $1" >&2; exit 2 ;;
 esac
 wait
