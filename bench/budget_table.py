@@ -33,9 +33,10 @@ def main() -> None:
             r = json.load(fh)
         cells = []
         for b in budgets:
-            v = at_budget(r["curve"], b, a.key)
+            v = at_budget(r["curve"], b, a.key)  # on the run's clock (wall or cpu)
             cells.append("-" if v is None else f"{format(v[0], fmt)} ({v[1]})")
-        sps = r["train_wall_s"] / max(r["steps"], 1)
+        secs = r["train_cpu_s"] if r.get("clock") == "cpu" else r["train_wall_s"]
+        sps = secs / max(r["steps"], 1)
         load = f"{r['load_avg_start'][0]:.1f}/{r['load_avg_end'][0]:.1f}"
         print(f"| {r['label']} | {sps:.2f} | " + " | ".join(cells) + f" | {load} |")
 
