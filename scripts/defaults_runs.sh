@@ -21,6 +21,7 @@
 #   synset-512        |S| = |T| = 512: default faiss | per-example | default lsh | baseline
 #   synset-b256       batch 256: default faiss | per-example | default lsh | baseline
 #   pycode-480        8 min: default faiss | per-example | exact; synset default lsh, 12 epochs
+#   lemma-more        lemma |S| = |T| = 512: default | per-example; batch 256: default | baseline
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${2:-bench/results}
@@ -101,6 +102,11 @@ case "$1" in
     python3 -m bench.accuracy --task wordnet-synset --eval-examples 4096 --epochs 12 \
       --evals-per-epoch 1 --threads 1 --no-progress --out "$OUT" --session "${FINAL:-$S-final}" \
       --methods lsh "${auto[@]}" ;;
+  lemma-more)
+    lemma --num-candidates 512 --num-uniform 512 --methods faiss "${auto[@]}" &
+    lemma --num-candidates 512 --num-uniform 512 --methods faiss --candidate-scheme per_example &
+    lemma --batch-size 256 --methods faiss "${auto[@]}" &
+    lemma --batch-size 256 --methods shared_neg --shared-negatives 1024 ;;
   *) echo "unknown pair $1" >&2; exit 2 ;;
 esac
 wait
