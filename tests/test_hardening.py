@@ -107,28 +107,13 @@ def test_sampled_step_allocates_no_n_sized_temporaries(method):
 
 
 def test_refresh_count_survives_checkpoint_and_schedule_continues():
-    a = SampledSoftmaxLoss(
-        1000,
-        8,
-        method="lsh",
-        search_min_mass=None,
-        num_candidates=16,
-        num_uniform=8,
-        refresh_every=4,
-    )
+    kw = dict(method="lsh", search_min_mass=None, num_candidates=16, num_uniform=8, refresh_every=4)
+    a = SampledSoftmaxLoss(1000, 8, **kw)
     h, y = torch.randn(4, 8), torch.randint(0, 1000, (4,))
     for _ in range(6):  # refreshes at steps 0 and 4
         a(h, y).backward()
     state = a.state_dict()
-    b = SampledSoftmaxLoss(
-        1000,
-        8,
-        method="lsh",
-        search_min_mass=None,
-        num_candidates=16,
-        num_uniform=8,
-        refresh_every=4,
-    )
+    b = SampledSoftmaxLoss(1000, 8, **kw)
     b.load_state_dict(state)
     assert b.refresh_count == 2 and b.steps == 6
     b(h, y).backward()  # rebuilds (never stale) but keeps the schedule: next refresh at 8
