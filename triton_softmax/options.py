@@ -36,7 +36,7 @@ BUCKET_IMPLS = ("auto", "gather", "tiles")
 # baseline's, which is what an untrained model's flat softmax deserves. Measured (WordNet
 # synset, 117,659 classes, faiss, |S| = 64, N = 1,024, Adam, one thread per run, budgets on
 # each run's CPU seconds, four runs side by side, Intel Xeon 2.6 GHz, 2026-12-07,
-# bench/results/accuracy-wordnet-synset-*-cpu-defaults-20261207.json): a shared T of 1,024
+# bench/results/accuracy-wordnet-synset-*-cpu-defaults-synset-a-20261207.json): a shared T of 1,024
 # with this gate had P@1 0.355 / 0.942 / 0.950 / 0.984 after 0.5 / 1 / 2 / 4 min, the same
 # without it 0.143 / 0.538 / 0.929 / 0.983 (wall-clock budgets, another run), and 0.3 was
 # the threshold of the 2026-12-01 records (T of 256, 512, 1,024 all gained alike).
@@ -133,7 +133,7 @@ class SamplingOptions:
         Judged by quality at fixed training budgets, not by step time (bench.accuracy
         --clock cpu: each run's CPU seconds, four runs side by side, one thread each; Intel
         Xeon 2.6 GHz, 2026-12-07; faiss, |S| = 64, N = 1,024, Adam; records
-        bench/results/accuracy-*-cpu-defaults-20261207.json). WordNet synset (117,659
+        bench/results/accuracy-*-cpu-defaults-*-20261207.json). WordNet synset (117,659
         classes), P@1 after 0.5 / 1 / 2 / 4 min: a shared T of 1,024 with the search gate
         (IndexOptions.search_min_mass "auto") 0.359 / 0.912 / 0.932 / 0.980; per-example
         |T| = 64 (the default of 2026-12-07) 0.012 / 0.589 / 0.899 / 0.978 with the gate and
@@ -145,8 +145,10 @@ class SamplingOptions:
         away (bench/results/shared-t-diagnosis-cpu-20261207.json): held-out perplexity rose
         by 19-22% on the stdlib next-token task; 1,024 draws a step cover the classes 16x
         as often. On that task (bench.accuracy --task pycode, 120,089 Zipfian classes)
-        held-out perplexity after 1 / 2 / 4 min: shared T 1,024 + gate 137 / 96 / 90,
-        per-example 143 / 103 / 93, the exact softmax 149 / 121 / 104.
+        held-out perplexity after 1 / 2 / 4 / 8 min: the default 131 / 98 / 87 / 69 (falling
+        at every evaluation), per-example 140 / 113 / 92 / 87 (it rose from 83 at 6 min), the
+        exact softmax 152 / 130 / 101 / 90; in a shorter run the shared T + gate rose once by
+        15% (96 -> 110 between 2 and 3 min) before falling to 90.
         "hybrid" (own |T| per row plus the shared T) learned more per step on a small
         teacher problem but its gathered rows cost what per-example's do: P@1 0.576 at 1 min
         on synset."""
