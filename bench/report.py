@@ -372,6 +372,14 @@ BUDGET_GROUPS = [  # (group, title, key, budgets in s)
         [30, 60, 120, 180, 240],
     ),
     (
+        "cpu-defaults-lemma-more-20261207",
+        "WordNet lemma (P@1), CPU-second budgets: |S| = |T| = 512 (the default, per-example "
+        "T) and batch 256 (the baseline beside them; the default at batch 256 ran alone "
+        "afterwards, its first run's record was overwritten)",
+        "p1",
+        [30, 60, 120, 180, 240],
+    ),
+    (
         "cpu-defaults-pycode-480-20261207",
         "pycode, 8 CPU-minutes: the default (faiss) beside per-example T and the exact softmax",
         "heldout_ppl",
