@@ -524,10 +524,6 @@ def run_one(data: Data, data_info: dict, spec: str, args, session: str) -> dict:
         label += "-copy" if args.rerank_copy == "true" else "-live"
     if getattr(args, "faiss_index", "auto") != "auto" and method == "faiss":
         label += f"-{args.faiss_index}"
-    if method not in ("full", "shared_neg") and args.num_candidates != 64:
-        label += f"-S{args.num_candidates}"  # runs of one session differ by these too
-    if args.batch_size != 1024:
-        label += f"-b{args.batch_size}"
     for epoch in range(args.epochs):
         order = torch.randperm(N, generator=torch.Generator().manual_seed(args.seed * 1000 + epoch))
         e_wall = 0.0

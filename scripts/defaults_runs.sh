@@ -22,6 +22,8 @@
 #   synset-b256       batch 256: default faiss | per-example | default lsh | baseline
 #   pycode-480        8 min: default faiss | per-example | exact; synset default lsh, 12 epochs
 #   lemma-more        lemma |S| = |T| = 512: default | per-example; batch 256: default | baseline
+#                     (run labels do not name |S| or the batch: give the two defaults
+#                     different --out folders, or the second record overwrites the first)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${2:-bench/results}
