@@ -22,8 +22,8 @@
 #   synset-b256       batch 256: default faiss | per-example | default lsh | baseline
 #   pycode-480        8 min: default faiss | per-example | exact; synset default lsh, 12 epochs
 #   lemma-more        lemma |S| = |T| = 512: default | per-example; batch 256: default | baseline
-#                     (run labels do not name |S| or the batch: give the two defaults
-#                     different --out folders, or the second record overwrites the first)
+#                     (run labels do not name |S| or the batch: the batch-256 default
+#                     writes to OUT/b256, else one default's record overwrites the other's)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${2:-bench/results}
@@ -107,7 +107,7 @@ case "$1" in
   lemma-more)
     lemma --num-candidates 512 --num-uniform 512 --methods faiss "${auto[@]}" &
     lemma --num-candidates 512 --num-uniform 512 --methods faiss --candidate-scheme per_example &
-    lemma --batch-size 256 --methods faiss "${auto[@]}" &
+    lemma --batch-size 256 --methods faiss "${auto[@]}" --out "$OUT/b256" &
     lemma --batch-size 256 --methods shared_neg --shared-negatives 1024 ;;
   *) echo "unknown pair $1" >&2; exit 2 ;;
 esac
