@@ -169,6 +169,20 @@ def write_record(rec: dict, path) -> None:
     print(f"wrote {path}")
 
 
+def save_record(rec: dict, out: Path | None) -> None:
+    """Add the triton version (where it imports) and write `rec` to `out` (None: nothing)."""
+    try:
+        import triton
+
+        rec["triton"] = triton.__version__
+    except Exception:  # pragma: no cover
+        pass
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(rec, indent=1))
+        print(f"saved {out}")
+
+
 def sync(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()

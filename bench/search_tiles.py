@@ -20,7 +20,6 @@ One JSON record (device, versions, sizes, per-route ms and recall) per run to --
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -35,7 +34,7 @@ from triton_softmax.index.list_tiles import list_tile_scores, merge_list_topk
 from triton_softmax.index.rerank import top_k_ids
 from triton_softmax.retrieval import exact_topk
 
-from .harness import make_inputs, make_weight
+from .harness import make_inputs, make_weight, save_record
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -170,16 +169,7 @@ def main(argv=None) -> int:
         dtype=args.dtype,
         results=[one_n(int(n), args, device, dtype) for n in args.n],
     )
-    try:
-        import triton
-
-        rec["triton"] = triton.__version__
-    except Exception:  # pragma: no cover
-        pass
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(rec, indent=1))
-        print(f"saved {args.out}")
+    save_record(rec, args.out)
     return 0
 
 

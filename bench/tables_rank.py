@@ -41,7 +41,7 @@ from triton_softmax.index.factory import make_index
 from triton_softmax.index.simhash import default_max_per_bucket
 from triton_softmax.retrieval import exact_topk
 
-from .harness import make_inputs, make_weight
+from .harness import make_inputs, make_weight, save_record
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 ROOT = Path(__file__).resolve().parent.parent
@@ -221,16 +221,7 @@ def main(argv=None) -> int:
             ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
         ).stdout.strip()
     rec["load_avg_end"] = os.getloadavg()
-    try:
-        import triton
-
-        rec["triton"] = triton.__version__
-    except Exception:  # pragma: no cover
-        pass
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(rec, indent=1))
-        print(f"saved {args.out}")
+    save_record(rec, args.out)
     return 0
 
 
