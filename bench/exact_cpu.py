@@ -65,25 +65,16 @@ def load_package_at(rev: str, name: str = "triton_softmax_before"):
     return mod
 
 
-class FullRunner(harness.Runner):
-    """SampledSoftmaxLoss(method="full") of package `pkg` (this checkout's or an older one)."""
+class FullRunner(harness.OursRunner):
+    """SampledSoftmaxLoss(method="full") of package `pkg` (this checkout's or an older one);
+    step() and state_tensors() are OursRunner's (no index: weight, hidden, target)."""
 
     def __init__(self, pkg, problem: harness.Problem, lr: float) -> None:
+        self.method = self.resolved = self.path = "full"
         self.module = pkg.SampledSoftmaxLoss(weight=nn.Parameter(problem.weight()), method="full")
         self.hidden = problem.hidden.clone().requires_grad_(True)
         self.target = problem.target
         self.opt = torch.optim.SGD(self.module.parameters(), lr=lr)
-
-    def step(self) -> torch.Tensor:
-        self.opt.zero_grad(set_to_none=True)
-        self.hidden.grad = None
-        loss = self.module(self.hidden, self.target)
-        loss.backward()
-        self.opt.step()
-        return loss.detach()
-
-    def state_tensors(self) -> list:
-        return [self.module.weight, self.hidden, self.target]
 
 
 def interleaved(steps: dict, repeats: int, warmup: int) -> dict:
