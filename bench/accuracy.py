@@ -73,7 +73,7 @@ from triton_softmax.checks import FAISS_INDEX_KINDS
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 TASKS = ("wordnet-synset", "wordnet-lemma", "teacher", "pycode")
-METHODS = ("full", "faiss", "lsh", "uniform", "shared_neg")
+METHODS = ("full", "faiss", "lsh", "uniform", "shared_neg", "auto")
 # --rerank-copy: the rerank_copy it sets on the lsh runs (auto: the library's default)
 RERANK_COPY = {"auto": None, "true": True, "false": False}
 
@@ -781,7 +781,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--methods",
         default="full,faiss,lsh,uniform",
-        help="comma list of full|faiss|lsh|uniform, optionally name@refresh_every",
+        help="comma list of full|faiss|lsh|uniform|shared_neg|auto, optionally name@refresh_every",
     )
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument(

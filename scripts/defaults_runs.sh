@@ -21,6 +21,10 @@
 #   synset-512        |S| = |T| = 512: default faiss | per-example | default lsh | baseline
 #   synset-b256       batch 256: default faiss | per-example | default lsh | baseline
 #   pycode-480        8 min: default faiss | per-example | exact; synset default lsh, 12 epochs
+#   lemma-gate        lemma, the search gate's kept-index rule: default faiss | default lsh |
+#                     baseline K = 1,024 | baseline K = 4,096 (its step costs the default's)
+#   synset-b256-gate  batch 256 with that rule: default faiss | lsh | per-example | baseline
+#   synset-480        8 min (BUDGET=480): default faiss | method="auto" | baseline K = 1,024 | 4,096
 #   lemma-more        lemma |S| = |T| = 512: default | per-example; batch 256: default | baseline
 #                     (run labels do not name |S| or the batch: the batch-256 default
 #                     writes to OUT/b256, else one default's record overwrites the other's)
@@ -109,6 +113,21 @@ case "$1" in
     lemma --num-candidates 512 --num-uniform 512 --methods faiss --candidate-scheme per_example &
     lemma --batch-size 256 --methods faiss "${auto[@]}" --out "$OUT/b256" &
     lemma --batch-size 256 --methods shared_neg --shared-negatives 1024 ;;
+  lemma-gate)
+    lemma --methods faiss "${auto[@]}" &
+    lemma --methods lsh "${auto[@]}" &
+    lemma --methods shared_neg --shared-negatives 1024 &
+    lemma --methods shared_neg --shared-negatives 4096 ;;
+  synset-b256-gate)
+    synset "${quad[@]}" --batch-size 256 --methods faiss "${auto[@]}" &
+    synset "${quad[@]}" --batch-size 256 --methods lsh "${auto[@]}" &
+    synset "${quad[@]}" --batch-size 256 --methods faiss --candidate-scheme per_example &
+    synset "${quad[@]}" --batch-size 256 --methods shared_neg --shared-negatives 1024 ;;
+  synset-480)
+    synset "${quad[@]}" --methods faiss "${auto[@]}" &
+    synset "${quad[@]}" --methods auto "${auto[@]}" &
+    synset "${quad[@]}" --methods shared_neg --shared-negatives 1024 &
+    synset "${quad[@]}" --methods shared_neg --shared-negatives 4096 ;;
   *) echo "unknown pair $1" >&2; exit 2 ;;
 esac
 wait

@@ -14,7 +14,7 @@ import math
 import pytest
 import torch
 
-from triton_softmax import SampledSoftmaxLoss, functional
+from triton_softmax import SampledSoftmaxLoss, functional, quality
 from triton_softmax.dispatch import AUTO_TARGET_SHARE, Choice, choose_by_quality
 from triton_softmax.index.clusters import ClusterIndex
 from triton_softmax.index.quality import (
@@ -393,6 +393,43 @@ def test_a_build_is_deferred_only_while_the_exact_ceiling_is_below_the_floor():
     over = layer_for(W, method="lsh", search_min_mass=min(1.0, ceiling + 1e-3))
     _train(over, batches)
     assert over.stats()["index_builds_deferred"] == 1 and not over.index.built
+
+
+def test_a_rebuild_waits_while_the_kept_index_captures_under_half_the_floor():
+    """planted, lsh with one probed list: the first build captures 0.44 of the mass where the
+    exact top-63 holds 0.92. With the floor at 0.92 the kept index is under half of it and the
+    ceiling does not rise (lr 0, one batch), so the next refreshes search the kept index
+    instead of rebuilding, MAX_KEPT_RUNS in a row, then one rebuilds; at a floor of 0.85 the
+    kept index's 0.44 passes half the floor and every refresh rebuilds. The probe draws from
+    no global RNG: both layers' T draws, so their losses, are the same."""
+    W, h, y = planted()
+    kw = dict(method="lsh", lsh_nprobe=1, refresh_every=1)
+    runs = {}
+    for floor in (0.92, 0.85):
+        layer = layer_for(W, search_min_mass=floor, **kw)
+        runs[floor] = (layer, _train(layer, [(h, y)] * (quality.MAX_KEPT_RUNS + 2), lr=0.0))
+    waits, rebuilds = runs[0.92][0].stats(), runs[0.85][0].stats()
+    for layer, _ in runs.values():  # every build of either layer: the same narrow window
+        first = layer.quality.measured["lsh"]
+        mass, ceiling = first["mass"], first["ceiling"]
+        assert quality.STALE_SHARE * 0.85 <= mass < quality.STALE_SHARE * 0.92
+        assert 0.92 <= ceiling
+    assert rebuilds["refresh_count"] == quality.MAX_KEPT_RUNS + 2
+    assert rebuilds["index_builds_deferred"] == 0
+    assert waits["index_builds_deferred"] == quality.MAX_KEPT_RUNS
+    assert waits["refresh_count"] == 2 and waits["search_on"] is False
+    assert runs[0.92][1] == runs[0.85][1]
+    mid = layer_for(W, search_min_mass=0.92, **kw)
+    _train(mid, [(h, y)], lr=0.0)
+    mass = mid.quality.last["mass"]
+    _train(mid, [(h, y)], lr=0.0)  # the same rows, weights and index: the same mass
+    assert mid.quality.last["kept_mass"] == pytest.approx(mass, abs=1e-6)
+    assert "the index kept from the last build captures" in mid.explain()
+    # the ceiling rises (sharper rows): the kept index's low mass no longer holds a build back
+    with torch.no_grad():
+        mid.weight.mul_(1.1)
+    _train(mid, [(h, y)], lr=0.0)
+    assert mid.stats()["refresh_count"] == 2
 
 
 def test_above_the_floor_the_step_is_the_lsh_step():

@@ -27,10 +27,15 @@ import time
 import torch
 
 from .dispatch import AUTO_TARGET_SHARE, Choice, choose_by_quality
-from .index.quality import lse_without_target, tune_probes
+from .index.quality import captured_mass, lse_without_target, search_probe_rows, tune_probes
 from .options import IndexOptions
 
 PROBE_ROWS = 64  # rows of the last training batch the probe measures on
+# search_min_mass: a scheduled build is skipped while the index kept from the last build (which
+# missed the floor) captures less than this share of the floor on the new probe rows and the
+# exact ceiling has not risen since that build
+STALE_SHARE = 0.5
+MAX_KEPT_RUNS = 3  # refreshes in a row that may skip a build on the kept index's measurement
 
 
 def target_of(options: IndexOptions) -> float | None:
@@ -93,6 +98,7 @@ class QualityMonitor:
             m.index, h, module.weight, module.bias, y, k, target, relative_target(m.options)
         )
         r.update(method=m.method, target=target)
+        r.update(built_ceiling=r["ceiling"], kept_runs=0)  # before_build's kept-index rule
         if floor is not None:  # on from the first refresh that measures the floor, then on:
             # hard negatives push down the classes they find, so the mass they capture falls
             # once they train (measured on WordNet: a two-way switch flickered around m)
@@ -107,8 +113,12 @@ class QualityMonitor:
         """Before a scheduled build under search_min_mass, while the search is off: one exact
         pass over the probe rows; when even the exact top-(|S| - 1) classes hold less than
         the floor, no index can reach it, so the build is deferred (False) and recorded as a
-        measurement with the search off. At n = 1e6 a build costs seconds where a step with
-        the search off costs milliseconds."""
+        measurement with the search off. Past that, when an index was built before (and
+        missed the floor), it searches the probe rows first: a build is deferred too while
+        that kept index captures less than STALE_SHARE x the floor and the ceiling has not
+        risen since that build, at most MAX_KEPT_RUNS refreshes in a row (bench.gate_stale
+        measured how a kept index's mass predicts the next build's). At n = 1e5 a FAISS
+        build costs seconds where a step with the search off costs a tenth of one."""
         m = module.manager
         floor = m.options.search_min_mass
         if not self.enabled or floor is None or self.probe is None:
@@ -120,14 +130,29 @@ class QualityMonitor:
         if probe is None or probe[2] == 0:
             return True
         h, y, k = probe
-        ceiling = float(lse_without_target(h, module.weight, module.bias, y, top=k)[1].mean())
+        lse, ceiling = lse_without_target(h, module.weight, module.bias, y, top=k)
+        ceiling, kept = float(ceiling.mean()), None
+        last = self.measured.get(m.method, {})
         if ceiling >= floor:
-            return True
+            built = m.index is not None and m.index.built and "built_ceiling" in last
+            if not built or ceiling > last["built_ceiling"] or last["kept_runs"] >= MAX_KEPT_RUNS:
+                return True
+            # the index kept from a build that missed the floor: a fresh build measured about
+            # twice its mass (bench.gate_stale), so below STALE_SHARE x the floor, with the
+            # ceiling no higher than at that build, a new build would miss it too
+            ids = search_probe_rows(m.index, h, k)
+            kept = float(captured_mass(ids, h, module.weight, module.bias, y, lse).mean())
+            if kept >= STALE_SHARE * floor:
+                return True
         self.last = self.measured[m.method] = dict(
             method=m.method, mass=float("nan"), ceiling=ceiling, goal=None, nprobe=None,
             met=None, ladder={}, rows=int(h.shape[0]), k=k, target=target_of(m.options),
-            search=False, search_min_mass=floor, deferred=True,
+            search=False, search_min_mass=floor, deferred=True, kept_mass=kept,
         )  # fmt: skip
+        if "built_ceiling" in last:  # the kept index's build, for the next refresh's rule
+            self.last.update(
+                built_ceiling=last["built_ceiling"], kept_runs=last["kept_runs"] + (kept is not None)
+            )
         self.last_seconds = time.perf_counter() - t0
         self.total_seconds += self.last_seconds
         return False
@@ -233,6 +258,14 @@ class QualityMonitor:
         if self.enabled and floor is not None:
             if "search" not in r:
                 search = f"; search_min_mass {floor}: the search runs until a refresh measures"
+            elif r.get("deferred") and r.get("kept_mass") is not None:
+                search = (
+                    f"; search OFF and the index not rebuilt: the index kept from the last "
+                    f"build captures {r['kept_mass']:.3f} < {STALE_SHARE} x search_min_mass "
+                    f"{floor} (the exact top-{r['k']} holds {r['ceiling']:.3f}), so S = "
+                    "{target} and T alone until a refresh measures that much"
+                )
+                return search
             elif r.get("deferred"):
                 search = (
                     f"; search OFF and the index not built: even the exact top-{r['k']} holds "

@@ -123,6 +123,14 @@ def current_nprobe(index) -> int | None:
 
 
 @torch.no_grad()
+def search_probe_rows(index, hidden: torch.Tensor, k: int) -> torch.Tensor:
+    """index.search(hidden, k) for a measurement: short rows are padded with random ids drawn
+    from a private generator, so the probe is repeatable and leaves the global RNG (dropout,
+    the user's draws) untouched."""
+    extra = {"generator": torch.Generator().manual_seed(0)} if _padded(index) else {}
+    return index.search(hidden, k, **extra)
+
+
 def tune_probes(
     index,
     hidden: torch.Tensor,
@@ -149,13 +157,10 @@ def tune_probes(
     ceiling = float(ceiling.mean()) if k else 0.0
     goal = target_mass * ceiling if target_mass is not None and relative else target_mass
 
-    # short rows are padded with random ids: drawn from a private generator, so the probe
-    # is repeatable and leaves the global RNG (dropout, the user's draws) untouched
     def mass() -> float:
         if k == 0:  # S = {target}: nothing retrieved, nothing captured
             return 0.0
-        extra = {"generator": torch.Generator().manual_seed(0)} if _padded(index) else {}
-        ids = index.search(hidden, k, **extra)
+        ids = search_probe_rows(index, hidden, k)
         return float(captured_mass(ids, hidden, weight, bias, target, lse).mean())
 
     ladder = probe_ladder(index) if goal is not None else None
