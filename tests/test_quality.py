@@ -377,49 +377,60 @@ def test_below_the_floor_the_step_is_the_uniform_step(scheme):
     assert all(row.unique().numel() == 5 for row in ids)
 
 
-def test_a_build_is_deferred_only_while_the_exact_ceiling_is_below_the_floor():
-    """planted: a floor just under the exact top-63's mass on the probe rows, so the index is
-    built and measured at the first refresh; a floor just over it defers the build."""
+def _floor_needing(ceiling):
+    """The floor whose ceiling_to_build is `ceiling`: the inverse of min(f / CEILING_SHARE,
+    (1 + f) / 2), each piece inverted by hand."""
+    return max(quality.CEILING_SHARE * ceiling, 2 * ceiling - 1)
+
+
+def test_a_build_is_deferred_only_while_the_exact_ceiling_is_below_what_a_build_needs():
+    """planted: a floor whose build threshold is just under the exact top-63's mass on the
+    probe rows, so the index is built and measured at the first refresh; one just over it
+    defers the build. The threshold: floor / 0.75 at low floors, halfway to 1 at high ones."""
+    assert quality.ceiling_to_build(0.3) == pytest.approx(0.4)
+    assert quality.ceiling_to_build(0.9) == pytest.approx(0.95)
+    assert quality.ceiling_to_build(1.0) == 1.0
     W, h, y = planted()
     batches = [(h[i::4], y[i::4]) for i in range(2)]
     h0, y0 = batches[0]
     ceiling = float(lse_without_target(h0, W, None, y0, top=S - 1)[1].mean())
     assert ceiling > 0.5
-    under = layer_for(W, method="lsh", search_min_mass=ceiling - 1e-3)
+    low = _floor_needing(ceiling - 1e-3)
+    assert quality.ceiling_to_build(low) == pytest.approx(ceiling - 1e-3)
+    under = layer_for(W, method="lsh", search_min_mass=low)
     _train(under, batches)
     st = under.stats()
     assert st["index_builds_deferred"] == 0 and st["refresh_count"] == 1 and under.index.built
-    assert st["search_on"] == (st["captured_mass"] >= ceiling - 1e-3)
-    over = layer_for(W, method="lsh", search_min_mass=min(1.0, ceiling + 1e-3))
+    assert st["search_on"] == (st["captured_mass"] >= low)
+    over = layer_for(W, method="lsh", search_min_mass=min(1.0, _floor_needing(ceiling + 1e-3)))
     _train(over, batches)
     assert over.stats()["index_builds_deferred"] == 1 and not over.index.built
+    assert "under the 0." in over.explain() and "a build needs to reach" in over.explain()
 
 
 def test_a_rebuild_waits_while_the_kept_index_captures_under_half_the_floor():
-    """planted, lsh with one probed list: the first build captures 0.44 of the mass where the
-    exact top-63 holds 0.92. With the floor at 0.92 the kept index is under half of it and the
-    ceiling does not rise (lr 0, one batch), so the next refreshes search the kept index
-    instead of rebuilding, MAX_KEPT_RUNS in a row, then one rebuilds; at a floor of 0.85 the
-    kept index's 0.44 passes half the floor and every refresh rebuilds. The probe draws from
+    """planted, the SimHash tables: the first build captures about 0.25 of the mass where
+    the exact top-63 holds 0.92. With the floor at 0.6 the kept index is under half of it and
+    the ceiling does not rise (lr 0, one batch), so the next refreshes search the kept index
+    instead of rebuilding, MAX_KEPT_RUNS in a row, then one rebuilds; at a floor of 0.45 the
+    kept index's mass passes half the floor and every refresh rebuilds. The probe draws from
     no global RNG: both layers' T draws, so their losses, are the same."""
     W, h, y = planted()
-    kw = dict(method="lsh", lsh_nprobe=1, refresh_every=1)
+    kw = dict(method="lsh", lsh_generator="tables", refresh_every=1)
     runs = {}
-    for floor in (0.92, 0.85):
+    for floor in (0.6, 0.45):
         layer = layer_for(W, search_min_mass=floor, **kw)
         runs[floor] = (layer, _train(layer, [(h, y)] * (quality.MAX_KEPT_RUNS + 2), lr=0.0))
-    waits, rebuilds = runs[0.92][0].stats(), runs[0.85][0].stats()
-    for layer, _ in runs.values():  # every build of either layer: the same narrow window
-        first = layer.quality.measured["lsh"]
-        mass, ceiling = first["mass"], first["ceiling"]
-        assert quality.STALE_SHARE * 0.85 <= mass < quality.STALE_SHARE * 0.92
-        assert 0.92 <= ceiling
+        first = layer.quality.measured["lsh"]  # a build's measurement (the last refresh built)
+        assert first["ceiling"] >= quality.ceiling_to_build(floor)
+        assert quality.STALE_SHARE * 0.45 <= first["mass"] < quality.STALE_SHARE * 0.6
+    waits, rebuilds = runs[0.6][0].stats(), runs[0.45][0].stats()
     assert rebuilds["refresh_count"] == quality.MAX_KEPT_RUNS + 2
     assert rebuilds["index_builds_deferred"] == 0
     assert waits["index_builds_deferred"] == quality.MAX_KEPT_RUNS
     assert waits["refresh_count"] == 2 and waits["search_on"] is False
-    assert runs[0.92][1] == runs[0.85][1]
-    mid = layer_for(W, search_min_mass=0.92, **kw)
+    assert runs[0.6][1] == runs[0.45][1]
+    mid = layer_for(W, search_min_mass=0.6, **kw)
     _train(mid, [(h, y)], lr=0.0)
     mass = mid.quality.last["mass"]
     _train(mid, [(h, y)], lr=0.0)  # the same rows, weights and index: the same mass

@@ -187,7 +187,9 @@ class IndexOptions:
     search_min_mass m in (0, 1] (lsh / faiss): no search (S = {target}, the uniform T carries
     the estimate) until a refresh measures a captured mass >= m, then the search runs from
     that refresh on (an untrained model's flat softmax: it would cost without capturing),
-    and no index is built while even the exact top-(|S| - 1) classes hold less than m;
+    and no index is built while the exact top-(|S| - 1) classes hold less than about m / 0.75
+    (quality.ceiling_to_build) or, after a build that missed m, while the index kept from it
+    captures less than m / 2 (quality.STALE_SHARE);
     "auto" (default): AUTO_SEARCH_MIN_MASS for method "lsh" / "faiss" (not sharded, not
     bucket_shared), else None (no gate); None: the search runs from the first step;
     rerank_copy (lsh_generator "clusters"): True: score the probed lists from a contiguous

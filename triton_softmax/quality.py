@@ -35,6 +35,17 @@ PROBE_ROWS = 64  # rows of the last training batch the probe measures on
 # missed the floor) captures less than this share of the floor on the new probe rows and the
 # exact ceiling has not risen since that build
 STALE_SHARE = 0.5
+# search_min_mass: no build is measured while the exact top-(|S| - 1) holds less than the floor
+# / CEILING_SHARE (the FAISS and clusters indexes captured at most 0.69 of that ceiling while
+# the gate was shut on WordNet, bench.gate_stale: a build below it only to miss the floor)
+CEILING_SHARE = 0.75
+
+
+def ceiling_to_build(floor: float) -> float:
+    """The mass the exact top-(|S| - 1) must hold on the probe rows before a refresh builds an
+    index to measure against search_min_mass `floor`: floor / CEILING_SHARE, at most halfway
+    from the floor to 1 (a floor above CEILING_SHARE stays reachable)."""
+    return min(floor / CEILING_SHARE, (1.0 + floor) / 2)
 MAX_KEPT_RUNS = 3  # refreshes in a row that may skip a build on the kept index's measurement
 
 
@@ -111,9 +122,9 @@ class QualityMonitor:
     @torch.no_grad()
     def before_build(self, module) -> bool:
         """Before a scheduled build under search_min_mass, while the search is off: one exact
-        pass over the probe rows; when even the exact top-(|S| - 1) classes hold less than
-        the floor, no index can reach it, so the build is deferred (False) and recorded as a
-        measurement with the search off. Past that, when an index was built before (and
+        pass over the probe rows; when the exact top-(|S| - 1) classes hold less than
+        ceiling_to_build(floor), an index (which captures a share of that) would miss the floor,
+        so the build is deferred (False) and recorded as a measurement with the search off. Past that, when an index was built before (and
         missed the floor), it searches the probe rows first: a build is deferred too while
         that kept index captures less than STALE_SHARE x the floor and the ceiling has not
         risen since that build, at most MAX_KEPT_RUNS refreshes in a row (bench.gate_stale
@@ -133,7 +144,7 @@ class QualityMonitor:
         lse, ceiling = lse_without_target(h, module.weight, module.bias, y, top=k)
         ceiling, kept = float(ceiling.mean()), None
         last = self.measured.get(m.method, {})
-        if ceiling >= floor:
+        if ceiling >= ceiling_to_build(floor):
             built = m.index is not None and m.index.built and "built_ceiling" in last
             if not built or ceiling > last["built_ceiling"] or last["kept_runs"] >= MAX_KEPT_RUNS:
                 return True
@@ -268,8 +279,10 @@ class QualityMonitor:
                 return search
             elif r.get("deferred"):
                 search = (
-                    f"; search OFF and the index not built: even the exact top-{r['k']} holds "
-                    f"{r['ceiling']:.3f} < search_min_mass {floor} of the non-target mass, so "
+                    f"; search OFF and the index not built: the exact top-{r['k']} holds "
+                    f"{r['ceiling']:.3f} of the non-target mass, under the "
+                    f"{ceiling_to_build(floor):.3f} a build needs to reach search_min_mass "
+                    f"{floor} (an index captures less than the exact top-k), so "
                     "S = {target} and T alone until a refresh measures that much"
                 )
                 return search
