@@ -24,7 +24,9 @@
 #   lemma-gate        lemma, the search gate's kept-index rule: default faiss | default lsh |
 #                     baseline K = 1,024 | baseline K = 4,096 (its step costs the default's)
 #   synset-b256-gate  batch 256 with that rule: default faiss | lsh | per-example | baseline
-#   synset-480        8 min (BUDGET=480): default faiss | method="auto" | baseline K = 1,024 | 4,096
+#   synset-480        8 min (BUDGET=480): default faiss | method="auto" | baseline K = 1,024 | 4,096;
+#                     and the default lsh for the recipe's 12 epochs (FINAL names its session)
+#   pycode-480-lsh    8 min (BUDGET=480): default faiss | default lsh | baseline K = 1,024 | exact
 #   lemma-more        lemma |S| = |T| = 512: default | per-example; batch 256: default | baseline
 #                     (run labels do not name |S| or the batch: the batch-256 default
 #                     writes to OUT/b256, else one default's record overwrites the other's)
@@ -127,7 +129,15 @@ case "$1" in
     synset "${quad[@]}" --methods faiss "${auto[@]}" &
     synset "${quad[@]}" --methods auto "${auto[@]}" &
     synset "${quad[@]}" --methods shared_neg --shared-negatives 1024 &
-    synset "${quad[@]}" --methods shared_neg --shared-negatives 4096 ;;
+    synset "${quad[@]}" --methods shared_neg --shared-negatives 4096 &
+    python3 -m bench.accuracy --task wordnet-synset --eval-examples 4096 --epochs 12 \
+      --evals-per-epoch 1 --threads 1 --no-progress --out "$OUT" --session "${FINAL:-$S-final}" \
+      --methods lsh "${auto[@]}" ;;
+  pycode-480-lsh)
+    pycode "${quad[@]}" --methods faiss "${auto[@]}" &
+    pycode "${quad[@]}" --methods lsh "${auto[@]}" &
+    pycode "${quad[@]}" --methods shared_neg --shared-negatives 1024 &
+    pycode "${quad[@]}" --methods full ;;
   *) echo "unknown pair $1" >&2; exit 2 ;;
 esac
 wait
