@@ -336,6 +336,36 @@ def _group(session: str) -> list[str]:
 
 BUDGET_GROUPS = [  # (group, title, key, budgets in s)
     (
+        "cpu-defaults-synset-480-20261207",
+        "WordNet synset (P@1), 8 CPU-minutes, the gate that skips builds that would miss: "
+        'the default (faiss), method="auto", the baseline at K = 1,024 and at K = 4,096 (a '
+        "step that costs what the searching default's does)",
+        "p1",
+        [30, 60, 120, 240, 360, 480],
+    ),
+    (
+        "cpu-defaults-pycode-480-lsh-20261207",
+        "pycode, 8 CPU-minutes, with that gate: the default (faiss, lsh), the baseline "
+        "(K = 1,024), the exact softmax",
+        "heldout_ppl",
+        [60, 120, 240, 360, 480],
+    ),
+    (
+        "cpu-defaults-lemma-gate-20261207",
+        "WordNet lemma (P@1), CPU-second budgets, the gate that skips builds that would miss "
+        "(quality.ceiling_to_build, STALE_SHARE): the default (faiss, lsh), the baseline at "
+        "K = 1,024 and at K = 4,096 (a step that costs what the searching default's does)",
+        "p1",
+        [30, 60, 120, 180, 240],
+    ),
+    (
+        "cpu-defaults-synset-b256-gate-20261207",
+        "WordNet synset (P@1), batch 256, CPU-second budgets, with that gate: the default "
+        "(faiss, lsh), per-example T, the baseline",
+        "p1",
+        [30, 60, 120, 180, 240],
+    ),
+    (
         "cpu-defaults-synset-b-20261207",
         "WordNet synset (P@1), CPU-second budgets: the 2026-12-07 default (a shared T of "
         "1,024 + the search gate) beside per-example T and hybrid (both gated) and the "
