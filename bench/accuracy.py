@@ -236,7 +236,7 @@ class Model(nn.Module):
             refresh_every=refresh_every,
             lsh_generator=getattr(args, "lsh_generator", None),
             candidate_scheme=getattr(args, "candidate_scheme", "per_example"),
-            search_min_mass=_gate_option(args) if method in ("faiss", "lsh") else None,
+            search_min_mass=_gate_option(args) if method in ("faiss", "lsh", "auto") else None,
             rerank_copy=RERANK_COPY[getattr(args, "rerank_copy", "auto")]
             if method == "lsh"
             else None,
@@ -419,7 +419,9 @@ def run_one(data: Data, data_info: dict, spec: str, args, session: str) -> dict:
     torch.manual_seed(args.seed)
     model = Model(data, method, refresh, args)
     # the search gate that runs (search_min_mass as the module resolved it; None: none)
-    gate = model.output.index_options.search_min_mass if method in ("faiss", "lsh") else None
+    gate = (
+        model.output.index_options.search_min_mass if method in ("faiss", "lsh", "auto") else None
+    )
     t_ran = model.output.sampling_options.num_uniform  # |T| as resolved ("auto" sizes it)
     opts = model.optimizers(args.lr, args.table_lr)
     total_steps = args.epochs * math.ceil(data.num_train / args.batch_size)

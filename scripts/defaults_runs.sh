@@ -26,6 +26,8 @@
 #   synset-b256-gate  batch 256 with that rule: default faiss | lsh | per-example | baseline
 #   synset-480        8 min (BUDGET=480): default faiss | method="auto" | baseline K = 1,024 | 4,096;
 #                     and the default lsh for the recipe's 12 epochs (FINAL names its session)
+#   synset-auto       method="auto" gated (the default) | auto without the gate | default faiss |
+#                     baseline K = 1,024
 #   pycode-480-lsh    8 min (BUDGET=480): default faiss | default lsh | baseline K = 1,024 | exact
 #   lemma-more        lemma |S| = |T| = 512: default | per-example; batch 256: default | baseline
 #                     (run labels do not name |S| or the batch: the batch-256 default
@@ -138,6 +140,11 @@ case "$1" in
     pycode "${quad[@]}" --methods lsh "${auto[@]}" &
     pycode "${quad[@]}" --methods shared_neg --shared-negatives 1024 &
     pycode "${quad[@]}" --methods full ;;
+  synset-auto)
+    synset "${quad[@]}" --methods auto "${auto[@]}" &
+    synset "${quad[@]}" --methods auto --candidate-scheme auto --search-min-mass off &
+    synset "${quad[@]}" --methods faiss "${auto[@]}" &
+    synset "${quad[@]}" --methods shared_neg --shared-negatives 1024 ;;
   *) echo "unknown pair $1" >&2; exit 2 ;;
 esac
 wait

@@ -346,9 +346,10 @@ def test_search_min_mass_must_be_in_the_half_open_unit_interval(bad):
         SampledSoftmaxLoss(100, 8, method="lsh", search_min_mass=bad)
 
 
-def test_search_min_mass_is_for_lsh_and_faiss_on_one_device():
+def test_search_min_mass_is_for_lsh_faiss_and_auto_on_one_device():
     assert SampledSoftmaxLoss(100, 8, method="lsh", search_min_mass=1).search_min_mass == 1.0
-    for method in ("full", "uniform", "auto"):
+    assert SampledSoftmaxLoss(100, 8, method="auto", search_min_mass=0.5).search_min_mass == 0.5
+    for method in ("full", "uniform"):
         with pytest.raises(ValueError, match="search_min_mass"):
             SampledSoftmaxLoss(100, 8, method=method, search_min_mass=0.5)
     with pytest.raises(ValueError, match="search_min_mass cannot be used with a shard"):
@@ -477,6 +478,21 @@ def test_the_search_switches_on_at_the_refresh_that_measures_enough_and_checkpoi
     resumed = layer_for(W / 50, method="lsh", search_min_mass=0.3, refresh_every=3)
     resumed.load_state_dict(off_state)
     assert resumed.quality.searching("lsh") is False
+
+
+def test_auto_below_the_floor_runs_the_chosen_path_without_its_search(fast_table):
+    """method="auto" on a flat softmax: the quality rule picks a sampled path (its relative
+    target is met), the gate keeps its search off, so the steps are method="uniform"'s with
+    the same seed."""
+    W, h, y = flat()
+    batches = [(h[i::4], y[i::4]) for i in range(4)]
+    gated = layer_for(W, method="auto", search_min_mass=0.5, candidate_scheme="shared_samples")
+    uniform = layer_for(W, method="uniform", candidate_scheme="shared_samples")
+    assert _train(gated, batches) == _train(uniform, batches)
+    st = gated.stats()
+    assert st["auto_choice"] in ("lsh", "faiss") and st["search_on"] is False
+    plain = layer_for(W, method="auto", candidate_scheme="shared_samples")  # no gate
+    assert _train(plain, batches) != _train(uniform, batches)
 
 
 @pytest.mark.parametrize(

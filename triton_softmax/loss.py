@@ -100,9 +100,9 @@ class SampledSoftmaxLoss(CheckpointState, nn.Module):
     holds t. method="auto" runs the fastest path by the crossover table whose measured mass
     meets t (default: half the mass of the exact top-(|S| - 1)), the exact one if none does
     (quality.py); stats() and explain() report the masses, the widths and the probe's cost.
-    search_min_mass m (lsh / faiss): no search (S = {target}, T alone: a flat, untrained
-    softmax gives it nothing to find, and the step costs a shared-negative one) until a
-    refresh measures a captured mass >= m; from that refresh on the search runs.
+    search_min_mass m (lsh / faiss / auto's sampled path): no search (S = {target}, T alone:
+    a flat, untrained softmax gives it nothing to find, and the step costs a shared-negative
+    one) until a refresh measures a captured mass >= m; from that refresh on the search runs.
 
     candidate_scheme="bucket_shared" (method="lsh") scores the whole union of each query's
     buckets plus one uniform T shared by the batch, by bucket_impl "gather" (per-row lists,

@@ -190,8 +190,9 @@ class IndexOptions:
     and no index is built while the exact top-(|S| - 1) classes hold less than about m / 0.75
     (quality.ceiling_to_build) or, after a build that missed m, while the index kept from it
     captures less than m / 2 (quality.STALE_SHARE);
-    "auto" (default): AUTO_SEARCH_MIN_MASS for method "lsh" / "faiss" (not sharded, not
-    bucket_shared), else None (no gate); None: the search runs from the first step;
+    "auto" (default): AUTO_SEARCH_MIN_MASS for method "lsh" / "faiss" / "auto" (the sampled
+    path auto chooses; not sharded, not bucket_shared), else None (no gate); None: the search
+    runs from the first step;
     rerank_copy (lsh_generator "clusters"): True: score the probed lists from a contiguous
     copy of the rows taken at each refresh, as FAISS does (stale between refreshes, one more
     n x d float32), instead of gathering the live rows; False: the live rows; None (default):
@@ -254,7 +255,7 @@ class IndexOptions:
         new = self
         if self.search_min_mass == "auto":
             gate = (
-                self.method in ("lsh", "faiss")
+                self.method in ("lsh", "faiss", "auto")
                 and shard is None
                 and sampling.scheme != "bucket_shared"
             )
@@ -349,10 +350,10 @@ def check_combination(
             f"lsh_rank ranks the SimHash tables' buckets, and this module's lsh generator is "
             f"{index.lsh_generator!r}; drop it or set lsh_generator='tables'"
         )
-    if index.search_min_mass is not None and index.method not in ("lsh", "faiss"):
+    if index.search_min_mass is not None and index.method not in ("lsh", "faiss", "auto"):
         raise ValueError(
-            "search_min_mass switches the search of method 'lsh' or 'faiss' on and off, "
-            f"not method={index.method!r}"
+            "search_min_mass switches the search of method 'lsh', 'faiss' or 'auto' (the "
+            f"sampled path it chose) on and off, not method={index.method!r}"
         )
     if index.partial_refresh and not grad.sparse:
         raise ValueError(

@@ -46,6 +46,8 @@ def ceiling_to_build(floor: float) -> float:
     index to measure against search_min_mass `floor`: floor / CEILING_SHARE, at most halfway
     from the floor to 1 (a floor above CEILING_SHARE stays reachable)."""
     return min(floor / CEILING_SHARE, (1.0 + floor) / 2)
+
+
 MAX_KEPT_RUNS = 3  # refreshes in a row that may skip a build on the kept index's measurement
 
 
@@ -123,13 +125,14 @@ class QualityMonitor:
     def before_build(self, module) -> bool:
         """Before a scheduled build under search_min_mass, while the search is off: one exact
         pass over the probe rows; when the exact top-(|S| - 1) classes hold less than
-        ceiling_to_build(floor), an index (which captures a share of that) would miss the floor,
-        so the build is deferred (False) and recorded as a measurement with the search off. Past that, when an index was built before (and
-        missed the floor), it searches the probe rows first: a build is deferred too while
-        that kept index captures less than STALE_SHARE x the floor and the ceiling has not
-        risen since that build, at most MAX_KEPT_RUNS refreshes in a row (bench.gate_stale
-        measured how a kept index's mass predicts the next build's). At n = 1e5 a FAISS
-        build costs seconds where a step with the search off costs a tenth of one."""
+        ceiling_to_build(floor), an index (which captures a share of that) would miss the
+        floor, so the build is deferred (False) and recorded as a measurement with the search
+        off. Past that, when an index was built before (and missed the floor), it searches
+        the probe rows first: a build is deferred too while that kept index captures less
+        than STALE_SHARE x the floor and the ceiling has not risen since that build, at most
+        MAX_KEPT_RUNS refreshes in a row (bench.gate_stale measured how a kept index's mass
+        predicts the next build's). At n = 1e5 a FAISS build costs seconds where a step with
+        the search off costs a tenth of one."""
         m = module.manager
         floor = m.options.search_min_mass
         if not self.enabled or floor is None or self.probe is None:
@@ -161,9 +164,8 @@ class QualityMonitor:
             search=False, search_min_mass=floor, deferred=True, kept_mass=kept,
         )  # fmt: skip
         if "built_ceiling" in last:  # the kept index's build, for the next refresh's rule
-            self.last.update(
-                built_ceiling=last["built_ceiling"], kept_runs=last["kept_runs"] + (kept is not None)
-            )
+            runs = last["kept_runs"] + (kept is not None)
+            self.last.update(built_ceiling=last["built_ceiling"], kept_runs=runs)
         self.last_seconds = time.perf_counter() - t0
         self.total_seconds += self.last_seconds
         return False
