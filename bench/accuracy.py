@@ -479,6 +479,9 @@ def run_one(data: Data, data_info: dict, spec: str, args, session: str) -> dict:
                     load1=os.getloadavg()[0],
                 )
             )
+            if gate is not None:  # the last refresh's measurement: is the search on?
+                st = model.output.stats()
+                curve[-1].update(captured_mass=st["captured_mass"], search_on=st["search_on"])
             return
         p1, p5 = evaluate(model, data, eval_idx, eval_sets)
         rec = dict(
