@@ -497,7 +497,9 @@ def budgets_md() -> str:
         "says how much). Each cell: held-out perplexity over all classes (pycode: next-token "
         "prediction over the Python standard library's source, 120,089 classes, Zipfian) or "
         "P@1 (WordNet synset), at the first step at or past the budget, with the step count "
-        "in brackets. `auto` resolved to per-example T in these runs.\n",
+        "in brackets. A label `auto-T1024-min0.3` is candidate_scheme auto resolved to a T of "
+        "1,024 shared by the batch with the search gate at 0.3; in the groups without "
+        "`defaults` in their name `auto` resolved to per-example T.\n",
     ]
     for group, title, key, budgets in BUDGET_GROUPS:
         names = _group(group)
