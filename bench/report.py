@@ -359,6 +359,14 @@ BUDGET_GROUPS = [  # (group, title, key, budgets in s)
         [60, 120, 240, 360, 480],
     ),
     (
+        "cpu-defaults-lemma-more-gate-20261207",
+        "WordNet lemma (P@1), CPU-second budgets, with the gate that skips builds that would "
+        "miss: |S| = |T| = 512 (the default, per-example T) and batch 256 (the default, the "
+        "baseline), four runs side by side",
+        "p1",
+        [30, 60, 120, 180, 240],
+    ),
+    (
         "cpu-defaults-lemma-gate-20261207",
         "WordNet lemma (P@1), CPU-second budgets, the gate that skips builds that would miss "
         "(quality.ceiling_to_build, STALE_SHARE): the default (faiss, lsh), the baseline at "
