@@ -35,6 +35,7 @@ PROBE_ROWS = 64  # rows of the last training batch the probe measures on
 # missed the floor) captures less than this share of the floor on the new probe rows and the
 # exact ceiling has not risen since that build
 STALE_SHARE = 0.5
+MAX_KEPT_RUNS = 3  # refreshes in a row that may skip a build on the kept index's measurement
 # search_min_mass: no build is measured while the exact top-(|S| - 1) holds less than the floor
 # / CEILING_SHARE (the FAISS and clusters indexes captured at most 0.69 of that ceiling while
 # the gate was shut on WordNet, bench.gate_stale: a build below it only to miss the floor)
@@ -46,9 +47,6 @@ def ceiling_to_build(floor: float) -> float:
     index to measure against search_min_mass `floor`: floor / CEILING_SHARE, at most halfway
     from the floor to 1 (a floor above CEILING_SHARE stays reachable)."""
     return min(floor / CEILING_SHARE, (1.0 + floor) / 2)
-
-
-MAX_KEPT_RUNS = 3  # refreshes in a row that may skip a build on the kept index's measurement
 
 
 def target_of(options: IndexOptions) -> float | None:

@@ -131,6 +131,7 @@ def search_probe_rows(index, hidden: torch.Tensor, k: int) -> torch.Tensor:
     return index.search(hidden, k, **extra)
 
 
+@torch.no_grad()
 def tune_probes(
     index,
     hidden: torch.Tensor,
