@@ -25,7 +25,7 @@ import torch
 
 from bench import accuracy
 from triton_softmax import quality
-from triton_softmax.index.quality import captured_mass, lse_without_target
+from triton_softmax.index.quality import captured_mass, lse_without_target, search_probe_rows
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> dict:
             return True
         h, y, k = probe
         lse, ceiling = lse_without_target(h, module.weight, module.bias, y, top=k)
-        ids = m.index.search(h, k)
+        ids = search_probe_rows(m.index, h, k)  # as before_build searches the kept index
         stale = float(captured_mass(ids, h, module.weight, module.bias, y, lse).mean())
         rows.append(dict(step=m.steps, ceiling=float(ceiling.mean()), stale=stale))
         return True  # always build: the fresh mass is measured by on_refresh
