@@ -68,7 +68,7 @@ import triton_softmax
 from bench import harness
 from bench.baselines import shared_negative_loss
 from bench.harness import cpu_model
-from triton_softmax import SampledSoftmaxLoss, exact_topk, sampled_softmax_from_candidates
+from triton_softmax import SampledSoftmaxLoss, dispatch, exact_topk, sampled_softmax_from_candidates
 from triton_softmax.checks import FAISS_INDEX_KINDS
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -241,6 +241,7 @@ class Model(nn.Module):
             if method == "lsh"
             else None,
             faiss_index=getattr(args, "faiss_index", "auto"),
+            lsh_nprobe=getattr(args, "lsh_nprobe", None),
             sparse_grad=self.sparse,
             seed=args.seed,
         )
@@ -416,6 +417,9 @@ def run_one(data: Data, data_info: dict, spec: str, args, session: str) -> dict:
     from tqdm import tqdm
 
     method, refresh = parse_method(spec, args.refresh_every)
+    share = getattr(args, "auto_target_share", None)
+    if share is not None:  # a candidate value of the constant, measured at budgets
+        dispatch.AUTO_TARGET_SHARE = share
     torch.manual_seed(args.seed)
     model = Model(data, method, refresh, args)
     # the search gate that runs (search_min_mass as the module resolved it; None: none)
@@ -525,6 +529,10 @@ def run_one(data: Data, data_info: dict, spec: str, args, session: str) -> dict:
             label += f"-M{shared}"
     if gate is not None:
         label += f"-T{t_ran}-min{gate:g}"
+    if getattr(args, "lsh_nprobe", None) is not None and method in ("lsh", "auto"):
+        label += f"-np{args.lsh_nprobe}"
+    if share is not None and method == "auto":
+        label += f"-share{share:g}"
     if getattr(args, "rerank_copy", "auto") != "auto" and method == "lsh":
         label += "-copy" if args.rerank_copy == "true" else "-live"
     if getattr(args, "faiss_index", "auto") != "auto" and method == "faiss":
@@ -849,6 +857,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="SampledSoftmaxLoss search_min_mass of the faiss/lsh runs, a float, 'auto' (the "
         "library's default) or 'off' (None; this bench's default): no search (S = "
         "{target}, T alone) until a refresh measures this much captured mass",
+    )
+    p.add_argument(
+        "--lsh-nprobe",
+        type=int,
+        default=None,
+        help="lsh (clusters generator): lists read per query (default: the library's, 16)",
+    )
+    p.add_argument(
+        "--auto-target-share",
+        type=float,
+        default=None,
+        help="method=auto: the share of the exact top-(|S| - 1) mass its candidates must hold "
+        "(dispatch.AUTO_TARGET_SHARE, set for this run; the label says so); default: the "
+        "library's",
     )
     p.add_argument(
         "--rerank-copy",

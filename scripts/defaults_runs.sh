@@ -29,6 +29,9 @@
 #   synset-auto       method="auto" gated (the default) | auto without the gate | default faiss |
 #                     baseline K = 1,024
 #   pycode-480-lsh    8 min (BUDGET=480): default faiss | default lsh | baseline K = 1,024 | exact
+#   synset-share      method="auto" (gated) with its target share of the exact top-63 mass at
+#                     0.5 | 0.3, beside the default faiss and the baseline K = 1,024
+#   lemma-share       the same on WordNet lemma
 #   lemma-more        lemma |S| = |T| = 512: default | per-example; batch 256: default | baseline
 #                     (run labels do not name |S| or the batch: the batch-256 default
 #                     writes to OUT/b256, else one default's record overwrites the other's)
@@ -145,6 +148,16 @@ case "$1" in
     synset "${quad[@]}" --methods auto --candidate-scheme auto --search-min-mass off &
     synset "${quad[@]}" --methods faiss "${auto[@]}" &
     synset "${quad[@]}" --methods shared_neg --shared-negatives 1024 ;;
+  synset-share)
+    synset "${quad[@]}" --methods auto "${auto[@]}" --auto-target-share 0.5 &
+    synset "${quad[@]}" --methods auto "${auto[@]}" --auto-target-share 0.3 &
+    synset "${quad[@]}" --methods faiss "${auto[@]}" &
+    synset "${quad[@]}" --methods shared_neg --shared-negatives 1024 ;;
+  lemma-share)
+    lemma --methods auto "${auto[@]}" --auto-target-share 0.5 &
+    lemma --methods auto "${auto[@]}" --auto-target-share 0.3 &
+    lemma --methods faiss "${auto[@]}" &
+    lemma --methods shared_neg --shared-negatives 1024 ;;
   *) echo "unknown pair $1" >&2; exit 2 ;;
 esac
 wait

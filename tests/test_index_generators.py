@@ -60,6 +60,27 @@ def test_search_returns_k_valid_distinct_ids_whenever_k_classes_exist(name, n, k
 
 
 @pytest.mark.parametrize("name", list(GENERATORS))
+def test_short_rows_are_padded_without_the_global_rng(name):
+    """nprobe=1 of 16 lists holds about n / 16 = 25 classes, under k = 40: every row is padded
+    with random ids. They are drawn from a generator seeded by the index, not torch's global
+    RNG (the training run's dropout and draws): the RNG does not move, the same search repeats
+    exactly, and a caller's generator still decides the padding."""
+    w = _mixture(400, 8, 4)
+    index = GENERATORS[name](8)
+    index.set_nprobe(1)
+    index.build(w)
+    h = torch.randn(12, 8, generator=torch.Generator().manual_seed(3))
+    state = torch.get_rng_state()
+    first = index.search(h, 40)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(index.search(h, 40), first)
+    _valid_distinct(first, 400, 40)
+    listed = index.search(h, 40, generator=torch.Generator().manual_seed(index.seed))
+    other = index.search(h, 40, generator=torch.Generator().manual_seed(index.seed + 1))
+    assert torch.equal(listed, first) and not torch.equal(other, first)
+
+
+@pytest.mark.parametrize("name", list(GENERATORS))
 def test_search_pads_with_minus_one_only_past_n(name):
     w = torch.randn(10, 8)
     ids = GENERATORS[name](8).build(w).search(torch.randn(5, 8), 16)

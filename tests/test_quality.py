@@ -509,3 +509,46 @@ def test_search_min_mass_below_the_floor_with_faiss_and_the_other_schemes(kw):
     gated = layer_for(W, search_min_mass=0.5, **kw)
     loss = _train(gated, [(h, y)])[0]
     assert math.isfinite(loss) and gated.stats()["search_on"] is False
+
+
+def test_auto_builds_no_index_while_the_gate_defers_every_build(fast_table):
+    """method="auto" on a flat softmax with a floor whose build threshold the exact top-63
+    does not reach: every select defers the fastest sampled path's build (no index is built to
+    be measured, none of the ranked paths), runs that path (not the exact one: with the search
+    off every sampled path takes the same step), and explain() says why."""
+    W, h, y = flat()
+    batches = [(h[i::4], y[i::4]) for i in range(4)]
+    ceiling = float(lse_without_target(h, W, None, y, top=S - 1)[1].mean())
+    assert quality.ceiling_to_build(0.5) > 2 * ceiling  # far from a build
+    gated = layer_for(W, method="auto", search_min_mass=0.5, refresh_every=2)
+    _train(gated, batches)
+    st = gated.stats()
+    assert st["refresh_count"] == 0 and st["index_builds_deferred"] == 2  # selects at 0 and 2
+    assert st["auto_choice"] == "lsh" == gated.choice(16).method and st["search_on"] is False
+    assert not gated.manager.index.built and st["auto_masses"] == {"lsh": st["captured_mass"]}
+    assert "none is built to be measured" in gated.explain()
+    ungated = layer_for(W, method="auto", refresh_every=2)  # builds at every select
+    _train(ungated, batches)
+    assert ungated.stats()["refresh_count"] >= 2
+
+
+def test_auto_keeps_the_search_on_across_selects_and_checkpoints_keep_it(fast_table):
+    """Once a refresh measured the floor the search stays on, also under method="auto", whose
+    select measures every path anew: planted rows open it; scaled down to a flat softmax, the
+    next selects measure under the floor and it stays on (a resumed module too)."""
+    W, h, y = planted()
+    batches = [(h[i::8], y[i::8]) for i in range(8)]
+    kw = dict(method="auto", search_min_mass=0.3, refresh_every=2, rerank_copy=False)
+    layer = layer_for(W, **kw)
+    _train(layer, batches[:2], lr=0.0)
+    assert layer.stats()["search_on"] is True and layer.stats()["captured_mass"] >= 0.3
+    with torch.no_grad():
+        layer.weight.div_(50)
+    _train(layer, batches[2:6], lr=0.0)  # selects at steps 2 and 4
+    st = layer.stats()
+    assert st["auto_choice"] in ("lsh", "faiss") and st["captured_mass"] < 0.3
+    assert st["search_on"] is True and layer.quality.searching(st["auto_choice"])
+    resumed = layer_for(W / 50, **kw)
+    resumed.load_state_dict(layer.state_dict())
+    assert resumed.quality.search_open and resumed.quality.searching(st["auto_choice"])
+    assert _train(resumed, batches[6:8], lr=0.0) == _train(layer, batches[6:8], lr=0.0)

@@ -22,11 +22,13 @@ softmax is flat: no |S| classes hold much of it, whatever finds them).
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import torch
 
-from .dispatch import AUTO_TARGET_SHARE, Choice, choose_by_quality
+from . import dispatch
+from .dispatch import Choice, choose_by_quality
 from .index.quality import captured_mass, lse_without_target, search_probe_rows, tune_probes
 from .options import IndexOptions
 
@@ -54,7 +56,7 @@ def target_of(options: IndexOptions) -> float | None:
     the ceiling, see relative_target), else None."""
     if options.target_mass is not None:
         return options.target_mass
-    return AUTO_TARGET_SHARE if options.method == "auto" else None
+    return dispatch.AUTO_TARGET_SHARE if options.method == "auto" else None
 
 
 def relative_target(options: IndexOptions) -> bool:
@@ -77,6 +79,9 @@ class QualityMonitor:
         self.steps_at_select = -1
         self.last: dict = {}  # the last measurement (method, mass, nprobe, met, ladder, rows)
         self.measured: dict[str, dict] = {}  # auto: the paths the last select measured
+        # search_min_mass: a refresh has measured the floor (one-way; under method="auto" it
+        # outlives the select that measures every path anew, for any path it chooses then)
+        self.search_open = False
         self.last_seconds = float("nan")
         self.total_seconds = 0.0
         self.select_seconds = float("nan")
@@ -113,8 +118,9 @@ class QualityMonitor:
         if floor is not None:  # on from the first refresh that measures the floor, then on:
             # hard negatives push down the classes they find, so the mass they capture falls
             # once they train (measured on WordNet: a two-way switch flickered around m)
-            was_on = bool(self.measured.get(m.method, {}).get("search", False))
+            was_on = self.search_open or bool(self.measured.get(m.method, {}).get("search"))
             r.update(search=was_on or bool(r["mass"] >= floor), search_min_mass=floor)
+            self.search_open = r["search"]
         self.last = self.measured[m.method] = r
         self.last_seconds = time.perf_counter() - t0
         self.total_seconds += self.last_seconds
@@ -135,7 +141,7 @@ class QualityMonitor:
         floor = m.options.search_min_mass
         if not self.enabled or floor is None or self.probe is None:
             return True
-        if self.measured.get(m.method, {}).get("search"):  # on: the switch is one-way
+        if self.search_open or self.measured.get(m.method, {}).get("search"):  # one-way
             return True
         t0 = time.perf_counter()
         probe = self._probe_rows(module)
@@ -183,7 +189,7 @@ class QualityMonitor:
         """False when search_min_mass is set and no refresh of `method`'s index has measured
         that much captured mass yet (the forward then takes S = {target}); True otherwise,
         also before the first measurement."""
-        return bool(self.measured.get(method, {}).get("search", True))
+        return self.search_open or bool(self.measured.get(method, {}).get("search", True))
 
     # ---- method="auto" -----------------------------------------------------------------------
     def step(self, module, hidden: torch.Tensor, target: torch.Tensor) -> None:
@@ -206,14 +212,30 @@ class QualityMonitor:
     @torch.no_grad()
     def select(self, module, speed: Choice) -> Choice:
         """Refresh and measure speed.ranked's sampled paths, fastest first, until one meets
-        the target; keep the first that does (full if none), dispatch.choose_by_quality."""
+        the target; keep the first that does (full if none), dispatch.choose_by_quality.
+
+        While search_min_mass holds the search off, every sampled path runs the same step (S =
+        {target}, T alone), so the fastest one's scheduled build goes first, through the
+        before_build rules: where they defer it, that path runs and nothing is built."""
         t0 = time.perf_counter()
         m, target = module.manager, target_of(module.manager.options)
-        self.measured, self._restore = {}, None  # every path measured anew
-        for path in speed.ranked:
-            if path == "full":
-                break
-            m.refresh(module.weight, module.bias, path)  # on_refresh measures it
+        sampled = list(itertools.takewhile(lambda p: p != "full", speed.ranked))  # faster
+        done: dict[str, dict] = {}
+        built = None
+        self._restore = None  # a select measures anew, also the first after a checkpoint load
+        if m.options.search_min_mass is not None and not self.search_open and sampled:
+            # the path whose index was kept (before_build's kept-index rule), else the fastest
+            path = m.method if m.method in sampled else sampled[0]
+            deferred = m.builds_deferred
+            m.refresh(module.weight, module.bias, path, scheduled=True)
+            if m.builds_deferred > deferred:
+                return self._selected(m, t0, self._gated(speed, path, self.measured[path]))
+            built = path  # built (and measured): the others are measured as ever
+            done = {path: self.measured[path]} if path in self.measured else {}
+        self.measured = done  # every path measured anew
+        for path in sampled:
+            if path != built:
+                m.refresh(module.weight, module.bias, path)  # on_refresh measures it
             if self.measured.get(path, {}).get("met"):
                 break
         masses = {p: r["mass"] for p, r in self.measured.items()}
@@ -224,12 +246,35 @@ class QualityMonitor:
             m.index, m.method = None, None
         elif choice.method != m.method:  # none met, full does not fit: the best one
             m.refresh(module.weight, module.bias, choice.method)
+        return self._selected(m, t0, choice)
+
+    def _selected(self, m, t0: float, choice: Choice) -> Choice:
         # a scheduled refresh at this step, also the first after a checkpoint load (whose
         # schedule the manager would otherwise continue from the saved step)
         m.steps_at_refresh = m.steps
         self.choice, self.steps_at_select = choice, m.steps
         self.select_seconds = time.perf_counter() - t0
         return choice
+
+    def _gated(self, speed: Choice, path: str, r: dict) -> Choice:
+        """auto's choice while the gate defers every build: `path`, the fastest sampled one."""
+        floor = r["search_min_mass"]
+        if r.get("kept_mass") is not None:
+            why = (
+                f"the index kept from its last build captures {r['kept_mass']:.3f} < "
+                f"{STALE_SHARE} x search_min_mass {floor}"
+            )
+        else:
+            why = (
+                f"the exact top-{r['k']} holds {r['ceiling']:.3f} of the non-target mass, under "
+                f"the {ceiling_to_build(floor):.3f} a build needs to reach search_min_mass {floor}"
+            )
+        reason = (
+            f"{path} is the fastest sampled path and the search is off ({why}): every sampled "
+            f"path runs S = {{target}} and T alone, so none is built to be measured "
+            f"[speed: {speed.reason}]"
+        )
+        return Choice(path, reason, speed.inputs, speed.ranked)
 
     def adjust(self, speed: Choice) -> Choice:
         """The path that runs: the quality choice when it was made for this speed ranking."""
@@ -324,6 +369,7 @@ class QualityMonitor:
             steps_at_select=self.steps_at_select,
             last=dict(self.last),
             measured={p: dict(r) for p, r in self.measured.items()},
+            search_open=self.search_open,
         )
 
     def on_resume(self) -> None:
@@ -343,3 +389,5 @@ class QualityMonitor:
         method = self.last.get("method")  # the index in use at the save and its width
         self._restore = {method: self.last.get("nprobe")} if method is not None else None
         self.measured = {p: dict(r) for p, r in (state.get("measured") or {}).items()}
+        opened = any(r.get("search") for r in self.measured.values())  # older checkpoints
+        self.search_open = bool(state.get("search_open", opened))

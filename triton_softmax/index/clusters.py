@@ -297,7 +297,8 @@ class ClusterIndex(Snapshot):
         self, hidden: torch.Tensor, k: int, generator: torch.Generator | None = None
     ) -> torch.Tensor:
         """search_lists, with the first non-finite class row (if any) in every row's last
-        slot (nonfinite.py: the rule every index keeps)."""
+        slot (nonfinite.py: the rule every index keeps). Short rows are padded with ids drawn
+        from `generator` (None: one seeded by the index's seed, _pad)."""
         top = self.search_lists(hidden, k, generator)
         return _nf.add_nonfinite_class(top, self.any_nonfinite, self.first_nonfinite)
 
@@ -318,10 +319,11 @@ class ClusterIndex(Snapshot):
         N = hidden.shape[0]
         if N == 0 or self.order.numel() == 0:
             empty = torch.full((N, 1), -1, dtype=torch.int64, device=hidden.device)
-            return rerank_union(hidden, self.weight, self.bias, empty, k, generator)
+            return rerank_union(hidden, self.weight, self.bias, empty, k, self._pad(generator))
         lists = self.probe_lists(hidden)
-        if hidden.is_cuda:
-            return self._search_tiles(hidden, lists, k, generator)
+        if hidden.is_cuda:  # pad_short_rows draws on the generator's device: the queries'
+            return self._search_tiles(hidden, lists, k, self._pad(generator, hidden.device))
+        generator = self._pad(generator)
         # N x p x L scores at a time (one 32 MB buffer), never one (N, classes) product; equal
         # chunks, as few as fit: each chunk reads every list it probes again
         per_query = max(1, lists.shape[1] * self.max_list)
@@ -338,6 +340,12 @@ class ClusterIndex(Snapshot):
             rows = short.nonzero().flatten()
             top[rows] = rerank_union(hidden[rows], self.weight, self.bias, top[rows], k, generator)
         return top
+
+    def _pad(self, generator: torch.Generator | None, device="cpu") -> torch.Generator:
+        # None: seeded by the index's seed, as the SimHash tables pad (a search is a function
+        # of its input: it never moves the global RNG a run's dropout and draws come from,
+        # and a resumed run searches as the uninterrupted one did)
+        return generator or torch.Generator(device=device).manual_seed(self.seed)
 
     def _search_fixed(
         self,
