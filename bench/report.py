@@ -336,6 +336,21 @@ def _group(session: str) -> list[str]:
 
 BUDGET_GROUPS = [  # (group, title, key, budgets in s)
     (
+        "cpu-auto-share-synset-20261207",
+        'WordNet synset (P@1), CPU-second budgets: method="auto" with its target at 0.5 and '
+        "0.3 of the exact top-63 mass (0.3 the default since 2026-12-07), the default faiss, "
+        "the baseline",
+        "p1",
+        [30, 60, 120, 180, 240],
+    ),
+    (
+        "cpu-auto-share-lemma-20261207",
+        'WordNet lemma (P@1), CPU-second budgets: method="auto" with its target at 0.5 and '
+        "0.3 of the exact top-63 mass, the default faiss, the baseline",
+        "p1",
+        [30, 60, 120, 180, 240],
+    ),
+    (
         "cpu-defaults-synset-auto-20261207",
         'WordNet synset (P@1), CPU-second budgets: method="auto" with the search gate (the '
         "default since 2026-12-07) and without it, the default faiss, the baseline",

@@ -36,6 +36,7 @@ STYLE = {
     "lsh": ("tab:orange", "-"),
     "uniform": ("tab:gray", ":"),
     "shared_neg": ("tab:green", "--"),
+    "auto": ("tab:purple", "-"),
 }
 DASHES = ["-", "--", "-.", (0, (1, 1))]
 
@@ -58,7 +59,7 @@ def plot_session(records: list[dict], path: str) -> str:
     ncols = 3 if heldout else 2
     fig, axes = plt.subplots(1, ncols, figsize=(6.2 * ncols, 4.8), squeeze=False)
     seen: dict[str, int] = {}
-    order = {"full": 0, "faiss": 1, "lsh": 2, "uniform": 3}
+    order = {"full": 0, "faiss": 1, "lsh": 2, "auto": 3, "uniform": 4}
     for r in sorted(records, key=lambda r: (order.get(r["method"], 9), r["label"])):
         color, _ = STYLE.get(r["method"], ("tab:green", "-"))
         k = seen.get(r["method"], 0)

@@ -32,6 +32,11 @@
 #   synset-share      method="auto" (gated) with its target share of the exact top-63 mass at
 #                     0.5 | 0.3, beside the default faiss and the baseline K = 1,024
 #   lemma-share       the same on WordNet lemma
+#   lsh-np32          the default lsh reading 32 lists a query (lsh_nprobe=32, 16 by default):
+#                     synset for the recipe's 12 epochs (FINAL names its session) | lemma at
+#                     budgets beside lsh at 16 and the default faiss
+#   synset-480-auto   8 min (BUDGET=480): method="auto" (the default) | default faiss |
+#                     baseline K = 1,024 | 4,096; a run stops after the recipe's 12 epochs
 #   lemma-more        lemma |S| = |T| = 512: default | per-example; batch 256: default | baseline
 #                     (run labels do not name |S| or the batch: the batch-256 default
 #                     writes to OUT/b256, else one default's record overwrites the other's)
@@ -158,6 +163,18 @@ case "$1" in
     lemma --methods auto "${auto[@]}" --auto-target-share 0.3 &
     lemma --methods faiss "${auto[@]}" &
     lemma --methods shared_neg --shared-negatives 1024 ;;
+  synset-480-auto)
+    synset "${quad[@]}" --methods auto "${auto[@]}" &
+    synset "${quad[@]}" --methods faiss "${auto[@]}" &
+    synset "${quad[@]}" --methods shared_neg --shared-negatives 1024 &
+    synset "${quad[@]}" --methods shared_neg --shared-negatives 4096 ;;
+  lsh-np32)
+    python3 -m bench.accuracy --task wordnet-synset --eval-examples 4096 --epochs 12 \
+      --evals-per-epoch 1 --threads 1 --no-progress --out "$OUT" --session "${FINAL:-$S-final}" \
+      --methods lsh "${auto[@]}" --lsh-nprobe 32 &
+    lemma --methods lsh "${auto[@]}" --lsh-nprobe 32 &
+    lemma --methods lsh "${auto[@]}" &
+    lemma --methods faiss "${auto[@]}" ;;
   *) echo "unknown pair $1" >&2; exit 2 ;;
 esac
 wait

@@ -183,7 +183,7 @@ class IndexOptions:
     retrieved S is measured on the last training batch (up to 64 rows) and the clusters /
     FAISS IVF nprobe set to the smallest rung meeting it (quality.py); method="auto" then
     runs the fastest path whose measured mass meets it (None: dispatch.AUTO_TARGET_SHARE =
-    0.5 of the mass the exact top-(|S| - 1) classes hold on the same rows);
+    0.3 of the mass the exact top-(|S| - 1) classes hold on the same rows);
     search_min_mass m in (0, 1] (lsh / faiss): no search (S = {target}, the uniform T carries
     the estimate) until a refresh measures a captured mass >= m, then the search runs from
     that refresh on (an untrained model's flat softmax: it would cost without capturing),
