@@ -229,7 +229,7 @@ class QualityMonitor:
             deferred = m.builds_deferred
             m.refresh(module.weight, module.bias, path, scheduled=True)
             if m.builds_deferred > deferred:
-                return self._selected(m, t0, self._gated(speed, path, self.measured[path]))
+                return self._selected(m, t0, self._gated(speed, path))
             built = path  # built (and measured): the others are measured as ever
             done = {path: self.measured[path]} if path in self.measured else {}
         self.measured = done  # every path measured anew
@@ -256,23 +256,12 @@ class QualityMonitor:
         self.select_seconds = time.perf_counter() - t0
         return choice
 
-    def _gated(self, speed: Choice, path: str, r: dict) -> Choice:
+    def _gated(self, speed: Choice, path: str) -> Choice:
         """auto's choice while the gate defers every build: `path`, the fastest sampled one."""
-        floor = r["search_min_mass"]
-        if r.get("kept_mass") is not None:
-            why = (
-                f"the index kept from its last build captures {r['kept_mass']:.3f} < "
-                f"{STALE_SHARE} x search_min_mass {floor}"
-            )
-        else:
-            why = (
-                f"the exact top-{r['k']} holds {r['ceiling']:.3f} of the non-target mass, under "
-                f"the {ceiling_to_build(floor):.3f} a build needs to reach search_min_mass {floor}"
-            )
         reason = (
-            f"{path} is the fastest sampled path and the search is off ({why}): every sampled "
-            f"path runs S = {{target}} and T alone, so none is built to be measured "
-            f"[speed: {speed.reason}]"
+            f"{path} is the fastest sampled path; while the search is off (below) every sampled "
+            f"path takes the same step, S = {{target}} and T alone, so none is built to be "
+            f"measured [speed: {speed.reason}]"
         )
         return Choice(path, reason, speed.inputs, speed.ranked)
 
