@@ -418,8 +418,6 @@ def run_one(data: Data, data_info: dict, spec: str, args, session: str) -> dict:
 
     method, refresh = parse_method(spec, args.refresh_every)
     share = getattr(args, "auto_target_share", None)
-    if share is not None:  # a candidate value of the constant, measured at budgets
-        dispatch.AUTO_TARGET_SHARE = share
     torch.manual_seed(args.seed)
     model = Model(data, method, refresh, args)
     # the search gate that runs (search_min_mass as the module resolved it; None: none)
@@ -961,8 +959,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
         file=sys.stderr,
     )
     records = []
+    default_share = dispatch.AUTO_TARGET_SHARE
     for spec in specs:
-        rec = run_one(data, info, spec, args, session)
+        if args.auto_target_share is not None:  # a candidate value, measured at budgets
+            dispatch.AUTO_TARGET_SHARE = args.auto_target_share
+        try:
+            rec = run_one(data, info, spec, args, session)
+        finally:
+            dispatch.AUTO_TARGET_SHARE = default_share
         name = f"accuracy-{args.task}-{rec['label'].replace('@', '-r')}-{session}.json"
         with open(os.path.join(args.out, name), "w") as fh:
             json.dump(rec, fh, indent=1)

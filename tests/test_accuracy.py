@@ -427,3 +427,34 @@ def test_budget_gaps_compare_step_functions_at_every_evaluation_time():
     assert [g["wall_s"] for g in gaps] == [20, 30, 50]
     assert gaps[-1] == {"wall_s": 50, "p1": 0.2, "other_p1": 0.5}
     assert budget_gaps(base, base) == [] and budget_gaps(run([(0, 1.0)]), base) == []
+
+
+def test_auto_target_share_and_lsh_nprobe_are_the_runs_own(tmp_path, monkeypatch):
+    """--auto-target-share sets method="auto"'s share for its runs only (the label says it, the
+    recorded goal is that share of the ceiling, the constant is back afterwards);
+    --lsh-nprobe sets the lists an lsh search reads (the label says it). A crossover table
+    where lsh beats the exact path from n = 500, so auto measures its quality at n = 900."""
+    from bench import accuracy
+    from triton_softmax import dispatch, functional
+
+    table = {"format": "triton_softmax.crossovers/1", "devices": {"cpu": {"source": "test",
+             "entries": [dict(d=128, N=256, dtype="float32", lsh=500, faiss=600)]}}}  # fmt: skip
+    path = tmp_path / "cache" / "triton_softmax" / "crossovers.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(table))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(functional, "_CHOICES", {})
+
+    root = fake_wordnet(tmp_path / "wn", 900)
+    common = ["--task", "wordnet-synset", "--wordnet-dir", root, "--epochs", "1",
+              "--batch-size", "256", "--num-candidates", "16", "--num-uniform", "16",
+              "--eval-examples", "200", "--no-progress", "--threads", "1"]  # fmt: skip
+    before = dispatch.AUTO_TARGET_SHARE
+    out = tmp_path / "share"
+    (rec,) = accuracy.main([*common, "--methods", "auto", "--auto-target-share", "0.2",
+                            "--out", str(out)])  # fmt: skip
+    assert dispatch.AUTO_TARGET_SHARE == before != 0.2
+    assert rec["label"].endswith("-share0.2") and "0.2 of the exact top-15 mass" in rec["explain"]
+    (rec,) = accuracy.main([*common, "--methods", "lsh", "--lsh-nprobe", "3",
+                            "--out", str(tmp_path / "np")])  # fmt: skip
+    assert rec["label"].endswith("-np3") and rec["config"]["lsh_nprobe"] == 3
