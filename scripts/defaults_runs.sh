@@ -37,6 +37,7 @@
 #                     budgets beside lsh at 16 and the default faiss
 #   synset-480-auto   8 min (BUDGET=480): method="auto" (the default) | default faiss |
 #                     baseline K = 1,024 | 4,096; a run stops after the recipe's 12 epochs
+#   pycode-auto       method="auto" (the default method) | default faiss | default lsh | exact
 #   lemma-more        lemma |S| = |T| = 512: default | per-example; batch 256: default | baseline
 #                     (run labels do not name |S| or the batch: the batch-256 default
 #                     writes to OUT/b256, else one default's record overwrites the other's)
@@ -168,6 +169,11 @@ case "$1" in
     synset "${quad[@]}" --methods faiss "${auto[@]}" &
     synset "${quad[@]}" --methods shared_neg --shared-negatives 1024 &
     synset "${quad[@]}" --methods shared_neg --shared-negatives 4096 ;;
+  pycode-auto)
+    pycode "${quad[@]}" --methods auto "${auto[@]}" &
+    pycode "${quad[@]}" --methods faiss "${auto[@]}" &
+    pycode "${quad[@]}" --methods lsh "${auto[@]}" &
+    pycode "${quad[@]}" --methods full ;;
   lsh-np32)
     python3 -m bench.accuracy --task wordnet-synset --eval-examples 4096 --epochs 12 \
       --evals-per-epoch 1 --threads 1 --no-progress --out "$OUT" --session "${FINAL:-$S-final}" \
