@@ -336,6 +336,13 @@ def _group(session: str) -> list[str]:
 
 BUDGET_GROUPS = [  # (group, title, key, budgets in s)
     (
+        "cpu-defaults-pycode-auto-20261207",
+        'pycode (held-out perplexity), CPU-second budgets: method="auto" (the default method), '
+        "the default faiss and lsh, the exact softmax",
+        "heldout_ppl",
+        [30, 60, 120, 180, 240],
+    ),
+    (
         "cpu-defaults-synset-480-auto-20261207",
         'WordNet synset (P@1), 8 CPU-minutes: method="auto" (the default method: gated, its '
         "target 0.3 of the exact top-63 mass, no build the gate would not make), the default "
@@ -774,7 +781,8 @@ def headline_cpu() -> str:
         f"{e['machine']}, 2 threads, {e['date']}):\n\n",
         table(SWEEP_HEAD, sweep_rows(recs, n_values={100_000, 1_000_000})),
         "\nQuality at fixed training budgets (|S| = |T| = 64, batch 1,024, Adam, one thread "
-        "per run, four runs side by side, budgets on each run's CPU seconds; same machine, "
+        "per run, four runs side by side and at times more beside them (the last column: the "
+        "1-minute load at start / end), budgets on each run's CPU seconds; same machine, "
         "2026-12-07), the step count in brackets. `auto-T1024-min0.3` is the default (a T of "
         "1,024 shared by the batch, the search off until it captures 0.3 of the mass); "
         '`auto-auto-T1024-min0.3` is `method="auto"`, the default method, with it; '
@@ -792,11 +800,9 @@ def headline_cpu() -> str:
         "\npycode (next-token prediction over the Python standard library's source, 120,089 "
         "Zipfian classes): held-out perplexity over all classes (lower is better):\n\n",
     ]
-    names = _group("cpu-defaults-pycode-480-lsh-20261207") or _group(
-        "cpu-defaults-pycode-480-20261207"
-    )
+    names = _group("cpu-defaults-pycode-auto-20261207")
     if names:
-        out.append(budget_table(names, [60, 120, 240, 360, 480], "heldout_ppl"))
+        out.append(budget_table(names, [60, 120, 180, 240], "heldout_ppl"))
     return "".join(out)
 
 

@@ -38,6 +38,11 @@
 #   synset-480-auto   8 min (BUDGET=480): method="auto" (the default) | default faiss |
 #                     baseline K = 1,024 | 4,096; a run stops after the recipe's 12 epochs
 #   pycode-auto       method="auto" (the default method) | default faiss | default lsh | exact
+#   pycode-trace      held-out perplexity every 20 steps for 800 steps (bench.heldout_trace):
+#                     faiss with the default shared T of 1,024 | per-example T | hybrid | a
+#                     shared T of 4,096
+#   t4096             a shared T of 4,096 beside the default's 1,024 (faiss, gated), WordNet
+#                     synset and lemma side by side
 #   lemma-more        lemma |S| = |T| = 512: default | per-example; batch 256: default | baseline
 #                     (run labels do not name |S| or the batch: the batch-256 default
 #                     writes to OUT/b256, else one default's record overwrites the other's)
@@ -174,6 +179,19 @@ case "$1" in
     pycode "${quad[@]}" --methods faiss "${auto[@]}" &
     pycode "${quad[@]}" --methods lsh "${auto[@]}" &
     pycode "${quad[@]}" --methods full ;;
+  pycode-trace)
+    trace=(python3 -m bench.heldout_trace --task pycode --eval-examples 2048 --epochs 12
+      --steps 800 --every 20 --threads 1 --no-progress --out "$OUT" --session "$S"
+      --methods faiss "${auto[@]}")
+    "${trace[@]}" &
+    "${trace[@]}" --candidate-scheme per_example &
+    "${trace[@]}" --candidate-scheme hybrid &
+    "${trace[@]}" --candidate-scheme shared_samples --num-uniform 4096 ;;
+  t4096)
+    synset "${quad[@]}" --methods faiss "${auto[@]}" &
+    synset "${quad[@]}" --methods faiss "${auto[@]}" --candidate-scheme shared_samples --num-uniform 4096 &
+    lemma --methods faiss "${auto[@]}" &
+    lemma --methods faiss "${auto[@]}" --candidate-scheme shared_samples --num-uniform 4096 ;;
   lsh-np32)
     python3 -m bench.accuracy --task wordnet-synset --eval-examples 4096 --epochs 12 \
       --evals-per-epoch 1 --threads 1 --no-progress --out "$OUT" --session "${FINAL:-$S-final}" \

@@ -37,3 +37,28 @@ def test_split_vocab_and_contexts(tmp_path):
     assert ctx[2].tolist() == s[3:6].tolist()
     assert t.labels()[5] == s[6]
     assert t.num_examples() == s.numel() - 1
+
+
+def test_heldout_trace_trains_as_bench_accuracy_does(tmp_path, monkeypatch):
+    """bench.heldout_trace's perplexity every 2 steps equals bench.accuracy's evaluations of the
+    same run (same model, data order, optimizers and held-out sample), on a small tree."""
+    from bench import accuracy, heldout_trace
+    from triton_softmax import data as tsd
+
+    (tmp_path / "src").mkdir()
+    root = _tree(tmp_path / "src")
+    monkeypatch.setattr(
+        tsd, "pycode_task", lambda context: pycode.build(root, heldout_mod=7, context=context)
+    )
+    common = ["--task", "pycode", "--methods", "full", "--batch-size", "128", "--epochs", "2",
+              "--eval-examples", "16", "--threads", "1", "--no-progress", "--context", "3",
+              "--session", "t"]  # fmt: skip
+    runs = accuracy.main([*common, "--evals-per-epoch", "2", "--out", str(tmp_path / "a")])
+    per_epoch = runs[0]["steps_per_epoch"]
+    assert per_epoch == 6  # 727 examples: an evaluation every 3 steps in both
+    every = ["--steps", str(2 * per_epoch), "--every", str(per_epoch // 2)]
+    trace = heldout_trace.main([*common, *every, "--out", str(tmp_path / "t")])
+    want = {p["step"]: p["heldout_ppl"] for p in runs[0]["curve"] if p["step"]}
+    got = {p["step"]: p["heldout_ppl"] for p in trace["points"]}
+    assert got.keys() == want.keys() and len(got) == 4
+    assert all(abs(got[s] - want[s]) <= 1e-9 * want[s] for s in got)
