@@ -336,6 +336,13 @@ def _group(session: str) -> list[str]:
 
 BUDGET_GROUPS = [  # (group, title, key, budgets in s)
     (
+        "cpu-t4096-20261207",
+        "WordNet lemma (the first two rows) and synset (the last two), P@1 at CPU-second budgets: "
+        "a shared T of 4,096 beside the default's 1,024 (faiss, gated)",
+        "p1",
+        [30, 60, 120, 180, 240],
+    ),
+    (
         "cpu-defaults-pycode-auto-20261207",
         'pycode (held-out perplexity), CPU-second budgets: method="auto" (the default method), '
         "the default faiss and lsh, the exact softmax",
