@@ -300,6 +300,20 @@ def lr_schedule(opt: torch.optim.Optimizer, kind: str, total_steps: int):
     )
 
 
+def train_step(model: Model, opts: list, scheds: list, idx: torch.Tensor, data: Data) -> float:
+    """One training step on examples idx (forward, backward, every optimizer and schedule,
+    as run_one's loop times them phase by phase): the loss."""
+    loss = model.loss(data.inputs(idx), data.train_labels[idx])
+    for o in opts:
+        o.zero_grad(set_to_none=True)
+    loss.backward()
+    for o in opts:
+        o.step()
+    for sc in scheds:
+        sc.step()
+    return float(loss.detach())
+
+
 @torch.no_grad()
 def evaluate(
     model: Model,

@@ -57,15 +57,7 @@ def main(argv: list[str] | None = None) -> dict:
             order = torch.randperm(data.num_train, generator=gen)
         idx = order[j * args.batch_size : (j + 1) * args.batch_size]
         c0 = time.process_time()
-        loss = model.loss(data.inputs(idx), data.train_labels[idx])
-        for o in opts:
-            o.zero_grad(set_to_none=True)
-        loss.backward()
-        for o in opts:
-            o.step()
-        for sc in scheds:
-            sc.step()
-        lv = float(loss.detach())
+        lv = accuracy.train_step(model, opts, scheds, idx, data)
         cpu += time.process_time() - c0
         if (s + 1) % every == 0:
             ev = accuracy.evaluate_nll(model, data, held)

@@ -45,16 +45,8 @@ def train_model(args) -> tuple[acc.Model, acc.Data]:
         order = torch.randperm(n_train, generator=torch.Generator().manual_seed(epoch))
         for s in range(math.ceil(n_train / bs)):
             idx = order[s * bs : (s + 1) * bs]
-            loss = model.loss(data.inputs(idx), data.train_labels[idx])
-            for o in opts:
-                o.zero_grad(set_to_none=True)
-            loss.backward()
-            for o in opts:
-                o.step()
-        print(
-            f"epoch {epoch + 1}: loss {loss.item():.3f}, {time.perf_counter() - t0:.0f}s",
-            flush=True,
-        )
+            loss = acc.train_step(model, opts, [], idx, data)
+        print(f"epoch {epoch + 1}: loss {loss:.3f}, {time.perf_counter() - t0:.0f}s", flush=True)
     return model, data
 
 
