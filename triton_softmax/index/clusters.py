@@ -31,7 +31,7 @@ from ..checks import check_int_option
 from .base import Snapshot
 from .kmeans import assign_nearest, balance_lists, lists_csr, spherical_lloyd
 from .list_tiles import search_list_tiles
-from .rerank import check_rows, nonfinite_class, pad_short_rows, rerank_union, top_k_ids
+from .rerank import check_rows, nonfinite_class, pad_short_rows, rerank_union, seeded, top_k_ids
 
 MODES = ("mips", "spherical")
 SCORE_BUFFER = 1 << 23  # (query, list, member) scores per chunk of a CPU search (32 MB)
@@ -297,8 +297,7 @@ class ClusterIndex(Snapshot):
         self, hidden: torch.Tensor, k: int, generator: torch.Generator | None = None
     ) -> torch.Tensor:
         """search_lists, with the first non-finite class row (if any) in every row's last
-        slot (nonfinite.py: the rule every index keeps). Short rows are padded with ids drawn
-        from `generator` (None: one seeded by the index's seed, _pad)."""
+        slot (nonfinite.py: the rule every index keeps); short rows padded (rerank.seeded)."""
         top = self.search_lists(hidden, k, generator)
         return _nf.add_nonfinite_class(top, self.any_nonfinite, self.first_nonfinite)
 
@@ -317,35 +316,27 @@ class ClusterIndex(Snapshot):
             raise RuntimeError("ClusterIndex.search before build(): call build(weight, bias)")
         hidden = hidden.detach()
         N = hidden.shape[0]
+        tiles = hidden.is_cuda and N > 0 and self.order.numel() > 0  # pads where it draws
+        generator = seeded(generator, self.seed, hidden.device if tiles else "cpu")
         if N == 0 or self.order.numel() == 0:
             empty = torch.full((N, 1), -1, dtype=torch.int64, device=hidden.device)
-            return rerank_union(hidden, self.weight, self.bias, empty, k, self._pad(generator))
+            return rerank_union(hidden, self.weight, self.bias, empty, k, generator)
         lists = self.probe_lists(hidden)
-        if hidden.is_cuda:  # pad_short_rows draws on the generator's device: the queries'
-            return self._search_tiles(hidden, lists, k, self._pad(generator, hidden.device))
-        generator = self._pad(generator)
+        if tiles:
+            return self._search_tiles(hidden, lists, k, generator)
         # N x p x L scores at a time (one 32 MB buffer), never one (N, classes) product; equal
         # chunks, as few as fit: each chunk reads every list it probes again
         per_query = max(1, lists.shape[1] * self.max_list)
         chunks = -(-N * per_query // SCORE_BUFFER)
         step = -(-N // chunks)
-        top = torch.cat(
-            [
-                self._top_of_lists(hidden[i : i + step], lists[i : i + step], k)
-                for i in range(0, N, step)
-            ]
-        )
+        chunk = (self._top_of_lists(hidden[i : i + step], lists[i : i + step], k)
+                 for i in range(0, N, step))  # fmt: skip
+        top = torch.cat(list(chunk))
         short = (top < 0).any(dim=1)
         if bool(short.any()):  # pad from uniform / the exact pass (rerank.rerank_union)
             rows = short.nonzero().flatten()
             top[rows] = rerank_union(hidden[rows], self.weight, self.bias, top[rows], k, generator)
         return top
-
-    def _pad(self, generator: torch.Generator | None, device="cpu") -> torch.Generator:
-        # None: seeded by the index's seed, as the SimHash tables pad (a search is a function
-        # of its input: it never moves the global RNG a run's dropout and draws come from,
-        # and a resumed run searches as the uninterrupted one did)
-        return generator or torch.Generator(device=device).manual_seed(self.seed)
 
     def _search_fixed(
         self,

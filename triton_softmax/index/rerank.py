@@ -141,6 +141,14 @@ def rerank_union(
     return top
 
 
+def seeded(generator: torch.Generator | None, seed: int, device="cpu") -> torch.Generator:
+    """`generator`, or where None one seeded by the index's `seed` on `device`: a search pads
+    short rows from it, so a search is a function of its input (as the SimHash tables pad): it
+    never moves the global RNG a run's dropout and draws come from, and a resumed run searches
+    as the uninterrupted one did."""
+    return generator or torch.Generator(device=device).manual_seed(seed)
+
+
 def pad_short_rows(
     hidden: torch.Tensor,
     weight: torch.Tensor,
