@@ -956,6 +956,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     args = build_parser().parse_args(argv)
+    share = args.auto_target_share
+    if share is not None and not 0.0 < share < 1.0:
+        raise SystemExit(f"--auto-target-share must be in (0, 1), got {share}")
     harness.apply_memory_flag(args)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -975,8 +978,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     records = []
     default_share = dispatch.AUTO_TARGET_SHARE
     for spec in specs:
-        if args.auto_target_share is not None:  # a candidate value, measured at budgets
-            dispatch.AUTO_TARGET_SHARE = args.auto_target_share
+        if share is not None:  # a candidate value, measured at budgets
+            dispatch.AUTO_TARGET_SHARE = share
         try:
             rec = run_one(data, info, spec, args, session)
         finally:

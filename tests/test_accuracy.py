@@ -458,3 +458,5 @@ def test_auto_target_share_and_lsh_nprobe_are_the_runs_own(tmp_path, monkeypatch
     (rec,) = accuracy.main([*common, "--methods", "lsh", "--lsh-nprobe", "3",
                             "--out", str(tmp_path / "np")])  # fmt: skip
     assert rec["label"].endswith("-np3") and rec["config"]["lsh_nprobe"] == 3
+    with pytest.raises(SystemExit, match="auto-target-share"):
+        accuracy.main([*common, "--methods", "auto", "--auto-target-share", "1.5"])

@@ -118,9 +118,8 @@ class QualityMonitor:
         if floor is not None:  # on from the first refresh that measures the floor, then on:
             # hard negatives push down the classes they find, so the mass they capture falls
             # once they train (measured on WordNet: a two-way switch flickered around m)
-            was_on = self.search_open or bool(self.measured.get(m.method, {}).get("search"))
-            r.update(search=was_on or bool(r["mass"] >= floor), search_min_mass=floor)
-            self.search_open = r["search"]
+            self.search_open = self.search_open or bool(r["mass"] >= floor)
+            r.update(search=self.search_open, search_min_mass=floor)
         self.last = self.measured[m.method] = r
         self.last_seconds = time.perf_counter() - t0
         self.total_seconds += self.last_seconds
@@ -141,7 +140,7 @@ class QualityMonitor:
         floor = m.options.search_min_mass
         if not self.enabled or floor is None or self.probe is None:
             return True
-        if self.search_open or self.measured.get(m.method, {}).get("search"):  # one-way
+        if self.search_open:  # the switch is one-way
             return True
         t0 = time.perf_counter()
         probe = self._probe_rows(module)
