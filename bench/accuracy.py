@@ -242,6 +242,7 @@ class Model(nn.Module):
             else None,
             faiss_index=getattr(args, "faiss_index", "auto"),
             lsh_nprobe=getattr(args, "lsh_nprobe", None),
+            **_proposal_options(args),
             sparse_grad=self.sparse,
             seed=args.seed,
         )
@@ -419,6 +420,23 @@ def parse_method(spec: str, default_refresh: int) -> tuple[str, int]:
     return name, int(r) if r else default_refresh
 
 
+def _proposal_options(args) -> dict:
+    """The sampler / num_head keywords a run passes (none: the library's defaults)."""
+    out = {}
+    if getattr(args, "sampler", "auto") != "auto":
+        out["sampler"] = args.sampler
+    if getattr(args, "num_head", None) is not None:
+        out["num_head"] = args.num_head
+    return out
+
+
+def proposal_label(sampling, args) -> str:
+    """The label part naming a non-default proposal: -q<sampler> when asked, -H<head> for an
+    exact head (the library's default has one: its label says H256)."""
+    text = f"-q{args.sampler}" if getattr(args, "sampler", "auto") != "auto" else ""
+    return text + (f"-H{sampling.num_head}" if sampling.num_head else "")
+
+
 def _gate_option(args) -> float | str | None:
     """--search-min-mass as SampledSoftmaxLoss takes it: 'off' -> None, 'auto', or a float."""
     m = getattr(args, "search_min_mass", "off")
@@ -541,6 +559,8 @@ def run_one(data: Data, data_info: dict, spec: str, args, session: str) -> dict:
             label += f"-M{shared}"
     if gate is not None:
         label += f"-T{t_ran}-min{gate:g}"
+    if method not in ("full", "shared_neg"):
+        label += proposal_label(model.output.sampling_options, args)
     if getattr(args, "lsh_nprobe", None) is not None and method in ("lsh", "auto"):
         label += f"-np{args.lsh_nprobe}"
     if share is not None and method == "auto":
@@ -857,6 +877,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--shared-negatives", type=int, default=1024, help="K of the shared_neg baseline"
+    )
+    p.add_argument(
+        "--sampler",
+        choices=("auto", "uniform", "frequency"),
+        default="auto",
+        help="SampledSoftmaxLoss sampler (the proposal of T) of the sampled runs (auto: the "
+        "library's: frequency under candidate_scheme auto, else uniform)",
+    )
+    p.add_argument(
+        "--num-head",
+        type=int,
+        default=None,
+        help="SampledSoftmaxLoss num_head of the sampled runs: the most frequent targets "
+        "scored exactly in the shared T (default: the library's)",
     )
     p.add_argument(
         "--candidate-scheme",

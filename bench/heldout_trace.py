@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
         label = f"shared_neg-K{args.shared_negatives}"
     elif method != "full":
         label += f"-T{model.output.sampling_options.num_uniform}"
+        label += accuracy.proposal_label(model.output.sampling_options, args)
     session = args.session or datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M")
     record = dict(
         kind="heldout_trace", task=args.task, label=label, session=session, steps=steps,

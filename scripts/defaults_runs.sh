@@ -41,6 +41,13 @@
 #   pycode-trace      held-out perplexity every 20 steps for 800 steps (bench.heldout_trace):
 #                     faiss with the default shared T of 1,024 | per-example T | hybrid | a
 #                     shared T of 4,096
+#   pycode-head       the same trace: the default (an exact head of the 256 most frequent
+#                     targets + 768 draws by frequency) | head 512 + 512 | frequency, no
+#                     head | uniform (the default until 2026-12-07)
+#   pycode-paths-trace  the same trace for the default faiss, lsh and auto paths and the
+#                     exact softmax
+#   head-wordnet      method="auto" with its default proposal (head + frequency) | with the
+#                     uniform shared T of 1,024, WordNet synset and lemma side by side
 #   t4096             a shared T of 4,096 beside the default's 1,024 (faiss, gated), WordNet
 #                     synset and lemma side by side
 #   lemma-more        lemma |S| = |T| = 512: default | per-example; batch 256: default | baseline
@@ -187,6 +194,26 @@ case "$1" in
     "${trace[@]}" --candidate-scheme per_example &
     "${trace[@]}" --candidate-scheme hybrid &
     "${trace[@]}" --candidate-scheme shared_samples --num-uniform 4096 ;;
+  pycode-head)
+    trace=(python3 -m bench.heldout_trace --task pycode --eval-examples 2048 --epochs 12
+      --steps 800 --every 20 --threads 1 --no-progress --out "$OUT" --session "$S"
+      --methods faiss "${auto[@]}")
+    "${trace[@]}" &
+    "${trace[@]}" --num-head 512 --num-uniform 512 &
+    "${trace[@]}" --sampler frequency &
+    "${trace[@]}" --sampler uniform ;;
+  pycode-paths-trace)
+    trace=(python3 -m bench.heldout_trace --task pycode --eval-examples 2048 --epochs 12
+      --steps 800 --every 20 --threads 1 --no-progress --out "$OUT" --session "$S")
+    "${trace[@]}" --methods faiss "${auto[@]}" &
+    "${trace[@]}" --methods lsh "${auto[@]}" &
+    "${trace[@]}" --methods auto "${auto[@]}" &
+    "${trace[@]}" --methods full ;;
+  head-wordnet)
+    synset "${quad[@]}" --methods auto "${auto[@]}" &
+    synset "${quad[@]}" --methods auto "${auto[@]}" --sampler uniform &
+    lemma --methods auto "${auto[@]}" &
+    lemma --methods auto "${auto[@]}" --sampler uniform ;;
   t4096)
     synset "${quad[@]}" --methods faiss "${auto[@]}" &
     synset "${quad[@]}" --methods faiss "${auto[@]}" --candidate-scheme shared_samples --num-uniform 4096 &

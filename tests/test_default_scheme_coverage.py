@@ -10,7 +10,8 @@ recent RMS, so rare spikes move the row less than the same expected gradient in 
 pushed down while targets kept being pushed up, and held-out perplexity rose as training went
 on (faiss, pycode task). The default since 2026-12-07 shares a T sized for coverage,
 max(|T|, min(1,024, n // 8)) draws (options.SamplingOptions.resolved: it led per-example T at
-fixed CPU budgets on WordNet); the former default fails both tests below. Per-example T pushes
+fixed CPU budgets on WordNet), a quarter of them an exact head of the most frequent targets
+since 2026-12-07 (frequency.py); the former default fails both tests below. Per-example T pushes
 more classes still, in smaller pieces; which trains faster per second is measured by
 bench.accuracy, not asserted here.
 """
@@ -58,10 +59,12 @@ def test_default_scheme_pushes_down_many_classes_per_step():
     n, d = 8000, 8
     h, y = _problem(n, d)
     default = _layer(n, d).double()
-    assert default.num_uniform == 1000  # min(1024, n // 8), more than the asked 8
+    so = default.sampling_options  # min(1024, n // 8) columns, more than the asked 8
+    assert (so.num_head, so.num_uniform) == (250, 750)
     former = _layer(n, d, "shared_samples").double()  # one T of the asked 8
     pushed, pushed_former = _pushed(default, h, y, n), _pushed(former, h, y, n)
-    # 1000 uniform draws with replacement hit n (1 - exp(-1000 / n)) = 940 distinct classes
+    # a head of 250 classes (the 20 targets among them) and 750 draws from the other 7,750
+    # classes, near-uniform (no counts there): 230 + 7,750 (1 - exp(-750 / 7,750)) = 945
     assert pushed >= 850, pushed
     assert pushed_former <= 8 and pushed >= 100 * pushed_former, (pushed, pushed_former)
 
@@ -89,7 +92,11 @@ def test_default_scheme_gradient_per_class_is_far_less_noisy_than_a_small_shared
 def test_explain_says_which_scheme_and_t_size_ran_and_why():
     layer = _layer(8000, 8, num_uniform=16)
     text = layer.explain(batch=64)
-    assert "one T shared by the batch" in text and "1000 draws" in text
+    assert "one T shared by the batch (750 draws + an exact head of the 250 classes" in text
+    assert "a dense N x 1000 product" in text and "q: frequency" in text
+    uniform = _layer(8000, 8, "shared_samples", num_uniform=16, sampler="uniform")
+    assert "(16 draws, a dense N x 16 product)" in uniform.explain(batch=64)
+    assert "weight n / |T|" in uniform.explain(batch=64)
     assert "candidate_scheme='auto' -> shared_samples; why:" in text
     per_example = _layer(500, 8, "per_example", num_uniform=16)
     text = per_example.explain(batch=64)

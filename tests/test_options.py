@@ -255,11 +255,21 @@ def test_default_candidate_scheme_is_a_shared_t_sized_for_coverage():
     kw = dict(method="uniform", num_candidates=4, num_uniform=8)
     for n, size in ((50, 8), (4000, 500), (10**5, 1024)):
         so = SampledSoftmaxLoss(n, 4, **kw).sampling_options
-        assert (so.scheme, so.num_uniform) == ("shared_samples", size), (n, so)
+        assert (so.scheme, so.num_shared_columns) == ("shared_samples", size), (n, so)
+        # a quarter of the columns an exact head of the most frequent targets
+        assert (so.sampler, so.num_head) == ("frequency", size // 4), (n, so)
     big = SampledSoftmaxLoss(10**5, 4, method="uniform", num_uniform=2048).sampling_options
-    assert big.num_uniform == 2048  # a larger asked |T| is kept
+    assert big.num_shared_columns == 2048  # a larger asked |T| is kept
     none = SampledSoftmaxLoss(10**5, 4, method="uniform", num_uniform=0).sampling_options
-    assert none.num_uniform == 0
+    assert (none.num_uniform, none.num_head, none.sampler) == (0, 0, "uniform")
+    # an explicit proposal stays, with no head
+    flat = SampledSoftmaxLoss(10**5, 4, method="uniform", sampler="uniform").sampling_options
+    assert (flat.scheme, flat.sampler, flat.num_head, flat.num_uniform) == (
+        "shared_samples",
+        "uniform",
+        0,
+        1024,
+    )
     assert SampledSoftmaxLoss(50, 4, softcap=5.0, **kw).sampling_options.scheme == "per_example"
     sharded = SampledSoftmaxLoss(50, 4, shard=ShardSpec(), num_candidates=4, num_uniform=8)
     assert sharded.sampling_options.scheme == "per_example"

@@ -193,6 +193,7 @@ def build_shared_candidates(
     remove_accidental_hits: bool = True,
     logw_dtype: torch.dtype = torch.float32,
     num_own: int = 0,
+    head: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Candidates shared by the whole batch, scored as one dense (N, M) product.
 
@@ -203,6 +204,9 @@ def build_shared_candidates(
       parts estimate the same sum over the complement of S_i, so any convex mix of them is
       unbiased; the mix alpha = M / (M + num_own) on the shared part gives every draw the
       same weight, n / (M + num_own) (shared) and (n - |S_i|) / (M + num_own) (own).
+    head (K,) int64 ("shared_samples" with num_head; q then excludes the head): K classes
+      scored exactly (log-weight 0) for every row, placed before T; those in S_i get weight 0
+      whatever remove_accidental_hits says (S_i already counts them once).
     union=True ("batch_union"): S_i = U, the union of every row's S and every target (fixed
       size N (R+1) with duplicates masked, no host sync), + the shared T, hits in U removed.
     Returns (s_ids (N, R'), s_logw (N, R'), shared_ids (M,), shared_logw (N, M)); for the
@@ -216,6 +220,12 @@ def build_shared_candidates(
     ninf = torch.full((), float("-inf"), dtype=logw_dtype, device=device)
     zero = torch.zeros((), dtype=logw_dtype, device=device)
     if not union:
+        if head is not None:  # exact head first: the hits of both parts in one search
+            hit = _shared_hits(s_ids, s_valid, torch.cat([head, t_ids]))
+            head_logw = torch.where(hit[:, : head.numel()], ninf, zero)
+            t_logw = _hit_logw(t_logw, hit[:, head.numel() :], remove_accidental_hits)
+            s_logw = torch.where(s_valid, zero, ninf)
+            return s_ids, s_logw, torch.cat([head, t_ids]), torch.cat([head_logw, t_logw], 1)
         hit = _shared_hits(s_ids, s_valid, t_ids)
         s_logw = torch.where(s_valid, zero, ninf)
         if num_own:

@@ -20,6 +20,7 @@ index (method "full" or "uniform") ignores a checkpoint's index.
 
 CheckpointState is the module's state-dict half, a mixin of SampledSoftmaxLoss (loss.py): it
 expects self.manager (index.manager.IndexManager), self.quality, self.drift_monitor,
+self.frequency (frequency.ClassFrequency: the target counts of sampler="frequency"),
 self.sharding, self.weight, lsh_bits and lsh_tables.
 """
 
@@ -58,6 +59,7 @@ class CheckpointState:
         state = dict(self.manager.state_dict(), lsh_bits=self.lsh_bits, lsh_tables=self.lsh_tables)
         state["quality"] = self.quality.state_dict()
         state["drift"] = self.drift_monitor.state_dict()
+        state["frequency"] = self.frequency.state_dict()
         if self.sharding is not None:
             state["bounds"] = self.sharding.bounds
         return state
@@ -83,3 +85,4 @@ class CheckpointState:
         self.manager.load_state_dict(state)  # its index is put back at the next use
         self.quality.load_state_dict(state.get("quality"))
         self.drift_monitor.load_state_dict(state.get("drift"), self.weight.device)
+        self.frequency.load_state_dict(state.get("frequency"), self.weight.device)

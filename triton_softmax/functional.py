@@ -82,7 +82,18 @@ def _check_z_loss(z_loss: float) -> float:
 
 
 def _is_uniform(sampler) -> bool:
-    return isinstance(sampler, str) and sampler == "uniform"
+    return isinstance(sampler, str) and sampler in ("uniform", "auto")
+
+
+def _head_split(sampler, num_head: int, n: int, device) -> tuple[torch.Tensor | None, Sampler]:
+    """(head ids on `device` or None, the proposal T is drawn from): samplers.split_head."""
+    q = make_sampler(sampler, n)
+    if not num_head:
+        return None, q
+    if not hasattr(q, "split_head"):
+        raise ValueError(f"num_head needs class weights (a CategoricalSampler), got {q!r}")
+    head, tail = q.split_head(num_head)
+    return head.to(device), tail
 
 
 def _check_explicit(hidden, weight, target, retrieved, bias, loss: LossOptions):
@@ -233,17 +244,21 @@ def estimator_loss(
         hybrid = scheme == "hybrid"
         if hybrid and not _is_uniform(sampler):
             raise ValueError("scheme='hybrid' draws its per-row T uniformly: sampler='uniform'")
+        if sampling.num_head and scheme != "shared_samples":
+            raise ValueError(f"num_head needs scheme='shared_samples', got {scheme!r}")
+        head, q = _head_split(sampler, sampling.num_head, n, hidden.device)
         s_ids, s_logw, sh_ids, sh_logw = candidates.build_shared_candidates(
             retrieved,
             safe_target,
             n,
             sampling.num_shared if hybrid else num_uniform,
-            make_sampler(sampler, n),
+            q,
             generator,
             union=scheme == "batch_union",
             remove_accidental_hits=sampling.remove_accidental_hits,
             logw_dtype=logw_dtype,
             num_own=num_uniform if hybrid else 0,
+            head=head,
         )
         loss_rows = SharedCandidatesFunction.apply(
             hidden,
@@ -278,6 +293,7 @@ def sampled_softmax_from_candidates(
     z_loss: float = 0.0,
     softcap: float = 0.0,
     num_shared: int = 1024,
+    num_head: int = 0,
 ) -> torch.Tensor:
     """The estimator loss for given retrieved classes S (the target is added, T is drawn).
 
@@ -293,11 +309,15 @@ def sampled_softmax_from_candidates(
     sampler: proposal of T: "uniform" (per-example scheme: uniform over the complement of S,
     exact weights), "log_uniform", or class weights (n,); non-uniform proposals get the log-Q
     correction, and draws that hit S get weight 0 unless remove_accidental_hits=False.
-    num_uniform is |T| whatever the proposal; num_uniform=0 makes the loss a softmax over S
-    only, no longer an estimate of the full loss (biased low unless S covers every class):
-    allowed, with a warning once. z_loss: adds z_loss * lse^2 per row, lse the
-    (estimated) log partition function (PaLM's z-loss). softcap c > 0: logits c tanh(z / c)
-    (per-example scheme; runs the PyTorch twin, also on CUDA: no kernel implements it yet).
+    num_head ("shared_samples" with class weights): the num_head classes of largest weight
+    are scored exactly for every row (weight 1, 0 where in S) and T is drawn from the
+    weights over the other classes (samplers.py: a head split), so the dense product has
+    num_head + num_uniform columns. num_uniform is |T| whatever the proposal; num_uniform=0
+    makes the loss a softmax over S only, no longer an estimate of the full loss (biased
+    low unless S covers every class): allowed, with a warning once. z_loss: adds
+    z_loss * lse^2 per row, lse the (estimated) log partition function (PaLM's z-loss).
+    softcap c > 0: logits c tanh(z / c) (per-example scheme; runs the PyTorch twin, also on
+    CUDA: no kernel implements it yet).
     """
     loss = LossOptions(reduction, ignore_index, z_loss=z_loss, softcap=softcap)
     _check_explicit(hidden, weight, target, retrieved, bias, loss)
@@ -309,6 +329,7 @@ def sampled_softmax_from_candidates(
         sampler=sampler,
         remove_accidental_hits=remove_accidental_hits,
         num_shared=num_shared,
+        num_head=num_head,
     )
     grad = GradOptions(sparse_grad, deterministic)
     return estimator_loss(
@@ -339,6 +360,7 @@ def sampled_softmax_cross_entropy(
     sampler: str | torch.Tensor | Sampler = "uniform",
     remove_accidental_hits: bool = True,
     num_shared: int = 1024,
+    num_head: int = 0,
 ) -> torch.Tensor:
     """Softmax cross-entropy of logits hidden @ weight.T (+ bias), exact or sampled.
 
@@ -352,7 +374,7 @@ def sampled_softmax_cross_entropy(
     (nonfinite.py: the module does it once per refresh_every steps).
     num_candidates: |S| including the target; num_uniform: |T|. z_loss adds z_loss * lse^2
     per row (lse: the exact or estimated log partition function). scheme, sampler,
-    remove_accidental_hits and num_shared: see sampled_softmax_from_candidates. Returns a
+    remove_accidental_hits, num_shared and num_head: see sampled_softmax_from_candidates. Returns a
     0-d float32 tensor (or (N,) for reduction="none").
     """
     loss = LossOptions(reduction, ignore_index, label_smoothing, z_loss, softcap, validate)
@@ -368,12 +390,13 @@ def sampled_softmax_cross_entropy(
         sampler=sampler,
         remove_accidental_hits=remove_accidental_hits,
         num_shared=num_shared,
+        num_head=num_head,
     )
     grad = GradOptions(sparse_grad, deterministic)
     choice = cached_choice(
         method,
         num_candidates,
-        num_uniform,
+        num_uniform + num_head,  # the columns a step scores
         float(label_smoothing),
         n,
         d,

@@ -21,6 +21,7 @@ from .checkpoint import CheckpointState
 from .cpu_memory import memory_hint
 from .dispatch import Choice
 from .drift import DriftMonitor
+from .frequency import ClassFrequency
 from .functional import (  # noqa: F401  (re-exported: the old loss.py names)
     BUCKET_IMPLS,
     SCHEMES,
@@ -83,12 +84,12 @@ class SampledSoftmaxLoss(CheckpointState, nn.Module):
     group=, ...) overrides that field of a given object.
 
     method: "auto" | "full" | "faiss" | "lsh" | "uniform" (no index: S = {target}, T uniform);
-    candidate_scheme "auto" (default): "per_example" (a T shared by the batch steps faster but
-    trains worse per second under Adam: SamplingOptions.resolved); num_candidates |S|;
-    num_uniform |T|; lsh_bits K (None: from n, L, |S|), lsh_tables L; faiss_index "auto" |
-    "flat" | "ivf" | "ivfpq" (4-bit PQ codes, fast-scan) with faiss_nlist / faiss_nprobe;
-    sparse_grad: the weight gradient is a sparse tensor of candidate rows (use
-    torch.optim.SGD or SparseAdam); seed fixes the hyperplanes and the uniform draws of
+    candidate_scheme "auto" (default): one T shared by the batch, its head the most frequent
+    targets scored exactly, the rest drawn by their counts (SamplingOptions.resolved,
+    frequency.py); num_candidates |S|; num_uniform |T|; lsh_bits K (None: from n, L, |S|),
+    lsh_tables L; faiss_index "auto" | "flat" | "ivf" | "ivfpq" (4-bit PQ codes, fast-scan) with
+    faiss_nlist / faiss_nprobe; sparse_grad: the weight gradient is a sparse tensor of candidate
+    rows (use torch.optim.SGD or SparseAdam); seed fixes the hyperplanes and the uniform draws of
     every step (so runs and resumed runs repeat).
 
     Checkpoints (state_dict / load_state_dict) resume exactly, and a load that fails changes
@@ -98,7 +99,7 @@ class SampledSoftmaxLoss(CheckpointState, nn.Module):
     (its share of the exact non-target mass) is measured on <= 64 rows of the last training
     batch and the clusters / FAISS IVF nprobe set to the smallest rung of 1, 2, 4, ... that
     holds t. method="auto" runs the fastest path by the crossover table whose measured mass
-    meets t (default: half the mass of the exact top-(|S| - 1)), the exact one if none does
+    meets t (default: dispatch.AUTO_TARGET_SHARE of the exact top-(|S| - 1)'s), else exact
     (quality.py); stats() and explain() report the masses, the widths and the probe's cost.
     search_min_mass m (lsh / faiss / auto's sampled path): no search (S = {target}, T alone:
     a flat, untrained softmax gives it nothing to find, and the step costs a shared-negative
@@ -107,8 +108,8 @@ class SampledSoftmaxLoss(CheckpointState, nn.Module):
     candidate_scheme="bucket_shared" (method="lsh") scores the whole union of each query's
     buckets plus one uniform T shared by the batch, by bucket_impl "gather" (per-row lists,
     sparse gradients possible), "tiles" (bucket_shared.py: dense tiles per (table, bucket),
-    dense gradients, uniform T; 37.8 vs 1.03 s per step at n = 10^5, N = 256 on a CPU,
-    bench/bucket_tiles.py) or "auto" (tiles when the gradient is dense and T uniform).
+    dense gradients, uniform T; bench/bucket_tiles.py) or "auto" (tiles when the gradient is
+    dense and T uniform).
     """
 
     def __init__(
@@ -149,21 +150,16 @@ class SampledSoftmaxLoss(CheckpointState, nn.Module):
                 raise ValueError("a sharded module needs num_classes and dim")
             checks.check_int_option("num_classes", num_classes, 1)
             checks.check_int_option("dim", dim, 1)
-            self.sharding = ShardedPath(
-                opts["shard"], num_classes, self.sampling_options.num_uniform
-            )
+            self.sharding = ShardedPath(opts["shard"], num_classes, opts["sampling"].num_uniform)
         self.weight, self.bias, self.num_classes, self.dim = init_parameters(
             self.sharding, num_classes, dim, bias, weight, device, dtype, index_options.seed
         )
-        check_combination(
-            self.loss_options, self.sampling_options, index_options, self.grad_options
-        )
-        if not self.sampling_options.uniform:  # validates the proposal against n
+        check_combination(opts["loss"], opts["sampling"], index_options, opts["grad"])
+        self.frequency = ClassFrequency(self.num_classes, index_options.refresh_every)
+        if self.sampling_options.sampler not in ("uniform", "frequency"):  # checked against n
             make_sampler(self.sampling_options.sampler, self.num_classes)
         rows = self.sharding.rows if self.sharding else self.num_classes
-        self.manager = IndexManager(
-            index_options, rows, self.dim, self.sampling_options.num_candidates
-        )
+        self.manager = IndexManager(index_options, rows, self.dim, opts["sampling"].num_candidates)
         self.drift_monitor = DriftMonitor(self.drift_options)
         if self.drift_options.refresh_drift is not None:
             self.manager.on_refresh.append(self._record_probe)
@@ -233,7 +229,7 @@ class SampledSoftmaxLoss(CheckpointState, nn.Module):
         return cached_choice(
             self.method,
             self.num_candidates,
-            self.num_uniform,
+            self.sampling_options.num_shared_columns,  # T and the exact head
             float(self.label_smoothing),
             self.num_classes,
             self.dim,
@@ -332,6 +328,8 @@ class SampledSoftmaxLoss(CheckpointState, nn.Module):
         """The path for this batch; in training the quality monitor first takes its probe
         rows (under auto, the path is chosen by measured quality)."""
         if training:
+            if self.sampling_options.sampler == "frequency":
+                self.frequency.observe(target, self.ignore_index, self.steps)
             self.quality.step(self, hidden, target)
         return self.choice(hidden.shape[0], hidden.dtype, hidden.device).method
 
@@ -424,6 +422,8 @@ class SampledSoftmaxLoss(CheckpointState, nn.Module):
         W = self.weight if weight is None else weight
         b = self.bias if weight is None else bias
         so, go = self.sampling_options, self.grad_options
+        if so.sampler == "frequency":  # the proposal built from the counted targets
+            so = dataclasses.replace(so, sampler=self.frequency.sampler(hidden.device))
         scheme = "shared_samples" if so.scheme == "bucket_shared" else so.scheme
         return estimator_loss(
             hidden, W, target, retrieved, b, loss_opts, so, go, generator, scheme=scheme

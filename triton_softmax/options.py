@@ -28,6 +28,7 @@ from .index.simhash import check_rank
 from .samplers import CategoricalSampler, Sampler
 
 SCHEMES = ("per_example", "shared_samples", "batch_union", "hybrid", "bucket_shared")
+SAMPLERS = ("auto", "uniform", "log_uniform", "frequency")
 BUCKET_IMPLS = ("auto", "gather", "tiles")
 
 
@@ -44,6 +45,9 @@ AUTO_SEARCH_MIN_MASS = 0.3
 # candidate_scheme "auto": one T of at least this many uniform draws shared by the batch
 # (SamplingOptions.resolved has the measurements).
 AUTO_SHARED_T = 1024
+# of those draws, this share is a head of the most frequent targets scored exactly, the rest
+# drawn in proportion to (count + 1) ** 0.75 (SamplingOptions.resolved has the measurements)
+AUTO_HEAD_SHARE = 0.25
 
 
 def check_nonneg_float(name: str, value: object) -> float:
@@ -84,22 +88,28 @@ class LossOptions:
 class SamplingOptions:
     """num_candidates |S| (with the target); num_uniform |T|; scheme: auto / per_example /
     shared_samples / batch_union / bucket_shared (auto: see `resolved`); bucket_impl
-    (bucket_shared): auto / gather / tiles; sampler: "uniform" | "log_uniform" | (n,) class
-    weights | a Sampler (a weight tensor is wrapped in a CategoricalSampler, so the options
-    stay hashable)."""
+    (bucket_shared): auto / gather / tiles; sampler: "auto" | "uniform" | "log_uniform" |
+    "frequency" | (n,) class weights | a Sampler (a weight tensor is wrapped in a
+    CategoricalSampler, so the options stay hashable). "frequency" (the module only): q
+    proportional to (count + 1) ** 0.75 of the targets it has trained on (frequency.py);
+    "auto": "frequency" under candidate_scheme "auto", else "uniform". num_head (shared
+    schemes with a non-uniform q): the num_head classes of largest q are scored exactly for
+    every row and T is drawn from q over the rest (samplers.py: a head split)."""
 
     num_candidates: int = 512
     num_uniform: int = 512
     scheme: str = "auto"
     num_shared: int = 1024
     bucket_impl: str = "auto"
-    sampler: str | Sampler = "uniform"
+    sampler: str | Sampler = "auto"
     remove_accidental_hits: bool = True
+    num_head: int = 0
 
     def __post_init__(self) -> None:
         checks.check_int_option("num_candidates (|S|)", self.num_candidates, 1)
         checks.check_int_option("num_uniform (|T|)", self.num_uniform, 0)
         checks.check_int_option("num_shared", self.num_shared, 0)
+        checks.check_int_option("num_head", self.num_head, 0)
         if self.scheme not in ("auto", *SCHEMES):
             raise ValueError(
                 f"candidate_scheme must be 'auto' or one of {SCHEMES}, got {self.scheme!r}"
@@ -113,10 +123,20 @@ class SamplingOptions:
                 "sampler must be 'uniform', 'log_uniform', a weight tensor or a Sampler, "
                 f"got {self.sampler!r}"
             )
-        elif isinstance(self.sampler, str) and self.sampler not in ("uniform", "log_uniform"):
+        elif isinstance(self.sampler, str) and self.sampler not in SAMPLERS:
             raise ValueError(
-                "sampler must be 'uniform', 'log_uniform', a weight tensor or a Sampler, "
+                f"sampler must be one of {SAMPLERS}, a weight tensor or a Sampler, "
                 f"got {self.sampler!r}"
+            )
+        if self.num_head and self.scheme in ("per_example", "hybrid", "batch_union"):
+            raise ValueError(
+                f"num_head scores a head shared by the batch: candidate_scheme "
+                f"'shared_samples', 'bucket_shared' or 'auto', got {self.scheme!r}"
+            )
+        if self.num_head and self.sampler in ("uniform", "log_uniform"):
+            raise ValueError(
+                "num_head takes the classes of largest q: sampler='frequency' or class "
+                f"weights, got {self.sampler!r}"
             )
 
     def resolved(
@@ -152,18 +172,41 @@ class SamplingOptions:
         "hybrid" (own |T| per row plus the shared T) learned more per step on a small
         teacher problem but its gathered rows cost what per-example's do: P@1 0.576 at 1 min
         on synset."""
+        plain = "uniform" if self.sampler == "auto" else self.sampler
+        if n is not None and self.num_head >= n:
+            raise ValueError(f"num_head must be below n = {n} (a T needs classes to draw)")
         if self.scheme != "auto":
-            return self
+            return dataclasses.replace(self, sampler=plain)
         if shard is not None or loss.softcap:
-            return dataclasses.replace(self, scheme="per_example")
+            return dataclasses.replace(self, scheme="per_example", sampler=plain)
         cap = AUTO_SHARED_T if n is None else min(AUTO_SHARED_T, n // 8)
         # num_uniform=0 asked for no T at all (a softmax over S): it stays 0
         size = max(self.num_uniform, cap) if self.num_uniform else 0
-        return dataclasses.replace(self, scheme="shared_samples", num_uniform=size)
+        if self.sampler != "auto" or not size:
+            return dataclasses.replace(
+                self, scheme="shared_samples", num_uniform=size, sampler=plain
+            )
+        head = self.num_head or int(size * AUTO_HEAD_SHARE)  # an asked head is kept
+        if n is not None and not self.num_head:  # a head is a few classes, whatever |T|
+            head = min(head, n // 8)
+        if head >= size:
+            raise ValueError(f"num_head={head} leaves no T of the shared {size} draws")
+        return dataclasses.replace(
+            self,
+            scheme="shared_samples",
+            sampler="frequency",
+            num_head=head,
+            num_uniform=size - head,
+        )
 
     @property
     def uniform(self) -> bool:
-        return isinstance(self.sampler, str) and self.sampler == "uniform"
+        return isinstance(self.sampler, str) and self.sampler in ("uniform", "auto")
+
+    @property
+    def num_shared_columns(self) -> int:
+        """Columns of the shared dense product a step scores: the exact head and T."""
+        return self.num_head + self.num_uniform
 
 
 @dataclass(frozen=True)
@@ -377,6 +420,7 @@ FLAT_KWARGS: dict[str, tuple[str, str]] = {
     "scheme": ("sampling", "scheme"),
     "bucket_impl": ("sampling", "bucket_impl"),
     "sampler": ("sampling", "sampler"),
+    "num_head": ("sampling", "num_head"),
     "remove_accidental_hits": ("sampling", "remove_accidental_hits"),
     "method": ("index", "method"),
     "lsh_bits": ("index", "lsh_bits"),

@@ -18,6 +18,13 @@ counts with unseen classes) raise ValueError; smooth them yourself (counts + 1, 
 counts.clamp_min(floor)). Tiny positive weights keep Z unbiased, at a variance that grows as
 1/q for those classes. Sampling is an inverse-CDF search (torch.searchsorted on a float64
 cumulative sum), so any n works (torch.multinomial stops at 2^24 categories); log q is float64.
+
+A head split (`CategoricalSampler.split_head(k)`, the shared schemes' num_head) scores the k
+classes of largest q exactly, with weight 1, for every row, and draws T from q restricted to
+the other classes: stratified sampling. On a Zipfian softmax a shared T's error is alike for
+every row (each draw of a frequent class moves every row's estimate the same way), so the batch
+mean keeps it; enumerating the head and drawing the tail in proportion to q removes most of
+that shared error (tests/test_shared_t_zipf.py measures it against a float64 oracle).
 """
 
 from __future__ import annotations
@@ -76,7 +83,10 @@ class CategoricalSampler(Sampler):
     interval holds u (torch.searchsorted), so n may pass torch.multinomial's 2^24 limit.
     """
 
-    def __init__(self, weights: torch.Tensor) -> None:
+    def __init__(self, weights: torch.Tensor, _trusted: bool = False) -> None:
+        if _trusted:  # built here from weights >= 0 with a positive sum (no host reads)
+            self._build(weights.detach().double())
+            return
         if weights.dim() != 1 or weights.dtype == torch.bool or weights.dtype.is_complex:
             raise ValueError(
                 f"sampler weights must be a 1-D real tensor, got shape "
@@ -93,12 +103,15 @@ class CategoricalSampler(Sampler):
                 "and the estimate of Z would be biased low. Smooth them, e.g. counts + 1 or "
                 "counts.clamp_min(floor)"
             )
+        self._build(w)
+
+    def _build(self, w: torch.Tensor) -> None:
         self.n = w.shape[0]
-        total = w.sum()
-        self._log_probs = (w / total).log()  # float64
+        self._log_probs = (w / w.sum()).log()  # float64; -inf where a weight is 0 (a head)
         cdf = torch.cumsum(w, 0)
         self._cdf = cdf / cdf[-1]  # float64, last entry exactly 1
         self._cdf_on: dict[torch.device, torch.Tensor] = {}
+        self._heads: dict[int, tuple[torch.Tensor, CategoricalSampler]] = {}
 
     @property
     def probs(self) -> torch.Tensor:
@@ -120,9 +133,20 @@ class CategoricalSampler(Sampler):
     def log_q(self, ids: torch.Tensor) -> torch.Tensor:
         return self._log_probs.to(ids.device)[ids]
 
+    def split_head(self, k: int) -> tuple[torch.Tensor, CategoricalSampler]:
+        """(head (k,) int64: the k classes of largest q, tail: q with the head's weight set to
+        0, renormalised). Cached per k: one top-k and one cumulative sum per sampler."""
+        if not 0 < k < self.n:
+            raise ValueError(f"num_head must be in [1, n) = [1, {self.n}), got {k}")
+        if k not in self._heads:
+            head = self._log_probs.topk(k).indices.sort().values
+            tail = self._log_probs.exp().index_fill(0, head, 0.0)
+            self._heads[k] = head, CategoricalSampler(tail, _trusted=True)
+        return self._heads[k]
+
 
 def make_sampler(spec: str | torch.Tensor | Sampler, n: int) -> Sampler:
-    """ "uniform" | "log_uniform" | a (n,) weight tensor | a Sampler."""
+    """ "uniform" | "log_uniform" | a (n,) weight tensor | a Sampler ("auto": uniform)."""
     if isinstance(spec, Sampler):
         if spec.n != n:
             raise ValueError(f"sampler is over {spec.n} classes but n={n}")
@@ -131,8 +155,13 @@ def make_sampler(spec: str | torch.Tensor | Sampler, n: int) -> Sampler:
         if spec.shape != (n,):
             raise ValueError(f"sampler weights must have shape ({n},), got {tuple(spec.shape)}")
         return CategoricalSampler(spec)
-    if spec == "uniform":
+    if spec in ("uniform", "auto"):  # "auto": what an unresolved SamplingOptions means
         return UniformSampler(n)
+    if spec == "frequency":
+        raise ValueError(
+            "sampler='frequency' counts the targets a SampledSoftmaxLoss trains on: it needs "
+            "the module; here pass class weights (n,), e.g. (counts + 1) ** 0.75"
+        )
     if spec == "log_uniform":
         return LogUniformSampler(n)
     raise ValueError(

@@ -22,6 +22,24 @@ from ..options import IndexOptions
 from .base import CandidateIndex
 from .factory import describe, make_index
 
+
+def shared_t_text(sampling) -> str:
+    """explain()'s words for a T shared by the batch (its proposal and exact head)."""
+    t, head, q = sampling.num_uniform, sampling.num_head, sampling.sampler
+    cols = t + head
+    text = f"; one T shared by the batch ({t} draws"
+    if head:
+        text += f" + an exact head of the {head} classes of largest q"
+    text += f", a dense N x {cols} product), draws in a row's S removed, "
+    if sampling.uniform:
+        return text + "weight n / |T|"
+    name = q if isinstance(q, str) else type(q).__name__
+    text += f"weight 1 / (|T| q(t)), q: {name}"
+    if q == "frequency":
+        text += " ((count + 1) ** 0.75 of the targets trained on)"
+    return text
+
+
 AUTO_WHY = {  # SamplingOptions.resolved has the measurements
     "per_example": "N x |T| classes pushed down a step; a T shared by the batch pushes |T|, "
     "and under Adam its rare large gradients trained worse per second: held-out perplexity "
@@ -29,10 +47,11 @@ AUTO_WHY = {  # SamplingOptions.resolved has the measurements
     "hybrid": "own draws push N x |T| classes down a step in small pieces, and the shared "
     "draws give every row many more scored negatives for one dense product; "
     "SamplingOptions.resolved",
-    "shared_samples": "a T shared by the batch sized for coverage (at least 1,024 draws, "
+    "shared_samples": "a T shared by the batch sized for coverage (at least 1,024 columns, "
     "options.AUTO_SHARED_T) while every row keeps its own S: one dense product, cheaper than "
     "gathering N x |T| rows, and it led per-example T at every budget from 30 s on WordNet "
-    "synset; SamplingOptions.resolved",
+    "synset; its head of the most frequent targets, scored exactly, and draws by frequency "
+    "keep a Zipfian task's shared error small (frequency.py); SamplingOptions.resolved",
 }
 
 
@@ -88,10 +107,7 @@ class IndexManager:
         scheme = sampling.scheme if sampling is not None else None
         num_uniform = sampling.num_uniform if sampling is not None else None
         if method != "full" and scheme == "shared_samples":
-            text += (
-                f"; one T shared by the batch ({num_uniform} draws, a dense N x {num_uniform} "
-                "product), draws in a row's S removed, weight n / |T|"
-            )
+            text += shared_t_text(sampling)
         elif method != "full" and scheme == "per_example" and num_uniform:
             text += (
                 f"; per-example T: each row draws |T| = {num_uniform} classes uniformly from "
