@@ -24,6 +24,22 @@ import torch
 
 from bench import accuracy
 
+FROM_STEP = 200  # before it, every run is still falling from an untrained model's 10^5
+
+
+def rise(points: list[dict], from_step: int = FROM_STEP) -> tuple[float, int | None, list]:
+    """(worst perplexity / running minimum from from_step, its step, the ratio per point)."""
+    best, worst, at, ratios = float("inf"), 1.0, None, []
+    for p in points:
+        if p["step"] < from_step:
+            continue
+        best = min(best, p["heldout_ppl"])
+        ratio = p["heldout_ppl"] / best
+        ratios.append((p["step"], ratio))
+        if ratio > worst:
+            worst, at = ratio, p["step"]
+    return worst, at, ratios
+
 
 def main(argv: list[str] | None = None) -> dict:
     argv = list(argv if argv is not None else sys.argv[1:])

@@ -336,6 +336,15 @@ def _group(session: str) -> list[str]:
 
 BUDGET_GROUPS = [  # (group, title, key, budgets in s)
     (
+        "cpu-head-wordnet-20261207",
+        "WordNet lemma (the first two rows) and synset (the last two), P@1 at CPU-second "
+        "budgets: method=\"auto\" with the default shared T (an exact head of the 256 most "
+        "frequent targets + 768 draws by frequency, label H256) beside the uniform shared T of "
+        "1,024 (the default before, label quniform)",
+        "p1",
+        [30, 60, 120, 180, 240],
+    ),
+    (
         "cpu-t4096-20261207",
         "WordNet lemma (the first two rows) and synset (the last two), P@1 at CPU-second budgets: "
         "a shared T of 4,096 beside the default's 1,024 (faiss, gated)",
@@ -536,6 +545,68 @@ BUDGET_GROUPS = [  # (group, title, key, budgets in s)
 ]
 
 
+# held-out perplexity traced every 20 steps (bench.heldout_trace): (session, title)
+TRACE_GROUPS = [
+    (
+        "cpu-pycode-paths-trace-20261207",
+        "the default faiss, lsh and auto paths (a shared head of 256 + 768 draws by frequency) "
+        "and the exact softmax",
+    ),
+    (
+        "cpu-pycode-head-20261207",
+        "faiss gated: the default's head of 256 + 768 draws by frequency, a head of 512 + 512, "
+        "1,024 draws by frequency without a head, 1,024 uniform draws (the default before)",
+    ),
+    (
+        "cpu-pycode-trace-20261207",
+        "faiss gated, before the head: the shared T of 1,024 uniform draws, per-example T, "
+        "hybrid, a shared T of 4,096",
+    ),
+]
+TRACE_STEPS = (200, 400, 500, 600, 700, 800)
+
+
+def trace_md() -> str:
+    """One table per traced group: each run's worst rise over its running minimum from step
+    FROM_STEP (bench.heldout_trace.rise), its perplexity at a few steps, CPU s/step."""
+    from bench.heldout_trace import FROM_STEP, rise
+
+    out = [
+        "\n## Held-out perplexity traced every 20 steps (pycode)\n\n",
+        "`bench.heldout_trace`: 800 steps of the bench.accuracy recipe, the exact held-out "
+        "perplexity over all classes every 20 steps (2,048 held-out contexts), four runs side "
+        "by side. *rise*: the largest perplexity over the run's running minimum from step "
+        f"{FROM_STEP} on (1.00: it never rose), at the step given. "
+        "`python3 -m plots.heldout_trace --session S` draws a group.\n",
+    ]
+    for group, title in TRACE_GROUPS:
+        names = sorted(
+            e["file"]
+            for e in manifest()
+            if e["file"].startswith("heldout_trace-") and e["file"].endswith(f"-{group}.json")
+        )
+        if not names:
+            continue
+        rows = []
+        for name in names:
+            r = load(name)
+            worst, at, _ = rise(r["points"])
+            ppl = {p["step"]: p["heldout_ppl"] for p in r["points"]}
+            last = r["points"][-1]
+            cells = [f"{ppl[s]:.1f}" if s in ppl else "–" for s in TRACE_STEPS]
+            sps = last["train_cpu_s"] / max(last["step"], 1)
+            rows.append([r["label"], f"{sps:.2f}", f"{worst:.2f} ({at})", *cells])
+        head = ["run", "CPU s/step", "rise (step)", *[f"step {s}" for s in TRACE_STEPS]]
+        e = entry(names[0])
+        out += [
+            f"\n### {group}: {title}\n\n",
+            table(head, rows),
+            f"\n{e['machine']}; `{e['command']}`; records "
+            f"`bench/results/heldout_trace-*-{group}.json`.\n",
+        ]
+    return "".join(out)
+
+
 def budgets_md() -> str:
     out = [
         "## Quality at fixed training budgets (2026-12-07)\n\n",
@@ -664,6 +735,7 @@ def accuracy_md() -> str:
         "candidates captured at the last refresh. Runs of one table ran side by side on the "
         "same machine; compare within a table.\n\n",
         budgets_md(),
+        trace_md(),
         "\n## Candidate generators on a trained model\n\n",
         "63 ids per query on the trained WordNet synset snapshot (2,048 queries, one thread): "
         "share of the exact top-32 classes found, softmax mass captured, share of classes "

@@ -16,24 +16,15 @@ import argparse
 import glob
 import json
 import os
+import sys
+
+if __package__ in (None, ""):  # run as a script: make `bench` importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench.heldout_trace import FROM_STEP, rise  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(os.path.dirname(HERE), "bench", "results")
-FROM_STEP = 200  # before it, every run is still falling from an untrained model's 10^5
-
-
-def rise(points: list[dict], from_step: int = FROM_STEP) -> tuple[float, int | None, list]:
-    """(worst perplexity / running minimum from from_step, its step, the ratio per point)."""
-    best, worst, at, ratios = float("inf"), 1.0, None, []
-    for p in points:
-        if p["step"] < from_step:
-            continue
-        best = min(best, p["heldout_ppl"])
-        ratio = p["heldout_ppl"] / best
-        ratios.append((p["step"], ratio))
-        if ratio > worst:
-            worst, at = ratio, p["step"]
-    return worst, at, ratios
 
 
 def load(results: str, sessions: list[str]) -> list[dict]:

@@ -66,10 +66,11 @@ def test_heldout_trace_trains_as_bench_accuracy_does(tmp_path, monkeypatch):
     assert got.keys() == want.keys() and len(got) == 4
     assert all(abs(got[s] - want[s]) <= 1e-9 * want[s] for s in got)
     # the plot of the records: each run's rise over its running minimum, from a step on
+    from bench.heldout_trace import rise
     from plots import heldout_trace as trace_plot
 
     pts = [dict(step=s, heldout_ppl=v) for s, v in [(100, 9.0), (200, 4.0), (300, 5.0), (400, 3.0)]]
-    assert trace_plot.rise(pts, from_step=200)[:2] == (1.25, 300)  # 5 / 4; 9 is before 200
+    assert rise(pts, from_step=200)[:2] == (1.25, 300)  # 5 / 4; 9 is before 200
     trace["session"] = "t"
     with open(tmp_path / "t" / "heldout_trace-x.json", "w") as f:
         json.dump(trace, f)

@@ -142,36 +142,37 @@ class SamplingOptions:
     def resolved(
         self, loss: LossOptions, shard: ShardSpec | None, n: int | None = None
     ) -> SamplingOptions:
-        """scheme "auto" -> "shared_samples" with a T sized for coverage: each row keeps its
-        own S (exact weights), and the batch shares one T of max(|T|, min(AUTO_SHARED_T,
-        n // 8)) uniform draws scored as one dense N x |T| product (weight n / |T|, draws in
-        a row's S removed; the n // 8 cap keeps a small problem's |S| + |T| below n, where
-        the dispatcher would fall back to the exact loss). Sharded modules and softcap, which
-        take the per-example scheme only, get "per_example". num_uniform=0 (no T) stays 0.
-        An explicit scheme stays.
+        """scheme "auto" -> "shared_samples" with shared columns sized for coverage: each row
+        keeps its own S (exact weights), and the batch shares max(|T|, min(AUTO_SHARED_T,
+        n // 8)) columns scored as one dense N x columns product (the n // 8 cap keeps a small
+        problem's |S| + columns below n, where the dispatcher would fall back to the exact
+        loss). With sampler "auto" (the default) a quarter of them (AUTO_HEAD_SHARE, at most
+        n // 8 classes) are a head of the most frequent targets, scored exactly for every
+        row, and the rest draws from q proportional to (count + 1) ** 0.75 over the other
+        classes (sampler "frequency", frequency.py); an asked sampler keeps every column a
+        draw. Sharded modules and softcap, which take the per-example scheme only, get
+        "per_example". num_uniform=0 (no T) stays 0. An explicit scheme stays; sampler "auto"
+        is "uniform" for it.
 
         Judged by quality at fixed training budgets, not by step time (bench.accuracy
         --clock cpu: each run's CPU seconds, four runs side by side, one thread each; Intel
-        Xeon 2.6 GHz, 2026-12-07; faiss, |S| = 64, N = 1,024, Adam; records
-        bench/results/accuracy-*-cpu-defaults-*-20261207.json). WordNet synset (117,659
-        classes), P@1 after 0.5 / 1 / 2 / 4 min: a shared T of 1,024 with the search gate
-        (IndexOptions.search_min_mass "auto") 0.359 / 0.912 / 0.932 / 0.980; per-example
-        |T| = 64 (the default of 2026-12-07) 0.012 / 0.589 / 0.899 / 0.978 with the gate and
-        0.012 / 0.436 / 0.926 / 0.972 without; the hand-written shared negatives (K = 1,024)
-        0.389 / 0.897 / 0.899 / 0.929. Per step the schemes learn alike there (P@1 0.73-0.79
-        at step 230 for all of them); the shared T's dense product makes its step cheaper
-        than gathering N x |T| rows. A shared T of only |T| = 64 (the default until
-        2026-12-07) pushes down 64 classes a step in rare large spikes that Adam divides
-        away (bench/results/shared-t-diagnosis-cpu-20261207.json): held-out perplexity rose
-        by 19-22% on the stdlib next-token task; 1,024 draws a step cover the classes 16x
-        as often. On that task (bench.accuracy --task pycode, 120,089 Zipfian classes)
-        held-out perplexity after 1 / 2 / 4 / 8 min: the default 131 / 98 / 87 / 69 (falling
-        at every evaluation), per-example 140 / 113 / 92 / 87 (it rose from 83 at 6 min), the
-        exact softmax 152 / 130 / 101 / 90; in a shorter run the shared T + gate rose once by
-        15% (96 -> 110 between 2 and 3 min) before falling to 90.
-        "hybrid" (own |T| per row plus the shared T) learned more per step on a small
-        teacher problem but its gathered rows cost what per-example's do: P@1 0.576 at 1 min
-        on synset."""
+        Xeon 2.6 GHz, 2026-12-07; |S| = 64, N = 1,024, Adam; records
+        bench/results/accuracy-*-cpu-*-20261207.json and heldout_trace-*; docs/accuracy.md).
+        The shared columns: on WordNet synset (117,659 classes, faiss) a shared T of 1,024
+        with the search gate had P@1 0.359 / 0.912 / 0.932 / 0.980 after 0.5 / 1 / 2 / 4 min,
+        per-example |T| = 64 (the default before) 0.012 / 0.589 / 0.899 / 0.978, the
+        hand-written shared negatives (K = 1,024) 0.389 / 0.897 / 0.899 / 0.929: per step
+        the schemes learn alike there, and one dense product is cheaper than gathering
+        N x |T| rows. The head and the frequency draws: a uniform shared T makes every row's
+        estimate of the mass outside S err the same way, so on a Zipfian task its error does
+        not average over the batch (tests/test_shared_t_zipf.py) and held-out perplexity on
+        the stdlib next-token task (120,089 classes) swung: traced every 20 steps, faiss with
+        1,024 uniform draws rose to 1.89x its running minimum, with the head and frequency
+        draws 1.23x (per-example T 1.26x) at the same step cost (cpu-pycode-head). On
+        WordNet the two tie: method="auto" P@1 after 0.5 / 1 / 2 / 3 / 4 min, synset 0.231 /
+        0.937 / 0.928 / 0.955 / 0.971 with the head against 0.263 / 0.949 / 0.930 / 0.957 /
+        0.971 uniform, lemma 0.268 / 0.367 / 0.967 / 0.937 / 0.956 against 0.219 / 0.354 /
+        0.940 / 0.907 / 0.953 (cpu-head-wordnet)."""
         plain = "uniform" if self.sampler == "auto" else self.sampler
         if n is not None and self.num_head >= n:
             raise ValueError(f"num_head must be below n = {n} (a T needs classes to draw)")
