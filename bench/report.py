@@ -336,6 +336,13 @@ def _group(session: str) -> list[str]:
 
 BUDGET_GROUPS = [  # (group, title, key, budgets in s)
     (
+        "cpu-defaults-pycode-head-20261207",
+        "pycode (held-out perplexity), CPU-second budgets, the defaults with the shared head + "
+        "frequency draws: method=\"auto\", faiss, lsh, the exact softmax",
+        "heldout_ppl",
+        [30, 60, 120, 180, 240],
+    ),
+    (
         "cpu-head-wordnet-20261207",
         "WordNet lemma (the first two rows) and synset (the last two), P@1 at CPU-second "
         "budgets: method=\"auto\" with the default shared T (an exact head of the 256 most "
