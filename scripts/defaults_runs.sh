@@ -48,6 +48,9 @@
 #                     exact softmax
 #   head-wordnet      method="auto" with its default proposal (head + frequency) | with the
 #                     uniform shared T of 1,024, WordNet synset and lemma side by side
+#   head-baseline     method="auto" (the default) beside the baseline K = 1,024, synset and
+#                     lemma side by side
+#   head-final        WordNet synset, the recipe's 12 epochs, the default lsh and faiss
 #   t4096             a shared T of 4,096 beside the default's 1,024 (faiss, gated), WordNet
 #                     synset and lemma side by side
 #   lemma-more        lemma |S| = |T| = 512: default | per-example; batch 256: default | baseline
@@ -214,6 +217,16 @@ case "$1" in
     synset "${quad[@]}" --methods auto "${auto[@]}" --sampler uniform &
     lemma --methods auto "${auto[@]}" &
     lemma --methods auto "${auto[@]}" --sampler uniform ;;
+  head-baseline)
+    synset "${quad[@]}" --methods auto "${auto[@]}" &
+    synset "${quad[@]}" --methods shared_neg --shared-negatives 1024 &
+    lemma --methods auto "${auto[@]}" &
+    lemma --methods shared_neg --shared-negatives 1024 ;;
+  head-final)
+    final=(python3 -m bench.accuracy --task wordnet-synset --eval-examples 4096 --epochs 12
+      --evals-per-epoch 1 --threads 1 --no-progress --out "$OUT" --session "$S" "${auto[@]}")
+    "${final[@]}" --methods lsh &
+    "${final[@]}" --methods faiss ;;
   t4096)
     synset "${quad[@]}" --methods faiss "${auto[@]}" &
     synset "${quad[@]}" --methods faiss "${auto[@]}" --candidate-scheme shared_samples --num-uniform 4096 &

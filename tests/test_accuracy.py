@@ -460,3 +460,22 @@ def test_auto_target_share_and_lsh_nprobe_are_the_runs_own(tmp_path, monkeypatch
     assert rec["label"].endswith("-np3") and rec["config"]["lsh_nprobe"] == 3
     with pytest.raises(SystemExit, match="auto-target-share"):
         accuracy.main([*common, "--methods", "auto", "--auto-target-share", "1.5"])
+
+
+def test_sampler_and_num_head_are_the_runs_own(tmp_path):
+    """--sampler / --num-head reach the module (its explain says so) and the label names them;
+    without them the run has the library's default head (H in the label)."""
+    from bench import accuracy
+
+    root = fake_wordnet(tmp_path / "wn", 900)
+    common = ["--task", "wordnet-synset", "--wordnet-dir", root, "--epochs", "1",
+              "--batch-size", "256", "--num-candidates", "16", "--num-uniform", "16",
+              "--eval-examples", "200", "--no-progress", "--threads", "1", "--methods", "faiss",
+              "--candidate-scheme", "auto"]  # fmt: skip
+    (rec,) = accuracy.main([*common, "--out", str(tmp_path / "d")])
+    assert rec["label"].endswith("-T84-H28"), rec["label"]  # 112 = 900 // 8 columns, a quarter
+    assert "an exact head of the 28 classes" in rec["explain"]
+    (rec,) = accuracy.main([*common, "--sampler", "uniform", "--out", str(tmp_path / "u")])
+    assert rec["label"].endswith("-T112-quniform") and "weight n / |T|" in rec["explain"]
+    (rec,) = accuracy.main([*common, "--num-head", "12", "--out", str(tmp_path / "h")])
+    assert rec["label"].endswith("-T100-H12") and "head of the 12 classes" in rec["explain"]
