@@ -84,6 +84,8 @@ def test_num_head_needs_a_shared_scheme_and_class_weights():
         SampledSoftmaxLoss(50, 4, candidate_scheme="per_example", sampler="frequency", **kw)
     with pytest.raises(ValueError, match="largest q"):
         SampledSoftmaxLoss(50, 4, candidate_scheme="shared_samples", sampler="uniform", **kw)
+    asked = SampledSoftmaxLoss(50, 4, candidate_scheme="shared_samples", **kw).sampling_options
+    assert (asked.sampler, asked.num_head, asked.num_uniform) == ("frequency", 2, 8)
     with pytest.raises(ValueError, match="num_head must be below n = 50"):
         SampledSoftmaxLoss(50, 4, sampler=torch.ones(50), candidate_scheme="shared_samples",
                            num_head=50)  # fmt: skip

@@ -152,7 +152,7 @@ class SamplingOptions:
         classes (sampler "frequency", frequency.py); an asked sampler keeps every column a
         draw. Sharded modules and softcap, which take the per-example scheme only, get
         "per_example". num_uniform=0 (no T) stays 0. An explicit scheme stays; sampler "auto"
-        is "uniform" for it.
+        is "uniform" for it ("frequency" where num_head is asked).
 
         Judged by quality at fixed training budgets, not by step time (bench.accuracy
         --clock cpu: each run's CPU seconds, four runs side by side, one thread each; Intel
@@ -173,7 +173,9 @@ class SamplingOptions:
         0.937 / 0.928 / 0.955 / 0.971 with the head against 0.263 / 0.949 / 0.930 / 0.957 /
         0.971 uniform, lemma 0.268 / 0.367 / 0.967 / 0.937 / 0.956 against 0.219 / 0.354 /
         0.940 / 0.907 / 0.953 (cpu-head-wordnet)."""
-        plain = "uniform" if self.sampler == "auto" else self.sampler
+        plain = self.sampler
+        if plain == "auto":  # a head asked of an explicit scheme is taken by frequency
+            plain = "frequency" if self.num_head else "uniform"
         if n is not None and self.num_head >= n:
             raise ValueError(f"num_head must be below n = {n} (a T needs classes to draw)")
         if self.scheme != "auto":
