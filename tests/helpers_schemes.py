@@ -31,3 +31,16 @@ def _teacher_accuracy(layer: SampledSoftmaxLoss) -> float:
             layer(x[i : i + 64], y[i : i + 64]).backward()
             opt.step()
     return float((layer.topk(x, 1, exact=True)[1][:, 0] == y).float().mean())
+
+
+def train_losses(layer, batches, lr: float = 0.05) -> list[float]:
+    """SGD steps on (hidden, target) batches; the loss of each step (resume tests compare)."""
+    opt = torch.optim.SGD(layer.parameters(), lr=lr)
+    losses = []
+    for h, y in batches:
+        opt.zero_grad()
+        loss = layer(h, y)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    return losses

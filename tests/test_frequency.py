@@ -10,6 +10,7 @@ import math
 
 import pytest
 import torch
+from helpers_schemes import _problem, train_losses
 
 from triton_softmax import SampledSoftmaxLoss, sampled_softmax_from_candidates
 from triton_softmax.frequency import FREQUENCY_POWER, ClassFrequency
@@ -63,13 +64,9 @@ def test_z_hat_with_an_exact_head_is_unbiased(seed):
 
 def test_a_head_with_s_covering_every_class_but_one_is_exact():
     """The tail is one class: every draw is it, weight 1 / (|T| * 1), so the loss is exact."""
-    g = torch.Generator().manual_seed(3)
-    n, d, N = 12, 5, 6
-    W = torch.randn(n, d, generator=g, dtype=torch.float64)
-    h = torch.randn(N, d, generator=g, dtype=torch.float64)
-    y = torch.randint(0, n, (N,), generator=g)
+    n = 12
+    h, W, _, y, retrieved = _problem(N=6, n=n, d=5, seed=3)  # S with empty (-1) slots too
     w = torch.arange(n, 0, -1, dtype=torch.float64)  # class 11 is the tail
-    retrieved = torch.randint(0, n, (N, 3), generator=g)
     loss = sampled_softmax_from_candidates(
         h, W, y, retrieved, num_uniform=4, num_head=n - 1, reduction="none",
         scheme="shared_samples", sampler=w,
@@ -132,15 +129,7 @@ def test_a_resumed_module_draws_the_same_t_and_an_older_checkpoint_starts_counti
     data = [(torch.randn(32, d), torch.randint(0, 40, (32,))) for _ in range(7)]
 
     def run(model, batches):
-        opt = torch.optim.SGD(model.parameters(), lr=0.1)
-        out = []
-        for h, y in batches:
-            opt.zero_grad()
-            loss = model(h, y)
-            loss.backward()
-            opt.step()
-            out.append(loss.item())
-        return out
+        return train_losses(model, batches, lr=0.1)
 
     kw = dict(method="uniform", num_candidates=4, num_uniform=32, refresh_every=3, seed=5)
     a = SampledSoftmaxLoss(n, d, **kw)

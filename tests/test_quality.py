@@ -13,6 +13,7 @@ import math
 
 import pytest
 import torch
+from helpers_schemes import train_losses
 
 from triton_softmax import SampledSoftmaxLoss, functional, quality
 from triton_softmax.dispatch import AUTO_TARGET_SHARE, Choice, choose_by_quality
@@ -222,16 +223,7 @@ def test_auto_falls_back_to_full_on_a_flat_softmax_and_trains(fast_table):
     assert layer.steps == 4
 
 
-def _train(layer, batches, lr=0.05):
-    opt = torch.optim.SGD(layer.parameters(), lr=lr)
-    losses = []
-    for h, y in batches:
-        opt.zero_grad()
-        loss = layer(h, y)
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
-    return losses
+_train = train_losses
 
 
 def test_switching_paths_mid_training_keeps_steps_and_checkpoints(fast_table):
