@@ -336,6 +336,14 @@ def _group(session: str) -> list[str]:
 
 BUDGET_GROUPS = [  # (group, title, key, budgets in s)
     (
+        "cpu-head-baseline-20261207",
+        "WordNet lemma (the first two rows) and synset (the last two), P@1 at CPU-second "
+        "budgets: method=\"auto\" with the default shared T (an exact head of 256 + 768 draws "
+        "by frequency) beside the hand-written baseline K = 1,024",
+        "p1",
+        [30, 60, 120, 180, 240],
+    ),
+    (
         "cpu-defaults-pycode-head-20261207",
         "pycode (held-out perplexity), CPU-second budgets, the defaults with the shared head + "
         "frequency draws: method=\"auto\", faiss, lsh, the exact softmax",
@@ -867,28 +875,22 @@ def headline_cpu() -> str:
         f"{e['machine']}, 2 threads, {e['date']}):\n\n",
         table(SWEEP_HEAD, sweep_rows(recs, n_values={100_000, 1_000_000})),
         "\nQuality at fixed training budgets (|S| = |T| = 64, batch 1,024, Adam, one thread "
-        "per run, four runs side by side and at times more beside them (the last column: the "
-        "1-minute load at start / end), budgets on each run's CPU seconds; same machine, "
-        "2026-12-07), the step count in brackets. `auto-T1024-min0.3` is the default (a T of "
-        "1,024 shared by the batch, the search off until it captures 0.3 of the mass); "
-        '`auto-auto-T1024-min0.3` is `method="auto"`, the default method, with it; '
-        "`shared_neg-K1024` the hand-written baseline and `shared_neg-K4096` the same at the "
-        "step cost of the searching default. WordNet synset (117,659 classes), P@1 on 4,096 "
-        "training glosses, 8 minutes (a run ends after the recipe's 12 epochs):\n\n",
-        budget_table(
-            _group("cpu-defaults-synset-480-auto-20261207")
-            or _group("cpu-defaults-synset-480-20261207"),
-            [30, 60, 120, 240, 360, 480],
-            "p1",
-        ),
-        "\nWordNet lemma (147,306 classes), P@1 on 4,096 training glosses:\n\n",
-        budget_table(_group("cpu-defaults-lemma-gate-20261207"), [30, 60, 120, 180, 240], "p1"),
+        "per run, four runs side by side (the last column: the 1-minute load at start / end), "
+        "budgets on each run's CPU seconds; same machine, 2026-12-07), the step count in "
+        'brackets. `auto-auto-T768-min0.3-H256` is `method="auto"`, the default method, with '
+        "the default candidates: each row its own S, the batch sharing 1,024 columns (an "
+        "exact head of the 256 most frequent targets and 768 draws by frequency), the search "
+        "off until it captures 0.3 of the mass; `faiss@100-...` and `lsh@100-...` the same on "
+        "one path; `shared_neg-K1024` the hand-written baseline. WordNet lemma (147,306 "
+        "classes; the first two rows) and synset (117,659 classes; the last two), P@1 on "
+        "4,096 training glosses:\n\n",
+        budget_table(_group("cpu-head-baseline-20261207"), [30, 60, 120, 180, 240], "p1"),
         "\npycode (next-token prediction over the Python standard library's source, 120,089 "
         "Zipfian classes): held-out perplexity over all classes (lower is better):\n\n",
     ]
-    names = _group("cpu-defaults-pycode-auto-20261207")
+    names = _group("cpu-defaults-pycode-head-20261207")
     if names:
-        out.append(budget_table(names, [60, 120, 180, 240], "heldout_ppl"))
+        out.append(budget_table(names, [30, 60, 120, 180, 240], "heldout_ppl"))
     return "".join(out)
 
 
