@@ -46,6 +46,8 @@
 #                     head | uniform (the default until 2026-12-07)
 #   pycode-paths-trace  the same trace for the default faiss, lsh and auto paths and the
 #                     exact softmax
+#   pycode-refresh-trace  the same trace (600 steps) with the index rebuilt every 50 and 25
+#                     steps (faiss, lsh): the sawtooth between refreshes
 #   head-wordnet      method="auto" with its default proposal (head + frequency) | with the
 #                     uniform shared T of 1,024, WordNet synset and lemma side by side
 #   head-baseline     method="auto" (the default) beside the baseline K = 1,024, synset and
@@ -212,6 +214,12 @@ case "$1" in
     "${trace[@]}" --methods lsh "${auto[@]}" &
     "${trace[@]}" --methods auto "${auto[@]}" &
     "${trace[@]}" --methods full ;;
+  pycode-refresh-trace)
+    trace=(python3 -m bench.heldout_trace --task pycode --eval-examples 2048 --epochs 12
+      --steps 600 --every 20 --threads 1 --no-progress --out "$OUT" --session "$S" "${auto[@]}")
+    "${trace[@]}" --methods faiss@50 &
+    "${trace[@]}" --methods lsh@50 &
+    "${trace[@]}" --methods faiss@25 ;;
   head-wordnet)
     synset "${quad[@]}" --methods auto "${auto[@]}" &
     synset "${quad[@]}" --methods auto "${auto[@]}" --sampler uniform &
