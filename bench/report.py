@@ -336,6 +336,14 @@ def _group(session: str) -> list[str]:
 
 BUDGET_GROUPS = [  # (group, title, key, budgets in s)
     (
+        "cpu-head-lemma-more-20261207",
+        "WordNet lemma (P@1), CPU-second budgets, the default with the shared head + frequency "
+        "draws: |S| = |T| = 512 (batch 1,024) beside per-example T; batch 256 beside the "
+        "baseline",
+        "p1",
+        [30, 60, 120, 180, 240],
+    ),
+    (
         "cpu-head-baseline-20261207",
         "WordNet lemma (the first two rows) and synset (the last two), P@1 at CPU-second "
         "budgets: method=\"auto\" with the default shared T (an exact head of 256 + 768 draws "
