@@ -83,9 +83,8 @@ def main(argv: list[str] | None = None) -> dict:
             if not args.no_progress:
                 print(f"step {s + 1}: loss {lv:.3f}, held-out perplexity {ev['ppl']:.1f}",
                       file=sys.stderr)  # fmt: skip
-    label = (
-        args.methods if method in ("full", "shared_neg") else f"{method}-{args.candidate_scheme}"
-    )
+    name = f"{method}@{refresh}" if method in ("faiss", "lsh") and refresh != 100 else method
+    label = args.methods if method in ("full", "shared_neg") else f"{name}-{args.candidate_scheme}"
     if method == "shared_neg":
         label = f"shared_neg-K{args.shared_negatives}"
     elif method != "full":
@@ -100,7 +99,9 @@ def main(argv: list[str] | None = None) -> dict:
         points=points,
     )  # fmt: skip
     os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, f"heldout_trace-{args.task}-{label}-{session}.json")
+    path = os.path.join(
+        args.out, f"heldout_trace-{args.task}-{label.replace('@', '-r')}-{session}.json"
+    )
     with open(path, "w") as fh:
         json.dump(record, fh, indent=1)
     print(path)

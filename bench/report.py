@@ -346,7 +346,7 @@ BUDGET_GROUPS = [  # (group, title, key, budgets in s)
     (
         "cpu-head-baseline-20261207",
         "WordNet lemma (the first two rows) and synset (the last two), P@1 at CPU-second "
-        "budgets: method=\"auto\" with the default shared T (an exact head of 256 + 768 draws "
+        'budgets: method="auto" with the default shared T (an exact head of 256 + 768 draws '
         "by frequency) beside the hand-written baseline K = 1,024",
         "p1",
         [30, 60, 120, 180, 240],
@@ -354,14 +354,14 @@ BUDGET_GROUPS = [  # (group, title, key, budgets in s)
     (
         "cpu-defaults-pycode-head-20261207",
         "pycode (held-out perplexity), CPU-second budgets, the defaults with the shared head + "
-        "frequency draws: method=\"auto\", faiss, lsh, the exact softmax",
+        'frequency draws: method="auto", faiss, lsh, the exact softmax',
         "heldout_ppl",
         [30, 60, 120, 180, 240],
     ),
     (
         "cpu-head-wordnet-20261207",
         "WordNet lemma (the first two rows) and synset (the last two), P@1 at CPU-second "
-        "budgets: method=\"auto\" with the default shared T (an exact head of the 256 most "
+        'budgets: method="auto" with the default shared T (an exact head of the 256 most '
         "frequent targets + 768 draws by frequency, label H256) beside the uniform shared T of "
         "1,024 (the default before, label quniform)",
         "p1",
@@ -570,6 +570,11 @@ BUDGET_GROUPS = [  # (group, title, key, budgets in s)
 
 # held-out perplexity traced every 20 steps (bench.heldout_trace): (session, title)
 TRACE_GROUPS = [
+    (
+        "cpu-pycode-refresh-trace-20261207",
+        "the default shared head with the index rebuilt every 50 or 25 steps (600 steps; "
+        "every 100 is the default: the group above)",
+    ),
     (
         "cpu-pycode-paths-trace-20261207",
         "the default faiss, lsh and auto paths (a shared head of 256 + 768 draws by frequency) "

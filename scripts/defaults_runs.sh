@@ -48,6 +48,8 @@
 #                     exact softmax
 #   pycode-refresh-trace  the same trace (600 steps) with the index rebuilt every 50 and 25
 #                     steps (faiss, lsh): the sawtooth between refreshes
+#   refresh-budgets   faiss with the index rebuilt every 25 steps beside every 100 (the
+#                     default), pycode and WordNet synset at CPU-second budgets
 #   head-wordnet      method="auto" with its default proposal (head + frequency) | with the
 #                     uniform shared T of 1,024, WordNet synset and lemma side by side
 #   head-baseline     method="auto" (the default) beside the baseline K = 1,024, synset and
@@ -220,6 +222,11 @@ case "$1" in
     "${trace[@]}" --methods faiss@50 &
     "${trace[@]}" --methods lsh@50 &
     "${trace[@]}" --methods faiss@25 ;;
+  refresh-budgets)
+    pycode "${quad[@]}" --methods faiss@25 "${auto[@]}" &
+    pycode "${quad[@]}" --methods faiss "${auto[@]}" &
+    synset "${quad[@]}" --methods faiss@25 "${auto[@]}" &
+    synset "${quad[@]}" --methods faiss "${auto[@]}" ;;
   head-wordnet)
     synset "${quad[@]}" --methods auto "${auto[@]}" &
     synset "${quad[@]}" --methods auto "${auto[@]}" --sampler uniform &
