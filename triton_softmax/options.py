@@ -176,7 +176,7 @@ class SamplingOptions:
         plain = self.sampler
         if plain == "auto":  # a head asked of an explicit scheme is taken by frequency
             plain = "frequency" if self.num_head else "uniform"
-        if n is not None and self.num_head >= n:
+        if n is not None and 0 < n <= self.num_head:
             raise ValueError(f"num_head must be below n = {n} (a T needs classes to draw)")
         if self.scheme != "auto":
             return dataclasses.replace(self, sampler=plain)
