@@ -334,7 +334,23 @@ def _group(session: str) -> list[str]:
     )
 
 
-BUDGET_GROUPS = [  # (group, title, key, budgets in s)
+BUDGET_GROUPS = [  # (group, title, key, budgets in s[, the one task of the group shown])
+    (
+        "cpu-refresh-budgets-20261207",
+        "pycode (held-out perplexity), CPU-second budgets: the default faiss with its index "
+        "rebuilt every 25 steps beside every 100 (the default)",
+        "heldout_ppl",
+        [30, 60, 120, 180, 240],
+        "pycode",
+    ),
+    (
+        "cpu-refresh-budgets-20261207",
+        "WordNet synset (P@1), CPU-second budgets, beside the pycode runs above: the default "
+        "faiss with its index rebuilt every 25 steps beside every 100 (the default)",
+        "p1",
+        [30, 60, 120, 180, 240],
+        "wordnet-synset",
+    ),
     (
         "cpu-head-lemma-more-20261207",
         "WordNet lemma (P@1), CPU-second budgets, the default with the shared head + frequency "
@@ -652,8 +668,8 @@ def budgets_md() -> str:
         "1,024 shared by the batch with the search gate at 0.3; in the groups without "
         "`defaults` in their name `auto` resolved to per-example T.\n",
     ]
-    for group, title, key, budgets in BUDGET_GROUPS:
-        names = _group(group)
+    for group, title, key, budgets, *task in BUDGET_GROUPS:  # task: one task of a group
+        names = [n for n in _group(group) if not task or n.startswith(f"accuracy-{task[0]}-")]
         if not names:
             continue
         e = entry(names[0])
