@@ -50,6 +50,8 @@
 #                     steps (faiss, lsh): the sawtooth between refreshes
 #   refresh-budgets   faiss with the index rebuilt every 25 steps beside every 100 (the
 #                     default), pycode and WordNet synset at CPU-second budgets
+#   lsh-refresh-budgets  lsh with its lists rebuilt every 50 steps beside every 100 (the
+#                     default), WordNet synset and lemma side by side
 #   head-wordnet      method="auto" with its default proposal (head + frequency) | with the
 #                     uniform shared T of 1,024, WordNet synset and lemma side by side
 #   head-baseline     method="auto" (the default) beside the baseline K = 1,024, synset and
@@ -227,6 +229,11 @@ case "$1" in
     pycode "${quad[@]}" --methods faiss "${auto[@]}" &
     synset "${quad[@]}" --methods faiss@25 "${auto[@]}" &
     synset "${quad[@]}" --methods faiss "${auto[@]}" ;;
+  lsh-refresh-budgets)
+    synset "${quad[@]}" --methods lsh@50 "${auto[@]}" &
+    synset "${quad[@]}" --methods lsh "${auto[@]}" &
+    lemma --methods lsh@50 "${auto[@]}" &
+    lemma --methods lsh "${auto[@]}" ;;
   head-wordnet)
     synset "${quad[@]}" --methods auto "${auto[@]}" &
     synset "${quad[@]}" --methods auto "${auto[@]}" --sampler uniform &
