@@ -336,6 +336,14 @@ def _group(session: str) -> list[str]:
 
 BUDGET_GROUPS = [  # (group, title, key, budgets in s[, the one task of the group shown])
     (
+        "cpu-lsh-refresh-budgets-20261207",
+        "WordNet lemma (the first two rows) and synset (the last two), P@1 at CPU-second "
+        "budgets: the default lsh with its lists rebuilt every 50 steps beside every 100 (the "
+        "default)",
+        "p1",
+        [30, 60, 120, 180, 240],
+    ),
+    (
         "cpu-refresh-budgets-20261207",
         "pycode (held-out perplexity), CPU-second budgets: the default faiss with its index "
         "rebuilt every 25 steps beside every 100 (the default)",
