@@ -220,14 +220,13 @@ def build_shared_candidates(
     ninf = torch.full((), float("-inf"), dtype=logw_dtype, device=device)
     zero = torch.zeros((), dtype=logw_dtype, device=device)
     if not union:
+        s_logw = torch.where(s_valid, zero, ninf)
         if head is not None:  # exact head first: the hits of both parts in one search
             hit = _shared_hits(s_ids, s_valid, torch.cat([head, t_ids]))
             head_logw = torch.where(hit[:, : head.numel()], ninf, zero)
             t_logw = _hit_logw(t_logw, hit[:, head.numel() :], remove_accidental_hits)
-            s_logw = torch.where(s_valid, zero, ninf)
             return s_ids, s_logw, torch.cat([head, t_ids]), torch.cat([head_logw, t_logw], 1)
         hit = _shared_hits(s_ids, s_valid, t_ids)
-        s_logw = torch.where(s_valid, zero, ninf)
         if num_own:
             own, comp = sample_complement(s_ids, s_valid, n, num_own, generator)
             total = num_samples + num_own
